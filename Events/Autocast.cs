@@ -1,0 +1,245 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using TorchSharp;
+
+namespace ComposerSharp.Events;
+
+/// <summary>
+/// Reads libtorch's autocast (automatic mixed precision) state, which TorchSharp 0.107 does not expose.
+/// The functions are libtorch's own <c>at::autocast::*</c> (aten/src/ATen/autocast_mode.h), found at run time in
+/// the <c>torch_cpu</c> library that TorchSharp loaded. The state is per thread, as in libtorch.
+/// </summary>
+public static class Autocast
+{
+    /// <summary>
+    /// True when libtorch's autocast entry points were found on this platform. Where false, the amp precisions
+    /// cannot be used (<see cref="AutocastScope"/> throws) and <c>fp32</c> still works.
+    /// </summary>
+    public static bool IsAvailable => AutocastNative.Instance.Value.Error is null;
+
+    /// <summary>Whether autocast is enabled for <paramref name="deviceType"/> on the calling thread.</summary>
+    /// <exception cref="PlatformNotSupportedException">The autocast entry points were not found (see <see cref="IsAvailable"/>).</exception>
+    public static bool IsEnabled(DeviceType deviceType) => AutocastNative.Get().IsEnabled(deviceType);
+
+    /// <summary>The autocast (low-precision) dtype for <paramref name="deviceType"/> on the calling thread (libtorch defaults: BFloat16 on CPU, Float16 on CUDA).</summary>
+    /// <exception cref="PlatformNotSupportedException">The autocast entry points were not found.</exception>
+    public static torch.ScalarType GetDtype(DeviceType deviceType) => AutocastNative.Get().GetDtype(deviceType);
+
+    /// <summary>
+    /// The autocast dtype if autocast is enabled for <paramref name="deviceType"/> on this thread, otherwise null.
+    /// Returns null, without throwing, where autocast is unavailable.
+    /// </summary>
+    public static torch.ScalarType? ActiveDtype(DeviceType deviceType)
+    {
+        AutocastNative native = AutocastNative.Instance.Value;
+        if (native.Error is not null || !native.IsEnabled(deviceType))
+        {
+            return null;
+        }
+
+        return native.GetDtype(deviceType);
+    }
+}
+
+/// <summary>
+/// A region of code run under autocast, with the meaning of PyTorch's
+/// <c>torch.autocast(device_type, dtype, enabled)</c> context manager: on creation it sets autocast on or off and
+/// its dtype for one device type on the calling thread; <see cref="Dispose"/> restores the previous setting (use
+/// <c>using</c>, so exceptions restore it too) and, when the outermost scope closes, clears libtorch's cache of
+/// casted weights. Scopes nest. Under an enabled CPU BFloat16 scope, <c>matmul</c> and <c>Linear</c> return
+/// BFloat16 while the gradients of Float32 parameters stay Float32.
+/// </summary>
+/// <remarks>
+/// libtorch keeps autocast state per thread, so a scope affects only the thread that opened it and must be
+/// disposed on that thread. Only the forward pass and the loss belong in a scope, never backward or the
+/// optimizer step (PyTorch's AMP recipe).
+/// </remarks>
+public sealed class AutocastScope : IDisposable
+{
+    private readonly AutocastNative? _native;
+    private readonly bool _previousEnabled;
+    private readonly torch.ScalarType _previousDtype;
+    private readonly int _threadId;
+    private bool _disposed;
+
+    /// <summary>Opens a scope.</summary>
+    /// <param name="deviceType">The device type whose autocast state to set (CPU or CUDA).</param>
+    /// <param name="dtype">The low-precision dtype: BFloat16 or Float16.</param>
+    /// <param name="enabled">False opens a scope that turns autocast off (for a region that must run in Float32).</param>
+    /// <exception cref="ArgumentException"><paramref name="dtype"/> is not BFloat16 or Float16.</exception>
+    /// <exception cref="PlatformNotSupportedException">libtorch's autocast entry points were not found on this platform.</exception>
+    public AutocastScope(DeviceType deviceType, torch.ScalarType dtype, bool enabled = true)
+        : this(deviceType, dtype, enabled, AutocastNative.Get())
+    {
+    }
+
+    private AutocastScope(DeviceType deviceType, torch.ScalarType dtype, bool enabled, AutocastNative? native)
+    {
+        if (dtype != torch.ScalarType.BFloat16 && dtype != torch.ScalarType.Float16)
+        {
+            throw new ArgumentException($"Autocast dtype {dtype} is not supported; expected BFloat16 or Float16.", nameof(dtype));
+        }
+
+        DeviceType = deviceType;
+        Dtype = dtype;
+        Enabled = enabled;
+        _threadId = Environment.CurrentManagedThreadId;
+        _native = native;
+        if (native is null)
+        {
+            return;
+        }
+
+        _previousEnabled = native.IsEnabled(deviceType);
+        _previousDtype = native.GetDtype(deviceType);
+        native.SetDtype(deviceType, dtype);
+        native.SetEnabled(deviceType, enabled);
+        native.IncrementNesting();
+    }
+
+    /// <summary>
+    /// A scope that turns autocast off for <paramref name="deviceType"/>. Where libtorch's autocast is unavailable it
+    /// does nothing (autocast cannot be on there), so <c>fp32</c> works on every platform.
+    /// </summary>
+    public static AutocastScope Disabled(DeviceType deviceType) =>
+        new(deviceType, torch.ScalarType.BFloat16, enabled: false, Autocast.IsAvailable ? AutocastNative.Get() : null);
+
+    /// <summary>The device type this scope sets.</summary>
+    public DeviceType DeviceType { get; }
+
+    /// <summary>The autocast dtype inside this scope.</summary>
+    public torch.ScalarType Dtype { get; }
+
+    /// <summary>Whether autocast is on inside this scope.</summary>
+    public bool Enabled { get; }
+
+    /// <summary>Restores the autocast state that was in force when the scope opened.</summary>
+    /// <exception cref="InvalidOperationException">Called on a different thread than the one that opened the scope.</exception>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        if (Environment.CurrentManagedThreadId != _threadId)
+        {
+            throw new InvalidOperationException(
+                $"An autocast scope opened on thread {_threadId} was disposed on thread {Environment.CurrentManagedThreadId}; libtorch's autocast state is per thread.");
+        }
+
+        _disposed = true;
+        if (_native is null)
+        {
+            return;
+        }
+
+        _native.SetEnabled(DeviceType, _previousEnabled);
+        _native.SetDtype(DeviceType, _previousDtype);
+        if (_native.DecrementNesting() == 0)
+        {
+            _native.ClearCache();
+        }
+    }
+}
+
+/// <summary>Function pointers to libtorch's <c>at::autocast</c> functions, resolved once per process.</summary>
+internal sealed unsafe class AutocastNative
+{
+    // Itanium C++ ABI names (Linux, macOS), seen working with libtorch_cpu.so 2.10 on Linux.
+    private static readonly string[] ItaniumNames =
+    {
+        "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb",
+        "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE",
+        "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE",
+        "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE",
+        "_ZN2at8autocast17increment_nestingEv",
+        "_ZN2at8autocast17decrement_nestingEv",
+        "_ZN2at8autocast11clear_cacheEv",
+    };
+
+    // MSVC names for the same functions on Windows. Written from MSVC's mangling rules; they could not be tested
+    // here (no Windows machine): if they do not resolve, amp precisions fail with a clear error and fp32 works.
+    private static readonly string[] MsvcNames =
+    {
+        "?set_autocast_enabled@autocast@at@@YAXW4DeviceType@c10@@_N@Z",
+        "?is_autocast_enabled@autocast@at@@YA_NW4DeviceType@c10@@@Z",
+        "?set_autocast_dtype@autocast@at@@YAXW4DeviceType@c10@@W4ScalarType@4@@Z",
+        "?get_autocast_dtype@autocast@at@@YA?AW4ScalarType@c10@@W4DeviceType@3@@Z",
+        "?increment_nesting@autocast@at@@YAHXZ",
+        "?decrement_nesting@autocast@at@@YAHXZ",
+        "?clear_cache@autocast@at@@YAXXZ",
+    };
+
+    internal static readonly Lazy<AutocastNative> Instance = new(() => new AutocastNative(), LazyThreadSafetyMode.ExecutionAndPublication);
+
+    private readonly delegate* unmanaged<sbyte, byte, void> _setEnabled;
+    private readonly delegate* unmanaged<sbyte, byte> _isEnabled;
+    private readonly delegate* unmanaged<sbyte, sbyte, void> _setDtype;
+    private readonly delegate* unmanaged<sbyte, sbyte> _getDtype;
+    private readonly delegate* unmanaged<int> _incrementNesting;
+    private readonly delegate* unmanaged<int> _decrementNesting;
+    private readonly delegate* unmanaged<void> _clearCache;
+
+    private AutocastNative()
+    {
+        // Loading TorchSharp's natives first makes the torch_cpu library resident; we then look it up by name.
+        torch.InitializeDeviceType(DeviceType.CPU);
+        string library = OperatingSystem.IsWindows() ? "torch_cpu.dll" : OperatingSystem.IsMacOS() ? "libtorch_cpu.dylib" : "libtorch_cpu.so";
+        Assembly torchAssembly = typeof(torch).Assembly;
+        if (!NativeLibrary.TryLoad(library, torchAssembly, null, out IntPtr handle) && !NativeLibrary.TryLoad(library, out handle))
+        {
+            Error = $"libtorch's autocast is unavailable on {RuntimeInformation.OSDescription} ({RuntimeInformation.ProcessArchitecture}): {library} could not be found next to TorchSharp.";
+            return;
+        }
+
+        string[] names = OperatingSystem.IsWindows() ? MsvcNames : ItaniumNames;
+        var pointers = new IntPtr[names.Length];
+        for (int i = 0; i < names.Length; i++)
+        {
+            if (!NativeLibrary.TryGetExport(handle, names[i], out pointers[i]))
+            {
+                Error = $"libtorch's autocast is unavailable on {RuntimeInformation.OSDescription} ({RuntimeInformation.ProcessArchitecture}): {library} does not export {names[i]}. " +
+                        "Use precision fp32 on this platform.";
+                return;
+            }
+        }
+
+        _setEnabled = (delegate* unmanaged<sbyte, byte, void>)pointers[0];
+        _isEnabled = (delegate* unmanaged<sbyte, byte>)pointers[1];
+        _setDtype = (delegate* unmanaged<sbyte, sbyte, void>)pointers[2];
+        _getDtype = (delegate* unmanaged<sbyte, sbyte>)pointers[3];
+        _incrementNesting = (delegate* unmanaged<int>)pointers[4];
+        _decrementNesting = (delegate* unmanaged<int>)pointers[5];
+        _clearCache = (delegate* unmanaged<void>)pointers[6];
+    }
+
+    /// <summary>Why the entry points could not be resolved, or null when they were.</summary>
+    internal string? Error { get; }
+
+    internal static AutocastNative Get()
+    {
+        AutocastNative native = Instance.Value;
+        if (native.Error is not null)
+        {
+            throw new PlatformNotSupportedException(native.Error);
+        }
+
+        return native;
+    }
+
+    // c10::DeviceType and c10::ScalarType are int8_t enums whose values TorchSharp's enums share (CPU 0, CUDA 1; Half 5, BFloat16 15).
+    internal void SetEnabled(DeviceType device, bool enabled) => _setEnabled((sbyte)device, enabled ? (byte)1 : (byte)0);
+
+    internal bool IsEnabled(DeviceType device) => _isEnabled((sbyte)device) != 0;
+
+    internal void SetDtype(DeviceType device, torch.ScalarType dtype) => _setDtype((sbyte)device, (sbyte)dtype);
+
+    internal torch.ScalarType GetDtype(DeviceType device) => (torch.ScalarType)_getDtype((sbyte)device);
+
+    internal int IncrementNesting() => _incrementNesting();
+
+    internal int DecrementNesting() => _decrementNesting();
+
+    internal void ClearCache() => _clearCache();
+}

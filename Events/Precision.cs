@@ -1,0 +1,66 @@
+using TorchSharp;
+
+namespace ComposerSharp.Events;
+
+/// <summary>
+/// Numerical precision of training, named as in Composer's <c>composer.core.Precision</c>
+/// (composer/core/precision.py): <c>fp32</c>, <c>amp_bf16</c>, <c>amp_fp16</c>.
+/// Under the <c>amp_*</c> precisions the forward pass and loss run inside an <see cref="AutocastScope"/>
+/// (PyTorch's automatic mixed precision); parameters, gradients and optimizer state stay Float32.
+/// </summary>
+public enum Precision
+{
+    /// <summary><c>fp32</c>: everything in Float32; no autocast.</summary>
+    Fp32,
+    /// <summary><c>amp_bf16</c>: autocast to BFloat16; no loss scaling needed.</summary>
+    AmpBf16,
+    /// <summary><c>amp_fp16</c>: autocast to Float16 with dynamic loss scaling (a gradient scaler).</summary>
+    AmpFp16,
+}
+
+/// <summary>Parsing and properties of <see cref="Precision"/>.</summary>
+public static class PrecisionExtensions
+{
+    private static readonly string[] Names = { "fp32", "amp_bf16", "amp_fp16" };
+
+    /// <summary>Composer's name: <c>fp32</c>, <c>amp_bf16</c> or <c>amp_fp16</c>.</summary>
+    public static string ToComposerName(this Precision p) => Names[(int)p];
+
+    /// <summary>Parses <c>fp32</c>, <c>amp_bf16</c>, <c>amp_fp16</c> (case-insensitive; the C# names <c>AmpBf16</c> are accepted too).</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="text"/> is null.</exception>
+    /// <exception cref="FormatException">Not a precision; the message quotes the input and lists the accepted names.</exception>
+    public static Precision Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        string key = text.Trim().Replace("_", string.Empty, StringComparison.Ordinal);
+        foreach (Precision p in Enum.GetValues<Precision>())
+        {
+            if (string.Equals(p.ToString(), key, StringComparison.OrdinalIgnoreCase))
+            {
+                return p;
+            }
+        }
+
+        throw new FormatException($"'{text}' is not a precision; expected one of: {string.Join(", ", Names)}.");
+    }
+
+    /// <summary>True for the autocast precisions (<c>amp_bf16</c>, <c>amp_fp16</c>).</summary>
+    public static bool IsAutocast(this Precision p) => p != Precision.Fp32;
+
+    /// <summary>The autocast (low-precision) dtype: BFloat16 for <c>amp_bf16</c>, Float16 for <c>amp_fp16</c>, null for <c>fp32</c>.</summary>
+    public static torch.ScalarType? AutocastDtype(this Precision p) => p switch
+    {
+        Precision.AmpBf16 => torch.ScalarType.BFloat16,
+        Precision.AmpFp16 => torch.ScalarType.Float16,
+        _ => null,
+    };
+
+    /// <summary>
+    /// Opens the autocast scope for this precision on <paramref name="deviceType"/>: an enabled scope with
+    /// <see cref="AutocastDtype"/> for the amp precisions, and a disabled one (plain Float32) for <c>fp32</c>
+    /// (Composer's <c>get_precision_context</c>). Dispose it on the same thread.
+    /// </summary>
+    /// <exception cref="PlatformNotSupportedException">An amp precision on a platform whose libtorch autocast entry points cannot be found.</exception>
+    public static AutocastScope Enter(this Precision p, DeviceType deviceType) =>
+        p.IsAutocast() ? new AutocastScope(deviceType, p.AutocastDtype()!.Value, enabled: true) : AutocastScope.Disabled(deviceType);
+}

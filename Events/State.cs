@@ -1,0 +1,122 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Events;
+
+/// <summary>
+/// A learning-rate schedule in Composer's style (composer/optim/scheduler.py): a function of the training
+/// <see cref="State"/> that returns the multiplier applied to each parameter group's initial learning rate.
+/// The Trainer evaluates it after every optimizer step.
+/// </summary>
+public interface IScheduler
+{
+    /// <summary>The learning-rate multiplier (≥ 0, usually ≤ 1) at the state's current timestamp.</summary>
+    /// <exception cref="InvalidOperationException">The schedule needs <see cref="State.MaxDuration"/> and it is not set.</exception>
+    double Factor(State state);
+}
+
+/// <summary>
+/// Everything about a training run that algorithms and callbacks may read or change (Composer's
+/// <c>composer.core.State</c>, composer/core/state.py). The Trainer owns it; algorithms know only this.
+/// </summary>
+public sealed class State
+{
+    /// <summary>Creates a state for <paramref name="model"/>.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
+    public State(nn.Module model, Device? device = null, Precision precision = Precision.Fp32, string runName = "run")
+    {
+        Model = model ?? throw new ArgumentNullException(nameof(model));
+        Device = device ?? torch.CPU;
+        Precision = precision;
+        RunName = runName;
+    }
+
+    /// <summary>The model being trained. Module surgery may replace its submodules; never replace it while optimizers hold its parameters.</summary>
+    public nn.Module Model { get; set; }
+
+    /// <summary>The optimizers (usually one); their parameter groups reference the model's parameters.</summary>
+    public IList<optim.Optimizer> Optimizers { get; set; } = new List<optim.Optimizer>();
+
+    /// <summary>Learning-rate schedules, applied after every optimizer step.</summary>
+    public IList<IScheduler> Schedulers { get; set; } = new List<IScheduler>();
+
+    /// <summary>Numerical precision of the run.</summary>
+    public Precision Precision { get; set; }
+
+    /// <summary>The device the model and batches live on (<c>cpu</c> or <c>cuda</c>).</summary>
+    public Device Device { get; set; }
+
+    /// <summary>Name of the run (used for folders and checkpoint names).</summary>
+    public string RunName { get; set; }
+
+    /// <summary>The random seed of the run.</summary>
+    public int Seed { get; set; }
+
+    /// <summary>Training progress.</summary>
+    public Timestamp Timestamp { get; set; } = new();
+
+    /// <summary>When training stops, or null before one is set. Never <c>sec</c> or <c>dur</c>.</summary>
+    public Time? MaxDuration { get; set; }
+
+    /// <summary>The dataloader being iterated now (train, eval or predict), or null.</summary>
+    public IDataLoader? Dataloader { get; set; }
+
+    /// <summary>Label of <see cref="Dataloader"/>: <c>train</c>, an eval label such as <c>eval</c>, or <c>predict</c>.</summary>
+    public string? DataloaderLabel { get; set; }
+
+    /// <summary>Batches per epoch of <see cref="Dataloader"/>, or null when unknown.</summary>
+    public long? DataloaderLength => Dataloader?.BatchesPerEpoch;
+
+    /// <summary>The training dataloader, or null.</summary>
+    public IDataLoader? TrainDataloader { get; set; }
+
+    /// <summary>
+    /// The current batch: the whole batch at the per-batch events, the microbatch inside the per-microbatch
+    /// events (BeforeForward … AfterBackward). Algorithms may replace it at AfterDataloader.
+    /// </summary>
+    public Batch? Batch { get; set; }
+
+    /// <summary>Output of the last forward pass, e.g. logits Float32/BFloat16 [B, T, V] or [B, C].</summary>
+    public Tensor? Outputs { get; set; }
+
+    /// <summary>Loss of the last microbatch (scalar), as the model returned it.</summary>
+    public Tensor? Loss { get; set; }
+
+    /// <summary>The run's algorithms, in the order given (the engine's passes decide the run order).</summary>
+    public IList<IAlgorithm> Algorithms { get; set; } = new List<IAlgorithm>();
+
+    /// <summary>The run's callbacks (logger destinations included).</summary>
+    public IList<ICallback> Callbacks { get; set; } = new List<ICallback>();
+
+    /// <summary>The latest value of each logged metric, e.g. <c>metrics/eval/Accuracy</c> → 0.93.</summary>
+    public IDictionary<string, double> Metrics { get; } = new Dictionary<string, double>();
+
+    /// <summary>Source of <see cref="ILogger"/>s for diagnostics (warnings, surgery reports); a null factory by default.</summary>
+    public ILoggerFactory LoggerFactory { get; set; } = NullLoggerFactory.Instance;
+
+    /// <summary>
+    /// Fraction of <see cref="MaxDuration"/> elapsed, as a <c>dur</c> time (0 at the start, 1 at the end), or null
+    /// when no max duration is set (Composer's <c>get_elapsed_duration</c>).
+    /// </summary>
+    public Time? ElapsedDuration
+    {
+        get
+        {
+            if (MaxDuration is not { } max || max.Value == 0)
+            {
+                return null;
+            }
+
+            double fraction = Timestamp.Get(max.Unit).Value / max.Value;
+            return Time.FromDuration(Math.Max(0, fraction));
+        }
+    }
+
+    /// <summary>
+    /// Stops training after the current batch, with Composer's meaning: the max duration shrinks to the number of
+    /// batches completed so far, so the loop ends once the batch in progress has finished.
+    /// </summary>
+    public void StopTraining() => MaxDuration = Time.FromBatch(Timestamp.Batch);
+}
