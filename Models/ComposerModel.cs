@@ -1,0 +1,49 @@
+using ComposerSharp.Events;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Models;
+
+/// <summary>
+/// A metric accumulated over batches (the role torchmetrics' <c>Metric</c> plays in Composer). Implementations keep
+/// their running sums as managed numbers, never as tensors, so accumulating over an epoch holds no native memory.
+/// </summary>
+public interface IMetric
+{
+    /// <summary>Name used in logs, e.g. <c>Accuracy</c> (logged as <c>metrics/eval/Accuracy</c>).</summary>
+    string Name { get; }
+
+    /// <summary>Adds one batch: <paramref name="outputs"/> are the model's outputs for <paramref name="batch"/>.</summary>
+    void Update(Tensor outputs, Batch batch);
+
+    /// <summary>The value over everything added since the last <see cref="Reset"/>; NaN when nothing was added.</summary>
+    double Compute();
+
+    /// <summary>Forgets everything added.</summary>
+    void Reset();
+}
+
+/// <summary>
+/// The model interface the Trainer talks to (Composer's <c>composer.models.ComposerModel</c>,
+/// composer/models/base.py): a module from a <see cref="Batch"/> to outputs, plus its loss and metrics.
+/// </summary>
+public abstract class ComposerModel : nn.Module<Batch, Tensor>
+{
+    /// <summary>Creates the model; <paramref name="name"/> is the module name.</summary>
+    protected ComposerModel(string name)
+        : base(name)
+    {
+    }
+
+    /// <summary>The loss (a scalar, usually Float32) of <paramref name="outputs"/> for <paramref name="batch"/>.</summary>
+    public abstract Tensor Loss(Tensor outputs, Batch batch);
+
+    /// <summary>Outputs used for evaluation metrics; the forward outputs by default (<paramref name="outputs"/> when given).</summary>
+    public virtual Tensor EvalForward(Batch batch, Tensor? outputs = null) => outputs ?? forward(batch);
+
+    /// <summary>New metric instances for training (<paramref name="isTrain"/>) or evaluation.</summary>
+    public virtual IReadOnlyList<IMetric> GetMetrics(bool isTrain) => Array.Empty<IMetric>();
+
+    /// <summary>Adds a batch to <paramref name="metric"/>; calls <see cref="IMetric.Update"/> by default.</summary>
+    public virtual void UpdateMetric(Batch batch, Tensor outputs, IMetric metric) => metric.Update(outputs, batch);
+}
