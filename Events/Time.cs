@@ -200,6 +200,14 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
         return false;
     }
 
+    /// <summary>Parses a time string, so that <c>maxDuration: "1ep"</c> reads as in Composer (see <see cref="Parse"/>).</summary>
+    /// <exception cref="FormatException">The string is not a time.</exception>
+    public static implicit operator Time(string text) => Parse(text);
+
+    /// <summary>A whole number of epochs, as Composer reads an integer max duration.</summary>
+    /// <exception cref="ArgumentException"><paramref name="epochs"/> is negative.</exception>
+    public static implicit operator Time(int epochs) => FromEpoch(epochs);
+
     /// <summary>Formats as Composer does: <c>"10ba"</c>, <c>"0.5dur"</c>.</summary>
     public override string ToString() => Value.ToString("R", CultureInfo.InvariantCulture) + Unit.Suffix();
 
