@@ -1,0 +1,223 @@
+using System.Globalization;
+using System.Reflection;
+using ComposerSharp.Events;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace ComposerSharp.Cli.Configuration;
+
+/// <summary>The kinds of named component a config refers to.</summary>
+public enum ComponentKind
+{
+    /// <summary>A model under <c>model:</c>.</summary>
+    Model,
+    /// <summary>A dataset under <c>train_loader.dataset:</c> / <c>eval_loader.dataset:</c>.</summary>
+    Dataset,
+    /// <summary>An algorithm under <c>algorithms:</c>.</summary>
+    Algorithm,
+    /// <summary>A callback under <c>callbacks:</c>.</summary>
+    Callback,
+    /// <summary>A logger destination under <c>loggers:</c>.</summary>
+    Logger,
+}
+
+/// <summary>What a factory can use while building a component from its config section.</summary>
+/// <param name="Services">The service provider (plugins' services included).</param>
+/// <param name="RunFolder">The run folder (absolute path) where files such as metrics and checkpoints go.</param>
+/// <param name="Seed">The run's seed.</param>
+public sealed record ComponentContext(IServiceProvider Services, string RunFolder, int Seed);
+
+/// <summary>
+/// One named component registered in the service collection. Either <see cref="ImplementationType"/> is set, and
+/// the component is built by binding its config keys (snake_case) to the parameters of its public constructor with
+/// the most parameters, or <see cref="Factory"/> builds it from the section.
+/// </summary>
+/// <param name="Kind">The kind.</param>
+/// <param name="Name">The name used in configs, e.g. <c>low_precision_layernorm</c>.</param>
+/// <param name="ImplementationType">The type to construct, or null when <paramref name="Factory"/> is given.</param>
+/// <param name="Factory">Builds the component from its section, or null.</param>
+public sealed record ComponentRegistration(
+    ComponentKind Kind,
+    string Name,
+    Type? ImplementationType,
+    Func<ConfigSection, ComponentContext, object>? Factory);
+
+/// <summary>
+/// Registration of named components in Microsoft.Extensions.DependencyInjection, so that a user's algorithm is one
+/// class and one line: <c>services.AddAlgorithm&lt;MyAlgorithm&gt;("my_algorithm")</c>.
+/// </summary>
+public static class ComponentServiceCollectionExtensions
+{
+    /// <summary>Registers algorithm <typeparamref name="T"/> under <paramref name="name"/>; its constructor parameters become its config keys.</summary>
+    public static IServiceCollection AddAlgorithm<T>(this IServiceCollection services, string name)
+        where T : IAlgorithm => services.AddComponent(ComponentKind.Algorithm, name, typeof(T));
+
+    /// <summary>Registers an algorithm built by <paramref name="factory"/>.</summary>
+    public static IServiceCollection AddAlgorithm(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, IAlgorithm> factory) =>
+        services.AddComponent(ComponentKind.Algorithm, name, factory);
+
+    /// <summary>Registers callback <typeparamref name="T"/> under <paramref name="name"/>.</summary>
+    public static IServiceCollection AddCallback<T>(this IServiceCollection services, string name)
+        where T : ICallback => services.AddComponent(ComponentKind.Callback, name, typeof(T));
+
+    /// <summary>Registers a callback built by <paramref name="factory"/>.</summary>
+    public static IServiceCollection AddCallback(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, ICallback> factory) =>
+        services.AddComponent(ComponentKind.Callback, name, factory);
+
+    /// <summary>Registers a logger destination built by <paramref name="factory"/>.</summary>
+    public static IServiceCollection AddLoggerDestination(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, ILoggerDestination> factory) =>
+        services.AddComponent(ComponentKind.Logger, name, factory);
+
+    /// <summary>Registers a model built by <paramref name="factory"/>.</summary>
+    public static IServiceCollection AddModel(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, object> factory) =>
+        services.AddComponent(ComponentKind.Model, name, factory);
+
+    /// <summary>Registers a dataset built by <paramref name="factory"/>.</summary>
+    public static IServiceCollection AddDataset(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, object> factory) =>
+        services.AddComponent(ComponentKind.Dataset, name, factory);
+
+    private static IServiceCollection AddComponent(this IServiceCollection services, ComponentKind kind, string name, Type type)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        services.AddSingleton(new ComponentRegistration(kind, name, type, null));
+        return services;
+    }
+
+    private static IServiceCollection AddComponent(this IServiceCollection services, ComponentKind kind, string name, Func<ConfigSection, ComponentContext, object> factory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        ArgumentNullException.ThrowIfNull(factory);
+        services.AddSingleton(new ComponentRegistration(kind, name, null, factory));
+        return services;
+    }
+}
+
+/// <summary>Builds registered components by name from config sections.</summary>
+public sealed class ComponentCatalog
+{
+    private readonly IReadOnlyList<ComponentRegistration> _registrations;
+
+    /// <summary>Creates the catalog over every registration in <paramref name="registrations"/> (later registrations of a name win).</summary>
+    public ComponentCatalog(IEnumerable<ComponentRegistration> registrations) => _registrations = registrations.ToList();
+
+    /// <summary>The registered names of <paramref name="kind"/>, sorted.</summary>
+    public IReadOnlyList<string> Names(ComponentKind kind) =>
+        _registrations.Where(r => r.Kind == kind).Select(r => r.Name).Distinct().Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>Builds component <paramref name="name"/> of <paramref name="kind"/> from <paramref name="args"/>.</summary>
+    /// <exception cref="ConfigException">Unknown name (the message lists the registered ones), unknown or missing keys, or a bad value.</exception>
+    public T Create<T>(ComponentKind kind, string name, ConfigSection args, ComponentContext context)
+    {
+        ComponentRegistration? registration = _registrations.LastOrDefault(r => r.Kind == kind && r.Name == name);
+        if (registration is null)
+        {
+            string what = kind.ToString().ToLowerInvariant();
+            throw new ConfigException($"Unknown {what} '{name}' at '{args.Path}'; registered {what}s: {string.Join(", ", Names(kind))}.");
+        }
+
+        object built;
+        try
+        {
+            built = registration.Factory is not null
+                ? registration.Factory(args, context)
+                : Bind(registration.ImplementationType!, args, context);
+        }
+        catch (TargetInvocationException ex) when (ex.InnerException is not null)
+        {
+            throw new ConfigException($"Building {kind.ToString().ToLowerInvariant()} '{name}' from '{args.Path}' failed: {ex.InnerException.Message}", ex.InnerException);
+        }
+        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidOperationException)
+        {
+            throw new ConfigException($"Building {kind.ToString().ToLowerInvariant()} '{name}' from '{args.Path}' failed: {ex.Message}", ex);
+        }
+
+        return built is T typed
+            ? typed
+            : throw new ConfigException($"The {kind.ToString().ToLowerInvariant()} registered as '{name}' is a {built.GetType().Name}, not a {typeof(T).Name}.");
+    }
+
+    /// <summary>
+    /// Constructs <paramref name="type"/> through its public constructor with the most parameters: each parameter is
+    /// read from the key of its snake_case name, else taken from the service provider, else its default.
+    /// </summary>
+    /// <exception cref="ConfigException">An unknown key, a missing required key, or a value of the wrong form.</exception>
+    public static object Bind(Type type, ConfigSection args, ComponentContext context)
+    {
+        ConstructorInfo ctor = type.GetConstructors().OrderByDescending(c => c.GetParameters().Length).FirstOrDefault()
+            ?? throw new ConfigException($"{type.Name} has no public constructor.");
+        ParameterInfo[] parameters = ctor.GetParameters();
+        var keys = parameters.Where(p => IsConfigurable(p.ParameterType)).Select(p => Algorithm.ToSnakeCase(p.Name!)).ToList();
+        args.RequireKnownKeys(keys, "option");
+        var values = new object?[parameters.Length];
+        for (int i = 0; i < parameters.Length; i++)
+        {
+            ParameterInfo p = parameters[i];
+            string key = Algorithm.ToSnakeCase(p.Name!);
+            if (IsConfigurable(p.ParameterType) && args.ContainsKey(key))
+            {
+                values[i] = Convert(args, key, p.ParameterType);
+            }
+            else if (!IsConfigurable(p.ParameterType) && context.Services.GetService(p.ParameterType) is { } service)
+            {
+                values[i] = service;
+            }
+            else if (p.HasDefaultValue)
+            {
+                values[i] = p.DefaultValue;
+            }
+            else if (IsNullable(p))
+            {
+                values[i] = null;
+            }
+            else
+            {
+                throw new ConfigException($"'{args.PathOf(key)}' is required by {type.Name}.");
+            }
+        }
+
+        return ctor.Invoke(values);
+    }
+
+    private static bool IsNullable(ParameterInfo p) =>
+        Nullable.GetUnderlyingType(p.ParameterType) is not null ||
+        new NullabilityInfoContext().Create(p).WriteState == NullabilityState.Nullable;
+
+    private static bool IsConfigurable(Type t)
+    {
+        Type u = Nullable.GetUnderlyingType(t) ?? t;
+        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(decimal);
+    }
+
+    private static object? Convert(ConfigSection args, string key, Type target)
+    {
+        Type u = Nullable.GetUnderlyingType(target) ?? target;
+        if (args.Get(key) is null)
+        {
+            return null;
+        }
+
+        if (u == typeof(string)) return args.GetString(key);
+        if (u == typeof(bool)) return args.GetBool(key);
+        if (u == typeof(Time)) return args.GetValue(key, Time.Parse, "a time such as 1ep, 100ba, 0.5dur");
+        if (u == typeof(Event)) return args.GetValue(key, EventExtensions.Parse, "an event name such as init");
+        if (u == typeof(Precision)) return args.GetValue(key, PrecisionExtensions.Parse, "fp32, amp_bf16 or amp_fp16");
+        if (u.IsEnum)
+        {
+            return args.GetValue(key, s => Enum.Parse(u, s.Replace("_", string.Empty, StringComparison.Ordinal), ignoreCase: true), $"one of {string.Join(", ", Enum.GetNames(u))}");
+        }
+
+        bool integral = u != typeof(double) && u != typeof(float) && u != typeof(decimal);
+        return args.GetValue(
+            key,
+            s =>
+            {
+                double d = double.Parse(s, NumberStyles.Float, CultureInfo.InvariantCulture);
+                if (integral && d != Math.Floor(d))
+                {
+                    throw new FormatException($"{s} is not a whole number");
+                }
+
+                return System.Convert.ChangeType(d, u, CultureInfo.InvariantCulture);
+            },
+            integral ? "a whole number" : "a number");
+    }
+}

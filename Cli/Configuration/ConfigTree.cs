@@ -1,0 +1,320 @@
+using System.Globalization;
+using YamlDotNet.RepresentationModel;
+
+namespace ComposerSharp.Cli.Configuration;
+
+/// <summary>
+/// Thrown for a configuration that cannot be used: unknown keys, unknown component names, bad values. The message
+/// names the key (as a dotted path such as <c>train_loader.batch_size</c>) and what is accepted.
+/// </summary>
+public sealed class ConfigException : Exception
+{
+    /// <summary>Creates the exception with a complete message.</summary>
+    public ConfigException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>Creates the exception with a complete message and its cause.</summary>
+    public ConfigException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
+}
+
+/// <summary>
+/// A YAML mapping read into plain values: nested <see cref="ConfigSection"/>s for mappings,
+/// <see cref="List{T}"/> of values for sequences, <see cref="string"/> for scalars and null for <c>null</c>/<c>~</c>/empty.
+/// Keys keep their order. <see cref="Path"/> is the dotted location used in error messages.
+/// </summary>
+public sealed class ConfigSection
+{
+    private readonly List<KeyValuePair<string, object?>> _entries = new();
+
+    /// <summary>Creates an empty section at <paramref name="path"/> (empty for the root).</summary>
+    public ConfigSection(string path = "") => Path = path;
+
+    /// <summary>Dotted path of this section from the root, e.g. <c>train_loader.dataset</c>; empty for the root.</summary>
+    public string Path { get; }
+
+    /// <summary>The keys, in file order.</summary>
+    public IEnumerable<string> Keys => _entries.Select(e => e.Key);
+
+    /// <summary>Number of keys.</summary>
+    public int Count => _entries.Count;
+
+    /// <summary>Reads a YAML file whose top level is a mapping.</summary>
+    /// <exception cref="ConfigException">The file is missing, is not valid YAML, or its top level is not a mapping; the message names the file and line.</exception>
+    public static ConfigSection LoadFile(string path)
+    {
+        if (!File.Exists(path))
+        {
+            throw new ConfigException($"Config file '{path}' does not exist.");
+        }
+
+        return Parse(File.ReadAllText(path), path);
+    }
+
+    /// <summary>Parses YAML text whose top level is a mapping; <paramref name="source"/> names it in errors.</summary>
+    /// <exception cref="ConfigException">Invalid YAML, or the top level is not a mapping.</exception>
+    public static ConfigSection Parse(string yaml, string source = "<config>")
+    {
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(new StringReader(yaml));
+        }
+        catch (YamlDotNet.Core.YamlException ex)
+        {
+            throw new ConfigException($"{source}: invalid YAML at line {ex.Start.Line}, column {ex.Start.Column}: {ex.InnerException?.Message ?? ex.Message}", ex);
+        }
+
+        if (stream.Documents.Count == 0)
+        {
+            return new ConfigSection();
+        }
+
+        YamlNode root = stream.Documents[0].RootNode;
+        if (root is YamlScalarNode { Value: null or "" })
+        {
+            return new ConfigSection();
+        }
+
+        if (root is not YamlMappingNode mapping)
+        {
+            throw new ConfigException($"{source}: the top level must be a mapping of keys such as 'model:' and 'max_duration:', at line {root.Start.Line}.");
+        }
+
+        return FromMapping(mapping, string.Empty, source);
+    }
+
+    /// <summary>Parses one value the way it would be read in YAML (a scalar, a flow list <c>[a, b]</c> or a flow mapping <c>{k: v}</c>).</summary>
+    public static object? ParseValue(string text, string path)
+    {
+        ConfigSection wrapper = Parse("v: " + text, $"value of '{path}'");
+        object? value = wrapper.Get("v");
+        return value is ConfigSection s ? s.WithPath(path) : value;
+    }
+
+    private static ConfigSection FromMapping(YamlMappingNode mapping, string path, string source)
+    {
+        var section = new ConfigSection(path);
+        foreach ((YamlNode keyNode, YamlNode valueNode) in mapping.Children)
+        {
+            string key = (keyNode as YamlScalarNode)?.Value
+                ?? throw new ConfigException($"{source}: a key at line {keyNode.Start.Line} under '{path}' is not a plain name.");
+            string childPath = path.Length == 0 ? key : path + "." + key;
+            if (section.ContainsKey(key))
+            {
+                throw new ConfigException($"{source}: key '{childPath}' appears twice (line {keyNode.Start.Line}).");
+            }
+
+            section._entries.Add(new(key, FromNode(valueNode, childPath, source)));
+        }
+
+        return section;
+    }
+
+    private static object? FromNode(YamlNode node, string path, string source) => node switch
+    {
+        YamlMappingNode m => FromMapping(m, path, source),
+        YamlSequenceNode s => s.Children.Select((c, i) => FromNode(c, $"{path}[{i}]", source)).ToList(),
+        YamlScalarNode { Style: YamlDotNet.Core.ScalarStyle.Plain, Value: null or "" or "~" or "null" or "Null" or "NULL" } => null,
+        YamlScalarNode sc => sc.Value,
+        _ => throw new ConfigException($"{source}: unsupported YAML node at line {node.Start.Line} ('{path}')."),
+    };
+
+    private ConfigSection WithPath(string path)
+    {
+        var copy = new ConfigSection(path);
+        foreach ((string k, object? v) in _entries)
+        {
+            copy._entries.Add(new(k, v is ConfigSection s ? s.WithPath(path.Length == 0 ? k : path + "." + k) : v));
+        }
+
+        return copy;
+    }
+
+    /// <summary>Dotted path of <paramref name="key"/> in this section.</summary>
+    public string PathOf(string key) => Path.Length == 0 ? key : Path + "." + key;
+
+    /// <summary>Whether <paramref name="key"/> is present (even with a null value).</summary>
+    public bool ContainsKey(string key) => _entries.Any(e => e.Key == key);
+
+    /// <summary>The raw value of <paramref name="key"/>, or null when absent.</summary>
+    public object? Get(string key) => _entries.FirstOrDefault(e => e.Key == key).Value;
+
+    /// <summary>Sets <paramref name="key"/> (replacing an existing value in place, or appending).</summary>
+    public void Set(string key, object? value)
+    {
+        int i = _entries.FindIndex(e => e.Key == key);
+        if (i >= 0)
+        {
+            _entries[i] = new(key, value);
+        }
+        else
+        {
+            _entries.Add(new(key, value));
+        }
+    }
+
+    /// <summary>Removes <paramref name="key"/> if present.</summary>
+    public void Remove(string key) => _entries.RemoveAll(e => e.Key == key);
+
+    /// <summary>
+    /// Sets a dotted path such as <c>train_loader.batch_size</c>, creating intermediate sections, from a command-line
+    /// override; the value is parsed as YAML (<c>2ep</c>, <c>[a, b]</c>, <c>{lr: 0.1}</c>).
+    /// </summary>
+    /// <exception cref="ConfigException">An intermediate key holds a value that is not a mapping.</exception>
+    public void SetPath(string dottedPath, string valueText)
+    {
+        string[] parts = dottedPath.Split('.');
+        ConfigSection current = this;
+        for (int i = 0; i < parts.Length - 1; i++)
+        {
+            object? child = current.Get(parts[i]);
+            if (child is null)
+            {
+                var created = new ConfigSection(current.PathOf(parts[i]));
+                current.Set(parts[i], created);
+                current = created;
+            }
+            else if (child is ConfigSection s)
+            {
+                current = s;
+            }
+            else
+            {
+                throw new ConfigException($"Cannot set '{dottedPath}': '{current.PathOf(parts[i])}' is a value, not a mapping.");
+            }
+        }
+
+        string last = parts[^1];
+        current.Set(last, ParseValue(valueText, current.PathOf(last)));
+    }
+
+    /// <summary>Throws when the section has keys outside <paramref name="accepted"/>.</summary>
+    /// <exception cref="ConfigException">An unknown key; the message names it and lists the accepted keys.</exception>
+    public void RequireKnownKeys(IEnumerable<string> accepted, string what = "key")
+    {
+        var allowed = accepted.ToList();
+        foreach (string key in Keys)
+        {
+            if (!allowed.Contains(key))
+            {
+                throw new ConfigException($"Unknown {what} '{PathOf(key)}'; accepted: {string.Join(", ", allowed)}.");
+            }
+        }
+    }
+
+    /// <summary>The sub-section at <paramref name="key"/>, an empty one when absent or null.</summary>
+    /// <exception cref="ConfigException">The value is a scalar or list.</exception>
+    public ConfigSection Section(string key) => Get(key) switch
+    {
+        null => new ConfigSection(PathOf(key)),
+        ConfigSection s => s,
+        var other => throw new ConfigException($"'{PathOf(key)}' must be a mapping, got '{Describe(other)}'."),
+    };
+
+    /// <summary>The string at <paramref name="key"/>, or <paramref name="fallback"/> when absent or null.</summary>
+    /// <exception cref="ConfigException">The value is a mapping or a list.</exception>
+    public string? GetString(string key, string? fallback = null) => Get(key) switch
+    {
+        null => fallback,
+        string s => s,
+        var other => throw new ConfigException($"'{PathOf(key)}' must be a single value, got '{Describe(other)}'."),
+    };
+
+    /// <summary>Converts the value at <paramref name="key"/> with <paramref name="parse"/>, naming the key and the expected form on failure.</summary>
+    /// <exception cref="ConfigException">The value cannot be converted.</exception>
+    public T? GetValue<T>(string key, Func<string, T> parse, string expected, T? fallback = default)
+    {
+        string? s = GetString(key);
+        if (s is null)
+        {
+            return fallback;
+        }
+
+        try
+        {
+            return parse(s);
+        }
+        catch (Exception ex) when (ex is FormatException or ArgumentException or OverflowException)
+        {
+            throw new ConfigException($"'{PathOf(key)}' is '{s}', which is not {expected}: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>An integer at <paramref name="key"/>.</summary>
+    /// <exception cref="ConfigException">Not an integer.</exception>
+    public long? GetLong(string key) =>
+        GetValue<long?>(key, s => long.Parse(s.Replace("_", string.Empty, StringComparison.Ordinal), NumberStyles.Integer, CultureInfo.InvariantCulture), "an integer");
+
+    /// <summary>A number at <paramref name="key"/>.</summary>
+    /// <exception cref="ConfigException">Not a number.</exception>
+    public double? GetDouble(string key) =>
+        GetValue<double?>(key, s => double.Parse(s, NumberStyles.Float, CultureInfo.InvariantCulture), "a number");
+
+    /// <summary>A boolean (<c>true</c>/<c>false</c>) at <paramref name="key"/>.</summary>
+    /// <exception cref="ConfigException">Not a boolean.</exception>
+    public bool? GetBool(string key) => GetValue<bool?>(key, s => bool.Parse(s), "true or false");
+
+    /// <summary>
+    /// Named entries at <paramref name="key"/>, accepting Composer's mapping form (<c>name: {kwargs}</c>) and a
+    /// list of names or of single-key mappings. Each entry's section may be empty.
+    /// </summary>
+    /// <exception cref="ConfigException">Any other shape.</exception>
+    public IReadOnlyList<(string Name, ConfigSection Args)> GetNamedList(string key)
+    {
+        var result = new List<(string, ConfigSection)>();
+        switch (Get(key))
+        {
+            case null:
+                break;
+            case string s:
+                foreach (string name in s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    result.Add((name, new ConfigSection(PathOf(key) + "." + name)));
+                }
+
+                break;
+            case ConfigSection map:
+                foreach (string name in map.Keys)
+                {
+                    result.Add((name, map.Get(name) is null ? new ConfigSection(map.PathOf(name)) : map.Section(name)));
+                }
+
+                break;
+            case List<object?> list:
+                foreach (object? item in list)
+                {
+                    if (item is string n)
+                    {
+                        result.Add((n, new ConfigSection(PathOf(key) + "." + n)));
+                    }
+                    else if (item is ConfigSection { Count: 1 } one)
+                    {
+                        string name = one.Keys.Single();
+                        result.Add((name, one.Get(name) is null ? new ConfigSection(one.PathOf(name)) : one.Section(name)));
+                    }
+                    else
+                    {
+                        throw new ConfigException($"'{PathOf(key)}' entries must be names or 'name: {{options}}' mappings, got '{Describe(item)}'.");
+                    }
+                }
+
+                break;
+        }
+
+        return result;
+    }
+
+    private static string Describe(object? value) => value switch
+    {
+        null => "null",
+        string s => s,
+        ConfigSection s => $"a mapping with keys {string.Join(", ", s.Keys)}",
+        List<object?> l => $"a list of {l.Count}",
+        _ => value.ToString() ?? "?",
+    };
+}
