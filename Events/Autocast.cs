@@ -98,11 +98,21 @@ public sealed class AutocastScope : IDisposable
     }
 
     /// <summary>
-    /// A scope that turns autocast off for <paramref name="deviceType"/>. Where libtorch's autocast is unavailable it
-    /// does nothing (autocast cannot be on there), so <c>fp32</c> works on every platform.
+    /// A scope that turns autocast off for <paramref name="deviceType"/> and keeps the current autocast dtype, like
+    /// <c>torch.autocast(device_type, enabled=False)</c>. Where libtorch's autocast is unavailable it does nothing
+    /// (autocast cannot be on there), so <c>fp32</c> works on every platform.
     /// </summary>
-    public static AutocastScope Disabled(DeviceType deviceType) =>
-        new(deviceType, torch.ScalarType.BFloat16, enabled: false, Autocast.IsAvailable ? AutocastNative.Get() : null);
+    public static AutocastScope Disabled(DeviceType deviceType)
+    {
+        AutocastNative? native = Autocast.IsAvailable ? AutocastNative.Get() : null;
+        torch.ScalarType current = native?.GetDtype(deviceType) ?? torch.ScalarType.BFloat16;
+        if (current != torch.ScalarType.BFloat16 && current != torch.ScalarType.Float16)
+        {
+            current = torch.ScalarType.BFloat16;
+        }
+
+        return new(deviceType, current, enabled: false, native);
+    }
 
     /// <summary>The device type this scope sets.</summary>
     public DeviceType DeviceType { get; }

@@ -17,8 +17,9 @@ public sealed class Batch : IReadOnlyDictionary<string, Tensor>
     /// <summary>Creates a batch.</summary>
     /// <param name="tensors">Named tensors; every tensor must have the same size in dimension 0.</param>
     /// <param name="numTokens">
-    /// Tokens in the batch; when null, the element count of <c>attention_mask</c> that is non-zero if present,
-    /// else of <c>input_ids</c>, else 0 (the default in Composer's <c>DataSpec</c>).
+    /// Tokens in the batch; when null, the element count of <c>input_ids</c> (B × T for [B, T], padding included),
+    /// or 0 when there is no <c>input_ids</c>: the default of Composer's <c>DataSpec.get_num_tokens_in_batch</c>.
+    /// Pass e.g. the sum of <c>attention_mask</c> to count only real tokens.
     /// </param>
     /// <exception cref="ArgumentException">No tensors, a scalar tensor, or tensors whose leading sizes differ.</exception>
     public Batch(IReadOnlyDictionary<string, Tensor> tensors, long? numTokens = null)
@@ -95,7 +96,10 @@ public sealed class Batch : IReadOnlyDictionary<string, Tensor>
 
     /// <summary>
     /// Splits the batch into microbatches of at most <paramref name="microbatchSize"/> samples along dimension 0
-    /// (views, not copies); the last one may be smaller. Tokens are recounted per microbatch.
+    /// (views, not copies); the last one may be smaller, as with PyTorch's <c>tensor.split</c>. Tokens are recounted
+    /// per microbatch with the default rule (see the constructor), so when this batch's token count was given
+    /// explicitly, add this batch's <see cref="NumTokens"/> to the timestamp rather than the microbatches' (Composer
+    /// counts tokens on the whole batch too).
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="microbatchSize"/> is not positive.</exception>
     public IReadOnlyList<Batch> Split(long microbatchSize)
@@ -122,14 +126,6 @@ public sealed class Batch : IReadOnlyDictionary<string, Tensor>
         return parts;
     }
 
-    private static long CountTokens(IReadOnlyDictionary<string, Tensor> tensors)
-    {
-        if (tensors.TryGetValue("attention_mask", out Tensor? mask))
-        {
-            using var _ = torch.NewDisposeScope();
-            return mask.count_nonzero().item<long>();
-        }
-
-        return tensors.TryGetValue("input_ids", out Tensor? ids) ? ids.numel() : 0;
-    }
+    private static long CountTokens(IReadOnlyDictionary<string, Tensor> tensors) =>
+        tensors.TryGetValue("input_ids", out Tensor? ids) ? ids.numel() : 0;
 }

@@ -3,23 +3,24 @@ using Microsoft.Extensions.Logging;
 namespace ComposerSharp.Events;
 
 /// <summary>
-/// A record of one algorithm at one event (Composer's <c>Trace</c>): whether it ran, its exit code and its position
-/// in the run order.
+/// A record of one algorithm run at one event (Composer's <c>Trace</c>): its name, the event, its exit code and its
+/// position in the run order. As in Composer, the engine returns traces only for algorithms whose
+/// <see cref="IAlgorithm.Match"/> returned true, so <see cref="Run"/> is true for every trace it produces.
 /// </summary>
 /// <param name="Name">Algorithm name.</param>
 /// <param name="Event">The event.</param>
-/// <param name="ExitCode">What <see cref="IAlgorithm.Apply"/> returned; null when it did not run or returned null.</param>
-/// <param name="Order">0-based position in the order the algorithms were considered at this event.</param>
-/// <param name="Run">True when <see cref="IAlgorithm.Match"/> returned true and the algorithm was applied.</param>
+/// <param name="ExitCode">What <see cref="IAlgorithm.Apply"/> returned (null when it returned null).</param>
+/// <param name="Order">0-based position among the algorithms that ran at this event, after the passes.</param>
+/// <param name="Run">True when the algorithm was applied.</param>
 public sealed record Trace(string Name, Event Event, int? ExitCode, int Order, bool Run);
 
 /// <summary>
-/// An algorithm pass reorders (or filters) the algorithms before they run at an event (Composer's
+/// An algorithm pass reorders (or filters) the algorithms that matched an event before they run (Composer's
 /// <c>composer.core.passes</c>). Passes run in registration order, each on the previous one's result.
 /// </summary>
 public delegate IReadOnlyList<IAlgorithm> AlgorithmPass(IReadOnlyList<IAlgorithm> algorithms, Event e);
 
-/// <summary>Composer's default algorithm passes.</summary>
+/// <summary>Composer's default algorithm passes (composer/core/passes.py) and helpers to write new ones.</summary>
 public static class AlgorithmPasses
 {
     /// <summary>Name of the algorithm that <see cref="SortLowPrecisionLayerNormLast"/> moves to the back.</summary>
@@ -28,19 +29,33 @@ public static class AlgorithmPasses
     /// <summary>Name of the algorithm that <see cref="SortLowPrecisionGroupNormLast"/> moves to the back.</summary>
     public const string LowPrecisionGroupNormName = "low_precision_groupnorm";
 
-    /// <summary>The events whose algorithm order is reversed by <see cref="SetFiloOrder"/>.</summary>
+    /// <summary>Name of the algorithm that <see cref="SortSelectiveBackpropFirst"/> moves to the front.</summary>
+    public const string SelectiveBackpropName = "selective_backprop";
+
+    /// <summary>
+    /// The events whose algorithm order is reversed by <see cref="SetFiloOrder"/>: those whose Composer member name
+    /// starts with <c>AFTER_</c> (the eval and predict "after forward" events start with <c>EVAL_</c>/<c>PREDICT_</c>
+    /// and are not reversed).
+    /// </summary>
     public static IReadOnlySet<Event> FiloEvents { get; } = new HashSet<Event>
     {
         Event.AfterLoad, Event.AfterDataloader, Event.AfterForward, Event.AfterLoss, Event.AfterBackward, Event.AfterTrainBatch,
     };
 
-    /// <summary>Moves the algorithms matching <paramref name="predicate"/> to the back, keeping relative order otherwise.</summary>
+    /// <summary>Moves the algorithms matching <paramref name="predicate"/> to the back, keeping relative order otherwise (a stable sort).</summary>
     public static IReadOnlyList<IAlgorithm> SortToBack(IReadOnlyList<IAlgorithm> algorithms, Func<IAlgorithm, bool> predicate) =>
         algorithms.Where(a => !predicate(a)).Concat(algorithms.Where(predicate)).ToList();
 
-    /// <summary>Moves the algorithms matching <paramref name="predicate"/> to the front, keeping relative order otherwise.</summary>
+    /// <summary>Moves the algorithms matching <paramref name="predicate"/> to the front, keeping relative order otherwise (a stable sort).</summary>
     public static IReadOnlyList<IAlgorithm> SortToFront(IReadOnlyList<IAlgorithm> algorithms, Func<IAlgorithm, bool> predicate) =>
         algorithms.Where(predicate).Concat(algorithms.Where(a => !predicate(a))).ToList();
+
+    /// <summary>
+    /// Runs SelectiveBackprop before every other algorithm, so that it ranks examples by a loss no other algorithm
+    /// has changed yet (Composer's <c>sort_selective_backprop_first</c>).
+    /// </summary>
+    public static IReadOnlyList<IAlgorithm> SortSelectiveBackpropFirst(IReadOnlyList<IAlgorithm> algorithms, Event e) =>
+        SortToFront(algorithms, a => a.Name == SelectiveBackpropName);
 
     /// <summary>
     /// Runs LowPrecisionLayerNorm after every other algorithm, so that LayerNorms that other algorithms add by
@@ -49,23 +64,26 @@ public static class AlgorithmPasses
     public static IReadOnlyList<IAlgorithm> SortLowPrecisionLayerNormLast(IReadOnlyList<IAlgorithm> algorithms, Event e) =>
         SortToBack(algorithms, a => a.Name == LowPrecisionLayerNormName);
 
-    /// <summary>Runs LowPrecisionGroupNorm after every other algorithm (as for LayerNorm).</summary>
+    /// <summary>
+    /// Runs LowPrecisionGroupNorm after every other algorithm (as for LayerNorm). Not a default pass: Composer has
+    /// no such pass; register it with <see cref="Engine.RegisterPass"/> when wanted.
+    /// </summary>
     public static IReadOnlyList<IAlgorithm> SortLowPrecisionGroupNormLast(IReadOnlyList<IAlgorithm> algorithms, Event e) =>
         SortToBack(algorithms, a => a.Name == LowPrecisionGroupNormName);
 
     /// <summary>
     /// Reverses the order at the "after" events of the training step (AfterLoad, AfterDataloader, AfterForward,
     /// AfterLoss, AfterBackward, AfterTrainBatch), so that algorithms unwind first-in-last-out around the step
-    /// (Composer's <c>set_filo_order</c>).
+    /// (Composer's <c>set_filo_order</c>). <c>_start</c>/<c>_end</c> events keep their order.
     /// </summary>
     public static IReadOnlyList<IAlgorithm> SetFiloOrder(IReadOnlyList<IAlgorithm> algorithms, Event e) =>
         FiloEvents.Contains(e) ? algorithms.Reverse().ToList() : algorithms;
 
-    /// <summary>The default passes, in the order the engine applies them.</summary>
+    /// <summary>The default passes, in the order the engine applies them (Composer's defaults, less its loss-interpolation warning).</summary>
     public static IReadOnlyList<AlgorithmPass> Defaults { get; } = new AlgorithmPass[]
     {
+        SortSelectiveBackpropFirst,
         SortLowPrecisionLayerNormLast,
-        SortLowPrecisionGroupNormLast,
         SetFiloOrder,
     };
 }
@@ -74,12 +92,28 @@ public static class AlgorithmPasses
 /// Runs algorithms, callbacks and loggers at each <see cref="Event"/> (Composer's <c>composer.core.Engine</c>,
 /// composer/core/engine.py). At <see cref="Event.Init"/> the order is loggers, then other callbacks, then algorithms
 /// (so loggers can record what surgery did); at every other event it is algorithms, then other callbacks, then
-/// loggers. Algorithm order comes from the <see cref="Passes"/>.
+/// loggers. At each event the engine first asks every algorithm, in <see cref="State.Algorithms"/> order, whether it
+/// <see cref="IAlgorithm.Match"/>es; the <see cref="Passes"/> then order the matching ones, which are applied in that
+/// order.
 /// </summary>
+/// <remarks>
+/// Loggers are the <see cref="Logger"/>'s destinations plus any <see cref="ILoggerDestination"/> in
+/// <see cref="State.Callbacks"/>; each runs once per event. Like Composer's engine, it requires
+/// <see cref="State.Dataloader"/> at every event except Init, BeforeLoad, AfterLoad, EvalStandaloneStart and
+/// EvalStandaloneEnd, and <see cref="State.MaxDuration"/> at every training event after AfterLoad.
+/// Composer's check that a callback is not still open from a previous trainer needs process-wide state and is
+/// not done here.
+/// </remarks>
 public sealed class Engine : IDisposable
 {
+    private static readonly HashSet<Event> EventsWithoutDataloader = new()
+    {
+        Event.Init, Event.BeforeLoad, Event.AfterLoad, Event.EvalStandaloneStart, Event.EvalStandaloneEnd,
+    };
+
     private readonly List<AlgorithmPass> _passes = new(AlgorithmPasses.Defaults);
     private readonly List<Trace> _traces = new();
+    private readonly List<Exception> _closeErrors = new();
     private readonly ILogger _log;
 
     /// <summary>Creates an engine over <paramref name="state"/>'s algorithms and callbacks.</summary>
@@ -97,14 +131,17 @@ public sealed class Engine : IDisposable
     /// <summary>The logger passed to every algorithm and callback.</summary>
     public Logger Logger { get; }
 
-    /// <summary>The passes applied, in order, to the algorithm list at each event.</summary>
+    /// <summary>The passes applied, in order, to the matching algorithms at each event.</summary>
     public IReadOnlyList<AlgorithmPass> Passes => _passes;
 
-    /// <summary>Every trace recorded so far, in the order algorithms were considered.</summary>
+    /// <summary>Every trace recorded so far while <see cref="KeepTraces"/> was on, in run order.</summary>
     public IReadOnlyList<Trace> Traces => _traces;
 
     /// <summary>Whether <see cref="Close"/> has been called.</summary>
     public bool IsClosed { get; private set; }
+
+    /// <summary>The exceptions thrown by callbacks' <see cref="ICallback.Close"/> during <see cref="Close"/> (empty when all closed cleanly).</summary>
+    public IReadOnlyList<Exception> CloseErrors => _closeErrors;
 
     /// <summary>When true, every trace is also kept in <see cref="Traces"/> (off by default so that long runs do not grow memory; <see cref="RunEvent"/> always returns them).</summary>
     public bool KeepTraces { get; set; }
@@ -113,6 +150,7 @@ public sealed class Engine : IDisposable
     /// Adds a pass at <paramref name="index"/> (−1, the default, appends it after the defaults, as Composer's
     /// <c>register_pass</c> does).
     /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="pass"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="index"/> is outside −1 … <c>Passes.Count</c>.</exception>
     public void RegisterPass(AlgorithmPass pass, int index = -1)
     {
@@ -131,28 +169,25 @@ public sealed class Engine : IDisposable
         _passes.Insert(index, pass);
     }
 
-    /// <summary>The order in which the algorithms would run at <paramref name="e"/>.</summary>
-    public IReadOnlyList<IAlgorithm> OrderFor(Event e)
-    {
-        IReadOnlyList<IAlgorithm> algorithms = State.Algorithms as IReadOnlyList<IAlgorithm> ?? State.Algorithms.ToList();
-        foreach (AlgorithmPass pass in _passes)
-        {
-            algorithms = pass(algorithms, e);
-        }
+    /// <summary>
+    /// The order in which the algorithms would run at <paramref name="e"/> if all of them matched: the passes applied
+    /// to <see cref="State.Algorithms"/>.
+    /// </summary>
+    public IReadOnlyList<IAlgorithm> OrderFor(Event e) => Compile(State.Algorithms.ToList(), e);
 
-        return algorithms;
-    }
-
-    /// <summary>Runs everything registered for <paramref name="e"/> and returns the algorithm traces of this event.</summary>
-    /// <exception cref="InvalidOperationException">The engine is closed.</exception>
-    /// <exception cref="AlgorithmException">An algorithm threw; the message names it and the event.</exception>
+    /// <summary>Runs everything registered for <paramref name="e"/> and returns the traces of the algorithms that ran.</summary>
+    /// <exception cref="InvalidOperationException">
+    /// The engine is closed; or <see cref="State.Dataloader"/> or <see cref="State.MaxDuration"/> is not set at an event that needs it.
+    /// </exception>
+    /// <exception cref="AlgorithmException">An algorithm's Match or Apply threw; the message names it and the event.</exception>
     public IReadOnlyList<Trace> RunEvent(Event e)
     {
         if (IsClosed)
         {
-            throw new InvalidOperationException($"The engine is closed and cannot run event '{e.ToComposerName()}'.");
+            throw new InvalidOperationException($"The engine is closed and cannot run event '{e.ToComposerName()}'; create a new engine (or trainer).");
         }
 
+        CheckStateFor(e);
         IReadOnlyList<Trace> traces;
         if (e == Event.Init)
         {
@@ -171,8 +206,10 @@ public sealed class Engine : IDisposable
     }
 
     /// <summary>
-    /// Closes every callback and logger (each once, even if another throws; the first exception is rethrown
-    /// afterwards) and refuses further events.
+    /// Closes every callback and logger, each once, and refuses further events. As in Composer, an exception from a
+    /// callback's <see cref="ICallback.Close"/> does not stop the others and is not rethrown (so closing in a
+    /// <c>finally</c> never hides the exception that ended training): it is logged as an error and kept in
+    /// <see cref="CloseErrors"/>. Calling it again does nothing.
     /// </summary>
     public void Close()
     {
@@ -182,8 +219,7 @@ public sealed class Engine : IDisposable
         }
 
         IsClosed = true;
-        Exception? first = null;
-        foreach (ICallback callback in State.Callbacks.Concat(Logger.Destinations).Distinct())
+        foreach (ICallback callback in State.Callbacks.Concat(Logger.Destinations).Distinct(ReferenceEqualityComparer.Instance).Cast<ICallback>())
         {
             try
             {
@@ -192,18 +228,38 @@ public sealed class Engine : IDisposable
             catch (Exception ex)
             {
                 _log.LogError(ex, "Callback {Callback} failed to close.", callback.GetType().Name);
-                first ??= ex;
+                _closeErrors.Add(ex);
             }
-        }
-
-        if (first is not null)
-        {
-            throw first;
         }
     }
 
     /// <summary>Same as <see cref="Close"/>.</summary>
     public void Dispose() => Close();
+
+    private void CheckStateFor(Event e)
+    {
+        if (!EventsWithoutDataloader.Contains(e) && State.Dataloader is null)
+        {
+            throw new InvalidOperationException(
+                $"State.Dataloader must be set before event '{e.ToComposerName()}'; only init, before_load, after_load, eval_standalone_start and eval_standalone_end run without one.");
+        }
+
+        if (e is not (Event.Init or Event.BeforeLoad or Event.AfterLoad) && !e.IsEval() && !e.IsPredict() && State.MaxDuration is null)
+        {
+            throw new InvalidOperationException(
+                $"State.MaxDuration must be set before training event '{e.ToComposerName()}'.");
+        }
+    }
+
+    private IReadOnlyList<IAlgorithm> Compile(IReadOnlyList<IAlgorithm> algorithms, Event e)
+    {
+        foreach (AlgorithmPass pass in _passes)
+        {
+            algorithms = pass(algorithms, e);
+        }
+
+        return algorithms;
+    }
 
     private IReadOnlyList<Trace> RunAlgorithms(Event e)
     {
@@ -212,32 +268,51 @@ public sealed class Engine : IDisposable
             return Array.Empty<Trace>();
         }
 
-        IReadOnlyList<IAlgorithm> order = OrderFor(e);
-        var traces = new Trace[order.Count];
-        for (int i = 0; i < order.Count; i++)
+        // As in Composer: every algorithm is asked first, in the state's order, then the passes order the matches.
+        var matched = new List<IAlgorithm>();
+        foreach (IAlgorithm algorithm in State.Algorithms)
         {
-            IAlgorithm algorithm = order[i];
-            bool run;
-            int? exitCode = null;
+            bool match;
             try
             {
-                run = algorithm.Match(e, State);
-                if (run)
-                {
-                    exitCode = algorithm.Apply(e, State, Logger);
-                }
+                match = algorithm.Match(e, State);
             }
             catch (Exception ex) when (ex is not AlgorithmException)
             {
                 throw new AlgorithmException(algorithm.Name, e, ex);
             }
 
-            traces[i] = new Trace(algorithm.Name, e, exitCode, i, run);
+            if (match)
+            {
+                matched.Add(algorithm);
+            }
         }
 
-        if (KeepTraces)
+        if (matched.Count == 0)
         {
-            _traces.AddRange(traces);
+            return Array.Empty<Trace>();
+        }
+
+        IReadOnlyList<IAlgorithm> order = Compile(matched, e);
+        var traces = new Trace[order.Count];
+        for (int i = 0; i < order.Count; i++)
+        {
+            IAlgorithm algorithm = order[i];
+            int? exitCode;
+            try
+            {
+                exitCode = algorithm.Apply(e, State, Logger);
+            }
+            catch (Exception ex) when (ex is not AlgorithmException)
+            {
+                throw new AlgorithmException(algorithm.Name, e, ex);
+            }
+
+            traces[i] = new Trace(algorithm.Name, e, exitCode, i, Run: true);
+            if (KeepTraces)
+            {
+                _traces.Add(traces[i]);
+            }
         }
 
         return traces;
@@ -256,9 +331,12 @@ public sealed class Engine : IDisposable
 
     private void RunLoggers(Event e)
     {
-        foreach (ILoggerDestination destination in Logger.Destinations)
+        foreach (ILoggerDestination destination in Loggers())
         {
             destination.RunEvent(e, State, Logger);
         }
     }
+
+    private IEnumerable<ILoggerDestination> Loggers() =>
+        Logger.Destinations.Concat(State.Callbacks.OfType<ILoggerDestination>()).Distinct(ReferenceEqualityComparer.Instance).Cast<ILoggerDestination>();
 }

@@ -145,8 +145,19 @@ public static class EventExtensions
     public static bool IsPredict(this Event e) => Names[(int)e].StartsWith("predict_", StringComparison.Ordinal);
 
     /// <summary>
-    /// Parses an event name, case-insensitively, either as Composer's snake_case value (<c>before_forward</c>)
-    /// or as the C# member name (<c>BeforeForward</c>).
+    /// The name without its before/after/start/end markers, shared by the two events of a pair (Composer's
+    /// <c>canonical_name</c>): <c>epoch</c> for EpochStart and EpochEnd, <c>forward</c> for BeforeForward and AfterForward.
+    /// </summary>
+    public static string CanonicalName(this Event e) => Names[(int)e]
+        .Replace("before_", string.Empty, StringComparison.Ordinal)
+        .Replace("after_", string.Empty, StringComparison.Ordinal)
+        .Replace("_start", string.Empty, StringComparison.Ordinal)
+        .Replace("_end", string.Empty, StringComparison.Ordinal);
+
+    /// <summary>
+    /// Parses an event name, case-insensitively, either as Composer's snake_case value (<c>before_forward</c>,
+    /// which also covers Composer's member name <c>BEFORE_FORWARD</c>) or as the C# member name (<c>BeforeForward</c>).
+    /// Surrounding white space is ignored.
     /// </summary>
     /// <exception cref="ArgumentNullException"><paramref name="name"/> is null.</exception>
     /// <exception cref="FormatException">The name matches no event; the message quotes it and lists the accepted names.</exception>
@@ -170,10 +181,11 @@ public static class EventExtensions
             return false;
         }
 
-        string key = name.Trim().Replace("_", string.Empty, StringComparison.Ordinal);
+        string key = name.Trim();
         foreach (Event candidate in All)
         {
-            if (string.Equals(candidate.ToString(), key, StringComparison.OrdinalIgnoreCase))
+            if (string.Equals(Names[(int)candidate], key, StringComparison.OrdinalIgnoreCase) ||
+                string.Equals(candidate.ToString(), key, StringComparison.OrdinalIgnoreCase))
             {
                 e = candidate;
                 return true;

@@ -32,13 +32,19 @@ public static class PrecisionExtensions
     public static Precision Parse(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        string key = text.Trim().Replace("_", string.Empty, StringComparison.Ordinal);
+        string key = text.Trim();
         foreach (Precision p in Enum.GetValues<Precision>())
         {
-            if (string.Equals(p.ToString(), key, StringComparison.OrdinalIgnoreCase))
+            if (string.Equals(Names[(int)p], key, StringComparison.OrdinalIgnoreCase) ||
+                string.Equals(p.ToString(), key, StringComparison.OrdinalIgnoreCase))
             {
                 return p;
             }
+        }
+
+        if (string.Equals(key, "amp_fp8", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new FormatException($"'{text}' (Composer's TransformerEngine FP8 precision) is not supported; expected one of: {string.Join(", ", Names)}.");
         }
 
         throw new FormatException($"'{text}' is not a precision; expected one of: {string.Join(", ", Names)}.");

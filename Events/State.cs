@@ -57,8 +57,17 @@ public sealed class State
     /// <summary>Training progress.</summary>
     public Timestamp Timestamp { get; set; } = new();
 
-    /// <summary>When training stops, or null before one is set. Never <c>sec</c> or <c>dur</c>.</summary>
-    public Time? MaxDuration { get; set; }
+    /// <summary>When training stops (any unit but <c>dur</c>, as in Composer), or null before one is set.</summary>
+    /// <exception cref="ArgumentException">Set to a <c>dur</c> time, which is relative to the max duration itself.</exception>
+    public Time? MaxDuration
+    {
+        get => _maxDuration;
+        set => _maxDuration = value is { Unit: TimeUnit.Duration } d
+            ? throw new ArgumentException($"The max duration cannot be {d}: 'dur' is a fraction of the max duration; use iter, ep, ba, sp, tok or sec.", nameof(value))
+            : value;
+    }
+
+    private Time? _maxDuration;
 
     /// <summary>The dataloader being iterated now (train, eval or predict), or null.</summary>
     public IDataLoader? Dataloader { get; set; }
@@ -97,16 +106,23 @@ public sealed class State
     public ILoggerFactory LoggerFactory { get; set; } = NullLoggerFactory.Instance;
 
     /// <summary>
-    /// Fraction of <see cref="MaxDuration"/> elapsed, as a <c>dur</c> time (0 at the start, 1 at the end), or null
-    /// when no max duration is set (Composer's <c>get_elapsed_duration</c>).
+    /// Fraction of <see cref="MaxDuration"/> elapsed, as a <c>dur</c> time (0 at the start, 1 at the end): the
+    /// timestamp's counter in the max duration's unit divided by the max duration (Composer's
+    /// <c>get_elapsed_duration</c>). Null when no max duration is set; 1 when the max duration is zero (a run
+    /// stopped before its first batch is complete).
     /// </summary>
     public Time? ElapsedDuration
     {
         get
         {
-            if (MaxDuration is not { } max || max.Value == 0)
+            if (MaxDuration is not { } max)
             {
                 return null;
+            }
+
+            if (max.Value == 0)
+            {
+                return Time.FromDuration(1);
             }
 
             double fraction = Timestamp.Get(max.Unit).Value / max.Value;
@@ -115,8 +131,12 @@ public sealed class State
     }
 
     /// <summary>
-    /// Stops training after the current batch, with Composer's meaning: the max duration shrinks to the number of
-    /// batches completed so far, so the loop ends once the batch in progress has finished.
+    /// Stops training gracefully, with Composer's meaning (<c>State.stop_training</c>): the batch in progress and
+    /// its evaluation, logging and epoch-end events finish, then the loop ends, because the max duration shrinks to
+    /// the current time in its own unit, or to the batches completed so far when it is in epochs (or unset).
     /// </summary>
-    public void StopTraining() => MaxDuration = Time.FromBatch(Timestamp.Batch);
+    public void StopTraining() =>
+        MaxDuration = MaxDuration is { } max && max.Unit != TimeUnit.Epoch
+            ? Timestamp.Get(max.Unit)
+            : Time.FromBatch(Timestamp.Batch);
 }

@@ -58,24 +58,43 @@ public static class TimeUnitExtensions
 /// </summary>
 public readonly struct Time : IEquatable<Time>, IComparable<Time>
 {
-    // Composer's grammar: a number (integer, decimal or with an exponent) followed by a unit suffix,
-    // underscores allowed as digit separators and case ignored; or a timedelta such as 1h20m40s.
+    // Composer's grammar (composer/core/time.py, Time.from_timestring): a number as Python's float() reads it
+    // (optional sign, decimal point, exponent, single underscores between digits, spaces around it) followed by a
+    // unit suffix, case ignored; or, tried first, a timedelta made of hours, minutes and seconds such as 1h20m40s.
     private static readonly Regex UnitPattern = new(
-        @"^(?<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)(?<unit>[a-z]+)$",
+        @"^(?<num>[+-]?(?:[0-9](?:_?[0-9])*(?:\.(?:[0-9](?:_?[0-9])*)?)?|\.[0-9](?:_?[0-9])*)(?:e[+-]?[0-9](?:_?[0-9])*)?)\s*(?<unit>[a-z]+)$",
         RegexOptions.IgnoreCase | RegexOptions.CultureInvariant | RegexOptions.Compiled);
 
+    // Composer reads timedeltas with strptime("%Hh%Mm%Ss"), which also caps hours at 23 and minutes at 59; those
+    // caps are an artefact of strptime, so here any whole number of hours, minutes and seconds is accepted.
     private static readonly Regex TimedeltaPattern = new(
-        @"^(?:(?<d>[0-9]+)d)?(?:(?<h>[0-9]+)h)?(?:(?<m>[0-9]+)m)?(?:(?<s>[0-9]+)s)?$",
+        @"^(?:(?<h>[0-9]+)h)?(?:(?<m>[0-9]+)m)?(?:(?<s>[0-9]+)s)?$",
         RegexOptions.IgnoreCase | RegexOptions.CultureInvariant | RegexOptions.Compiled);
 
-    /// <summary>Creates a time. <paramref name="value"/> must be a whole, non-negative number unless the unit is <see cref="TimeUnit.Duration"/>.</summary>
-    /// <exception cref="ArgumentException">The value is negative, not finite, or fractional in an integer unit.</exception>
+    // Largest magnitude a count unit can hold exactly in a double and as a long (2^53).
+    private const double MaxCount = 9007199254740992d;
+
+    /// <summary>
+    /// Creates a time. <paramref name="value"/> must be a whole number unless the unit is
+    /// <see cref="TimeUnit.Duration"/>. Negative values are allowed, as in Composer, so that differences such as
+    /// <c>elapsed - warmup</c> can be formed; a max duration is validated where it is set.
+    /// </summary>
+    /// <exception cref="ArgumentException">The value is not finite, is fractional in an integer unit, or is beyond ±2^53 in an integer unit.</exception>
     public Time(double value, TimeUnit unit)
     {
-        if (!double.IsFinite(value) || value < 0)
+        if (!double.IsFinite(value))
         {
-            throw new ArgumentException($"Time value {value.ToString(CultureInfo.InvariantCulture)} is not a finite, non-negative number.", nameof(value));
+            throw new ArgumentException($"Time value {value.ToString(CultureInfo.InvariantCulture)} is not a finite number.", nameof(value));
         }
+
+        if (unit != TimeUnit.Duration && Math.Abs(value) > MaxCount)
+        {
+            throw new ArgumentException(
+                $"Time value {value.ToString(CultureInfo.InvariantCulture)}{unit.Suffix()} is too large; '{unit.Suffix()}' counts must lie within ±2^53.",
+                nameof(value));
+        }
+
+        value += 0.0; // normalises -0 to 0 so that "-0ba" and "0ba" are equal and format alike
 
         if (unit != TimeUnit.Duration && value != Math.Floor(value))
         {
@@ -124,7 +143,9 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
     /// <summary>
     /// Parses a Composer time string: a number and a unit suffix (<c>"1ep"</c>, <c>"100ba"</c>, <c>"2048sp"</c>,
     /// <c>"3e4tok"</c> = 30000 tokens, <c>"4_000tok"</c>, <c>"2EP"</c>, <c>"0.5dur"</c>, <c>"30sec"</c>), or a
-    /// timedelta <c>"1h20m40s"</c> (= 4840 sec). Case is ignored and underscores are digit separators.
+    /// timedelta of hours, minutes and seconds <c>"1h20m40s"</c> (= 4840 sec). Case is ignored; the number is read
+    /// like Python's <c>float()</c> (sign, decimal point, exponent, single underscores between digits); units other
+    /// than <c>dur</c> need a whole value (<c>"1.5ep"</c> is refused, <c>"1.5e3sp"</c> = 1500 sp is not).
     /// </summary>
     /// <exception cref="ArgumentNullException"><paramref name="text"/> is null.</exception>
     /// <exception cref="FormatException">The string is not a time; the message quotes it and lists what is allowed.</exception>
@@ -147,57 +168,67 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
         time = default;
         const string Allowed = "expected a number followed by a unit (iter, ep, ba, sp, tok, dur, sec), e.g. \"1ep\", \"100ba\", \"2048sp\", \"1e6tok\", \"0.5dur\", or a timedelta such as \"1h20m40s\"";
         string shown = text ?? "<null>";
-        string s = (text ?? string.Empty).Trim().Replace("_", string.Empty, StringComparison.Ordinal);
+        string s = (text ?? string.Empty).Trim();
         if (s.Length == 0)
         {
             error = $"'{shown}' is not a time: {Allowed}.";
             return false;
         }
 
-        Match m = UnitPattern.Match(s);
-        if (m.Success)
-        {
-            string suffix = m.Groups["unit"].Value;
-            int index = Array.FindIndex(
-                TimeUnitExtensions.AllSuffixes.ToArray(),
-                u => string.Equals(u, suffix, StringComparison.OrdinalIgnoreCase));
-            if (index >= 0)
-            {
-                var unit = (TimeUnit)index;
-                double value = double.Parse(m.Groups["num"].Value, NumberStyles.Float, CultureInfo.InvariantCulture);
-                if (!double.IsFinite(value))
-                {
-                    error = $"'{shown}' is not a time: the number is out of range.";
-                    return false;
-                }
-
-                if (unit != TimeUnit.Duration && value != Math.Floor(value))
-                {
-                    error = $"'{shown}' is not a time: '{unit.Suffix()}' counts whole units, so {m.Groups["num"].Value} is not allowed; only 'dur' takes fractions.";
-                    return false;
-                }
-
-                time = new Time(value, unit);
-                error = null;
-                return true;
-            }
-        }
-
+        // Composer tries the timedelta form first.
         Match td = TimedeltaPattern.Match(s);
-        if (td.Success && (td.Groups["d"].Success || td.Groups["h"].Success || td.Groups["m"].Success || td.Groups["s"].Success))
+        if (td.Success && (td.Groups["h"].Success || td.Groups["m"].Success || td.Groups["s"].Success))
         {
-            long seconds = 0;
-            if (td.Groups["d"].Success) seconds += 86400L * long.Parse(td.Groups["d"].Value, CultureInfo.InvariantCulture);
-            if (td.Groups["h"].Success) seconds += 3600L * long.Parse(td.Groups["h"].Value, CultureInfo.InvariantCulture);
-            if (td.Groups["m"].Success) seconds += 60L * long.Parse(td.Groups["m"].Value, CultureInfo.InvariantCulture);
-            if (td.Groups["s"].Success) seconds += long.Parse(td.Groups["s"].Value, CultureInfo.InvariantCulture);
+            double seconds = 0;
+            if (td.Groups["h"].Success) seconds += 3600d * double.Parse(td.Groups["h"].Value, CultureInfo.InvariantCulture);
+            if (td.Groups["m"].Success) seconds += 60d * double.Parse(td.Groups["m"].Value, CultureInfo.InvariantCulture);
+            if (td.Groups["s"].Success) seconds += double.Parse(td.Groups["s"].Value, CultureInfo.InvariantCulture);
+            if (seconds > MaxCount)
+            {
+                error = $"'{shown}' is not a time: {seconds.ToString(CultureInfo.InvariantCulture)} seconds is out of range.";
+                return false;
+            }
+
             time = new Time(seconds, TimeUnit.Second);
             error = null;
             return true;
         }
 
-        error = $"'{shown}' is not a time: {Allowed}.";
-        return false;
+        Match m = UnitPattern.Match(s);
+        if (!m.Success)
+        {
+            error = $"'{shown}' is not a time: {Allowed}.";
+            return false;
+        }
+
+        string suffix = m.Groups["unit"].Value;
+        int index = Array.FindIndex(
+            TimeUnitExtensions.AllSuffixes.ToArray(),
+            u => string.Equals(u, suffix, StringComparison.OrdinalIgnoreCase));
+        if (index < 0)
+        {
+            error = $"'{shown}' is not a time: '{suffix}' is not a time unit; {Allowed}.";
+            return false;
+        }
+
+        var unit = (TimeUnit)index;
+        string number = m.Groups["num"].Value;
+        double value = double.Parse(number.Replace("_", string.Empty, StringComparison.Ordinal), NumberStyles.Float, CultureInfo.InvariantCulture);
+        if (!double.IsFinite(value) || (unit != TimeUnit.Duration && Math.Abs(value) > MaxCount))
+        {
+            error = $"'{shown}' is not a time: the number {number} is out of range.";
+            return false;
+        }
+
+        if (unit != TimeUnit.Duration && value != Math.Floor(value))
+        {
+            error = $"'{shown}' is not a time: '{unit.Suffix()}' counts whole units, so {number} is not allowed; only 'dur' takes fractions.";
+            return false;
+        }
+
+        time = new Time(value, unit);
+        error = null;
+        return true;
     }
 
     /// <summary>Parses a time string, so that <c>maxDuration: "1ep"</c> reads as in Composer (see <see cref="Parse"/>).</summary>
@@ -208,8 +239,9 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
     /// <exception cref="ArgumentException"><paramref name="epochs"/> is negative.</exception>
     public static implicit operator Time(int epochs) => FromEpoch(epochs);
 
-    /// <summary>Formats as Composer does: <c>"10ba"</c>, <c>"0.5dur"</c>.</summary>
-    public override string ToString() => Value.ToString("R", CultureInfo.InvariantCulture) + Unit.Suffix();
+    /// <summary>Formats as Composer does: <c>"10ba"</c>, <c>"0.5dur"</c>; <see cref="Parse"/> reads it back.</summary>
+    public override string ToString() =>
+        (Unit == TimeUnit.Duration ? Value.ToString("R", CultureInfo.InvariantCulture) : ((long)Value).ToString(CultureInfo.InvariantCulture)) + Unit.Suffix();
 
     private static void CheckUnits(Time a, Time b, string op)
     {
@@ -219,7 +251,10 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
         }
     }
 
-    /// <inheritdoc/>
+    /// <summary>
+    /// Value equality: same unit and same value. Unlike <c>==</c>, never throws (times of different units are simply
+    /// not equal), so times can be dictionary keys and set members.
+    /// </summary>
     public bool Equals(Time other) => Unit == other.Unit && Value == other.Value;
 
     /// <inheritdoc/>
@@ -236,11 +271,21 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
         return Value.CompareTo(other.Value);
     }
 
-    /// <summary>Equality: same unit and value.</summary>
-    public static bool operator ==(Time a, Time b) => a.Equals(b);
+    /// <summary>
+    /// Equality of two times of the same unit. As in Composer, comparing times of different units is an error
+    /// rather than <c>false</c>, so that <c>batches == Time.Parse("5ep")</c> cannot silently be false;
+    /// <see cref="Equals(Time)"/> is the non-throwing form.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The units differ.</exception>
+    public static bool operator ==(Time a, Time b)
+    {
+        CheckUnits(a, b, "compare");
+        return a.Value == b.Value;
+    }
 
-    /// <summary>Inequality.</summary>
-    public static bool operator !=(Time a, Time b) => !a.Equals(b);
+    /// <summary>Inequality of two times of the same unit (see <see cref="op_Equality"/>).</summary>
+    /// <exception cref="InvalidOperationException">The units differ.</exception>
+    public static bool operator !=(Time a, Time b) => !(a == b);
 
     /// <summary>Less than (same unit only).</summary>
     /// <exception cref="InvalidOperationException">The units differ.</exception>
@@ -266,17 +311,89 @@ public readonly struct Time : IEquatable<Time>, IComparable<Time>
         return new Time(a.Value + b.Value, a.Unit);
     }
 
-    /// <summary>Difference (same unit only).</summary>
+    /// <summary>Difference (same unit only); may be negative, as in Composer.</summary>
     /// <exception cref="InvalidOperationException">The units differ.</exception>
-    /// <exception cref="ArgumentException">The result would be negative.</exception>
     public static Time operator -(Time a, Time b)
     {
         CheckUnits(a, b, "subtract");
         return new Time(a.Value - b.Value, a.Unit);
     }
 
-    /// <summary>Scales by a whole number.</summary>
+    /// <summary>Negation, keeping the unit.</summary>
+    public static Time operator -(Time a) => new(-a.Value, a.Unit);
+
+    /// <summary>Identity.</summary>
+    public static Time operator +(Time a) => a;
+
+    /// <summary>Remainder of two times of the same unit, keeping the unit: <c>7ba % 3ba = 1ba</c>.</summary>
+    /// <exception cref="InvalidOperationException">The units differ.</exception>
+    /// <exception cref="DivideByZeroException"><paramref name="b"/> is zero.</exception>
+    public static Time operator %(Time a, Time b)
+    {
+        CheckUnits(a, b, "take the remainder of");
+        if (b.Value == 0)
+        {
+            throw new DivideByZeroException($"Cannot take {a} modulo {b}.");
+        }
+
+        return new Time(a.Value % b.Value, a.Unit);
+    }
+
+    /// <summary>Scales by a whole number, keeping the unit.</summary>
     public static Time operator *(Time a, long k) => new(a.Value * k, a.Unit);
+
+    /// <summary>Scales by a whole number, keeping the unit.</summary>
+    public static Time operator *(long k, Time a) => a * k;
+
+    /// <summary>
+    /// Scales by <paramref name="factor"/>, keeping the unit; in a count unit the result is truncated toward zero,
+    /// as Composer does (<c>5ep * 0.5 = 2ep</c>).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="factor"/> is not finite.</exception>
+    public static Time operator *(Time a, double factor) => Scaled(a, a.Value * factor);
+
+    /// <summary>Scales by <paramref name="factor"/> (see <see cref="op_Multiply(Time, double)"/>).</summary>
+    /// <exception cref="ArgumentException"><paramref name="factor"/> is not finite.</exception>
+    public static Time operator *(double factor, Time a) => a * factor;
+
+    /// <summary>
+    /// Divides by a number, keeping the unit; in a count unit the result is truncated toward zero, as Composer does
+    /// (<c>4ep / 3 = 1ep</c>).
+    /// </summary>
+    /// <exception cref="DivideByZeroException"><paramref name="divisor"/> is zero.</exception>
+    public static Time operator /(Time a, double divisor)
+    {
+        if (divisor == 0)
+        {
+            throw new DivideByZeroException($"Cannot divide {a} by zero.");
+        }
+
+        return Scaled(a, a.Value / divisor);
+    }
+
+    /// <summary>Divides by a whole number (see <see cref="op_Division(Time, double)"/>); present so that <c>t / 2</c> is not read as <c>t / 2ep</c>.</summary>
+    /// <exception cref="DivideByZeroException"><paramref name="divisor"/> is zero.</exception>
+    public static Time operator /(Time a, int divisor) => a / (double)divisor;
+
+    /// <summary>
+    /// Scales this time by a fraction of the run, as Composer's <c>Time * Time</c> with one
+    /// <c>dur</c> operand: <c>Time.Parse("10ep").Times(Time.Parse("0.5dur"))</c> = 5ep. The result has the unit of
+    /// the non-<c>dur</c> operand (truncated toward zero in a count unit), or <c>dur</c> when both are <c>dur</c>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Neither operand is in <c>dur</c>.</exception>
+    public Time Times(Time fraction)
+    {
+        if (Unit != TimeUnit.Duration && fraction.Unit != TimeUnit.Duration)
+        {
+            throw new InvalidOperationException($"Cannot multiply {this} by {fraction}: one of them must be in 'dur'.");
+        }
+
+        TimeUnit unit = Unit == TimeUnit.Duration ? fraction.Unit : Unit;
+        return Scaled(new Time(0, unit), Value * fraction.Value);
+    }
+
+    private static Time Scaled(Time like, double value) =>
+        new(like.Unit == TimeUnit.Duration ? value : Math.Truncate(value), like.Unit);
 
     /// <summary>Ratio of two times of the same unit, as a <see cref="TimeUnit.Duration"/>: <c>5ba / 10ba = 0.5dur</c>.</summary>
     /// <exception cref="InvalidOperationException">The units differ.</exception>

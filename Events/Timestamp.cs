@@ -59,10 +59,7 @@ public sealed record Timestamp
     {
         ArgumentOutOfRangeException.ThrowIfNegative(samples);
         ArgumentOutOfRangeException.ThrowIfNegative(tokens);
-        if (duration < TimeSpan.Zero)
-        {
-            throw new ArgumentOutOfRangeException(nameof(duration), duration, "A batch cannot take negative time.");
-        }
+        CheckDuration(duration);
 
         return this with
         {
@@ -82,32 +79,51 @@ public sealed record Timestamp
 
     /// <summary>
     /// The timestamp at the start of the next epoch: epoch counters advance, the in-epoch counters and the epoch
-    /// and batch wall clocks reset (Composer's <c>to_next_epoch</c>).
+    /// and batch wall clocks reset, and <paramref name="duration"/> (time spent after the last batch, e.g. on
+    /// epoch-end evaluation; zero by default) is added to the total and iteration wall clocks (Composer's
+    /// <c>to_next_epoch(duration)</c>).
     /// </summary>
-    public Timestamp ToNextEpoch() => this with
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="duration"/> is negative.</exception>
+    public Timestamp ToNextEpoch(TimeSpan duration = default)
     {
-        Epoch = Epoch + 1,
-        EpochInIteration = EpochInIteration + 1,
-        BatchInEpoch = 0,
-        SampleInEpoch = 0,
-        TokenInEpoch = 0,
-        EpochWallClock = TimeSpan.Zero,
-        BatchWallClock = TimeSpan.Zero,
-    };
+        CheckDuration(duration);
+        return this with
+        {
+            Epoch = Epoch + 1,
+            EpochInIteration = EpochInIteration + 1,
+            BatchInEpoch = 0,
+            SampleInEpoch = 0,
+            TokenInEpoch = 0,
+            TotalWallClock = TotalWallClock + duration,
+            IterationWallClock = IterationWallClock + duration,
+            EpochWallClock = TimeSpan.Zero,
+            BatchWallClock = TimeSpan.Zero,
+        };
+    }
 
-    /// <summary>The timestamp at the start of the next iteration (Composer's <c>to_next_iteration</c>).</summary>
-    public Timestamp ToNextIteration() => this with
+    /// <summary>
+    /// The timestamp at the start of the next iteration: the iteration counter advances; the in-iteration and
+    /// in-epoch counters and the iteration, epoch and batch wall clocks reset; <paramref name="duration"/> (zero by
+    /// default) is added to the total wall clock (Composer's <c>to_next_iteration(duration)</c>).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="duration"/> is negative.</exception>
+    public Timestamp ToNextIteration(TimeSpan duration = default)
     {
-        Iteration = Iteration + 1,
-        EpochInIteration = 0,
-        TokenInIteration = 0,
-        BatchInEpoch = 0,
-        SampleInEpoch = 0,
-        TokenInEpoch = 0,
-        IterationWallClock = TimeSpan.Zero,
-        EpochWallClock = TimeSpan.Zero,
-        BatchWallClock = TimeSpan.Zero,
-    };
+        CheckDuration(duration);
+        return this with
+        {
+            Iteration = Iteration + 1,
+            EpochInIteration = 0,
+            TokenInIteration = 0,
+            BatchInEpoch = 0,
+            SampleInEpoch = 0,
+            TokenInEpoch = 0,
+            TotalWallClock = TotalWallClock + duration,
+            IterationWallClock = TimeSpan.Zero,
+            EpochWallClock = TimeSpan.Zero,
+            BatchWallClock = TimeSpan.Zero,
+        };
+    }
 
     /// <summary>The counter for <paramref name="unit"/> as a <see cref="Time"/>; seconds are whole seconds of <see cref="TotalWallClock"/>.</summary>
     /// <exception cref="ArgumentException"><paramref name="unit"/> is <see cref="TimeUnit.Duration"/>, which needs the max duration (see <see cref="State.ElapsedDuration"/>).</exception>
@@ -122,15 +138,35 @@ public sealed record Timestamp
         _ => throw new ArgumentException($"A timestamp has no '{unit.Suffix()}' counter; a duration fraction needs the max duration (State.ElapsedDuration).", nameof(unit)),
     };
 
+    /// <summary>True when this timestamp's counter in <paramref name="t"/>'s unit equals <paramref name="t"/> (Composer's <c>timestamp == time</c>).</summary>
+    /// <exception cref="ArgumentException"><paramref name="t"/> is in <c>dur</c>.</exception>
+    public static bool operator ==(Timestamp ts, Time t) => ts.Get(t.Unit) == t;
+
+    /// <summary>True when this timestamp's counter in <paramref name="t"/>'s unit differs from <paramref name="t"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="t"/> is in <c>dur</c>.</exception>
+    public static bool operator !=(Timestamp ts, Time t) => ts.Get(t.Unit) != t;
+
     /// <summary>True when this timestamp's counter in <paramref name="t"/>'s unit has reached <paramref name="t"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="t"/> is in <c>dur</c>.</exception>
     public static bool operator >=(Timestamp ts, Time t) => ts.Get(t.Unit) >= t;
 
     /// <summary>True when this timestamp's counter in <paramref name="t"/>'s unit has not reached <paramref name="t"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="t"/> is in <c>dur</c>.</exception>
     public static bool operator <(Timestamp ts, Time t) => ts.Get(t.Unit) < t;
 
     /// <summary>True when this timestamp's counter in <paramref name="t"/>'s unit is past <paramref name="t"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="t"/> is in <c>dur</c>.</exception>
     public static bool operator >(Timestamp ts, Time t) => ts.Get(t.Unit) > t;
 
     /// <summary>True when this timestamp's counter in <paramref name="t"/>'s unit is at most <paramref name="t"/>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="t"/> is in <c>dur</c>.</exception>
     public static bool operator <=(Timestamp ts, Time t) => ts.Get(t.Unit) <= t;
+
+    private static void CheckDuration(TimeSpan duration)
+    {
+        if (duration < TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(duration), duration, "Wall-clock time cannot be negative.");
+        }
+    }
 }
