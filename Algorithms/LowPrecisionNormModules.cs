@@ -117,7 +117,7 @@ public sealed class LPLayerNorm : LowPrecisionNorm
     /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
     public LPLayerNorm(LayerNorm original)
-        : base(nameof(LPLayerNorm), original, Optional(original?.weight), Optional(original?.bias))
+        : base(nameof(LPLayerNorm), original, original?.weight, original?.bias)
     {
         normalized_shape = (long[])original!.normalized_shape.Clone();
         eps = original.eps;
@@ -136,9 +136,6 @@ public sealed class LPLayerNorm : LowPrecisionNorm
     /// <summary>Normalises <paramref name="input"/> (shape <c>[*, normalized_shape]</c>); see the class summary for the dtype rule.</summary>
     public override Tensor forward(Tensor input) =>
         RunLowPrecision(input, (x, w, b) => F.layer_norm(x, normalized_shape, w, b, eps));
-
-    // TorchSharp declares LayerNorm.weight non-nullable but returns null when it is absent.
-    internal static Parameter? Optional(Parameter? parameter) => parameter;
 }
 
 /// <summary>
@@ -151,7 +148,7 @@ public sealed class LPGroupNorm : LowPrecisionNorm
     /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
     public LPGroupNorm(GroupNorm original)
-        : base(nameof(LPGroupNorm), original, LPLayerNorm.Optional(original?.weight), original?.bias)
+        : base(nameof(LPGroupNorm), original, original?.weight, original?.bias)
     {
         num_groups = original!.num_groups;
         eps = original.eps;

@@ -137,14 +137,8 @@ public class ModuleSurgeryTests
         Assert.That(model.named_modules().Count(m => m.module is LayerNorm), Is.EqualTo(0));
         AssertSameState(stateBefore, model.state_dict());
 
-        Tensor low;
-        using (Precision.AmpBf16.Enter(DeviceType.CPU))
-        {
-            low = model.call(x);
-        }
-
         // Each norm gets a Float32 input, so a BFloat16 output proves forward reached the replacement in that container.
-        Assert.That(low.dtype, Is.EqualTo(ScalarType.BFloat16));
+        Assert.That(TestTensors.CallUnder(Precision.AmpBf16, model, x).dtype, Is.EqualTo(ScalarType.BFloat16));
         Assert.That(model.ForwardDtypes, Is.EqualTo(new[] { ScalarType.BFloat16, ScalarType.BFloat16, ScalarType.BFloat16 }));
         Assert.That(TestTensors.BitwiseEqual(model.call(x), reference), Is.True, "bitwise outside autocast");
     }

@@ -1,3 +1,4 @@
+using ComposerSharp.Events;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -56,6 +57,29 @@ internal static class TestTensors
 
     /// <summary>Same dtype, shape and elements (libtorch's at::equal).</summary>
     public static bool BitwiseEqual(Tensor a, Tensor b) => a.dtype == b.dtype && a.Equals(b);
+
+    /// <summary>Calls <paramref name="model"/> on <paramref name="x"/> inside <paramref name="precision"/>'s CPU autocast scope.</summary>
+    public static Tensor CallUnder(Precision precision, nn.Module<Tensor, Tensor> model, Tensor x)
+    {
+        using (precision.Enter(DeviceType.CPU))
+        {
+            return model.call(x);
+        }
+    }
+
+    /// <summary>Asserts the dtype of <paramref name="low"/> and its max (and mean) absolute error against <paramref name="reference"/>.</summary>
+    public static void AssertClose(Tensor low, Tensor reference, ScalarType dtype, double maxError, double? meanError = null)
+    {
+        Assert.That(low.dtype, Is.EqualTo(dtype));
+        (double max, double mean) = AbsError(low, reference);
+        TestContext.Out.WriteLine($"{dtype} vs Float32 reference: max abs err {max:E3}, mean {mean:E3}");
+        Assert.That(max, Is.LessThanOrEqualTo(maxError), "max absolute error");
+        Assert.That(max, Is.GreaterThan(0), "the low-precision path must actually round");
+        if (meanError is { } limit)
+        {
+            Assert.That(mean, Is.LessThanOrEqualTo(limit), "mean absolute error");
+        }
+    }
 
     /// <summary>max |a - b| and mean |a - b|, computed in Float64.</summary>
     public static (double Max, double Mean) AbsError(Tensor a, Tensor b)
