@@ -1,0 +1,178 @@
+using ComposerSharp.Events;
+using TorchSharp;
+using TorchSharp.Modules;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace ComposerSharp.Algorithms;
+
+/// <summary>
+/// Base of the low-precision normalisation modules (<see cref="LPLayerNorm"/>, <see cref="LPGroupNorm"/>): holds the
+/// original module's <c>weight</c> and <c>bias</c> <c>Parameter</c> objects, registered under the same names, so
+/// state-dict keys, <c>requires_grad</c>, dtype and optimizer references are unchanged by the replacement.
+/// </summary>
+public abstract class LowPrecisionNorm : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "weight")]
+    private Parameter? _weight;
+
+    [ComponentName(Name = "bias")]
+    private Parameter? _bias;
+
+    /// <summary>
+    /// Takes over <paramref name="weight"/> and <paramref name="bias"/> (each may be null) and the training flag of
+    /// <paramref name="original"/>. The original keeps working but shares the parameters: do not dispose it
+    /// (TorchSharp's <c>LayerNorm</c> and <c>GroupNorm</c> dispose their parameters in <c>Dispose</c>, even when called
+    /// from the finalizer). For that reason the original's finalizer is suppressed here, so garbage-collecting it
+    /// cannot free the shared parameters; its native module is still released by its own safe handle.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
+    protected LowPrecisionNorm(string name, nn.Module original, Parameter? weight, Parameter? bias)
+        : base(name)
+    {
+        ArgumentNullException.ThrowIfNull(original);
+        _weight = weight;
+        _bias = bias;
+        if (_weight is not null)
+        {
+            register_parameter("weight", _weight);
+        }
+
+        if (_bias is not null)
+        {
+            register_parameter("bias", _bias);
+        }
+
+        train(original.training);
+        GC.SuppressFinalize(original);
+    }
+
+    /// <summary>The scale (shape <c>normalized_shape</c> or <c>[C]</c>, dtype of the original, usually Float32); null when absent.</summary>
+    /// <remarks>The setter exists because TorchSharp's <c>Module.to()</c> sets parameters through same-named properties; it disposes the previous parameter, as <c>LayerNorm.weight</c> does.</remarks>
+    public Parameter? weight
+    {
+        get => _weight;
+        set => SetParameter(ref _weight, value, "weight");
+    }
+
+    /// <summary>The shift (same shape as <see cref="weight"/>); null when absent.</summary>
+    public Parameter? bias
+    {
+        get => _bias;
+        set => SetParameter(ref _bias, value, "bias");
+    }
+
+    /// <summary>
+    /// When autocast is enabled for <paramref name="input"/>'s device type, casts the input, weight and bias to that
+    /// device's autocast dtype and runs <paramref name="norm"/> with autocast disabled for that device (Composer's
+    /// <c>_cast_if_autocast_enabled</c> plus <c>torch.autocast(enabled=False)</c>, but checked for the input's device
+    /// type rather than only CUDA); otherwise runs <paramref name="norm"/> on the tensors as they are.
+    /// </summary>
+    protected Tensor RunLowPrecision(Tensor input, Func<Tensor, Tensor?, Tensor?, Tensor> norm)
+    {
+        DeviceType deviceType = input.device_type;
+        if (Autocast.ActiveDtype(deviceType) is not { } dtype)
+        {
+            return norm(input, _weight, _bias);
+        }
+
+        using var scope = torch.NewDisposeScope();
+        Tensor x = input.to(dtype);
+        Tensor? w = _weight?.to(dtype);
+        Tensor? b = _bias?.to(dtype);
+        using (AutocastScope.Disabled(deviceType))
+        {
+            return norm(x, w, b).MoveToOuterDisposeScope();
+        }
+    }
+
+    private void SetParameter(ref Parameter? field, Parameter? value, string name)
+    {
+        if (ReferenceEquals(field, value))
+        {
+            return;
+        }
+
+        field?.Dispose();
+        field = value?.DetachFromDisposeScope() as Parameter;
+        ConditionallyRegisterParameter(name, field);
+    }
+}
+
+/// <summary>
+/// Layer normalisation that runs in the autocast low-precision dtype (Composer's <c>LPLayerNorm</c>,
+/// composer/algorithms/low_precision_layernorm). Input and output: any shape <c>[*, normalized_shape]</c>.
+/// When autocast is enabled for the input's device type (CPU or CUDA), the input, weight and bias are cast to that
+/// device's autocast dtype (BFloat16 or Float16) and <c>layer_norm</c> runs with autocast disabled, so the output has
+/// the low-precision dtype; otherwise the result is bitwise that of the original <c>LayerNorm</c>.
+/// </summary>
+/// <remarks>
+/// Built from a TorchSharp <c>LayerNorm</c>, it keeps the normalized shape, eps and the original <c>Parameter</c>
+/// objects (see <see cref="LowPrecisionNorm"/>). Absent weight (<c>elementwise_affine: false</c>) or bias
+/// (<c>bias: false</c>) stay absent.
+/// </remarks>
+public sealed class LPLayerNorm : LowPrecisionNorm
+{
+    /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
+    public LPLayerNorm(LayerNorm original)
+        : base(nameof(LPLayerNorm), original, original?.weight, original?.bias)
+    {
+        normalized_shape = (long[])original!.normalized_shape.Clone();
+        eps = original.eps;
+        elementwise_affine = original.elementwise_affine;
+    }
+
+    /// <summary>The trailing shape normalised over, as in <c>LayerNorm</c>.</summary>
+    public long[] normalized_shape { get; }
+
+    /// <summary>The value added to the variance for numerical stability.</summary>
+    public double eps { get; }
+
+    /// <summary>Whether the original had learnable affine parameters.</summary>
+    public bool elementwise_affine { get; }
+
+    /// <summary>Normalises <paramref name="input"/> (shape <c>[*, normalized_shape]</c>); see the class summary for the dtype rule.</summary>
+    public override Tensor forward(Tensor input) =>
+        RunLowPrecision(input, (x, w, b) => F.layer_norm(x, normalized_shape, w, b, eps));
+}
+
+/// <summary>
+/// Group normalisation that runs in the autocast low-precision dtype (Composer's <c>LPGroupNorm</c>,
+/// composer/algorithms/low_precision_groupnorm). Input <c>[N, C, *]</c> (at least 3 dimensions, as TorchSharp's
+/// <c>GroupNorm</c> requires), output the same shape. Same dtype rule and parameter sharing as <see cref="LPLayerNorm"/>.
+/// </summary>
+public sealed class LPGroupNorm : LowPrecisionNorm
+{
+    /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
+    /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
+    public LPGroupNorm(GroupNorm original)
+        : base(nameof(LPGroupNorm), original, original?.weight, original?.bias)
+    {
+        num_groups = original!.num_groups;
+        eps = original.eps;
+        affine = original.affine;
+    }
+
+    /// <summary>Number of channel groups.</summary>
+    public long num_groups { get; }
+
+    /// <summary>The value added to the variance for numerical stability.</summary>
+    public double eps { get; }
+
+    /// <summary>Whether the original had learnable per-channel affine parameters.</summary>
+    public bool affine { get; }
+
+    /// <summary>Normalises <paramref name="input"/> of shape <c>[N, C, *]</c>.</summary>
+    /// <exception cref="ArgumentException"><paramref name="input"/> has fewer than 3 dimensions.</exception>
+    public override Tensor forward(Tensor input)
+    {
+        if (input.Dimensions < 3)
+        {
+            throw new ArgumentException($"Invalid number of dimensions for GroupNorm argument: {input.Dimensions}; expected at least 3 ([N, C, *]).", nameof(input));
+        }
+
+        return RunLowPrecision(input, (x, w, b) => F.group_norm(x, num_groups, w, b, eps));
+    }
+}
