@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Reflection;
 using ComposerSharp.Events;
 using Microsoft.Extensions.DependencyInjection;
@@ -154,7 +153,7 @@ public sealed class ComponentCatalog
             string key = Algorithm.ToSnakeCase(p.Name!);
             if (IsConfigurable(p.ParameterType) && args.ContainsKey(key))
             {
-                values[i] = Convert(args, key, p.ParameterType);
+                values[i] = OptionsBinder.Convert(args, key, p.ParameterType);
             }
             else if (!IsConfigurable(p.ParameterType) && context.Services.GetService(p.ParameterType) is { } service)
             {
@@ -184,40 +183,6 @@ public sealed class ComponentCatalog
     private static bool IsConfigurable(Type t)
     {
         Type u = Nullable.GetUnderlyingType(t) ?? t;
-        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(decimal);
-    }
-
-    private static object? Convert(ConfigSection args, string key, Type target)
-    {
-        Type u = Nullable.GetUnderlyingType(target) ?? target;
-        if (args.Get(key) is null)
-        {
-            return null;
-        }
-
-        if (u == typeof(string)) return args.GetString(key);
-        if (u == typeof(bool)) return args.GetBool(key);
-        if (u == typeof(Time)) return args.GetValue(key, Time.Parse, "a time such as 1ep, 100ba, 0.5dur");
-        if (u == typeof(Event)) return args.GetValue(key, EventExtensions.Parse, "an event name such as init");
-        if (u == typeof(Precision)) return args.GetValue(key, PrecisionExtensions.Parse, "fp32, amp_bf16 or amp_fp16");
-        if (u.IsEnum)
-        {
-            return args.GetValue(key, s => Enum.Parse(u, s.Replace("_", string.Empty, StringComparison.Ordinal), ignoreCase: true), $"one of {string.Join(", ", Enum.GetNames(u))}");
-        }
-
-        bool integral = u != typeof(double) && u != typeof(float) && u != typeof(decimal);
-        return args.GetValue(
-            key,
-            s =>
-            {
-                double d = double.Parse(s, NumberStyles.Float, CultureInfo.InvariantCulture);
-                if (integral && d != Math.Floor(d))
-                {
-                    throw new FormatException($"{s} is not a whole number");
-                }
-
-                return System.Convert.ChangeType(d, u, CultureInfo.InvariantCulture);
-            },
-            integral ? "a whole number" : "a number");
+        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>);
     }
 }
