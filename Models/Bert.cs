@@ -14,10 +14,9 @@ namespace ComposerSharp.Models;
 /// and metrics <c>labels</c> Int64 [B, T] (−100 at unselected positions, see the Data project's MlmCollator).
 /// Outputs logits [B, T, VocabSize]: Float32, or BFloat16 under amp_bf16 autocast.
 /// </summary>
-public sealed class BertForMaskedLM : ComposerModel
+public sealed class BertForMaskedLM : TransformerModel
 {
 #pragma warning disable IDE1006 // PyTorch-style names: the field names are the module names.
-    private readonly TransformerBackbone bert;
     private readonly Linear mlm_transform;
     private readonly nn.Module<Tensor, Tensor> mlm_ln;
     private readonly Parameter mlm_bias;
@@ -27,10 +26,8 @@ public sealed class BertForMaskedLM : ComposerModel
     /// <param name="config">Sizes; e.g. <c>TransformerConfig.Preset("bert-base")</c>.</param>
     /// <exception cref="ArgumentOutOfRangeException">The config is invalid.</exception>
     public BertForMaskedLM(TransformerConfig config)
-        : base(nameof(BertForMaskedLM))
+        : base(nameof(BertForMaskedLM), Encoder(config))
     {
-        ArgumentNullException.ThrowIfNull(config);
-        bert = new TransformerBackbone(config, config.PreLayerNorm ?? false, causal: false, scaleResidualInit: false);
         mlm_transform = nn.Linear(config.HiddenSize, config.HiddenSize);
         mlm_ln = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
         mlm_bias = nn.Parameter(torch.zeros(config.VocabSize));
@@ -43,21 +40,13 @@ public sealed class BertForMaskedLM : ComposerModel
         RegisterComponents();
     }
 
-    /// <summary>The encoder.</summary>
-    public TransformerBackbone Backbone => bert;
-
-    /// <summary>The configuration.</summary>
-    public TransformerConfig Config => bert.Config;
-
     /// <summary>MLM logits [B, T, VocabSize] of the batch.</summary>
     /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
     public override Tensor forward(Batch batch)
     {
-        ArgumentNullException.ThrowIfNull(batch);
         using var scope = torch.NewDisposeScope();
-        Tensor h = bert.call(batch["input_ids"], AttentionMask(batch));
-        h = mlm_ln.call(F.gelu(mlm_transform.call(h)));
-        return F.linear(h, bert.TokenEmbedding.weight!, mlm_bias).MoveToOuterDisposeScope();
+        Tensor h = mlm_ln.call(F.gelu(mlm_transform.call(Encode(batch))));
+        return F.linear(h, Backbone.TokenEmbedding.weight!, mlm_bias).MoveToOuterDisposeScope();
     }
 
     /// <summary>Mean cross-entropy over the selected tokens (labels ≠ −100), in Float32.</summary>
@@ -68,7 +57,12 @@ public sealed class BertForMaskedLM : ComposerModel
         ? new IMetric[] { new CrossEntropyMetric(), new MaskedAccuracy() }
         : new IMetric[] { new CrossEntropyMetric(), new PerplexityMetric(), new MaskedAccuracy() };
 
-    internal static Tensor? AttentionMask(Batch batch) => batch.TryGetValue("attention_mask", out Tensor mask) ? mask : null;
+    /// <summary>A BERT encoder: bidirectional, post-LN unless the config asks for pre-LN.</summary>
+    internal static TransformerBackbone Encoder(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new TransformerBackbone(config, config.PreLayerNorm ?? false, causal: false, scaleResidualInit: false);
+    }
 }
 
 /// <summary>How <see cref="BertForSequenceClassification"/> turns hidden states [B, T, hidden] into one vector per sample.</summary>
@@ -99,10 +93,9 @@ public sealed record SequenceClassificationOptions
 /// optional <c>attention_mask</c> [B, T], and for loss and metrics <c>labels</c> Int64 [B] in [0, C). Outputs logits
 /// [B, C]: Float32, or BFloat16 under amp_bf16 autocast.
 /// </summary>
-public sealed class BertForSequenceClassification : ComposerModel
+public sealed class BertForSequenceClassification : TransformerModel
 {
 #pragma warning disable IDE1006
-    private readonly TransformerBackbone bert;
     private readonly Linear pooler;
     private readonly Dropout dropout;
     private readonly Linear classifier;
@@ -113,9 +106,8 @@ public sealed class BertForSequenceClassification : ComposerModel
     /// <param name="options">Classes, pooling and F1's positive class; 2 classes, cls pooling, positive class 1 when null.</param>
     /// <exception cref="ArgumentOutOfRangeException">The config is invalid, NumLabels &lt; 2, or F1PositiveClass is not in [0, NumLabels).</exception>
     public BertForSequenceClassification(TransformerConfig config, SequenceClassificationOptions? options = null)
-        : base(nameof(BertForSequenceClassification))
+        : base(nameof(BertForSequenceClassification), BertForMaskedLM.Encoder(config))
     {
-        ArgumentNullException.ThrowIfNull(config);
         Options = options ?? new SequenceClassificationOptions();
         if (Options.NumLabels < 2)
         {
@@ -127,7 +119,6 @@ public sealed class BertForSequenceClassification : ComposerModel
             throw new ArgumentOutOfRangeException(nameof(options), Options.F1PositiveClass, $"F1PositiveClass must be in [0, {Options.NumLabels}).");
         }
 
-        bert = new TransformerBackbone(config, config.PreLayerNorm ?? false, causal: false, scaleResidualInit: false);
         pooler = nn.Linear(config.HiddenSize, config.HiddenSize);
         dropout = nn.Dropout(config.Dropout);
         classifier = nn.Linear(config.HiddenSize, Options.NumLabels);
@@ -143,12 +134,6 @@ public sealed class BertForSequenceClassification : ComposerModel
         RegisterComponents();
     }
 
-    /// <summary>The encoder.</summary>
-    public TransformerBackbone Backbone => bert;
-
-    /// <summary>The configuration.</summary>
-    public TransformerConfig Config => bert.Config;
-
     /// <summary>The head options.</summary>
     public SequenceClassificationOptions Options { get; }
 
@@ -156,10 +141,9 @@ public sealed class BertForSequenceClassification : ComposerModel
     /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
     public override Tensor forward(Batch batch)
     {
-        ArgumentNullException.ThrowIfNull(batch);
         using var scope = torch.NewDisposeScope();
-        Tensor? mask = BertForMaskedLM.AttentionMask(batch);
-        Tensor h = bert.call(batch["input_ids"], mask);
+        Tensor h = Encode(batch);
+        Tensor? mask = AttentionMask(batch);
         Tensor pooled;
         if (Options.Pooling == SequencePooling.ClsToken)
         {

@@ -15,37 +15,20 @@ namespace ComposerSharp.Models;
 /// input ids (−100 where attention_mask is 0) are the labels. Outputs logits [B, T, VocabSize]: Float32, or
 /// BFloat16 under amp_bf16 autocast.
 /// </summary>
-public sealed class GptForCausalLM : ComposerModel
+public sealed class GptForCausalLM : TransformerModel
 {
-#pragma warning disable IDE1006
-    private readonly TransformerBackbone transformer;
-#pragma warning restore IDE1006
-
     /// <summary>Creates and initializes the model.</summary>
     /// <param name="config">Sizes; e.g. <c>TransformerConfig.Preset("gpt-tiny")</c>.</param>
     /// <exception cref="ArgumentOutOfRangeException">The config is invalid.</exception>
     public GptForCausalLM(TransformerConfig config)
-        : base(nameof(GptForCausalLM))
-    {
-        ArgumentNullException.ThrowIfNull(config);
-        transformer = new TransformerBackbone(config, config.PreLayerNorm ?? true, causal: true, scaleResidualInit: true);
-        RegisterComponents();
-    }
-
-    /// <summary>The decoder trunk.</summary>
-    public TransformerBackbone Backbone => transformer;
-
-    /// <summary>The configuration.</summary>
-    public TransformerConfig Config => transformer.Config;
+        : base(nameof(GptForCausalLM), Decoder(config)) => RegisterComponents();
 
     /// <summary>Next-token logits [B, T, VocabSize]: row t predicts token t+1.</summary>
     /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
     public override Tensor forward(Batch batch)
     {
-        ArgumentNullException.ThrowIfNull(batch);
         using var scope = torch.NewDisposeScope();
-        Tensor h = transformer.call(batch["input_ids"], BertForMaskedLM.AttentionMask(batch));
-        return F.linear(h, transformer.TokenEmbedding.weight!).MoveToOuterDisposeScope();
+        return F.linear(Encode(batch), Backbone.TokenEmbedding.weight!).MoveToOuterDisposeScope();
     }
 
     /// <summary>Mean next-token cross-entropy over positions whose target is not −100, in Float32.</summary>
@@ -94,5 +77,11 @@ public sealed class GptForCausalLM : ComposerModel
         long t = labels.shape[1];
         Tensor last = torch.full(labels.shape[0], 1, Losses.IgnoreIndex, dtype: ScalarType.Int64, device: labels.device);
         return torch.cat(new[] { labels.narrow(1, 1, t - 1), last }, 1).MoveToOuterDisposeScope();
+    }
+
+    private static TransformerBackbone Decoder(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new TransformerBackbone(config, config.PreLayerNorm ?? true, causal: true, scaleResidualInit: true);
     }
 }

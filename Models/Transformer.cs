@@ -1,3 +1,4 @@
+using ComposerSharp.Events;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -321,5 +322,37 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
                 nn.init.normal_(block.Mlp.OutProjection.weight, 0.0, scaled);
             }
         }
+    }
+}
+
+/// <summary>
+/// Base of the transformer <see cref="ComposerModel"/>s: holds the <see cref="TransformerBackbone"/> (field
+/// <c>backbone</c>) and runs it on a batch's <c>input_ids</c> and optional <c>attention_mask</c>; subclasses add a head.
+/// </summary>
+public abstract class TransformerModel : ComposerModel
+{
+#pragma warning disable IDE1006
+    private readonly TransformerBackbone backbone;
+#pragma warning restore IDE1006
+
+    /// <summary>Creates the model around <paramref name="backbone"/>; subclasses call <c>RegisterComponents()</c> after creating their head.</summary>
+    protected TransformerModel(string name, TransformerBackbone backbone)
+        : base(name) => this.backbone = backbone ?? throw new ArgumentNullException(nameof(backbone));
+
+    /// <summary>The transformer trunk.</summary>
+    public TransformerBackbone Backbone => backbone;
+
+    /// <summary>The configuration.</summary>
+    public TransformerConfig Config => backbone.Config;
+
+    /// <summary>The batch's <c>attention_mask</c>, or null when it has none.</summary>
+    protected static Tensor? AttentionMask(Batch batch) => batch.TryGetValue("attention_mask", out Tensor mask) ? mask : null;
+
+    /// <summary>Hidden states [B, T, hidden] (Float32) of the batch's <c>input_ids</c>, owned by the dispose scope open at the call.</summary>
+    /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
+    protected Tensor Encode(Batch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        return backbone.call(batch["input_ids"], AttentionMask(batch));
     }
 }
