@@ -4,16 +4,19 @@ namespace ComposerSharp.Data;
 public sealed record SyntheticTokenOptions
 {
     /// <summary>Number of samples.</summary>
-    public int NumSamples { get; init; } = 2048;
+    public int NumSamples { get; init; } = 4096;
 
     /// <summary>Tokens per sample (T).</summary>
     public int SequenceLength { get; init; } = 128;
 
-    /// <summary>Number of regular token ids; the vocabulary is this plus four specials (<see cref="TokenVocabulary"/>).</summary>
-    public int RegularVocabSize { get; init; } = 1024;
+    /// <summary>
+    /// Number of regular token ids; the vocabulary is this plus four specials (<see cref="TokenVocabulary"/>), so a
+    /// model needs VocabSize ≥ RegularVocabSize + 4 (576, a multiple of 64, for the default 512).
+    /// </summary>
+    public int RegularVocabSize { get; init; } = 512;
 
     /// <summary>Possible successors of each token in the generating Markov chain (smaller is easier to learn; 1 is deterministic).</summary>
-    public int Branching { get; init; } = 4;
+    public int Branching { get; init; } = 2;
 
     /// <summary>Seed of the chain and of the samples.</summary>
     public long Seed { get; init; }
