@@ -39,23 +39,34 @@ public static class EpochSampler
             return order;
         }
 
-        ulong state = unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ (ulong)epoch * 0xD1B54A32D192ED03UL);
+        var rng = new SplitMix64(unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ (ulong)epoch * 0xD1B54A32D192ED03UL));
         for (long i = count - 1; i > 0; i--)
         {
-            long j = (long)(Next(ref state) % (ulong)(i + 1));
+            long j = (long)(rng.Next() % (ulong)(i + 1));
             (order[i], order[j]) = (order[j], order[i]);
         }
 
         return order;
     }
+}
 
-    private static ulong Next(ref ulong state)
-    {
-        ulong z = state += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+/// <summary>Where a batch sits in the data stream, passed to a <see cref="ICollator{TSample}"/>.</summary>
+/// <param name="Epoch">The 0-based epoch.</param>
+/// <param name="BatchIndex">The 0-based index of the batch within the epoch.</param>
+/// <param name="Seed">The loader's seed (<see cref="DataLoader{TSample}.Seed"/>).</param>
+public readonly record struct CollateContext(long Epoch, long BatchIndex, long Seed);
+
+/// <summary>
+/// Turns the samples of one batch into a <see cref="Batch"/> of tensors (PyTorch's <c>collate_fn</c>). A collator that
+/// draws random numbers (e.g. MLM masking) must derive them from <see cref="CollateContext"/> only, never from state
+/// carried between calls, so that a loader resumed at (epoch, batch) yields exactly the batches an uninterrupted
+/// run would (the <see cref="IDataLoader"/> determinism contract).
+/// </summary>
+/// <typeparam name="TSample">The dataset's sample type.</typeparam>
+public interface ICollator<in TSample>
+{
+    /// <summary>Builds the batch of <paramref name="samples"/> (at least one) at position <paramref name="context"/>.</summary>
+    Batch Collate(IReadOnlyList<TSample> samples, CollateContext context);
 }
 
 /// <summary>
@@ -68,9 +79,9 @@ public static class EpochSampler
 public sealed class DataLoader<TSample> : IDataLoader
 {
     private readonly IDataset<TSample> _dataset;
-    private readonly Func<IReadOnlyList<TSample>, Batch> _collate;
+    private readonly Func<IReadOnlyList<TSample>, CollateContext, Batch> _collate;
 
-    /// <summary>Creates a loader.</summary>
+    /// <summary>Creates a loader whose collate function needs no position (deterministic collation, e.g. padding).</summary>
     /// <param name="dataset">The samples.</param>
     /// <param name="batchSize">Samples per batch (≥ 1).</param>
     /// <param name="collate">Builds a batch of tensors from samples.</param>
@@ -79,6 +90,24 @@ public sealed class DataLoader<TSample> : IDataLoader
     /// <param name="seed">Seed of the shuffle.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="batchSize"/> is not positive.</exception>
     public DataLoader(IDataset<TSample> dataset, int batchSize, Func<IReadOnlyList<TSample>, Batch> collate, bool shuffle = false, bool dropLast = false, long seed = 0)
+        : this(dataset, batchSize, WithoutContext(collate), shuffle, dropLast, seed)
+    {
+    }
+
+    /// <summary>Creates a loader whose collator sees each batch's position (for seeded random collation such as MLM masking).</summary>
+    /// <param name="dataset">The samples.</param>
+    /// <param name="batchSize">Samples per batch (≥ 1).</param>
+    /// <param name="collator">Builds a batch of tensors from samples and the batch's <see cref="CollateContext"/>.</param>
+    /// <param name="shuffle">Shuffle each epoch (seeded by <paramref name="seed"/> and the epoch number).</param>
+    /// <param name="dropLast">Drop the last batch when it has fewer than <paramref name="batchSize"/> samples.</param>
+    /// <param name="seed">Seed of the shuffle, also passed to the collator.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="batchSize"/> is not positive.</exception>
+    public DataLoader(IDataset<TSample> dataset, int batchSize, ICollator<TSample> collator, bool shuffle = false, bool dropLast = false, long seed = 0)
+        : this(dataset, batchSize, collator is null ? null! : collator.Collate, shuffle, dropLast, seed)
+    {
+    }
+
+    private DataLoader(IDataset<TSample> dataset, int batchSize, Func<IReadOnlyList<TSample>, CollateContext, Batch> collate, bool shuffle, bool dropLast, long seed)
     {
         _dataset = dataset ?? throw new ArgumentNullException(nameof(dataset));
         _collate = collate ?? throw new ArgumentNullException(nameof(collate));
@@ -122,6 +151,9 @@ public sealed class DataLoader<TSample> : IDataLoader
         return Iterate(epoch, skipBatches);
     }
 
+    private static Func<IReadOnlyList<TSample>, CollateContext, Batch> WithoutContext(Func<IReadOnlyList<TSample>, Batch> collate) =>
+        collate is null ? null! : (samples, _) => collate(samples);
+
     private IEnumerable<Batch> Iterate(long epoch, long skipBatches)
     {
         long[] order = EpochSampler.Order(_dataset.Count, Seed, epoch, Shuffle);
@@ -136,7 +168,7 @@ public sealed class DataLoader<TSample> : IDataLoader
                 samples[i] = _dataset[order[start + i]];
             }
 
-            yield return _collate(samples);
+            yield return _collate(samples, new CollateContext(epoch, b, Seed));
         }
     }
 }

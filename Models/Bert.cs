@@ -1,0 +1,172 @@
+using ComposerSharp.Events;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace ComposerSharp.Models;
+
+/// <summary>
+/// A BERT encoder (Devlin et al. 2019) with its masked-language-model head: a <see cref="TransformerBackbone"/>
+/// (post-LN by default, pre-LN when <see cref="TransformerConfig.PreLayerNorm"/> is true), then the MLM transform
+/// (Linear, GELU, LayerNorm in field <c>mlm_ln</c>) and a decoder whose weight is the token embedding (tied, as BERT)
+/// plus a bias. Reads batch keys <c>input_ids</c> Int64 [B, T], optional <c>attention_mask</c> [B, T], and for the loss
+/// and metrics <c>labels</c> Int64 [B, T] (−100 at unselected positions, see the Data project's MlmCollator).
+/// Outputs logits [B, T, VocabSize]: Float32, or BFloat16 under amp_bf16 autocast.
+/// </summary>
+public sealed class BertForMaskedLM : TransformerModel
+{
+#pragma warning disable IDE1006 // PyTorch-style names: the field names are the module names.
+    private readonly Linear mlm_transform;
+    private readonly nn.Module<Tensor, Tensor> mlm_ln;
+    private readonly Parameter mlm_bias;
+#pragma warning restore IDE1006
+
+    /// <summary>Creates and initializes the model (N(0, 0.02²) weights; see <see cref="TransformerBackbone"/>).</summary>
+    /// <param name="config">Sizes; e.g. <c>TransformerConfig.Preset("bert-base")</c>.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The config is invalid.</exception>
+    public BertForMaskedLM(TransformerConfig config)
+        : base(nameof(BertForMaskedLM), Encoder(config))
+    {
+        mlm_transform = nn.Linear(config.HiddenSize, config.HiddenSize);
+        mlm_ln = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
+        mlm_bias = nn.Parameter(torch.zeros(config.VocabSize));
+        using (torch.no_grad())
+        {
+            nn.init.normal_(mlm_transform.weight, 0.0, config.InitializerRange);
+            nn.init.zeros_(mlm_transform.bias!);
+        }
+
+        RegisterComponents();
+    }
+
+    /// <summary>MLM logits [B, T, VocabSize] of the batch.</summary>
+    /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
+    public override Tensor forward(Batch batch)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor h = mlm_ln.call(F.gelu(mlm_transform.call(Encode(batch))));
+        return F.linear(h, Backbone.TokenEmbedding.weight!, mlm_bias).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Mean cross-entropy over the selected tokens (labels ≠ −100), in Float32.</summary>
+    public override Tensor Loss(Tensor outputs, Batch batch) => Losses.CrossEntropy(outputs, Losses.Labels(batch));
+
+    /// <summary>Train: CrossEntropy, MaskedAccuracy. Eval: CrossEntropy, Perplexity, MaskedAccuracy.</summary>
+    public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => isTrain
+        ? new IMetric[] { new CrossEntropyMetric(), new MaskedAccuracy() }
+        : new IMetric[] { new CrossEntropyMetric(), new PerplexityMetric(), new MaskedAccuracy() };
+
+    /// <summary>A BERT encoder: bidirectional, post-LN unless the config asks for pre-LN.</summary>
+    internal static TransformerBackbone Encoder(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new TransformerBackbone(config, config.PreLayerNorm ?? false, causal: false, scaleResidualInit: false);
+    }
+}
+
+/// <summary>How <see cref="BertForSequenceClassification"/> turns hidden states [B, T, hidden] into one vector per sample.</summary>
+public enum SequencePooling
+{
+    /// <summary>The first position (BERT's <c>[CLS]</c>; the JSON-lines dataset prepends the cls id).</summary>
+    ClsToken,
+    /// <summary>The mean over real tokens (attention_mask non-zero).</summary>
+    Mean,
+}
+
+/// <summary>Options of the classification head of <see cref="BertForSequenceClassification"/>.</summary>
+public sealed record SequenceClassificationOptions
+{
+    /// <summary>Number of classes C.</summary>
+    public int NumLabels { get; init; } = 2;
+
+    /// <summary>Pooling of the hidden states.</summary>
+    public SequencePooling Pooling { get; init; } = SequencePooling.ClsToken;
+
+    /// <summary>Class counted as positive by the F1 metric.</summary>
+    public int F1PositiveClass { get; init; } = 1;
+}
+
+/// <summary>
+/// A BERT encoder with a sequence-classification head (Devlin et al. 2019, §4.1): pooled hidden state (first token or
+/// mean) → Linear → tanh (BERT's pooler) → dropout → Linear to C classes. Reads <c>input_ids</c> Int64 [B, T],
+/// optional <c>attention_mask</c> [B, T], and for loss and metrics <c>labels</c> Int64 [B] in [0, C). Outputs logits
+/// [B, C]: Float32, or BFloat16 under amp_bf16 autocast.
+/// </summary>
+public sealed class BertForSequenceClassification : TransformerModel
+{
+#pragma warning disable IDE1006
+    private readonly Linear pooler;
+    private readonly Dropout dropout;
+    private readonly Linear classifier;
+#pragma warning restore IDE1006
+
+    /// <summary>Creates and initializes the model.</summary>
+    /// <param name="config">Encoder sizes.</param>
+    /// <param name="options">Classes, pooling and F1's positive class; 2 classes, cls pooling, positive class 1 when null.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The config is invalid, NumLabels &lt; 2, or F1PositiveClass is not in [0, NumLabels).</exception>
+    public BertForSequenceClassification(TransformerConfig config, SequenceClassificationOptions? options = null)
+        : base(nameof(BertForSequenceClassification), BertForMaskedLM.Encoder(config))
+    {
+        Options = options ?? new SequenceClassificationOptions();
+        if (Options.NumLabels < 2)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), Options.NumLabels, "NumLabels must be at least 2.");
+        }
+
+        if (Options.F1PositiveClass < 0 || Options.F1PositiveClass >= Options.NumLabels)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), Options.F1PositiveClass, $"F1PositiveClass must be in [0, {Options.NumLabels}).");
+        }
+
+        pooler = nn.Linear(config.HiddenSize, config.HiddenSize);
+        dropout = nn.Dropout(config.Dropout);
+        classifier = nn.Linear(config.HiddenSize, Options.NumLabels);
+        using (torch.no_grad())
+        {
+            foreach (Linear linear in new[] { pooler, classifier })
+            {
+                nn.init.normal_(linear.weight, 0.0, config.InitializerRange);
+                nn.init.zeros_(linear.bias!);
+            }
+        }
+
+        RegisterComponents();
+    }
+
+    /// <summary>The head options.</summary>
+    public SequenceClassificationOptions Options { get; }
+
+    /// <summary>Class logits [B, C].</summary>
+    /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
+    public override Tensor forward(Batch batch)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor h = Encode(batch);
+        Tensor? mask = AttentionMask(batch);
+        Tensor pooled;
+        if (Options.Pooling == SequencePooling.ClsToken)
+        {
+            pooled = h.select(1, 0);
+        }
+        else if (mask is null)
+        {
+            pooled = h.mean(new long[] { 1 });
+        }
+        else
+        {
+            Tensor weights = mask.ne(0).to(h.dtype).unsqueeze(-1);
+            pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1.0);
+        }
+
+        return classifier.call(dropout.call(pooler.call(pooled).tanh())).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Mean cross-entropy of the logits against <c>labels</c> [B], in Float32.</summary>
+    public override Tensor Loss(Tensor outputs, Batch batch) => Losses.CrossEntropy(outputs, Losses.Labels(batch));
+
+    /// <summary>Train: Accuracy. Eval: Accuracy, CrossEntropy, F1 (of <see cref="SequenceClassificationOptions.F1PositiveClass"/>).</summary>
+    public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => isTrain
+        ? new IMetric[] { new ClassificationAccuracy() }
+        : new IMetric[] { new ClassificationAccuracy(), new CrossEntropyMetric(), new BinaryF1Score(Options.F1PositiveClass) };
+}

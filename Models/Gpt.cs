@@ -1,0 +1,87 @@
+using ComposerSharp.Events;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace ComposerSharp.Models;
+
+/// <summary>
+/// A GPT-style decoder (Radford et al. 2018, 2019) with a language-model head: a causal
+/// <see cref="TransformerBackbone"/> (pre-LN with a final LayerNorm unless <see cref="TransformerConfig.PreLayerNorm"/>
+/// is false, GPT-2's depth-scaled init) and an output layer tied to the token embedding. Reads <c>input_ids</c>
+/// Int64 [B, T], optional <c>attention_mask</c> [B, T], and for loss and metrics <c>labels</c> Int64 [B, T]
+/// <em>unshifted</em> (−100 at padding; see the Data project's CausalLmCollator): position t is scored against
+/// label t+1 (<see cref="Targets"/>), as Hugging Face's and llm-foundry's causal LMs do. Without <c>labels</c>, the
+/// input ids (−100 where attention_mask is 0) are the labels. Outputs logits [B, T, VocabSize]: Float32, or
+/// BFloat16 under amp_bf16 autocast.
+/// </summary>
+public sealed class GptForCausalLM : TransformerModel
+{
+    /// <summary>Creates and initializes the model.</summary>
+    /// <param name="config">Sizes; e.g. <c>TransformerConfig.Preset("gpt-tiny")</c>.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The config is invalid.</exception>
+    public GptForCausalLM(TransformerConfig config)
+        : base(nameof(GptForCausalLM), Decoder(config)) => RegisterComponents();
+
+    /// <summary>Next-token logits [B, T, VocabSize]: row t predicts token t+1.</summary>
+    /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>
+    public override Tensor forward(Batch batch)
+    {
+        using var scope = torch.NewDisposeScope();
+        return F.linear(Encode(batch), Backbone.TokenEmbedding.weight!).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Mean next-token cross-entropy over positions whose target is not −100, in Float32.</summary>
+    public override Tensor Loss(Tensor outputs, Batch batch)
+    {
+        using var scope = torch.NewDisposeScope();
+        return Losses.CrossEntropy(outputs, Targets(batch)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Train and eval: CrossEntropy, Perplexity (of the next token).</summary>
+    public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => new IMetric[] { new CrossEntropyMetric(), new PerplexityMetric() };
+
+    /// <summary>Updates <paramref name="metric"/> with the batch's labels shifted to the next token (<see cref="Targets"/>).</summary>
+    public override void UpdateMetric(Batch batch, Tensor outputs, IMetric metric)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        ArgumentNullException.ThrowIfNull(metric);
+        using var scope = torch.NewDisposeScope();
+        var shifted = batch.ToDictionary(kv => kv.Key, kv => kv.Value);
+        shifted["labels"] = Targets(batch);
+        metric.Update(outputs, new Batch(shifted, batch.NumTokens));
+    }
+
+    /// <summary>
+    /// Next-token targets Int64 [B, T]: target t is label t+1, and the last position's target is −100. Labels are the
+    /// batch's <c>labels</c>, or else <c>input_ids</c> with −100 where <c>attention_mask</c> is 0.
+    /// </summary>
+    public static Tensor Targets(Batch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        using var scope = torch.NewDisposeScope();
+        Tensor labels;
+        if (batch.TryGetValue("labels", out Tensor given))
+        {
+            labels = given;
+        }
+        else
+        {
+            labels = batch["input_ids"];
+            if (batch.TryGetValue("attention_mask", out Tensor mask))
+            {
+                labels = labels.masked_fill(mask.eq(0), Losses.IgnoreIndex);
+            }
+        }
+
+        long t = labels.shape[1];
+        Tensor last = torch.full(labels.shape[0], 1, Losses.IgnoreIndex, dtype: ScalarType.Int64, device: labels.device);
+        return torch.cat(new[] { labels.narrow(1, 1, t - 1), last }, 1).MoveToOuterDisposeScope();
+    }
+
+    private static TransformerBackbone Decoder(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new TransformerBackbone(config, config.PreLayerNorm ?? true, causal: true, scaleResidualInit: true);
+    }
+}
