@@ -47,7 +47,7 @@ public static class TrainerDevice
 
     /// <summary>
     /// Checks that <paramref name="precision"/> can run on <paramref name="device"/>: the amp precisions need
-    /// libtorch's autocast entry points, and each is probed by a small matmul under autocast on the device (no RNG
+    /// libtorch's autocast entry points and a cpu or cuda device, and each is probed by a small matmul under autocast on the device (no RNG
     /// is consumed), so a device without Float16 or BFloat16 kernels fails here instead of mid-training.
     /// </summary>
     /// <exception cref="NotSupportedException">The precision cannot run on this device; the message says why and what to use instead.</exception>
@@ -66,6 +66,13 @@ public static class TrainerDevice
         }
 
         ScalarType dtype = precision.AutocastDtype()!.Value;
+        if (device.type is not (DeviceType.CPU or DeviceType.CUDA))
+        {
+            // libtorch aborts the process (an uncatchable c10::Error) when asked about autocast on other device types.
+            throw new NotSupportedException(
+                $"Precision {precision.ToComposerName()} needs {dtype} autocast kernels on device '{device}', but autocast exists only for cpu and cuda devices. Use fp32.");
+        }
+
         try
         {
             using var scope = torch.NewDisposeScope();

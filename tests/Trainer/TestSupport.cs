@@ -97,8 +97,13 @@ public sealed class TinyMlp : ComposerModel
     public override Tensor Loss(Tensor outputs, Batch batch)
     {
         LossAutocast.Add(Autocast.ActiveDtype(DeviceType.CPU));
-        Tensor logits = CastLoss ? outputs.to(ScalarType.Float32) : outputs;
-        return nn.functional.cross_entropy(logits, batch["y"]);
+        if (!CastLoss)
+        {
+            // A loss returned in the outputs' low precision (autocast computes cross-entropy in Float32 itself).
+            return nn.functional.cross_entropy(outputs, batch["y"]).to(outputs.dtype);
+        }
+
+        return nn.functional.cross_entropy(outputs.to(ScalarType.Float32), batch["y"]);
     }
 
     public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) =>
