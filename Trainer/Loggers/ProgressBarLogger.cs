@@ -156,9 +156,10 @@ public sealed class ProgressBarLogger : LoggerDestination
 
     private string Describe(State state)
     {
+        long epoch = state.Timestamp.Epoch + 1;
         string epochs = state.MaxDuration is { Unit: TimeUnit.Epoch } max
-            ? string.Create(CultureInfo.InvariantCulture, $"epoch {state.Timestamp.Epoch + 1}/{max.Value}")
-            : string.Create(CultureInfo.InvariantCulture, $"epoch {state.Timestamp.Epoch + 1}");
+            ? string.Create(CultureInfo.InvariantCulture, $"epoch {Math.Min(epoch, (long)max.Value)}/{max.Value}")
+            : string.Create(CultureInfo.InvariantCulture, $"epoch {epoch}");
         return string.Join(" ", new[] { "train", epochs, _lastLoss, _lastEval }.Where(s => s.Length > 0));
     }
 
