@@ -106,6 +106,28 @@ public sealed class State
     public ILoggerFactory LoggerFactory { get; set; } = NullLoggerFactory.Instance;
 
     /// <summary>
+    /// The timestamp before the last batch or epoch advance (Composer's <c>previous_timestamp</c>), or null before
+    /// the first batch of the run. Interval rules (evaluation, checkpoints) compare it with <see cref="Timestamp"/>
+    /// to tell whether an interval boundary was crossed.
+    /// </summary>
+    public Timestamp? PreviousTimestamp { get; set; }
+
+    /// <summary>Progress of the evaluation in progress (reset at each EvalStart; Composer's <c>eval_timestamp</c>).</summary>
+    public Timestamp EvalTimestamp { get; set; } = new();
+
+    /// <summary>Progress of the prediction in progress (reset at each PredictStart; Composer's <c>predict_timestamp</c>).</summary>
+    public Timestamp PredictTimestamp { get; set; } = new();
+
+    /// <summary>The evaluation dataloaders by label (e.g. <c>eval</c>), in the order they run.</summary>
+    public IDictionary<string, IDataLoader> EvalDataloaders { get; } = new Dictionary<string, IDataLoader>();
+
+    /// <summary>
+    /// Samples per training microbatch (Composer's <c>device_train_microbatch_size</c>), or null to train each
+    /// batch in one piece.
+    /// </summary>
+    public long? DeviceTrainMicrobatchSize { get; set; }
+
+    /// <summary>
     /// Fraction of <see cref="MaxDuration"/> elapsed, as a <c>dur</c> time (0 at the start, 1 at the end): the
     /// timestamp's counter in the max duration's unit divided by the max duration (Composer's
     /// <c>get_elapsed_duration</c>). Null when no max duration is set; 1 when the max duration is zero (a run

@@ -1,0 +1,185 @@
+using ComposerSharp.Events;
+using Microsoft.Extensions.Logging;
+
+namespace ComposerSharp.Trainer.Callbacks;
+
+/// <summary>
+/// Saves checkpoints at an interval and at the end of training (Composer's <c>CheckpointSaver</c>,
+/// composer/callbacks/checkpoint_saver.py): at BatchCheckpoint and EpochCheckpoint, when the
+/// <see cref="IntervalSchedule"/> says so and nothing was saved at this batch yet. After each save it updates the
+/// "latest" pointer and deletes the oldest checkpoints beyond <see cref="NumCheckpointsToKeep"/>. The Trainer binds
+/// it (whether created from <see cref="CheckpointOptions"/> or passed among the callbacks); it works only inside a
+/// ComposerSharp Trainer.
+/// </summary>
+public sealed class CheckpointSaver : Callback, IStatefulCallback
+{
+    private readonly IntervalSchedule _schedule;
+    private readonly List<string> _saved = new();
+    private readonly List<string> _allSaved = new();
+    private Trainer? _trainer;
+    private long? _lastCheckpointBatch;
+
+    /// <summary>Creates a saver.</summary>
+    /// <param name="folder">Folder (placeholders allowed, e.g. <c>{run_name}/checkpoints</c>).</param>
+    /// <param name="filename">File name pattern, e.g. <c>ep{epoch}-ba{batch}-rank{rank}.ckpt</c>.</param>
+    /// <param name="latestFilename">Name of the pointer to the newest checkpoint, or null for none.</param>
+    /// <param name="saveInterval">How often to save; 1 epoch by default.</param>
+    /// <param name="overwrite">Replace an existing file of the same name instead of failing.</param>
+    /// <param name="numCheckpointsToKeep">Newest checkpoints of this run to keep (−1 for all; at least 1 otherwise).</param>
+    /// <param name="weightsOnly">Save only the model weights.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="numCheckpointsToKeep"/> is 0 or below −1.</exception>
+    public CheckpointSaver(
+        string folder = "{run_name}/checkpoints",
+        string filename = "ep{epoch}-ba{batch}-rank{rank}.ckpt",
+        string? latestFilename = "latest-rank{rank}.ckpt",
+        Time? saveInterval = null,
+        bool overwrite = false,
+        int numCheckpointsToKeep = -1,
+        bool weightsOnly = false)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(folder);
+        ArgumentException.ThrowIfNullOrWhiteSpace(filename);
+        if (numCheckpointsToKeep == 0 || numCheckpointsToKeep < -1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(numCheckpointsToKeep), numCheckpointsToKeep, "Keep −1 (all) or at least 1 checkpoint; 0 would delete each checkpoint as soon as it is written.");
+        }
+
+        Folder = folder;
+        Filename = filename;
+        LatestFilename = latestFilename;
+        SaveInterval = saveInterval ?? Time.FromEpoch(1);
+        Overwrite = overwrite;
+        NumCheckpointsToKeep = numCheckpointsToKeep;
+        WeightsOnly = weightsOnly;
+        _schedule = new IntervalSchedule(SaveInterval);
+    }
+
+    /// <summary>Folder pattern.</summary>
+    public string Folder { get; }
+
+    /// <summary>File name pattern.</summary>
+    public string Filename { get; }
+
+    /// <summary>Latest-pointer name pattern, or null.</summary>
+    public string? LatestFilename { get; }
+
+    /// <summary>How often checkpoints are saved.</summary>
+    public Time SaveInterval { get; }
+
+    /// <summary>Whether existing files may be replaced.</summary>
+    public bool Overwrite { get; }
+
+    /// <summary>Newest checkpoints to keep, or −1 for all.</summary>
+    public int NumCheckpointsToKeep { get; }
+
+    /// <summary>Whether only weights are saved.</summary>
+    public bool WeightsOnly { get; }
+
+    /// <summary>The checkpoints this saver wrote in this process that still exist, oldest first (absolute paths).</summary>
+    public IReadOnlyList<string> SavedCheckpoints => _saved;
+
+    /// <summary>Every checkpoint this run wrote, including those of earlier runs restored from a checkpoint, oldest first.</summary>
+    public IReadOnlyList<string> AllSavedCheckpoints => _allSaved;
+
+    /// <inheritdoc/>
+    public string StateKey => "composersharp.checkpoint_saver";
+
+    internal void Bind(Trainer trainer) => _trainer = trainer;
+
+    /// <inheritdoc/>
+    public override void Init(State state, Logger logger)
+    {
+        if (_trainer is null)
+        {
+            throw new InvalidOperationException("A CheckpointSaver works only among the callbacks of a ComposerSharp Trainer, which binds it.");
+        }
+
+        Directory.CreateDirectory(CheckpointFile.Format(Folder, state));
+    }
+
+    /// <inheritdoc/>
+    public override void BatchCheckpoint(State state, Logger logger) => SaveIfDue(state, Event.BatchCheckpoint);
+
+    /// <inheritdoc/>
+    public override void EpochCheckpoint(State state, Logger logger) => SaveIfDue(state, Event.EpochCheckpoint);
+
+    /// <inheritdoc/>
+    public IReadOnlyDictionary<string, object?> StateDict() => new Dictionary<string, object?>
+    {
+        ["all_saved_checkpoints"] = _allSaved.ToList(),
+    };
+
+    /// <inheritdoc/>
+    public void LoadStateDict(IReadOnlyDictionary<string, object?> state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (!state.TryGetValue("all_saved_checkpoints", out object? value) || value is not IEnumerable<object?> list)
+        {
+            throw new ArgumentException("The CheckpointSaver state has no 'all_saved_checkpoints' list.", nameof(state));
+        }
+
+        _allSaved.Clear();
+        _allSaved.AddRange(list.OfType<string>());
+    }
+
+    private void SaveIfDue(State state, Event e)
+    {
+        if (_lastCheckpointBatch == state.Timestamp.Batch || !_schedule.IsDue(state, e))
+        {
+            return;
+        }
+
+        Save(state);
+    }
+
+    private void Save(State state)
+    {
+        Trainer trainer = _trainer ?? throw new InvalidOperationException("The CheckpointSaver is not bound to a Trainer.");
+        _lastCheckpointBatch = state.Timestamp.Batch;
+        string folder = CheckpointFile.Format(Folder, state);
+        string path = Path.GetFullPath(Path.Combine(folder, CheckpointFile.Format(Filename, state)));
+        if (!Overwrite && File.Exists(path))
+        {
+            throw new CheckpointException(path, $"Checkpoint '{path}' already exists; set SaveOverwrite (CheckpointOptions) or overwrite (CheckpointSaver) to replace it, or use another folder.");
+        }
+
+        // Recorded before writing so that the checkpoint's own saver state lists it (as in Composer).
+        bool added = !_allSaved.Contains(path);
+        if (added)
+        {
+            _allSaved.Add(path);
+        }
+
+        try
+        {
+            trainer.SaveCheckpoint(path, WeightsOnly);
+        }
+        catch
+        {
+            if (added)
+            {
+                _allSaved.Remove(path);
+            }
+
+            throw;
+        }
+
+        _saved.Remove(path);
+        _saved.Add(path);
+        if (LatestFilename is not null)
+        {
+            CheckpointFile.WriteLatestPointer(Path.Combine(folder, CheckpointFile.Format(LatestFilename, state)), path);
+        }
+
+        state.LoggerFactory.CreateLogger<CheckpointSaver>().LogInformation("Saved checkpoint {Checkpoint}.", path);
+        if (NumCheckpointsToKeep > 0)
+        {
+            while (_saved.Count > NumCheckpointsToKeep)
+            {
+                string oldest = _saved[0];
+                _saved.RemoveAt(0);
+                File.Delete(oldest);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+namespace ComposerSharp.Trainer.Callbacks;
+
+/// <summary>The wall-clock units callbacks report durations in: seconds, minutes, hours or days (as in Composer).</summary>
+internal static class TimeUnits
+{
+    /// <summary>Seconds per <paramref name="unit"/>.</summary>
+    /// <exception cref="ArgumentException">Not seconds, minutes, hours or days.</exception>
+    internal static double SecondsPer(string unit, string paramName) => unit switch
+    {
+        "seconds" => 1,
+        "minutes" => 60,
+        "hours" => 3600,
+        "days" => 86400,
+        _ => throw new ArgumentException($"Invalid time unit '{unit}'; must be one of \"seconds\", \"minutes\", \"hours\" or \"days\".", paramName),
+    };
+}

@@ -1,0 +1,265 @@
+using System.Diagnostics;
+using ComposerSharp.Events;
+using ComposerSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Trainer;
+
+public sealed partial class Trainer
+{
+    /// <summary>
+    /// Evaluates outside of <see cref="Fit"/> (Composer's <c>eval</c>): EvalStandaloneStart, then for each evaluator
+    /// (or only <paramref name="evalDataloader"/>, under <paramref name="label"/>) EvalStart, per batch
+    /// EvalBatchStart, EvalBeforeForward, EvalAfterForward, EvalBatchEnd, then EvalEnd; finally EvalStandaloneEnd.
+    /// Metrics are logged as <c>metrics/&lt;label&gt;/&lt;Name&gt;</c>.
+    /// </summary>
+    /// <param name="evalDataloader">Batches to evaluate instead of the Trainer's evaluators.</param>
+    /// <param name="label">Label for <paramref name="evalDataloader"/>.</param>
+    /// <param name="subsetNumBatches">Evaluate at most this many batches per loader; null uses each evaluator's own cap.</param>
+    /// <returns>The computed metrics, <c>metrics/&lt;label&gt;/&lt;Name&gt;</c> → value.</returns>
+    /// <exception cref="InvalidOperationException">No loader was given and the Trainer has no evaluators.</exception>
+    public IReadOnlyDictionary<string, double> Eval(IDataLoader? evalDataloader = null, string label = "eval", long? subsetNumBatches = null)
+    {
+        ThrowIfClosed();
+        if (subsetNumBatches is <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(subsetNumBatches), subsetNumBatches, "subsetNumBatches must be at least 1, or null for whole loaders.");
+        }
+
+        List<EvaluatorRun> runs;
+        if (evalDataloader is not null)
+        {
+            var evaluator = new Evaluator(label, evalDataloader);
+            if (subsetNumBatches is null && evalDataloader.BatchesPerEpoch is null)
+            {
+                throw new ArgumentException("The evaluation dataloader's length is unknown; pass subsetNumBatches so evaluation ends.", nameof(subsetNumBatches));
+            }
+
+            runs = new List<EvaluatorRun> { new(evaluator, _model.GetMetrics(isTrain: false), new IntervalSchedule(Time.FromEpoch(1)), null) };
+        }
+        else
+        {
+            if (_evaluators.Count == 0)
+            {
+                throw new InvalidOperationException("No evaluation dataloader: pass evalDataloader to the Trainer or to Eval.");
+            }
+
+            runs = _evaluators;
+        }
+
+        var results = new Dictionary<string, double>();
+        Engine.RunEvent(Event.EvalStandaloneStart);
+        foreach (EvaluatorRun run in runs)
+        {
+            foreach ((string key, double value) in EvalLoop(run, subsetNumBatches ?? run.SubsetNumBatches))
+            {
+                results[key] = value;
+            }
+        }
+
+        Engine.RunEvent(Event.EvalStandaloneEnd);
+        return results;
+    }
+
+    /// <summary>
+    /// Runs the model on every batch of <paramref name="dataloader"/> in evaluation mode without gradients
+    /// (Composer's <c>predict</c>): PredictStart, per batch PredictBatchStart, PredictBeforeForward,
+    /// PredictAfterForward, PredictBatchEnd, then PredictEnd.
+    /// </summary>
+    /// <param name="dataloader">The batches (epoch 0).</param>
+    /// <param name="subsetNumBatches">Predict at most this many batches; null for all.</param>
+    /// <param name="returnOutputs">Collect the outputs; when false an empty list is returned (callbacks still see each output).</param>
+    /// <returns>
+    /// One tensor per batch: the model's forward output moved to the CPU, in its dtype (e.g. Float32 [B, C]),
+    /// detached from every dispose scope. The caller owns and must dispose them.
+    /// </returns>
+    /// <exception cref="ArgumentException">A loader of unknown length without <paramref name="subsetNumBatches"/>.</exception>
+    public IReadOnlyList<Tensor> Predict(IDataLoader dataloader, long? subsetNumBatches = null, bool returnOutputs = true)
+    {
+        ThrowIfClosed();
+        ArgumentNullException.ThrowIfNull(dataloader);
+        if (subsetNumBatches is <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(subsetNumBatches), subsetNumBatches, "subsetNumBatches must be at least 1, or null for the whole loader.");
+        }
+
+        if (subsetNumBatches is null && dataloader.BatchesPerEpoch is null)
+        {
+            throw new ArgumentException("The prediction dataloader's length is unknown; pass subsetNumBatches so prediction ends.", nameof(subsetNumBatches));
+        }
+
+        IDataLoader? originalLoader = State.Dataloader;
+        string? originalLabel = State.DataloaderLabel;
+        var outputs = new List<Tensor>();
+        bool wasTraining = State.Model.training;
+        State.Dataloader = dataloader;
+        State.DataloaderLabel = "predict";
+        State.PredictTimestamp = new Timestamp();
+        var clock = Stopwatch.StartNew();
+        TimeSpan last = clock.Elapsed;
+        try
+        {
+            State.Model.eval();
+            using var noGrad = torch.no_grad();
+            Engine.RunEvent(Event.PredictStart);
+            ForEachBatchInScope(dataloader.GetEpoch(0), subsetNumBatches, batch =>
+            {
+                State.Batch = batch.To(State.Device);
+                long samples = State.Batch.NumSamples;
+                long tokens = State.Batch.NumTokens;
+                Engine.RunEvent(Event.PredictBatchStart);
+                Engine.RunEvent(Event.PredictBeforeForward);
+                using (State.Precision.Enter(State.Device.type))
+                {
+                    State.Outputs = Forward(State.Batch);
+                }
+
+                Engine.RunEvent(Event.PredictAfterForward);
+                if (returnOutputs)
+                {
+                    outputs.Add(State.Outputs.detach().cpu().clone().DetachFromDisposeScope());
+                }
+
+                TimeSpan now = clock.Elapsed;
+                State.PredictTimestamp = State.PredictTimestamp.ToNextBatch(samples, tokens, now - last);
+                last = now;
+                Engine.RunEvent(Event.PredictBatchEnd);
+                ClearStepTensors();
+            });
+
+            Engine.RunEvent(Event.PredictEnd);
+        }
+        catch
+        {
+            foreach (Tensor t in outputs)
+            {
+                t.Dispose();
+            }
+
+            throw;
+        }
+        finally
+        {
+            ClearStepTensors();
+            State.Model.train(wasTraining);
+            State.Dataloader = originalLoader;
+            State.DataloaderLabel = originalLabel;
+        }
+
+        return outputs;
+    }
+
+    /// <summary>Runs the evaluators whose interval is due at <paramref name="e"/> (Composer's <c>_run_evaluators</c>).</summary>
+    private void RunEvaluators(Event e)
+    {
+        var due = _evaluators.Where(run => run.Schedule.IsDue(State, e)).ToList();
+        if (due.Count == 0)
+        {
+            return;
+        }
+
+        Engine.RunEvent(Event.EvalBeforeAll);
+        foreach (EvaluatorRun run in due)
+        {
+            EvalLoop(run, run.SubsetNumBatches);
+        }
+
+        Engine.RunEvent(Event.EvalAfterAll);
+    }
+
+    /// <summary>One evaluator over its loader (Composer's <c>_eval_loop</c>); returns the computed metrics.</summary>
+    private Dictionary<string, double> EvalLoop(EvaluatorRun run, long? subsetNumBatches)
+    {
+        IDataLoader? originalLoader = State.Dataloader;
+        string? originalLabel = State.DataloaderLabel;
+        bool wasTraining = State.Model.training;
+        State.EvalTimestamp = new Timestamp();
+        var clock = Stopwatch.StartNew();
+        TimeSpan last = clock.Elapsed;
+        var computed = new Dictionary<string, double>();
+        try
+        {
+            State.Model.eval();
+            using var noGrad = torch.no_grad();
+            State.Dataloader = run.Evaluator.Dataloader;
+            State.DataloaderLabel = run.Evaluator.Label;
+            Engine.RunEvent(Event.EvalStart);
+            foreach (IMetric metric in run.Metrics)
+            {
+                metric.Reset();
+            }
+
+            ForEachBatchInScope(run.Evaluator.Dataloader.GetEpoch(0), subsetNumBatches, batch =>
+            {
+                State.Batch = batch.To(State.Device);
+                long samples = State.Batch.NumSamples;
+                long tokens = State.Batch.NumTokens;
+                Engine.RunEvent(Event.EvalBatchStart);
+                Engine.RunEvent(Event.EvalBeforeForward);
+                using (State.Precision.Enter(State.Device.type))
+                {
+                    State.Outputs = _model.EvalForward(State.Batch);
+                }
+
+                Engine.RunEvent(Event.EvalAfterForward);
+                using (State.Precision.Enter(State.Device.type))
+                {
+                    foreach (IMetric metric in run.Metrics)
+                    {
+                        _model.UpdateMetric(State.Batch, State.Outputs, metric);
+                    }
+                }
+
+                TimeSpan now = clock.Elapsed;
+                State.EvalTimestamp = State.EvalTimestamp.ToNextBatch(samples, tokens, now - last);
+                last = now;
+                Engine.RunEvent(Event.EvalBatchEnd);
+                ClearStepTensors();
+            });
+
+            foreach (IMetric metric in run.Metrics)
+            {
+                string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
+                double value = metric.Compute();
+                computed[key] = value;
+                State.Metrics[key] = value;
+            }
+
+            if (computed.Count > 0)
+            {
+                Logger.LogMetrics(computed);
+            }
+
+            Engine.RunEvent(Event.EvalEnd);
+        }
+        finally
+        {
+            ClearStepTensors();
+            State.Model.train(wasTraining);
+            State.Dataloader = originalLoader;
+            State.DataloaderLabel = originalLabel;
+        }
+
+        return computed;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> on at most <paramref name="limit"/> batches, each inside its own dispose scope
+    /// that is opened before the batch is produced, so the batch's tensors belong to it.
+    /// </summary>
+    private static void ForEachBatchInScope(IEnumerable<Batch> batches, long? limit, Action<Batch> body)
+    {
+        using IEnumerator<Batch> enumerator = batches.GetEnumerator();
+        for (long i = 0; limit is null || i < limit; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            if (!enumerator.MoveNext())
+            {
+                break;
+            }
+
+            body(enumerator.Current);
+        }
+    }
+}

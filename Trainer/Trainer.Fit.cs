@@ -1,0 +1,390 @@
+using System.Diagnostics;
+using ComposerSharp.Events;
+using ComposerSharp.Models;
+using Microsoft.Extensions.Logging;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Trainer;
+
+public sealed partial class Trainer
+{
+    /// <summary>
+    /// Trains until the max duration (Composer's <c>fit</c>). <paramref name="duration"/>, when given, extends the
+    /// run from where it is: the new max duration is the current count in its unit plus <paramref name="duration"/>.
+    /// </summary>
+    /// <remarks>
+    /// Events, in order: FitStart; IterationStart (at the start of an iteration); EpochStart (not when resuming
+    /// mid-epoch); per batch BeforeDataloader, AfterDataloader, BatchStart, BeforeTrainBatch, per microbatch
+    /// BeforeForward, AfterForward, BeforeLoss, AfterLoss, BeforeBackward, AfterBackward, then AfterTrainBatch
+    /// (gradients accumulated and, for amp_fp16, unscaled), the optimizer step, the timestamp advance, the scheduler
+    /// step (setting the rate of the next batch from the new timestamp), BatchEnd, evaluation when due,
+    /// BatchCheckpoint; once per exhausted epoch a last BeforeDataloader, EpochEnd, evaluation when due,
+    /// EpochCheckpoint; finally FitEnd and a final evaluation when due and not just run.
+    /// Budgets in <c>ba</c>, <c>sp</c> and <c>tok</c> stop after the batch that reaches or crosses them.
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">No optimizer, no training dataloader, no max duration, nothing left to train, an epoch budget with a loader of unknown length, or a loader that yields no batches.</exception>
+    /// <exception cref="ArgumentException"><paramref name="duration"/> is in <c>sec</c>, <c>dur</c> or <c>iter</c>.</exception>
+    public void Fit(Time? duration = null)
+    {
+        ThrowIfClosed();
+        if (State.Optimizers.Count == 0)
+        {
+            throw new InvalidOperationException("No optimizer: the model has no parameters or none was created; this Trainer can only evaluate or predict.");
+        }
+
+        IDataLoader loader = State.TrainDataloader
+            ?? throw new InvalidOperationException("No training dataloader: pass trainDataloader to the Trainer.");
+        if (duration is { } d)
+        {
+            d = CheckMaxDuration(d, nameof(duration));
+            State.MaxDuration = d + State.Timestamp.Get(d.Unit);
+        }
+
+        Time max = State.MaxDuration
+            ?? throw new InvalidOperationException("No max duration: pass maxDuration to the Trainer or a duration to Fit.");
+        if (max.Unit == TimeUnit.Epoch && loader.BatchesPerEpoch is null)
+        {
+            throw new InvalidOperationException(
+                $"Max duration '{max}' is in epochs, but the training dataloader's length is unknown; give the max duration in batches, samples or tokens.");
+        }
+
+        if (loader.BatchesPerEpoch == 0)
+        {
+            throw new InvalidOperationException(
+                $"The training dataloader yields no batches per epoch ({loader.SamplesPerEpoch?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "unknown"} samples per epoch): " +
+                "the dataset is empty or smaller than one batch with drop_last. Use a smaller batch size, drop_last = false, or more data.");
+        }
+
+        if (State.Timestamp >= max)
+        {
+            throw new InvalidOperationException(
+                $"The max duration ({max}) is not beyond the training already done ({State.Timestamp.Get(max.Unit)}); no training would occur. Pass a duration to Fit to train further.");
+        }
+
+        State.Dataloader = loader;
+        State.DataloaderLabel = TrainLabel;
+        TrainLoop(loader);
+        foreach (optim.Optimizer optimizer in State.Optimizers)
+        {
+            optimizer.zero_grad();
+        }
+    }
+
+    private void TrainLoop(IDataLoader loader)
+    {
+        _log.LogInformation("Training {RunName} with precision {Precision} on {Device} for {MaxDuration}.", State.RunName, State.Precision.ToComposerName(), State.Device, State.MaxDuration);
+        Engine.RunEvent(Event.FitStart);
+        if (_pendingRngState is not null)
+        {
+            RestoreRngState(_pendingRngState);
+            _pendingRngState = null;
+        }
+
+        bool useGradScaling = State.Precision == Precision.AmpFp16;
+        State.Model.train();
+        ApplySchedulers();
+        var clock = Stopwatch.StartNew();
+        TimeSpan lastWct = clock.Elapsed;
+        while (State.Timestamp < State.MaxDuration!.Value)
+        {
+            if (State.Timestamp.EpochInIteration == 0 && State.Timestamp.BatchInEpoch == 0)
+            {
+                Engine.RunEvent(Event.IterationStart);
+            }
+
+            bool epochStart = State.Timestamp.BatchInEpoch == 0;
+            if (epochStart)
+            {
+                Engine.RunEvent(Event.EpochStart);
+                Logger.LogMetric("time/epoch", State.Timestamp.Epoch);
+            }
+
+            bool finishedEarly = false;
+            bool anyBatch = false;
+            using (IEnumerator<Batch> batches = loader.GetEpoch(State.Timestamp.Epoch, State.Timestamp.BatchInEpoch).GetEnumerator())
+            {
+                while (true)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    Engine.RunEvent(Event.BeforeDataloader);
+                    if (!batches.MoveNext())
+                    {
+                        break;
+                    }
+
+                    anyBatch = true;
+                    State.Batch = batches.Current.To(State.Device);
+                    long samples = State.Batch.NumSamples;
+                    long tokens = State.Batch.NumTokens;
+                    Engine.RunEvent(Event.AfterDataloader);
+                    Engine.RunEvent(Event.BatchStart);
+                    LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
+
+                    double? loss = TrainBatch(useGradScaling);
+                    GradScaler.Update();
+                    if (loss is { } l)
+                    {
+                        State.Metrics["loss/train/total"] = l;
+                        Logger.LogMetric("loss/train/total", l);
+                    }
+
+                    ComputeAndLogMetrics(TrainLabel, _trainMetrics);
+                    TimeSpan now = clock.Elapsed;
+                    TimeSpan batchTime = now - lastWct;
+                    lastWct = now;
+                    State.PreviousTimestamp = State.Timestamp;
+                    State.Timestamp = State.Timestamp.ToNextBatch(samples, tokens, batchTime);
+                    ApplySchedulers();
+                    Engine.RunEvent(Event.BatchEnd);
+
+                    TimeSpan beforeEval = clock.Elapsed;
+                    RunEvaluators(Event.BatchEnd);
+                    lastWct += clock.Elapsed - beforeEval;
+                    Engine.RunEvent(Event.BatchCheckpoint);
+                    ClearStepTensors();
+
+                    if (State.MaxDuration!.Value.Unit == TimeUnit.Token && tokens == 0)
+                    {
+                        throw new InvalidOperationException(
+                            $"The max duration '{State.MaxDuration}' is in tokens, but the training batches carry no tokens (no input_ids or attention_mask); give it in epochs, batches or samples.");
+                    }
+
+                    if (State.Timestamp >= State.MaxDuration!.Value)
+                    {
+                        finishedEarly = true;
+                        break;
+                    }
+                }
+            }
+
+            ClearStepTensors();
+            if (epochStart && !anyBatch)
+            {
+                throw new InvalidOperationException(
+                    $"The training dataloader yielded no batches for epoch {State.Timestamp.Epoch}; check the dataset and batch size (an empty epoch would repeat forever).");
+            }
+
+            if (!finishedEarly || loader.BatchesPerEpoch == State.Timestamp.BatchInEpoch)
+            {
+                ComputeAndLogMetrics(TrainLabel, _trainMetrics);
+                State.PreviousTimestamp = State.Timestamp;
+                State.Timestamp = State.Timestamp.ToNextEpoch();
+                Engine.RunEvent(Event.EpochEnd);
+                TimeSpan beforeEval = clock.Elapsed;
+                RunEvaluators(Event.EpochEnd);
+                lastWct += clock.Elapsed - beforeEval;
+                Engine.RunEvent(Event.EpochCheckpoint);
+            }
+        }
+
+        Logger.LogMetrics(new Dictionary<string, double>
+        {
+            ["time/epoch"] = State.Timestamp.Epoch,
+            ["time/batch"] = State.Timestamp.Batch,
+            ["time/sample"] = State.Timestamp.Sample,
+            ["time/batch_in_epoch"] = State.Timestamp.BatchInEpoch,
+            ["time/sample_in_epoch"] = State.Timestamp.SampleInEpoch,
+        });
+        Engine.RunEvent(Event.FitEnd);
+        RunEvaluators(Event.FitEnd);
+    }
+
+    private void LogTimeMetrics(bool withTokens)
+    {
+        Timestamp ts = State.Timestamp;
+        var metrics = new Dictionary<string, double>
+        {
+            ["time/batch"] = ts.Batch,
+            ["time/sample"] = ts.Sample,
+            ["time/batch_in_epoch"] = ts.BatchInEpoch,
+            ["time/sample_in_epoch"] = ts.SampleInEpoch,
+        };
+        if (withTokens)
+        {
+            metrics["time/token"] = ts.Token;
+            metrics["time/token_in_epoch"] = ts.TokenInEpoch;
+        }
+
+        Logger.LogMetrics(metrics);
+    }
+
+    /// <summary>
+    /// Trains on <see cref="State.Batch"/> (Composer's <c>_train_batch</c> and <c>_train_microbatches</c>):
+    /// BeforeTrainBatch, zero the gradients, each microbatch, AfterTrainBatch, then one optimizer step per optimizer.
+    /// Returns the batch's loss (the sample-weighted mean of the microbatch losses) as a double.
+    /// </summary>
+    private double? TrainBatch(bool useGradScaling)
+    {
+        Batch deviceBatch = State.Batch!;
+        foreach (IMetric metric in _trainMetrics)
+        {
+            metric.Reset();
+        }
+
+        long? microbatchSize = State.DeviceTrainMicrobatchSize;
+        IReadOnlyList<Batch> microbatches = microbatchSize is { } size ? deviceBatch.Split(size) : new[] { deviceBatch };
+        Engine.RunEvent(Event.BeforeTrainBatch);
+        foreach (optim.Optimizer optimizer in State.Optimizers)
+        {
+            optimizer.zero_grad();
+        }
+
+        double batchSamples = microbatches.Sum(mb => mb.NumSamples);
+        Tensor totalLoss = torch.zeros(1, dtype: ScalarType.Float32, device: State.Device);
+        foreach (Batch microbatch in microbatches)
+        {
+            State.Batch = microbatch;
+            Tensor microbatchLoss = TrainMicrobatch(useGradScaling, microbatch.NumSamples / batchSamples);
+            totalLoss.add_(microbatchLoss);
+        }
+
+        State.Batch = deviceBatch;
+        if (useGradScaling)
+        {
+            foreach (optim.Optimizer optimizer in State.Optimizers)
+            {
+                GradScaler.Unscale(optimizer);
+            }
+        }
+
+        Engine.RunEvent(Event.AfterTrainBatch);
+        foreach (optim.Optimizer optimizer in State.Optimizers)
+        {
+            if (useGradScaling)
+            {
+                GradScaler.Step(optimizer);
+            }
+            else
+            {
+                optimizer.step();
+            }
+        }
+
+        return totalLoss.item<float>();
+    }
+
+    /// <summary>
+    /// One microbatch (Composer's <c>_train_microbatch</c>): forward and loss under the precision's autocast scope,
+    /// then backward of the loss scaled by the microbatch's share of the batch's samples (and by the loss scale under
+    /// amp_fp16), so that the accumulated gradient equals the whole batch's gradient. Returns the microbatch's
+    /// weighted loss (Float32 [1], detached) for logging.
+    /// </summary>
+    private Tensor TrainMicrobatch(bool useGradScaling, double share)
+    {
+        DeviceType deviceType = State.Device.type;
+        Engine.RunEvent(Event.BeforeForward);
+        using (State.Precision.Enter(deviceType))
+        {
+            State.Outputs = Forward(State.Batch!);
+        }
+
+        Engine.RunEvent(Event.AfterForward);
+        Engine.RunEvent(Event.BeforeLoss);
+        using (State.Precision.Enter(deviceType))
+        {
+            State.Loss = _model.Loss(State.Outputs, State.Batch!);
+        }
+
+        Engine.RunEvent(Event.AfterLoss);
+        Engine.RunEvent(Event.BeforeBackward);
+        Tensor loss = State.Loss.to(ScalarType.Float32).mean();
+        Tensor logged = loss.detach().reshape(1) * share;
+        Tensor toBackward = loss * share;
+        if (useGradScaling)
+        {
+            toBackward = GradScaler.ScaleLoss(toBackward);
+        }
+
+        toBackward.backward();
+        Engine.RunEvent(Event.AfterBackward);
+
+        if (_trainMetrics.Count > 0)
+        {
+            using var noGrad = torch.no_grad();
+            using (State.Precision.Enter(deviceType))
+            {
+                Tensor evalOutputs = _model.EvalForward(State.Batch!, State.Outputs);
+                foreach (IMetric metric in _trainMetrics)
+                {
+                    _model.UpdateMetric(State.Batch!, evalOutputs, metric);
+                }
+            }
+        }
+
+        return logged;
+    }
+
+    /// <summary>
+    /// Sets each parameter group's learning rate to its initial rate times the product of the schedulers' factors at
+    /// the current timestamp. Does nothing without schedulers.
+    /// </summary>
+    private void ApplySchedulers()
+    {
+        if (State.Schedulers.Count == 0)
+        {
+            return;
+        }
+
+        double factor = 1.0;
+        foreach (IScheduler scheduler in State.Schedulers)
+        {
+            double f = scheduler.Factor(State);
+            if (!double.IsFinite(f) || f < 0)
+            {
+                throw new InvalidOperationException($"Scheduler {scheduler} returned factor {f} at {State.Timestamp.Get(TimeUnit.Batch)}; factors must be finite and ≥ 0.");
+            }
+
+            factor *= f;
+        }
+
+        foreach (optim.Optimizer optimizer in State.Optimizers)
+        {
+            foreach (optim.ILearningRateController group in optimizer.ParamGroups)
+            {
+                group.LearningRate = group.InitialLearningRate * factor;
+            }
+        }
+    }
+
+    /// <summary>Runs <see cref="State.Model"/> (the model, or what an algorithm put in its place) on <paramref name="batch"/>.</summary>
+    private Tensor Forward(Batch batch) => State.Model switch
+    {
+        nn.Module<Batch, Tensor> module => module.call(batch),
+        _ => throw new InvalidOperationException(
+            $"State.Model is a {State.Model.GetType().Name}, which does not map a Batch to a Tensor; an algorithm may replace submodules but the root must stay a ComposerModel."),
+    };
+
+    private void ClearStepTensors()
+    {
+        State.Batch = null;
+        State.Outputs = null;
+        State.Loss = null;
+    }
+
+    private void ComputeAndLogMetrics(string label, IReadOnlyList<IMetric> metrics)
+    {
+        if (metrics.Count == 0)
+        {
+            return;
+        }
+
+        var computed = new Dictionary<string, double>(metrics.Count);
+        foreach (IMetric metric in metrics)
+        {
+            string key = $"metrics/{label}/{metric.Name}";
+            double value = metric.Compute();
+            computed[key] = value;
+            State.Metrics[key] = value;
+        }
+
+        Logger.LogMetrics(computed);
+    }
+
+    private static void RestoreRngState(byte[] state)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor t = torch.tensor(state, dtype: ScalarType.Byte);
+        torch.set_rng_state(t);
+    }
+}
