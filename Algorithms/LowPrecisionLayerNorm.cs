@@ -51,9 +51,12 @@ public abstract class LowPrecisionNormAlgorithm : Algorithm
     {
         ArgumentNullException.ThrowIfNull(state);
         ILogger log = state.LoggerFactory.CreateLogger(GetType());
-        ApplySurgery(state, log);
+        ModulesReplaced = ApplySurgery(state, log);
         return null;
     }
+
+    /// <summary>How many modules the last <see cref="Apply"/> replaced (0 under fp32), or null before it ran.</summary>
+    public int? ModulesReplaced { get; private set; }
 
     /// <summary><see cref="Algorithm.Name"/> and <c>apply_at</c> (e.g. <c>init</c>).</summary>
     public override AlgorithmDescription Describe() =>

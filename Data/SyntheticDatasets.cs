@@ -18,6 +18,12 @@ public sealed record SyntheticTokenOptions
     /// <summary>Possible successors of each token in the generating Markov chain (smaller is easier to learn; 1 is deterministic).</summary>
     public int Branching { get; init; } = 2;
 
+    /// <summary>
+    /// Generator index of sample 0: sample i is generated from (Seed, FirstIndex + i). A held-out split uses the same
+    /// seed (so the same generating process) and a FirstIndex past the training samples, so that no sample is shared.
+    /// </summary>
+    public long FirstIndex { get; init; }
+
     /// <summary>Seed of the chain and of the samples.</summary>
     public long Seed { get; init; }
 }
@@ -67,7 +73,7 @@ public sealed class SyntheticTokenDataset : IDataset<long[]>
                 throw new ArgumentOutOfRangeException(nameof(index), index, $"Index must be in [0, {Count}).");
             }
 
-            var rng = SplitMix64.For(_options.Seed, index);
+            var rng = SplitMix64.For(_options.Seed, _options.FirstIndex + index);
             var sample = new long[_options.SequenceLength];
             int token = rng.NextInt(_options.RegularVocabSize);
             for (int t = 0; t < sample.Length; t++)
@@ -116,6 +122,12 @@ public sealed record SyntheticClassificationOptions
 
     /// <summary>Keywords of its class placed in each sample.</summary>
     public int KeywordsPerSample { get; init; } = 3;
+
+    /// <summary>
+    /// Generator index of sample 0: sample i is generated from (Seed, FirstIndex + i). A held-out split uses the same
+    /// seed (so the same generating process) and a FirstIndex past the training samples, so that no sample is shared.
+    /// </summary>
+    public long FirstIndex { get; init; }
 
     /// <summary>Seed of the labels, lengths, noise and keyword positions.</summary>
     public long Seed { get; init; }
@@ -180,7 +192,7 @@ public sealed class SyntheticClassificationDataset : IDataset<TextClassification
                 throw new ArgumentOutOfRangeException(nameof(index), index, $"Index must be in [0, {Count}).");
             }
 
-            var rng = SplitMix64.For(_options.Seed, index);
+            var rng = SplitMix64.For(_options.Seed, _options.FirstIndex + index);
             int label = rng.NextInt(_options.NumClasses);
             int length = _options.MinLength + rng.NextInt(_options.MaxLength - _options.MinLength + 1);
             int keywords = _options.NumClasses * _options.KeywordsPerClass;

@@ -23,7 +23,14 @@ public enum ComponentKind
 /// <param name="Services">The service provider (plugins' services included).</param>
 /// <param name="RunFolder">The run folder (absolute path) where files such as metrics and checkpoints go.</param>
 /// <param name="Seed">The run's seed.</param>
-public sealed record ComponentContext(IServiceProvider Services, string RunFolder, int Seed);
+public sealed record ComponentContext(IServiceProvider Services, string RunFolder, int Seed)
+{
+    /// <summary>The token vocabulary of the training data, once its dataset is built (models size their embeddings from it).</summary>
+    public ComposerSharp.Data.TokenVocabulary? Vocabulary { get; init; }
+
+    /// <summary>The label names of the training data for classification (an eval set reuses them), or null.</summary>
+    public IReadOnlyList<string>? Labels { get; init; }
+}
 
 /// <summary>
 /// One named component registered in the service collection. Either <see cref="ImplementationType"/> is set, and

@@ -1,0 +1,206 @@
+using ComposerSharp.Algorithms;
+using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Data;
+using ComposerSharp.Events;
+using ComposerSharp.Models;
+using ComposerSharp.Trainer.Callbacks;
+using ComposerSharp.Trainer.Loggers;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace ComposerSharp.Cli;
+
+/// <summary>How a dataloader over a <see cref="DataSource"/> is configured (the keys of <c>train_loader</c>/<c>eval_loader</c> besides <c>dataset</c>).</summary>
+/// <param name="BatchSize">Samples per batch.</param>
+/// <param name="Shuffle">Shuffle each epoch.</param>
+/// <param name="DropLast">Drop an incomplete last batch.</param>
+/// <param name="Seed">Seed of the shuffle and of any random collation (MLM masking).</param>
+public sealed record LoaderSettings(int BatchSize, bool Shuffle, bool DropLast, long Seed);
+
+/// <summary>A built dataset, ready to be batched: what a registered dataset factory returns.</summary>
+/// <param name="Vocabulary">The token id layout of the samples (models size their embeddings from it).</param>
+/// <param name="Samples">Number of samples.</param>
+/// <param name="CreateLoader">Creates a dataloader over the samples.</param>
+/// <param name="Labels">Class names for classification data, else null.</param>
+public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<LoaderSettings, IDataLoader> CreateLoader, IReadOnlyList<string>? Labels = null);
+
+/// <summary>The models, datasets, algorithms, callbacks and loggers that ship with ComposerSharp, registered by name.</summary>
+public static class BuiltinComponents
+{
+    /// <summary>Names of the built-in models.</summary>
+    public static readonly IReadOnlyList<string> ModelNames = new[] { "bert_mlm", "bert_classification", "gpt" };
+
+    /// <summary>Registers every built-in component, and the GPT-2 tokenizer as a singleton <see cref="ITextTokenizer"/>.</summary>
+    public static IServiceCollection AddComposerSharpComponents(this IServiceCollection services)
+    {
+        services.AddSingleton<ITextTokenizer>(_ => new Gpt2Tokenizer());
+
+        services.AddModel("bert_mlm", (s, c) => new BertForMaskedLM(ModelConfig(s, c, "bert-tiny")));
+        services.AddModel("gpt", (s, c) => new GptForCausalLM(ModelConfig(s, c, "gpt-tiny")));
+        services.AddModel("bert_classification", (s, c) =>
+        {
+            TransformerConfig config = ModelConfig(s, c, "bert-tiny", ClassificationKeys);
+            var defaults = new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? 2 };
+            var options = OptionsBinder.Bind(Subset(s, ClassificationKeys), defaults);
+            return new BertForSequenceClassification(config, options);
+        });
+
+        services.AddDataset("synthetic_mlm", (s, c) =>
+        {
+            var (data, mlm) = BindPair<SyntheticTokenOptions, MlmCollatorOptions>(s, new SyntheticTokenOptions { Seed = c.Seed }, new MlmCollatorOptions { Seed = c.Seed });
+            var dataset = new SyntheticTokenDataset(data);
+            var collator = new MlmCollator(dataset.Vocabulary, mlm);
+            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<long[]>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed));
+        });
+        services.AddDataset("synthetic_classification", (s, c) =>
+        {
+            var options = OptionsBinder.Bind(Subset(s, except: "pad_to_length"), new SyntheticClassificationOptions { Seed = c.Seed }, "pad_to_length");
+            var dataset = new SyntheticClassificationDataset(options);
+            var collator = new ClassificationCollator(dataset.Vocabulary, (int?)s.GetLong("pad_to_length"));
+            IReadOnlyList<string> labels = Enumerable.Range(0, options.NumClasses).Select(i => $"class_{i}").ToList();
+            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<TextClassificationSample>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed), labels);
+        });
+        services.AddDataset("text_mlm", (s, c) =>
+        {
+            var (corpus, mlm) = BindPair<TextCorpusOptions, MlmCollatorOptions>(s, new TextCorpusOptions { Path = RequirePath(s) }, new MlmCollatorOptions { Seed = c.Seed });
+            TextBlockDataset dataset = LoadCorpus(corpus, c);
+            var collator = new MlmCollator(dataset.Vocabulary, mlm);
+            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<long[]>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed));
+        });
+        services.AddDataset("text_lm", (s, c) =>
+        {
+            var corpus = OptionsBinder.Bind(s, new TextCorpusOptions { Path = RequirePath(s) });
+            TextBlockDataset dataset = LoadCorpus(corpus, c);
+            var collator = new CausalLmCollator(dataset.Vocabulary);
+            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<long[]>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed));
+        });
+        services.AddDataset("jsonl_classification", (s, c) =>
+        {
+            var options = OptionsBinder.Bind(Subset(s, except: "pad_to_length"), new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
+            var tokenizer = c.Services.GetRequiredService<ITextTokenizer>();
+            var logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Data");
+            JsonlClassificationDataset dataset = WrapDataErrors(() => JsonlClassificationDataset.Load(options, tokenizer, logger));
+            var collator = new ClassificationCollator(dataset.Vocabulary, (int?)s.GetLong("pad_to_length"));
+            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<TextClassificationSample>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed), dataset.Labels);
+        });
+
+        services.AddAlgorithm<LowPrecisionLayerNorm>("low_precision_layernorm");
+        services.AddAlgorithm<LowPrecisionGroupNorm>("low_precision_groupnorm");
+
+        services.AddCallback<SpeedMonitor>("speed_monitor");
+        services.AddCallback<LRMonitor>("lr_monitor");
+        services.AddCallback<MemoryMonitor>("memory_monitor");
+        services.AddCallback<RuntimeEstimator>("runtime_estimator");
+        services.AddCallback<EarlyStopper>("early_stopper");
+        services.AddCallback<ThresholdStopper>("threshold_stopper");
+
+        services.AddLoggerDestination("console", (s, c) =>
+        {
+            s.RequireKnownKeys(new[] { "log_interval" }, "option");
+            ILoggerFactory factory = c.Services.GetRequiredService<ILoggerFactory>();
+            return new ConsoleLogger(factory.CreateLogger<ConsoleLogger>(), s.GetValue<Time?>("log_interval", t => Time.Parse(t), "a time such as 10ba or 1ep"));
+        });
+        services.AddLoggerDestination("progress_bar", (s, _) =>
+        {
+            s.RequireKnownKeys(Array.Empty<string>(), "option");
+            return new ProgressBarLogger();
+        });
+        return services;
+    }
+
+    private static readonly string[] ClassificationKeys = { "num_labels", "pooling", "f1_positive_class" };
+
+    private static TransformerConfig ModelConfig(ConfigSection s, ComponentContext c, string defaultPreset, params string[] extraKeys)
+    {
+        string preset = s.GetString("preset") ?? defaultPreset;
+        TransformerConfig baseConfig;
+        try
+        {
+            baseConfig = TransformerConfig.Preset(preset);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'{s.PathOf("preset")}' is '{preset}': {ex.Message}", ex);
+        }
+
+        if (!s.ContainsKey("vocab_size") && c.Vocabulary is { } vocabulary)
+        {
+            // Round up to a multiple of 64 (as GPT-2's 50304), which keeps matmul shapes friendly.
+            baseConfig = baseConfig with { VocabSize = (vocabulary.Size + 63) / 64 * 64 };
+        }
+
+        TransformerConfig config = OptionsBinder.Bind(Subset(s, except: extraKeys.Append("preset").ToArray()), baseConfig, extraKeys.Append("preset").ToArray());
+        try
+        {
+            config.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'{s.Path}': {ex.Message}", ex);
+        }
+
+        return config;
+    }
+
+    private static ConfigSection Subset(ConfigSection s, params string[] except)
+    {
+        var subset = new ConfigSection(s.Path);
+        foreach (string key in s.Keys.Where(k => !except.Contains(k)))
+        {
+            subset.Set(key, s.Get(key));
+        }
+
+        return subset;
+    }
+
+    private static ConfigSection Only(ConfigSection s, IEnumerable<string> keys)
+    {
+        var subset = new ConfigSection(s.Path);
+        foreach (string key in s.Keys.Where(keys.Contains))
+        {
+            subset.Set(key, s.Get(key));
+        }
+
+        return subset;
+    }
+
+    private static (TA, TB) BindPair<TA, TB>(ConfigSection s, TA a, TB b)
+        where TA : class
+        where TB : class
+    {
+        string[] keysA = OptionKeys<TA>();
+        string[] keysB = OptionKeys<TB>();
+        string[] unknown = s.Keys.Where(k => !keysA.Contains(k) && !keysB.Contains(k)).ToArray();
+        if (unknown.Length > 0)
+        {
+            throw new ConfigException($"Unknown option '{s.PathOf(unknown[0])}'; accepted: {string.Join(", ", keysA.Concat(keysB))}.");
+        }
+
+        return (OptionsBinder.Bind(Only(s, keysA), a), OptionsBinder.Bind(Only(s, keysB), b));
+    }
+
+    private static string[] OptionKeys<T>() =>
+        typeof(T).GetProperties().Where(p => p.SetMethod is { IsPublic: true }).Select(p => Algorithm.ToSnakeCase(p.Name)).ToArray();
+
+    private static string RequirePath(ConfigSection s) =>
+        s.GetString("path") ?? throw new ConfigException($"'{s.PathOf("path")}' is required: a file or folder of data.");
+
+    private static TextBlockDataset LoadCorpus(TextCorpusOptions options, ComponentContext c)
+    {
+        var tokenizer = c.Services.GetRequiredService<ITextTokenizer>();
+        var logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Data");
+        return WrapDataErrors(() => TextBlockDataset.Load(options, tokenizer, logger));
+    }
+
+    private static T WrapDataErrors<T>(Func<T> load)
+    {
+        try
+        {
+            return load();
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            throw new ConfigException(ex.Message, ex);
+        }
+    }
+}

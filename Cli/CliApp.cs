@@ -1,0 +1,171 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Reflection;
+using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Cli.Plugins;
+using ComposerSharp.Trainer;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Spectre.Console;
+
+namespace ComposerSharp.Cli;
+
+/// <summary>
+/// The <c>composersharp</c> command line: <c>train</c> (train from a YAML config, or the embedded default) and
+/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key.
+/// </summary>
+public static class CliApp
+{
+    /// <summary>Exit code for a configuration error (bad key, name or value).</summary>
+    public const int ConfigErrorExitCode = 2;
+
+    /// <summary>Name of the embedded default configuration.</summary>
+    public const string DefaultConfigResource = "default.yaml";
+
+    /// <summary>Runs the command line and returns the process exit code (0 success, 1 failure, 2 configuration error).</summary>
+    public static int Run(string[] args, TextWriter? output = null)
+    {
+        var root = new RootCommand("ComposerSharp: Composer-style training for .NET on TorchSharp.");
+        root.Subcommands.Add(BuildCommand("train", "Train a model from a YAML config (the embedded default when --config is not given).", evaluate: false, output));
+        root.Subcommands.Add(BuildCommand("eval", "Evaluate a checkpoint (--load-path) on the config's eval_loader.", evaluate: true, output));
+        return root.Parse(args).Invoke();
+    }
+
+    /// <summary>The embedded default configuration: a small BERT MLM on synthetic data, 1 epoch, amp_bf16 with LowPrecisionLayerNorm.</summary>
+    public static string DefaultConfigText()
+    {
+        using Stream stream = typeof(CliApp).Assembly.GetManifestResourceStream(DefaultConfigResource)
+            ?? throw new InvalidOperationException($"The embedded resource {DefaultConfigResource} is missing from the build.");
+        using var reader = new StreamReader(stream);
+        return reader.ReadToEnd();
+    }
+
+    /// <summary>
+    /// Reads the configuration (file or embedded default), then applies the overrides: first each
+    /// <c>--set key.path=value</c>, then the top-level options such as <c>--max-duration</c>.
+    /// </summary>
+    /// <exception cref="ConfigException">The file or an override is malformed.</exception>
+    public static ConfigSection LoadConfig(string? path, IEnumerable<string> sets, IEnumerable<KeyValuePair<string, string>> topLevel)
+    {
+        ConfigSection config = path is null ? ConfigSection.Parse(DefaultConfigText(), "the embedded default config") : ConfigSection.LoadFile(path);
+        foreach (string set in sets)
+        {
+            int eq = set.IndexOf('=', StringComparison.Ordinal);
+            if (eq <= 0)
+            {
+                throw new ConfigException($"--set '{set}' must look like key.path=value, e.g. train_loader.batch_size=16.");
+            }
+
+            config.SetPath(set[..eq].Trim(), set[(eq + 1)..].Trim());
+        }
+
+        foreach ((string key, string value) in topLevel)
+        {
+            config.SetPath(key, value);
+        }
+
+        return config;
+    }
+
+    /// <summary>The service collection of a run: logging, the built-in components, then each plugin's registrations.</summary>
+    /// <exception cref="FileNotFoundException">A plugin file does not exist.</exception>
+    /// <exception cref="InvalidOperationException">A plugin cannot be loaded or has no plugin class.</exception>
+    public static ServiceCollection CreateServices(IEnumerable<string> plugins, LogLevel level = LogLevel.Information)
+    {
+        var services = new ServiceCollection();
+        services.AddLogging(b => b
+            .AddSimpleConsole(o =>
+            {
+                o.SingleLine = true;
+                o.TimestampFormat = "HH:mm:ss ";
+            })
+            .SetMinimumLevel(level));
+        services.AddComposerSharpComponents();
+        foreach (string plugin in plugins)
+        {
+            PluginLoader.Load(plugin, services);
+        }
+
+        return services;
+    }
+
+    private static Command BuildCommand(string name, string description, bool evaluate, TextWriter? output)
+    {
+        var config = new Option<string?>("--config") { Description = "YAML config file (Composer/llm-foundry style keys)." };
+        var set = new Option<string[]>("--set") { Description = "Override any key: --set train_loader.batch_size=16 (repeatable).", AllowMultipleArgumentsPerToken = false };
+        var plugin = new Option<string[]>("--plugin") { Description = "Assembly with IComposerSharpPlugin classes that register components (repeatable)." };
+        var verbose = new Option<bool>("--verbose") { Description = "Log debug messages." };
+        var command = new Command(name, description) { config, set, plugin, verbose };
+
+        // One option per scalar top-level key: --max-duration 2ep, --precision amp_bf16, --algorithms low_precision_layernorm, ...
+        var topLevel = new List<(string Key, Option<string?> Option)>();
+        foreach (string key in TrainJob.TopLevelKeys.Where(k => k is not ("model" or "train_loader" or "eval_loader" or "optimizer" or "scheduler")))
+        {
+            var option = new Option<string?>("--" + key.Replace('_', '-')) { Description = $"Override '{key}'." };
+            command.Options.Add(option);
+            topLevel.Add((key, option));
+        }
+
+        command.SetAction(parse =>
+        {
+            TextWriter err = Console.Error;
+            try
+            {
+                var overrides = topLevel
+                    .Select(t => (t.Key, Value: parse.GetValue(t.Option)))
+                    .Where(t => t.Value is not null)
+                    .Select(t => new KeyValuePair<string, string>(t.Key, t.Value!));
+                ConfigSection cfg = LoadConfig(parse.GetValue(config), parse.GetValue(set) ?? Array.Empty<string>(), overrides);
+                using ServiceProvider services = CreateServices(parse.GetValue(plugin) ?? Array.Empty<string>(), parse.GetValue(verbose) ? LogLevel.Debug : LogLevel.Information)
+                    .BuildServiceProvider();
+                var job = new TrainJob(cfg, services);
+                JobResult result = evaluate ? job.Evaluate() : job.Train();
+                PrintSummary(result, output);
+                return 0;
+            }
+            catch (ConfigException ex)
+            {
+                err.WriteLine($"composersharp {name}: configuration error: {ex.Message}");
+                return ConfigErrorExitCode;
+            }
+            catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidOperationException or NotSupportedException or ArgumentException)
+            {
+                err.WriteLine($"composersharp {name}: {ex.Message}");
+                return 1;
+            }
+        });
+        return command;
+    }
+
+    /// <summary>Prints the run summary table: duration, throughput, final metrics and modules replaced by each algorithm.</summary>
+    public static void PrintSummary(JobResult result, TextWriter? output = null)
+    {
+        IAnsiConsole console = output is null
+            ? AnsiConsole.Console
+            : AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors });
+        var table = new Table().Title("Run summary").AddColumn("what").AddColumn(new TableColumn("value").RightAligned());
+        string F(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
+        table.AddRow("duration (s)", F(result.Wallclock.TotalSeconds));
+        table.AddRow("batches", result.Timestamp.Batch.ToString(CultureInfo.InvariantCulture));
+        table.AddRow("samples", result.Timestamp.Sample.ToString(CultureInfo.InvariantCulture));
+        table.AddRow("tokens", result.Timestamp.Token.ToString(CultureInfo.InvariantCulture));
+        table.AddRow("samples/s", F(result.SamplesPerSecond));
+        foreach ((string name, int count) in result.ModulesReplaced)
+        {
+            table.AddRow(Markup.Escape($"{name}: modules replaced"), count.ToString(CultureInfo.InvariantCulture));
+        }
+
+        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal)))
+        {
+            table.AddRow(Markup.Escape(metric), F(value));
+        }
+
+        table.AddRow("run folder", Markup.Escape(result.RunFolder));
+        if (result.PlotPath is not null)
+        {
+            table.AddRow("loss plot", Markup.Escape(result.PlotPath));
+        }
+
+        console.Write(table);
+    }
+}

@@ -1,0 +1,319 @@
+using System.Diagnostics;
+using System.Globalization;
+using ComposerSharp.Algorithms;
+using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Cli.Reporting;
+using ComposerSharp.Events;
+using ComposerSharp.Models;
+using CheckpointOptions = ComposerSharp.Trainer.CheckpointOptions;
+using ComposerSharp.Trainer.Optim;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using TorchSharp;
+using static TorchSharp.torch;
+using ComposerTrainer = ComposerSharp.Trainer.Trainer;
+
+namespace ComposerSharp.Cli;
+
+/// <summary>What a finished <c>train</c> or <c>eval</c> job reports.</summary>
+/// <param name="RunFolder">Absolute path of the run folder.</param>
+/// <param name="Wallclock">Wall-clock time of fit and evaluation.</param>
+/// <param name="Timestamp">Training progress at the end (batches, samples, tokens).</param>
+/// <param name="FinalMetrics">Last value of every logged metric.</param>
+/// <param name="ModulesReplaced">Modules replaced by each module-surgery algorithm, by algorithm name.</param>
+/// <param name="PlotPath">The loss plot, or null when nothing was plotted.</param>
+public sealed record JobResult(
+    string RunFolder,
+    TimeSpan Wallclock,
+    Timestamp Timestamp,
+    IReadOnlyDictionary<string, double> FinalMetrics,
+    IReadOnlyDictionary<string, int> ModulesReplaced,
+    string? PlotPath)
+{
+    /// <summary>Training samples per second of wall-clock time (fit and evaluation together).</summary>
+    public double SamplesPerSecond => Wallclock.TotalSeconds > 0 ? Timestamp.Sample / Wallclock.TotalSeconds : 0;
+}
+
+/// <summary>
+/// Builds a run from a configuration (model, dataloaders, optimizer, scheduler, algorithms, callbacks, loggers,
+/// checkpoint options) and runs it with the <see cref="ComposerTrainer"/>. The keys follow Composer's and
+/// llm-foundry's YAML; every unknown key, unknown name or bad value is a <see cref="ConfigException"/> that names it.
+/// </summary>
+public sealed class TrainJob
+{
+    /// <summary>The accepted top-level keys.</summary>
+    public static readonly IReadOnlyList<string> TopLevelKeys = new[]
+    {
+        "run_name", "run_folder", "seed", "precision", "device", "max_duration", "eval_interval", "eval_subset_num_batches",
+        "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
+        "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
+        "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only",
+        "load_path", "load_weights_only", "autoresume",
+    };
+
+    private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
+
+    private readonly ConfigSection _config;
+    private readonly IServiceProvider _services;
+    private readonly ComponentCatalog _catalog;
+    private readonly ILoggerFactory _loggerFactory;
+
+    /// <summary>Creates a job for <paramref name="config"/>; components are looked up in <paramref name="services"/>.</summary>
+    /// <exception cref="ConfigException">An unknown top-level key.</exception>
+    public TrainJob(ConfigSection config, IServiceProvider services)
+    {
+        _config = config ?? throw new ArgumentNullException(nameof(config));
+        _services = services ?? throw new ArgumentNullException(nameof(services));
+        _config.RequireKnownKeys(TopLevelKeys);
+        _catalog = new ComponentCatalog(services.GetServices<ComponentRegistration>());
+        _loggerFactory = services.GetRequiredService<ILoggerFactory>();
+    }
+
+    /// <summary>Trains (<c>train</c>) and evaluates at the end when an eval loader is configured.</summary>
+    /// <exception cref="ConfigException">The configuration cannot be used.</exception>
+    public JobResult Train() => Run(fit: true);
+
+    /// <summary>Evaluates the model loaded from <c>load_path</c> on <c>eval_loader</c> (<c>eval</c>).</summary>
+    /// <exception cref="ConfigException">No <c>eval_loader</c> or no <c>load_path</c>, or the configuration cannot be used.</exception>
+    public JobResult Evaluate()
+    {
+        if (_config.Get("eval_loader") is null)
+        {
+            throw new ConfigException("'eval_loader' is required for eval.");
+        }
+
+        if (_config.GetString("load_path") is null)
+        {
+            throw new ConfigException("'load_path' is required for eval: the checkpoint to evaluate.");
+        }
+
+        return Run(fit: false);
+    }
+
+    private JobResult Run(bool fit)
+    {
+        int seed = (int)(_config.GetLong("seed") ?? 17);
+        string runName = _config.GetString("run_name")
+            ?? $"{_config.Section("model").GetString("name") ?? "model"}-{DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)}";
+        string runFolder = Path.GetFullPath(_config.GetString("run_folder") ?? Path.Combine("runs", runName));
+        var context = new ComponentContext(_services, runFolder, seed);
+
+        torch.manual_seed(seed);
+        DataSource? train = fit ? BuildData("train_loader", context, required: true) : null;
+        ComponentContext modelContext = context with { Vocabulary = train?.Vocabulary, Labels = train?.Labels };
+        DataSource? eval = BuildData("eval_loader", modelContext, required: false);
+        modelContext = modelContext with { Vocabulary = modelContext.Vocabulary ?? eval?.Vocabulary, Labels = modelContext.Labels ?? eval?.Labels };
+
+        ComposerModel model = BuildModel(modelContext);
+        var algorithms = _config.GetNamedList("algorithms").Select(a => _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, a.Name, a.Args, context)).ToList();
+        var callbacks = _config.GetNamedList("callbacks").Select(c => _catalog.Create<ICallback>(ComponentKind.Callback, c.Name, c.Args, context)).ToList();
+        var history = new MetricHistory();
+        var loggers = _config.GetNamedList("loggers").Select(l => _catalog.Create<ILoggerDestination>(ComponentKind.Logger, l.Name, l.Args, context)).ToList();
+        loggers.Add(history);
+
+        Func<IEnumerable<TorchSharp.Modules.Parameter>, optim.Optimizer> optimizerFactory = BuildOptimizer(_config.Section("optimizer"));
+        IScheduler[] schedulers = BuildScheduler(_config.Section("scheduler"), context);
+
+        var checkpoint = new CheckpointOptions
+        {
+            SaveFolder = _config.GetString("save_folder"),
+            SaveInterval = _config.GetValue<Time?>("save_interval", t => Time.Parse(t), "a time such as 1ep or 500ba") ?? Time.FromEpoch(1),
+            SaveFilename = _config.GetString("save_filename") ?? new CheckpointOptions().SaveFilename,
+            SaveLatestFilename = _config.GetString("save_latest_filename", new CheckpointOptions().SaveLatestFilename),
+            SaveOverwrite = _config.GetBool("save_overwrite") ?? false,
+            SaveNumCheckpointsToKeep = (int)(_config.GetLong("save_num_checkpoints_to_keep") ?? -1),
+            SaveWeightsOnly = _config.GetBool("save_weights_only") ?? false,
+            LoadPath = _config.GetString("load_path"),
+            LoadWeightsOnly = _config.GetBool("load_weights_only") ?? !fit,
+            Autoresume = _config.GetBool("autoresume") ?? false,
+            AlgorithmResolver = ResolveAlgorithm,
+        };
+
+        LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
+        LoaderSettings? evalSettings = eval is null ? null : LoaderSettingsOf("eval_loader", seed, shuffle: false);
+        var stopwatch = Stopwatch.StartNew();
+        using var trainer = new ComposerTrainer(
+            model,
+            trainDataloader: train?.CreateLoader(trainSettings!),
+            maxDuration: fit ? RequireTime("max_duration") : (Time?)null,
+            evalDataloader: eval?.CreateLoader(evalSettings!),
+            algorithms: algorithms,
+            callbacks: callbacks,
+            loggers: loggers,
+            precision: _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16"),
+            device: _config.GetString("device") ?? "auto",
+            seed: seed,
+            optimizerFactory: optimizerFactory,
+            schedulers: schedulers,
+            deviceTrainMicrobatchSize: (int?)_config.GetLong("device_train_microbatch_size"),
+            evalInterval: _config.GetValue<Time?>("eval_interval", t => Time.Parse(t), "a time such as 1ep or 100ba"),
+            evalSubsetNumBatches: _config.GetLong("eval_subset_num_batches"),
+            checkpoint: checkpoint,
+            loggerFactory: _loggerFactory,
+            runName: runName,
+            runFolder: runFolder,
+            progressBar: _config.GetBool("progress_bar") ?? true,
+            logToConsole: _config.GetBool("log_to_console") ?? false,
+            consoleLogInterval: _config.GetValue<Time?>("console_log_interval", t => Time.Parse(t), "a time such as 10ba"));
+
+        if (fit)
+        {
+            trainer.Fit();
+        }
+        else
+        {
+            trainer.Eval();
+        }
+
+        stopwatch.Stop();
+        string plotPath = Path.Combine(runFolder, "loss.png");
+        bool plotted = LossPlot.Save(history, plotPath);
+        var replaced = algorithms.OfType<LowPrecisionNormAlgorithm>()
+            .Where(a => a.ModulesReplaced is not null)
+            .ToDictionary(a => a.Name, a => a.ModulesReplaced!.Value);
+        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null);
+        trainer.Close();
+        return result;
+    }
+
+    private IAlgorithm? ResolveAlgorithm(AlgorithmDescription description)
+    {
+        if (!_catalog.Names(ComponentKind.Algorithm).Contains(description.Name))
+        {
+            return null;
+        }
+
+        var args = new ConfigSection($"checkpoint.algorithms.{description.Name}");
+        foreach ((string key, string value) in description.Hyperparameters)
+        {
+            args.Set(key, value);
+        }
+
+        return _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, description.Name, args, new ComponentContext(_services, string.Empty, 0));
+    }
+
+    private Time RequireTime(string key) =>
+        _config.GetValue<Time?>(key, t => Time.Parse(t), "a time such as 1ep, 100ba, 2048sp or 1e6tok")
+        ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
+
+    private LoaderSettings LoaderSettingsOf(string key, int runSeed, bool shuffle)
+    {
+        ConfigSection s = _config.Section(key);
+        long batchSize = s.GetLong("batch_size") ?? throw new ConfigException($"'{s.PathOf("batch_size")}' is required.");
+        if (batchSize is < 1 or > int.MaxValue)
+        {
+            throw new ConfigException($"'{s.PathOf("batch_size")}' is {batchSize}; expected a whole number of at least 1.");
+        }
+
+        return new LoaderSettings((int)batchSize, s.GetBool("shuffle") ?? shuffle, s.GetBool("drop_last") ?? false, s.GetLong("seed") ?? runSeed);
+    }
+
+    private DataSource? BuildData(string key, ComponentContext context, bool required)
+    {
+        if (_config.Get(key) is null)
+        {
+            return required ? throw new ConfigException($"'{key}' is required: a mapping with 'dataset' and 'batch_size'.") : null;
+        }
+
+        ConfigSection loader = _config.Section(key);
+        loader.RequireKnownKeys(LoaderKeys);
+        ConfigSection dataset = loader.Section("dataset");
+        string name = dataset.GetString("name") ?? throw new ConfigException(
+            $"'{dataset.PathOf("name")}' is required; registered datasets: {string.Join(", ", _catalog.Names(ComponentKind.Dataset))}.");
+        return _catalog.Create<DataSource>(ComponentKind.Dataset, name, Without(dataset, "name"), context);
+    }
+
+    private ComposerModel BuildModel(ComponentContext context)
+    {
+        ConfigSection model = _config.Section("model");
+        string name = model.GetString("name") ?? throw new ConfigException(
+            $"'model.name' is required; registered models: {string.Join(", ", _catalog.Names(ComponentKind.Model))}.");
+        return _catalog.Create<ComposerModel>(ComponentKind.Model, name, Without(model, "name"), context);
+    }
+
+    private static ConfigSection Without(ConfigSection s, string key)
+    {
+        var copy = new ConfigSection(s.Path);
+        foreach (string k in s.Keys.Where(k => k != key))
+        {
+            copy.Set(k, s.Get(k));
+        }
+
+        return copy;
+    }
+
+    /// <summary>
+    /// The optimizer: <c>adamw</c> (decoupled weight decay, Loshchilov &amp; Hutter 2019; the default), <c>adam</c> or
+    /// <c>sgd</c>, with <c>lr</c>, <c>betas</c>, <c>eps</c>, <c>weight_decay</c> and (sgd) <c>momentum</c>.
+    /// </summary>
+    private static Func<IEnumerable<TorchSharp.Modules.Parameter>, optim.Optimizer> BuildOptimizer(ConfigSection s)
+    {
+        string name = s.GetString("name") ?? "adamw";
+        double lr = s.GetDouble("lr") ?? 1e-3;
+        double weightDecay = s.GetDouble("weight_decay") ?? (name == "adamw" ? 0.01 : 0.0);
+        double eps = s.GetDouble("eps") ?? 1e-8;
+        (double beta1, double beta2) = (0.9, 0.999);
+        if (s.Get("betas") is { } betas)
+        {
+            if (betas is not List<object?> { Count: 2 } pair ||
+                !double.TryParse(pair[0] as string, NumberStyles.Float, CultureInfo.InvariantCulture, out beta1) ||
+                !double.TryParse(pair[1] as string, NumberStyles.Float, CultureInfo.InvariantCulture, out beta2))
+            {
+                throw new ConfigException($"'{s.PathOf("betas")}' must be a list of two numbers, e.g. [0.9, 0.98].");
+            }
+        }
+
+        switch (name)
+        {
+            case "adamw":
+                s.RequireKnownKeys(new[] { "name", "lr", "betas", "eps", "weight_decay" }, "option");
+                return p => optim.AdamW(p, lr, beta1, beta2, eps, weightDecay);
+            case "adam":
+                s.RequireKnownKeys(new[] { "name", "lr", "betas", "eps", "weight_decay" }, "option");
+                return p => optim.Adam(p, lr, beta1, beta2, eps, weightDecay);
+            case "sgd":
+                s.RequireKnownKeys(new[] { "name", "lr", "momentum", "weight_decay" }, "option");
+                double momentum = s.GetDouble("momentum") ?? 0.0;
+                return p => optim.SGD(p, lr, momentum, weight_decay: weightDecay);
+            default:
+                throw new ConfigException($"Unknown optimizer '{name}' at '{s.PathOf("name")}'; accepted: adamw, adam, sgd.");
+        }
+    }
+
+    /// <summary>Composer's schedulers by their Composer names.</summary>
+    private static IScheduler[] BuildScheduler(ConfigSection s, ComponentContext context)
+    {
+        string? name = s.GetString("name");
+        if (name is null)
+        {
+            s.RequireKnownKeys(Array.Empty<string>(), "option (scheduler needs 'name')");
+            return Array.Empty<IScheduler>();
+        }
+
+        ConfigSection args = Without(s, "name");
+        Type? type = name switch
+        {
+            "constant" => typeof(ConstantScheduler),
+            "step" => typeof(StepScheduler),
+            "linear_decay_with_warmup" => typeof(LinearWithWarmupScheduler),
+            "cosine_decay_with_warmup" => typeof(CosineAnnealingWithWarmupScheduler),
+            "multistep" => null,
+            _ => throw new ConfigException($"Unknown scheduler '{name}' at '{s.PathOf("name")}'; accepted: constant, step, multistep, linear_decay_with_warmup, cosine_decay_with_warmup."),
+        };
+        if (type is not null)
+        {
+            return new[] { (IScheduler)ComponentCatalog.Bind(type, args, context) };
+        }
+
+        args.RequireKnownKeys(new[] { "milestones", "gamma" }, "option");
+        if (args.Get("milestones") is not List<object?> milestones)
+        {
+            throw new ConfigException($"'{s.PathOf("milestones")}' must be a list of times, e.g. [30ep, 60ep].");
+        }
+
+        var times = milestones.Select(m => m is string t && Time.TryParse(t, out Time time)
+            ? time
+            : throw new ConfigException($"'{s.PathOf("milestones")}' has '{m}', which is not a time such as 30ep.")).ToList();
+        return new IScheduler[] { new MultiStepScheduler(times, args.GetDouble("gamma") ?? 0.1) };
+    }
+}
