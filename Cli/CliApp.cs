@@ -143,6 +143,11 @@ public static class CliApp
         IAnsiConsole console = output is null
             ? AnsiConsole.Console
             : AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors });
+        if (output is not null)
+        {
+            console.Profile.Width = 160; // a writer has no terminal width; keep metric names on one line
+        }
+
         var table = new Table().Title("Run summary").AddColumn("what").AddColumn(new TableColumn("value").RightAligned());
         string F(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
         table.AddRow("duration (s)", F(result.Wallclock.TotalSeconds));

@@ -68,6 +68,11 @@ public sealed class ConfigSection
         {
             throw new ConfigException($"{source}: invalid YAML at line {ex.Start.Line}, column {ex.Start.Column}: {ex.InnerException?.Message ?? ex.Message}", ex);
         }
+        catch (InvalidOperationException ex)
+        {
+            // YamlDotNet's scanner reports some malformed flow collections (e.g. an unclosed '[') this way, without a position.
+            throw new ConfigException($"{source}: invalid YAML (an unclosed bracket or quote?) near line {CountLines(yaml)}: {ex.Message}", ex);
+        }
 
         if (stream.Documents.Count == 0)
         {
@@ -87,6 +92,8 @@ public sealed class ConfigSection
 
         return FromMapping(mapping, string.Empty, source);
     }
+
+    private static int CountLines(string text) => text.TrimEnd().Split('\n').Length;
 
     /// <summary>Parses one value the way it would be read in YAML (a scalar, a flow list <c>[a, b]</c> or a flow mapping <c>{k: v}</c>).</summary>
     public static object? ParseValue(string text, string path)
