@@ -41,7 +41,7 @@ public static class BuiltinComponents
         {
             TransformerConfig config = ModelConfig(s, c, "bert-tiny", ClassificationKeys);
             var defaults = new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? 2 };
-            var options = OptionsBinder.Bind(Subset(s, ClassificationKeys), defaults);
+            var options = OptionsBinder.Bind(Only(s, ClassificationKeys), defaults);
             return new BertForSequenceClassification(config, options);
         });
 
