@@ -208,6 +208,11 @@ public sealed partial class Trainer : IDisposable
             destinations.Add(new ConsoleLogger(loggerFactory.CreateLogger<ConsoleLogger>(), consoleLogInterval ?? Time.FromBatch(1)));
         }
 
+        if (destinations.OfType<ProgressBarLogger>().Any(b => b.Enabled) && destinations.OfType<ConsoleLogger>().Any())
+        {
+            _log.LogWarning("Both a progress bar and console logging are on; their lines will interleave. Consider turning one off (as Composer advises).");
+        }
+
         Logger = new EventsLogger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
         string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
