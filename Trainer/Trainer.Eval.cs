@@ -89,30 +89,17 @@ public sealed partial class Trainer
             throw new ArgumentException("The prediction dataloader's length is unknown; pass subsetNumBatches so prediction ends.", nameof(subsetNumBatches));
         }
 
-        IDataLoader? originalLoader = State.Dataloader;
-        string? originalLabel = State.DataloaderLabel;
         var outputs = new List<Tensor>();
-        bool wasTraining = State.Model.training;
-        State.Dataloader = dataloader;
-        State.DataloaderLabel = "predict";
         State.PredictTimestamp = new Timestamp();
-        var clock = Stopwatch.StartNew();
-        TimeSpan last = clock.Elapsed;
         try
         {
-            State.Model.eval();
-            using var noGrad = torch.no_grad();
-            Engine.RunEvent(Event.PredictStart);
-            ForEachBatchInScope(dataloader.GetEpoch(0), subsetNumBatches, batch =>
+            InferencePass(dataloader, "predict", subsetNumBatches, Event.PredictStart, Event.PredictEnd, (batch, lap) =>
             {
-                State.Batch = batch.To(State.Device);
-                long samples = State.Batch.NumSamples;
-                long tokens = State.Batch.NumTokens;
                 Engine.RunEvent(Event.PredictBatchStart);
                 Engine.RunEvent(Event.PredictBeforeForward);
                 using (State.Precision.Enter(State.Device.type))
                 {
-                    State.Outputs = Forward(State.Batch);
+                    State.Outputs = Forward(batch);
                 }
 
                 Engine.RunEvent(Event.PredictAfterForward);
@@ -121,14 +108,9 @@ public sealed partial class Trainer
                     outputs.Add(State.Outputs.detach().cpu().clone().DetachFromDisposeScope());
                 }
 
-                TimeSpan now = clock.Elapsed;
-                State.PredictTimestamp = State.PredictTimestamp.ToNextBatch(samples, tokens, now - last);
-                last = now;
+                State.PredictTimestamp = State.PredictTimestamp.ToNextBatch(batch.NumSamples, batch.NumTokens, lap());
                 Engine.RunEvent(Event.PredictBatchEnd);
-                ClearStepTensors();
             });
-
-            Engine.RunEvent(Event.PredictEnd);
         }
         catch
         {
@@ -138,13 +120,6 @@ public sealed partial class Trainer
             }
 
             throw;
-        }
-        finally
-        {
-            ClearStepTensors();
-            State.Model.train(wasTraining);
-            State.Dataloader = originalLoader;
-            State.DataloaderLabel = originalLabel;
         }
 
         return outputs;
@@ -171,35 +146,21 @@ public sealed partial class Trainer
     /// <summary>One evaluator over its loader (Composer's <c>_eval_loop</c>); returns the computed metrics.</summary>
     private Dictionary<string, double> EvalLoop(EvaluatorRun run, long? subsetNumBatches)
     {
-        IDataLoader? originalLoader = State.Dataloader;
-        string? originalLabel = State.DataloaderLabel;
-        bool wasTraining = State.Model.training;
-        State.EvalTimestamp = new Timestamp();
-        var clock = Stopwatch.StartNew();
-        TimeSpan last = clock.Elapsed;
         var computed = new Dictionary<string, double>();
-        try
-        {
-            State.Model.eval();
-            using var noGrad = torch.no_grad();
-            State.Dataloader = run.Evaluator.Dataloader;
-            State.DataloaderLabel = run.Evaluator.Label;
-            Engine.RunEvent(Event.EvalStart);
-            foreach (IMetric metric in run.Metrics)
+        State.EvalTimestamp = new Timestamp();
+        InferencePass(
+            run.Evaluator.Dataloader,
+            run.Evaluator.Label,
+            subsetNumBatches,
+            Event.EvalStart,
+            Event.EvalEnd,
+            (batch, lap) =>
             {
-                metric.Reset();
-            }
-
-            ForEachBatchInScope(run.Evaluator.Dataloader.GetEpoch(0), subsetNumBatches, batch =>
-            {
-                State.Batch = batch.To(State.Device);
-                long samples = State.Batch.NumSamples;
-                long tokens = State.Batch.NumTokens;
                 Engine.RunEvent(Event.EvalBatchStart);
                 Engine.RunEvent(Event.EvalBeforeForward);
                 using (State.Precision.Enter(State.Device.type))
                 {
-                    State.Outputs = _model.EvalForward(State.Batch);
+                    State.Outputs = _model.EvalForward(batch);
                 }
 
                 Engine.RunEvent(Event.EvalAfterForward);
@@ -207,31 +168,83 @@ public sealed partial class Trainer
                 {
                     foreach (IMetric metric in run.Metrics)
                     {
-                        _model.UpdateMetric(State.Batch, State.Outputs, metric);
+                        _model.UpdateMetric(batch, State.Outputs, metric);
                     }
                 }
 
-                TimeSpan now = clock.Elapsed;
-                State.EvalTimestamp = State.EvalTimestamp.ToNextBatch(samples, tokens, now - last);
-                last = now;
+                State.EvalTimestamp = State.EvalTimestamp.ToNextBatch(batch.NumSamples, batch.NumTokens, lap());
                 Engine.RunEvent(Event.EvalBatchEnd);
+            },
+            afterStart: () =>
+            {
+                foreach (IMetric metric in run.Metrics)
+                {
+                    metric.Reset();
+                }
+            },
+            beforeEnd: () =>
+            {
+                foreach (IMetric metric in run.Metrics)
+                {
+                    string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
+                    double value = metric.Compute();
+                    computed[key] = value;
+                    State.Metrics[key] = value;
+                }
+
+                if (computed.Count > 0)
+                {
+                    Logger.LogMetrics(computed);
+                }
+            });
+        return computed;
+    }
+
+    /// <summary>
+    /// A pass over <paramref name="loader"/> in evaluation mode without gradients, with <see cref="State.Dataloader"/>
+    /// and its label set for the pass and restored afterwards (as is the model's training mode): the start event,
+    /// each batch moved to the device and handed to <paramref name="step"/> (with a lap timer giving the time since the
+    /// previous batch) inside its own dispose scope, then the end event.
+    /// </summary>
+    private void InferencePass(
+        IDataLoader loader,
+        string label,
+        long? subsetNumBatches,
+        Event startEvent,
+        Event endEvent,
+        Action<Batch, Func<TimeSpan>> step,
+        Action? afterStart = null,
+        Action? beforeEnd = null)
+    {
+        IDataLoader? originalLoader = State.Dataloader;
+        string? originalLabel = State.DataloaderLabel;
+        bool wasTraining = State.Model.training;
+        var clock = Stopwatch.StartNew();
+        TimeSpan last = clock.Elapsed;
+        TimeSpan Lap()
+        {
+            TimeSpan now = clock.Elapsed;
+            TimeSpan lap = now - last;
+            last = now;
+            return lap;
+        }
+
+        try
+        {
+            State.Model.eval();
+            using var noGrad = torch.no_grad();
+            State.Dataloader = loader;
+            State.DataloaderLabel = label;
+            Engine.RunEvent(startEvent);
+            afterStart?.Invoke();
+            ForEachBatchInScope(loader.GetEpoch(0), subsetNumBatches, batch =>
+            {
+                State.Batch = batch.To(State.Device);
+                step(State.Batch, Lap);
                 ClearStepTensors();
             });
-
-            foreach (IMetric metric in run.Metrics)
-            {
-                string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
-                double value = metric.Compute();
-                computed[key] = value;
-                State.Metrics[key] = value;
-            }
-
-            if (computed.Count > 0)
-            {
-                Logger.LogMetrics(computed);
-            }
-
-            Engine.RunEvent(Event.EvalEnd);
+            beforeEnd?.Invoke();
+            Engine.RunEvent(endEvent);
         }
         finally
         {
@@ -240,8 +253,6 @@ public sealed partial class Trainer
             State.Dataloader = originalLoader;
             State.DataloaderLabel = originalLabel;
         }
-
-        return computed;
     }
 
     /// <summary>

@@ -65,6 +65,9 @@ public sealed partial class Trainer
         State.Dataloader = loader;
         State.DataloaderLabel = TrainLabel;
         TrainLoop(loader);
+
+        // TorchSharp's zero_grad returns new tensor handles from zero_(); a scope disposes them.
+        using var scope = torch.NewDisposeScope();
         foreach (optim.Optimizer optimizer in State.Optimizers)
         {
             optimizer.zero_grad();

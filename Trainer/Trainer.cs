@@ -41,7 +41,7 @@ public sealed partial class Trainer : IDisposable
     private readonly ComposerModel _model;
     private readonly ILogger _log;
     private readonly List<EvaluatorRun> _evaluators = new();
-    private readonly IReadOnlyList<IMetric> _trainMetrics;
+    private IReadOnlyList<IMetric> _trainMetrics;
     private readonly List<optim.Optimizer> _ownedOptimizers = new();
     private byte[]? _pendingRngState;
     private bool _closed;
@@ -208,6 +208,11 @@ public sealed partial class Trainer : IDisposable
             destinations.Add(new ConsoleLogger(loggerFactory.CreateLogger<ConsoleLogger>(), consoleLogInterval ?? Time.FromBatch(1)));
         }
 
+        if (destinations.OfType<ProgressBarLogger>().Any(b => b.Enabled) && destinations.OfType<ConsoleLogger>().Any())
+        {
+            _log.LogWarning("Both a progress bar and console logging are on; their lines will interleave. Consider turning one off (as Composer advises).");
+        }
+
         Logger = new EventsLogger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
         string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
@@ -237,6 +242,41 @@ public sealed partial class Trainer : IDisposable
             Engine.RegisterPass(pass);
         }
 
+        try
+        {
+            Initialize(trainDataloader, maxDuration, evalDataloader, schedulers, evalInterval, checkpoint, evaluators, evalSubsetNumBatches, gradScaler, saveFolder, prec);
+        }
+        catch
+        {
+            // Release what the callbacks and loggers hold (open files, the progress bar) before reporting the failure.
+            try
+            {
+                Close();
+            }
+            catch (Exception closeError)
+            {
+                _log.LogWarning(closeError, "Closing the Trainer after a failed construction also failed.");
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>The second half of construction, from Init to the reseeding after AfterLoad.</summary>
+    [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(_trainMetrics), nameof(GradScaler))]
+    private void Initialize(
+        IDataLoader? trainDataloader,
+        Time? maxDuration,
+        IDataLoader? evalDataloader,
+        IEnumerable<IScheduler>? schedulers,
+        Time? evalInterval,
+        CheckpointOptions checkpoint,
+        IEnumerable<Evaluator>? evaluators,
+        long? evalSubsetNumBatches,
+        GradScaler? gradScaler,
+        string? saveFolder,
+        Precision prec)
+    {
         Engine.RunEvent(Event.Init);
         LogRunHyperparameters();
 
@@ -307,7 +347,7 @@ public sealed partial class Trainer : IDisposable
     public EventsLogger Logger { get; }
 
     /// <summary>The loss scaler (enabled only for amp_fp16).</summary>
-    public GradScaler GradScaler { get; }
+    public GradScaler GradScaler { get; private set; }
 
     /// <summary>The run folder (absolute), or null when none was given.</summary>
     public string? RunFolder { get; }

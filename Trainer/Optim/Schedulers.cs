@@ -49,14 +49,29 @@ public static class SchedulerTime
     /// <summary>The state's counter in <paramref name="unit"/> as a double.</summary>
     internal static double Now(State state, TimeUnit unit) => state.Timestamp.Get(unit).Value;
 
-    /// <summary>Throws unless the warmup and the max length are in the same unit after conversion (Composer's rule).</summary>
-    internal static void CheckSameUnit(Time warmup, Time max)
+    /// <summary>
+    /// Where a warmup-then-decay schedule stands: during warmup, the fraction t / t_warmup of the warmup done;
+    /// afterwards, the fraction min(1, (t − t_warmup) / (t_max − t_warmup)) of the decay done (0 when
+    /// t_max ≤ t_warmup, so a warmup as long as the run never divides by zero).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The warmup and t_max convert to different units (Composer's rule).</exception>
+    internal static (bool InWarmup, double Fraction) WarmupProgress(Time tWarmup, Time tMax, State state)
     {
+        Time warmup = Convert(tWarmup, state);
+        Time max = Convert(tMax, state);
         if (warmup.Unit != max.Unit)
         {
             throw new InvalidOperationException(
                 $"Warmup {warmup} and t_max {max} are in different units ({warmup.Unit.Suffix()} vs {max.Unit.Suffix()}); give them in the same unit.");
         }
+
+        double now = Now(state, warmup.Unit);
+        if (now < warmup.Value)
+        {
+            return (true, now / warmup.Value);
+        }
+
+        return (false, max.Value > warmup.Value ? Math.Min(1.0, (now - warmup.Value) / (max.Value - warmup.Value)) : 0.0);
     }
 
     /// <summary>Composer's cosine annealing from 1 (x = 0) to <paramref name="minY"/> (x = 1).</summary>
@@ -240,17 +255,8 @@ public sealed class LinearWithWarmupScheduler : IScheduler
     /// <exception cref="InvalidOperationException">Warmup and t_max convert to different units.</exception>
     public double Factor(State state)
     {
-        Time warmup = SchedulerTime.Convert(TWarmup, state);
-        Time tMax = SchedulerTime.Convert(TMax, state);
-        SchedulerTime.CheckSameUnit(warmup, tMax);
-        double now = SchedulerTime.Now(state, warmup.Unit);
-        if (now < warmup.Value)
-        {
-            return AlphaI * now / warmup.Value;
-        }
-
-        double frac = tMax.Value > warmup.Value ? Math.Min(1.0, (now - warmup.Value) / (tMax.Value - warmup.Value)) : 0.0;
-        return AlphaI + frac * (AlphaF - AlphaI);
+        (bool inWarmup, double fraction) = SchedulerTime.WarmupProgress(TWarmup, TMax, state);
+        return inWarmup ? AlphaI * fraction : AlphaI + fraction * (AlphaF - AlphaI);
     }
 
     /// <inheritdoc/>
@@ -291,17 +297,8 @@ public sealed class CosineAnnealingWithWarmupScheduler : IScheduler
     /// <exception cref="InvalidOperationException">Warmup and t_max convert to different units.</exception>
     public double Factor(State state)
     {
-        Time warmup = SchedulerTime.Convert(TWarmup, state);
-        Time tMax = SchedulerTime.Convert(TMax, state);
-        SchedulerTime.CheckSameUnit(warmup, tMax);
-        double now = SchedulerTime.Now(state, warmup.Unit);
-        if (now < warmup.Value)
-        {
-            return now / warmup.Value;
-        }
-
-        double frac = tMax.Value > warmup.Value ? Math.Min(1.0, (now - warmup.Value) / (tMax.Value - warmup.Value)) : 0.0;
-        return SchedulerTime.CosineAnneal(frac, AlphaF);
+        (bool inWarmup, double fraction) = SchedulerTime.WarmupProgress(TWarmup, TMax, state);
+        return inWarmup ? fraction : SchedulerTime.CosineAnneal(fraction, AlphaF);
     }
 
     /// <inheritdoc/>

@@ -37,8 +37,7 @@ public class MicrobatchTests
         double[]? reference = null;
         var capture = new ActionCallback(Event.AfterTrainBatch, s =>
         {
-            using var scope = torch.NewDisposeScope();
-            trainerGrad = torch.cat(s.Model.parameters().Select(p => p.grad!.flatten().to(ScalarType.Float64)).ToArray()).data<double>().ToArray();
+            trainerGrad = TestData.Gradients(s.Model);
             reference = Float64FullBatchGradient(model, s.Batch!);
         });
         var forwards = new EventRecorder();
@@ -67,11 +66,7 @@ public class MicrobatchTests
         var callbacks = new ICallback[]
         {
             new ActionCallback(Event.BatchStart, _ => before = TestData.Weights(model)),
-            new ActionCallback(Event.AfterTrainBatch, s =>
-            {
-                using var scope = torch.NewDisposeScope();
-                grad = torch.cat(s.Model.parameters().Select(p => p.grad!.flatten().to(ScalarType.Float64)).ToArray()).data<double>().ToArray();
-            }),
+            new ActionCallback(Event.AfterTrainBatch, s => grad = TestData.Gradients(s.Model)),
             new ActionCallback(Event.BatchEnd, _ => after = TestData.Weights(model)),
         };
         using var trainer = TestData.Trainer(model, TestData.Loader(8, 8), "1ba", callbacks: callbacks, microbatch: 3,

@@ -93,11 +93,7 @@ public class PrecisionDeviceTests
         double[] Grad(Precision precision)
         {
             double[]? g = null;
-            var capture = new ActionCallback(Event.AfterTrainBatch, s =>
-            {
-                using var scope = torch.NewDisposeScope();
-                g = torch.cat(s.Model.parameters().Select(p => p.grad!.flatten().to(ScalarType.Float64)).ToArray()).data<double>().ToArray();
-            });
+            var capture = new ActionCallback(Event.AfterTrainBatch, s => g = TestData.Gradients(s.Model));
             using var trainer = TestData.Trainer(TestData.Model(initSeed: 13), TestData.Loader(8, 8, dataSeed: 41), "1ba", callbacks: new[] { capture }, precision: precision);
             trainer.Fit();
             return g!;

@@ -343,6 +343,13 @@ public static class TestData
         return torch.cat(model.parameters().Select(p => p.detach().flatten().to(ScalarType.Float64)).ToArray()).data<double>().ToArray();
     }
 
+    /// <summary>All parameters' gradients, flattened and concatenated, as float64 values.</summary>
+    public static double[] Gradients(nn.Module model)
+    {
+        using var scope = torch.NewDisposeScope();
+        return torch.cat(model.parameters().Select(p => p.grad!.flatten().to(ScalarType.Float64)).ToArray()).data<double>().ToArray();
+    }
+
     /// <summary>Whether every parameter of <paramref name="a"/> equals the one of <paramref name="b"/> bit for bit.</summary>
     public static bool BitwiseEqual(nn.Module a, nn.Module b)
     {

@@ -1,0 +1,330 @@
+using System.IO.Compression;
+using ComposerSharp.Events;
+using ComposerSharp.Trainer;
+using ComposerSharp.Trainer.Callbacks;
+using ComposerSharp.Trainer.Optim;
+using Microsoft.Extensions.Logging;
+using NUnit.Framework;
+using TorchSharp;
+using TrainerT = ComposerSharp.Trainer.Trainer;
+
+namespace ComposerSharp.Tests.Trainer;
+
+/// <summary>Checkpoint content, atomic writes, damaged files, rotation, weights-only, required-on-load algorithms and exact resume.</summary>
+[TestFixture]
+public class CheckpointTests
+{
+    /// <summary>
+    /// A run that exercises every piece of resumable state: dropout (RNG), AdamW (optimizer state), a cosine schedule
+    /// with warmup, a shuffled loader, uneven microbatches and a stateful callback.
+    /// </summary>
+    private static TrainerT ResumableRun(List<long> seenSamples, CheckpointOptions? checkpoint = null, IEnumerable<ICallback>? extra = null, string? runName = null)
+    {
+        var record = new ActionCallback(Event.AfterDataloader, s => seenSamples.AddRange(s.Batch!["index"].data<long>().ToArray()));
+        var callbacks = new List<ICallback> { record, new SpeedMonitor(windowSize: 2) };
+        callbacks.AddRange(extra ?? Array.Empty<ICallback>());
+        return new TrainerT(
+            TestData.Model(initSeed: 21, dropout: 0.3), TestData.Loader(40, 8, shuffle: true, seed: 5), "2ep",
+            callbacks: callbacks, device: "cpu", seed: 42, deviceTrainMicrobatchSize: 3, progressBar: false,
+            optimizerFactory: p => torch.optim.AdamW(p, 0.01),
+            schedulers: new[] { new CosineAnnealingWithWarmupScheduler("2ba", alphaF: 0.1) },
+            checkpoint: checkpoint, runName: runName ?? "resume-test");
+    }
+
+    private static ActionCallback StopAt(Event e, long count) => new(e, s =>
+    {
+        long now = e == Event.EpochEnd ? s.Timestamp.Epoch : s.Timestamp.Batch;
+        if (now == count)
+        {
+            s.StopTraining();
+        }
+    });
+
+    [TestCase(Event.BatchEnd, 3L, "1ba", 3L, TestName = "ResumeIsBitwiseExactFromMidEpoch")]
+    [TestCase(Event.BatchEnd, 5L, "1ba", 5L, TestName = "ResumeIsBitwiseExactFromTheLastBatchOfAnEpoch")]
+    [TestCase(Event.EpochEnd, 1L, "1ep", 0L, TestName = "ResumeIsBitwiseExactFromAnEpochBoundary")]
+    [TestCase(Event.BatchEnd, 7L, "1ep", 2L, TestName = "ResumeIsBitwiseExactFromMidSecondEpochWithAFinalSave")]
+    public void ResumeIsBitwiseExact(Event stopEvent, long stopAt, string saveInterval, long batchInEpochAtResume)
+    {
+        var reference = new List<long>();
+        using TrainerT uninterrupted = ResumableRun(reference);
+        uninterrupted.Fit();
+
+        string folder = TestData.TempFolder();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = saveInterval, Autoresume = true };
+        var first = new List<long>();
+        long stoppedAt;
+        using (TrainerT interrupted = ResumableRun(first, options, new[] { StopAt(stopEvent, stopAt) }))
+        {
+            interrupted.Fit();
+            stoppedAt = interrupted.State.Timestamp.Batch;
+        }
+
+        var second = new List<long>();
+        var steps = new EventRecorder();
+        using TrainerT resumed = ResumableRun(second, options, new[] { steps });
+        Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(stoppedAt), "autoresume loaded the latest checkpoint");
+        Assert.That(resumed.State.Timestamp.BatchInEpoch, Is.EqualTo(batchInEpochAtResume));
+        resumed.Fit();
+
+        Assert.That(first.Concat(second), Is.EqualTo(reference), "same data order, no sample repeated or skipped");
+        Assert.That(steps.Count(Event.AfterTrainBatch), Is.EqualTo(10 - stoppedAt), "no extra step");
+        Assert.That(resumed.State.Timestamp, Is.EqualTo(uninterrupted.State.Timestamp with
+        {
+            TotalWallClock = resumed.State.Timestamp.TotalWallClock,
+            IterationWallClock = resumed.State.Timestamp.IterationWallClock,
+            EpochWallClock = resumed.State.Timestamp.EpochWallClock,
+            BatchWallClock = resumed.State.Timestamp.BatchWallClock,
+        }));
+        Assert.That(TestData.BitwiseEqual(resumed.Model, uninterrupted.Model), Is.True, "the same weights, bit for bit");
+        Assert.That(steps.Count(Event.EpochStart), Is.EqualTo(stoppedAt <= 5 ? 1 : 0), "EpochStart only for epochs begun after resuming");
+    }
+
+    [Test]
+    public void CheckpointHoldsEverythingComposerSaves()
+    {
+        string path = Path.Combine(TestData.TempFolder(), "{run_name}-ba{batch}.ckpt");
+        var stopper = new EarlyStopper("Accuracy", "eval");
+        using var trainer = new TrainerT(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
+            algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { stopper, new SpeedMonitor() },
+            precision: Precision.AmpFp16, device: "cpu", seed: 99, optimizerFactory: p => torch.optim.AdamW(p, 0.01),
+            schedulers: new[] { new LinearWithWarmupScheduler("3ba") }, evalInterval: "2ba", runName: "content", progressBar: false);
+        trainer.Fit("3ba");
+        string written = trainer.SaveCheckpoint(path);
+        Assert.That(Path.GetFileName(written), Is.EqualTo("content-ba3.ckpt"));
+
+        using CheckpointReader reader = CheckpointFile.Open(written);
+        CheckpointHeader h = reader.Header;
+        Assert.That(h.Format, Is.EqualTo(CheckpointFile.FormatName));
+        Assert.That((h.RunName, h.Seed, h.Precision, h.Device, h.WeightsOnly), Is.EqualTo(("content", 99, "amp_fp16", "cpu", false)));
+        Assert.That(h.Timestamp!.Batch, Is.EqualTo(3));
+        Assert.That((h.Sampler!.Epoch, h.Sampler.BatchInEpoch, h.Sampler.SampleInEpoch, h.Sampler.BatchesPerEpoch), Is.EqualTo((0L, 3L, 24L, (long?)4)));
+        Assert.That(h.Optimizers.Single().Type, Does.EndWith("AdamW"));
+        Assert.That(h.Optimizers.Single().InitialLearningRates, Has.All.EqualTo(0.01));
+        Assert.That(h.Optimizers.Single().LearningRates[0], Is.EqualTo(0.01 * 1.0).Within(1e-12), "the rate of batch 3 after warmup 3ba");
+        Assert.That(h.Schedulers.Single(), Does.StartWith("LinearWithWarmupScheduler(t_warmup=3ba"));
+        Assert.That(double.Parse(h.GradScaler!["scale"], System.Globalization.CultureInfo.InvariantCulture), Is.EqualTo(trainer.GradScaler.Scale));
+        AlgorithmRecord algo = h.Algorithms.Single();
+        Assert.That((algo.Name, algo.RequiredOnLoad, algo.Hyperparameters["scale"]), Is.EqualTo(("scale_head_surgery", true, "1.5")));
+        Assert.That(h.Callbacks.Keys, Is.EquivalentTo(new[] { "composersharp.early_stopper/eval/Accuracy", "composersharp.speed_monitor" }));
+        Assert.That(h.Metadata.Keys, Is.SupersetOf(new[] { "composersharp_version", "torchsharp_version", "dotnet_version", "os" }));
+        Assert.That(h.Metadata["torchsharp_version"], Does.StartWith("0.107"));
+        Assert.That(h.EntryHashes.Keys, Is.EquivalentTo(new[] { "model.bin", "optimizers/0.bin", "rng/cpu.bin" }));
+
+        var logs = new ListLoggerProvider();
+        using var factory = LoggerFactory.Create(b => b.AddProvider(logs));
+        var restoredStopper = new EarlyStopper("Accuracy", "eval");
+        using var restored = new TrainerT(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
+            algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { restoredStopper },
+            precision: Precision.AmpFp16, device: "cpu", seed: 1, optimizerFactory: p => torch.optim.AdamW(p, 0.5),
+            checkpoint: new CheckpointOptions { LoadPath = written }, runName: "content-2", progressBar: false, loggerFactory: factory);
+        Assert.That(restored.GradScaler.Scale, Is.EqualTo(trainer.GradScaler.Scale));
+        Assert.That(restored.State.Seed, Is.EqualTo(99));
+        Assert.That(restoredStopper.Best, Is.EqualTo(stopper.Best), "callback state restored");
+        Assert.That(restored.State.Optimizers[0].ParamGroups.First().InitialLearningRate, Is.EqualTo(0.01), "the optimizer's settings come from the checkpoint");
+        Assert.That(TestData.BitwiseEqual(restored.Model, trainer.Model), Is.True);
+    }
+
+    [Test]
+    public void AFailedWriteLeavesThePreviousCheckpointLoadableAndNoTemporaryFile()
+    {
+        string folder = TestData.TempFolder();
+        var crash = new CrashingStatefulCallback();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveFilename = "model.ckpt", SaveOverwrite = true, SaveInterval = "1ba" };
+        using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "5ba", checkpoint: options,
+            callbacks: new ICallback[] { crash, new ActionCallback(Event.BatchEnd, s => crash.Armed = s.Timestamp.Batch == 3) }))
+        {
+            var ex = Assert.Throws<CheckpointException>(() => trainer.Fit());
+            Assert.That(ex!.Message, Does.Contain("model.ckpt").And.Contain("unchanged"));
+            Assert.That(ex.InnerException!.Message, Does.Contain("simulated crash"));
+        }
+
+        Assert.That(Directory.GetFiles(folder).Select(Path.GetFileName), Is.EquivalentTo(new[] { "model.ckpt", "latest-rank0.ckpt" }), "no temporary file is left");
+        Assert.That(CheckpointFile.Resolve(Path.Combine(folder, "latest-rank0.ckpt")), Is.EqualTo(Path.Combine(folder, "model.ckpt")));
+        using var reloaded = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "5ba", checkpoint: new CheckpointOptions { LoadPath = Path.Combine(folder, "latest-rank0.ckpt") },
+            callbacks: new[] { new CrashingStatefulCallback() });
+        Assert.That(reloaded.State.Timestamp.Batch, Is.EqualTo(2), "the checkpoint of batch 2 is intact");
+    }
+
+    [Test]
+    public void TruncatedForeignAndDamagedFilesGiveErrorsNamingTheFile()
+    {
+        string folder = TestData.TempFolder();
+        using var source = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "1ba");
+        source.Fit();
+        string good = source.SaveCheckpoint(Path.Combine(folder, "good.ckpt"));
+        byte[] bytes = File.ReadAllBytes(good);
+
+        string truncated = Path.Combine(folder, "truncated.ckpt");
+        File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+        string foreign = Path.Combine(folder, "foreign.pt");
+        File.WriteAllText(foreign, "not a checkpoint at all");
+        string zipWithoutHeader = Path.Combine(folder, "other.zip");
+        using (var zip = ZipFile.Open(zipWithoutHeader, ZipArchiveMode.Create))
+        {
+            zip.CreateEntry("readme.txt");
+        }
+
+        string damaged = Path.Combine(folder, "damaged.ckpt");
+        byte[] flipped = (byte[])bytes.Clone();
+        flipped[120] ^= 0xFF;
+        File.WriteAllBytes(damaged, flipped);
+
+        (string Path, string Expect)[] cases =
+        {
+            (truncated, "truncated"),
+            (foreign, "not a ComposerSharp checkpoint"),
+            (zipWithoutHeader, "no 'checkpoint.json' entry"),
+            (damaged, "damaged"),
+            (Path.Combine(folder, "missing.ckpt"), "does not exist"),
+        };
+        foreach ((string path, string expect) in cases)
+        {
+            var ex = Assert.Throws<CheckpointException>(
+                () => TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "1ba", checkpoint: new CheckpointOptions { LoadPath = path }),
+                path);
+            Assert.That(ex!.Message, Does.Contain(path).And.Contain(expect), path);
+            Assert.That(ex.FilePath, Is.EqualTo(path));
+        }
+    }
+
+    [Test]
+    public void RotationKeepsTheNewestAndTheLatestPointerFollows()
+    {
+        string folder = TestData.TempFolder();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = "1ba", SaveNumCheckpointsToKeep = 2 };
+        using var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "5ba", checkpoint: options);
+        trainer.Fit();
+        Assert.That(Directory.GetFiles(folder).Select(Path.GetFileName),
+            Is.EquivalentTo(new[] { "ep0-ba4-rank0.ckpt", "ep0-ba5-rank0.ckpt", "latest-rank0.ckpt" }));
+        Assert.That(CheckpointFile.Resolve(Path.Combine(folder, "latest-rank0.ckpt")), Is.EqualTo(Path.Combine(folder, "ep0-ba5-rank0.ckpt")));
+        CheckpointSaver saver = trainer.State.Callbacks.OfType<CheckpointSaver>().Single();
+        Assert.That(saver.SavedCheckpoints.Select(Path.GetFileName), Is.EqualTo(new[] { "ep0-ba4-rank0.ckpt", "ep0-ba5-rank0.ckpt" }));
+        Assert.That(saver.AllSavedCheckpoints, Has.Count.EqualTo(5));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new CheckpointSaver(numCheckpointsToKeep: 0));
+    }
+
+    [Test]
+    public void DefaultIntervalSavesEachEpochAndRefusesToOverwrite()
+    {
+        string folder = TestData.TempFolder();
+        var options = new CheckpointOptions { SaveFolder = Path.Combine(folder, "{run_name}") };
+        using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ep", checkpoint: options, runName: "r1"))
+        {
+            trainer.Fit();
+        }
+
+        Assert.That(Directory.GetFiles(Path.Combine(folder, "r1")).Select(Path.GetFileName),
+            Is.EquivalentTo(new[] { "ep1-ba2-rank0.ckpt", "ep2-ba4-rank0.ckpt", "latest-rank0.ckpt" }));
+        using var again = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ep", checkpoint: options, runName: "r1");
+        var ex = Assert.Throws<CheckpointException>(() => again.Fit());
+        Assert.That(ex!.Message, Does.Contain("ep1-ba2-rank0.ckpt").And.Contain("already exists").And.Contain("SaveOverwrite"));
+    }
+
+    [Test]
+    public void WeightsOnlyCheckpointsLoadOnlyWhenAskedAndStartAtZero()
+    {
+        string folder = TestData.TempFolder();
+        using var source = TestData.Trainer(TestData.Model(initSeed: 1), TestData.Loader(16, 8), "2ba");
+        source.Fit();
+        string weights = source.SaveCheckpoint(Path.Combine(folder, "weights.ckpt"), weightsOnly: true);
+        string full = source.SaveCheckpoint(Path.Combine(folder, "full.ckpt"));
+
+        var refused = Assert.Throws<CheckpointException>(() => TestData.Trainer(TestData.Model(initSeed: 2), TestData.Loader(16, 8), "2ba",
+            checkpoint: new CheckpointOptions { LoadPath = weights }));
+        Assert.That(refused!.Message, Does.Contain("only model weights").And.Contain("LoadWeightsOnly"));
+
+        foreach (string path in new[] { weights, full })
+        {
+            using var fine = TestData.Trainer(TestData.Model(initSeed: 2), TestData.Loader(16, 8), "2ba",
+                checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true });
+            Assert.That(TestData.BitwiseEqual(fine.Model, source.Model), Is.True, path);
+            Assert.That(fine.State.Timestamp.Batch, Is.Zero, "weights-only loading starts a new run");
+            fine.Fit();
+            Assert.That(fine.State.Timestamp.Batch, Is.EqualTo(2));
+        }
+    }
+
+    [Test]
+    public void RequiredOnLoadAlgorithmIsAddedWithAWarningOrRefusedWithAMessage()
+    {
+        string folder = TestData.TempFolder();
+        using var source = TestData.Trainer(TestData.Model(initSeed: 4), TestData.Loader(16, 8), "1ba", algorithms: new[] { new ScaleHeadSurgery(3f) });
+        source.Fit();
+        string path = source.SaveCheckpoint(Path.Combine(folder, "surgery.ckpt"));
+
+        // Re-created from the description through the resolver, applied at Init before the weights load, with a warning.
+        var logs = new ListLoggerProvider();
+        using var factory = LoggerFactory.Create(b => b.AddProvider(logs));
+        var resolver = (AlgorithmDescription d) => d.Name == "scale_head_surgery"
+            ? new ScaleHeadSurgery(float.Parse(d.Hyperparameters["scale"], System.Globalization.CultureInfo.InvariantCulture))
+            : null;
+        using (var added = TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba", loggerFactory: factory,
+            checkpoint: new CheckpointOptions { LoadPath = path, AlgorithmResolver = resolver }))
+        {
+            Assert.That(added.State.Algorithms.Select(a => a.Name), Is.EqualTo(new[] { "scale_head_surgery" }));
+            Assert.That(((TinyMlp)added.Model).Head, Is.InstanceOf<ScaledHead>());
+            Assert.That(TestData.BitwiseEqual(added.Model, source.Model), Is.True);
+            Assert.That(logs.Lines.Any(l => l.Level == LogLevel.Warning && l.Message.Contains("Automatically added required-on-load algorithm scale_head_surgery", StringComparison.Ordinal)), Is.True);
+        }
+
+        // No way to re-create it, or the policy says refuse: a message naming the algorithm to pass.
+        var missing = Assert.Throws<InvalidOperationException>(() => TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba",
+            checkpoint: new CheckpointOptions { LoadPath = path }));
+        Assert.That(missing!.Message, Does.Contain("'scale_head_surgery'").And.Contain("pass it in `algorithms`").And.Contain("scale=3"));
+        var refused = Assert.Throws<InvalidOperationException>(() => TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba",
+            checkpoint: new CheckpointOptions { LoadPath = path, AlgorithmResolver = resolver, MissingAlgorithmPolicy = MissingAlgorithmPolicy.Refuse }));
+        Assert.That(refused!.Message, Does.Contain("scale_head_surgery").And.Contain("lacks"));
+
+        // Present already: loads as is.
+        using (var present = TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba", algorithms: new[] { new ScaleHeadSurgery(3f) },
+            checkpoint: new CheckpointOptions { LoadPath = path }))
+        {
+            Assert.That(TestData.BitwiseEqual(present.Model, source.Model), Is.True);
+        }
+
+        // Excluded: strict loading names the mismatching weights; non-strict loads what matches.
+        var strict = Assert.Throws<CheckpointException>(() => TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba",
+            checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadExcludeAlgorithms = new[] { "scale_head_surgery" } }));
+        Assert.That(strict!.Message, Does.Contain("_head.scale").And.Contain("does not match"));
+        using var lenient = TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba",
+            checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadStrictModelWeights = false, LoadExcludeAlgorithms = new[] { "scale_head_surgery" } });
+        Assert.That(lenient.State.Algorithms, Is.Empty);
+        Assert.That(lenient.Model.state_dict()["_fc1.weight"].eq(source.Model.state_dict()["_fc1.weight"]).all().item<bool>(), Is.True);
+    }
+
+    [Test]
+    public void AutoresumeNeedsARunNameAndASaveFolder()
+    {
+        var noName = Assert.Throws<InvalidOperationException>(() => new TrainerT(TestData.Model(), device: "cpu", progressBar: false,
+            checkpoint: new CheckpointOptions { Autoresume = true, SaveFolder = TestData.TempFolder() }));
+        Assert.That(noName!.Message, Does.Contain("runName"));
+        var noFolder = Assert.Throws<InvalidOperationException>(() => new TrainerT(TestData.Model(), device: "cpu", progressBar: false, runName: "x",
+            checkpoint: new CheckpointOptions { Autoresume = true }));
+        Assert.That(noFolder!.Message, Does.Contain("save folder"));
+    }
+
+    [Test]
+    public void FileNamePlaceholders()
+    {
+        var state = new State(TestData.Model(), runName: "abc") { Timestamp = new Timestamp { Epoch = 2, Batch = 17, Sample = 136, Token = 9 } };
+        Assert.That(CheckpointFile.Format("{run_name}/ep{epoch}-ba{batch}-sp{sample}-tok{token}-rank{rank}.ckpt", state), Is.EqualTo("abc/ep2-ba17-sp136-tok9-rank0.ckpt"));
+        var ex = Assert.Throws<FormatException>(() => CheckpointFile.Format("{step}.ckpt", state));
+        Assert.That(ex!.Message, Does.Contain("{step}").And.Contain("{batch}"));
+    }
+
+    /// <summary>A stateful callback whose state cannot be produced when armed: a write that fails half way.</summary>
+    private sealed class CrashingStatefulCallback : Callback, IStatefulCallback
+    {
+        public bool Armed { get; set; }
+
+        public string StateKey => "test.crashing";
+
+        public IReadOnlyDictionary<string, object?> StateDict() =>
+            Armed ? throw new InvalidOperationException("simulated crash while writing") : new Dictionary<string, object?> { ["ok"] = true };
+
+        public void LoadStateDict(IReadOnlyDictionary<string, object?> state)
+        {
+        }
+    }
+}
