@@ -290,6 +290,10 @@ public sealed partial class Trainer
         _log.LogWarning("Loading {Checkpoint} non-strictly: {Detail}.", file, detail);
     }
 
+    /// <summary>The default resolver: the algorithms that ship with ComposerSharp (<see cref="ComposerSharp.Algorithms.AlgorithmCatalog"/>).</summary>
+    private static IAlgorithm? ResolveBuiltInAlgorithm(AlgorithmDescription description) =>
+        ComposerSharp.Algorithms.AlgorithmCatalog.Names.Contains(description.Name) ? ComposerSharp.Algorithms.AlgorithmCatalog.Create(description) : null;
+
     /// <summary>
     /// Handles the required-on-load algorithms a checkpoint records (Composer's <c>_apply_required_algorithms</c>):
     /// one the Trainer already has is kept (with a warning if its description differs); a missing one is
@@ -331,7 +335,7 @@ public sealed partial class Trainer
                     $"Checkpoint '{file}' was trained with required-on-load algorithm '{record.Name}', which this Trainer lacks: {howToFix}.");
             }
 
-            IAlgorithm algorithm = resolver?.Invoke(recorded)
+            IAlgorithm algorithm = (resolver ?? ResolveBuiltInAlgorithm)(recorded)
                 ?? throw new InvalidOperationException(
                     $"Checkpoint '{file}' was trained with required-on-load algorithm '{record.Name}', which this Trainer lacks and cannot re-create: {howToFix}.");
             try

@@ -71,7 +71,10 @@ public sealed record CheckpointOptions
     /// </summary>
     public bool Autoresume { get; init; }
 
-    /// <summary>Re-creates an algorithm from the description a checkpoint recorded (name and hyperparameters), or returns null when it cannot.</summary>
+    /// <summary>
+    /// Re-creates an algorithm from the description a checkpoint recorded (name and hyperparameters), or returns null
+    /// when it cannot. When null, the algorithms that ship with ComposerSharp (AlgorithmCatalog) are re-created.
+    /// </summary>
     public Func<AlgorithmDescription, IAlgorithm?>? AlgorithmResolver { get; init; }
 
     /// <summary>What to do with a required-on-load algorithm the Trainer lacks.</summary>
