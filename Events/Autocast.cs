@@ -66,7 +66,7 @@ public sealed class AutocastScope : IDisposable
     /// <param name="deviceType">The device type whose autocast state to set (CPU or CUDA).</param>
     /// <param name="dtype">The low-precision dtype: BFloat16 or Float16.</param>
     /// <param name="enabled">False opens a scope that turns autocast off (for a region that must run in Float32).</param>
-    /// <exception cref="ArgumentException"><paramref name="dtype"/> is not BFloat16 or Float16.</exception>
+    /// <exception cref="ArgumentException"><paramref name="dtype"/> is not BFloat16 or Float16, or <paramref name="deviceType"/> is not CPU or CUDA.</exception>
     /// <exception cref="PlatformNotSupportedException">libtorch's autocast entry points were not found on this platform.</exception>
     public AutocastScope(DeviceType deviceType, torch.ScalarType dtype, bool enabled = true)
         : this(deviceType, dtype, enabled, AutocastNative.Get())
@@ -75,6 +75,7 @@ public sealed class AutocastScope : IDisposable
 
     private AutocastScope(DeviceType deviceType, torch.ScalarType dtype, bool enabled, AutocastNative? native)
     {
+        RequireSupported(deviceType);
         if (dtype != torch.ScalarType.BFloat16 && dtype != torch.ScalarType.Float16)
         {
             throw new ArgumentException($"Autocast dtype {dtype} is not supported; expected BFloat16 or Float16.", nameof(dtype));
@@ -104,6 +105,7 @@ public sealed class AutocastScope : IDisposable
     /// </summary>
     public static AutocastScope Disabled(DeviceType deviceType)
     {
+        RequireSupported(deviceType);
         AutocastNative? native = Autocast.IsAvailable ? AutocastNative.Get() : null;
         torch.ScalarType current = native?.GetDtype(deviceType) ?? torch.ScalarType.BFloat16;
         if (current != torch.ScalarType.BFloat16 && current != torch.ScalarType.Float16)
@@ -112,6 +114,15 @@ public sealed class AutocastScope : IDisposable
         }
 
         return new(deviceType, current, enabled: false, native);
+    }
+
+    private static void RequireSupported(DeviceType deviceType)
+    {
+        if (deviceType != DeviceType.CPU && deviceType != DeviceType.CUDA)
+        {
+            // libtorch aborts the process (an uncatchable c10::Error) for autocast on other device types.
+            throw new ArgumentException($"Autocast on device type {deviceType} is not supported; expected CPU or CUDA.", nameof(deviceType));
+        }
     }
 
     /// <summary>The device type this scope sets.</summary>

@@ -10,7 +10,7 @@ namespace ComposerSharp.Trainer.Loggers;
 /// <see cref="ILogger"/> instead of a stream, so the host decides where lines go). Metrics logged during a batch
 /// are gathered and written as one line at BatchEnd when the batch count is a multiple of the interval (or at
 /// EpochEnd for an interval in epochs); evaluation metrics are written at EvalEnd and hyperparameters when they
-/// are logged. Lines look like <c>[epoch=1][batch=16/32]: loss/train/total: 0.4312, time/batch: 15</c>.
+/// are logged. Lines look like <c>[train][epoch=1][batch=16/32]</c> (batch within the epoch) <c>: loss/train/total: 0.4312, time/batch: 15</c>.
 /// </summary>
 public sealed class ConsoleLogger : LoggerDestination
 {
@@ -56,7 +56,7 @@ public sealed class ConsoleLogger : LoggerDestination
     {
         if (LogInterval.Unit == TimeUnit.Batch && state.Timestamp.Batch % (long)LogInterval.Value == 0)
         {
-            Flush(state, state.Timestamp.Batch, state.TrainDataloader?.BatchesPerEpoch);
+            Flush(state, state.Timestamp.BatchInEpoch, state.TrainDataloader?.BatchesPerEpoch);
         }
 
         _pending.Clear();
@@ -67,7 +67,7 @@ public sealed class ConsoleLogger : LoggerDestination
     {
         if (LogInterval.Unit == TimeUnit.Epoch && state.Timestamp.Epoch % (long)LogInterval.Value == 0)
         {
-            Flush(state, state.Timestamp.Batch, state.TrainDataloader?.BatchesPerEpoch);
+            Flush(state, state.TrainDataloader?.BatchesPerEpoch ?? state.Timestamp.Batch, state.TrainDataloader?.BatchesPerEpoch);
         }
 
         _pending.Clear();

@@ -21,6 +21,15 @@ public class AutocastTests
     [TearDown]
     public void AutocastIsOffAfterEachTest() => Assert.That(Autocast.IsEnabled(DeviceType.CPU), Is.False, "a test leaked an autocast scope");
 
+    [TestCase(DeviceType.META)]
+    [TestCase(DeviceType.MPS)]
+    public void UnsupportedDeviceTypeIsRefusedBeforeReachingLibtorch(DeviceType deviceType)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => new AutocastScope(deviceType, ScalarType.BFloat16));
+        Assert.That(ex!.Message, Does.Contain(deviceType.ToString()).And.Contain("CPU or CUDA"));
+        Assert.Throws<ArgumentException>(() => AutocastScope.Disabled(deviceType));
+    }
+
     [Test]
     public void EntryPointsResolveOnThisPlatform() => Assert.That(Autocast.IsAvailable, Is.True);
 
