@@ -41,7 +41,7 @@ public static class BuiltinComponents
         {
             TransformerConfig config = ModelConfig(s, c, "bert-tiny", ClassificationKeys);
             var defaults = new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? 2 };
-            var options = OptionsBinder.Bind(Only(s, ClassificationKeys), defaults);
+            var options = OptionsBinder.Bind(s.Only(ClassificationKeys), defaults);
             return new BertForSequenceClassification(config, options);
         });
 
@@ -54,7 +54,7 @@ public static class BuiltinComponents
         });
         services.AddDataset("synthetic_classification", (s, c) =>
         {
-            var options = OptionsBinder.Bind(Subset(s, except: "pad_to_length"), new SyntheticClassificationOptions { Seed = c.Seed }, "pad_to_length");
+            var options = OptionsBinder.Bind(s.Without("pad_to_length"), new SyntheticClassificationOptions { Seed = c.Seed }, "pad_to_length");
             var dataset = new SyntheticClassificationDataset(options);
             var collator = new ClassificationCollator(dataset.Vocabulary, (int?)s.GetLong("pad_to_length"));
             IReadOnlyList<string> labels = Enumerable.Range(0, options.NumClasses).Select(i => $"class_{i}").ToList();
@@ -76,7 +76,7 @@ public static class BuiltinComponents
         });
         services.AddDataset("jsonl_classification", (s, c) =>
         {
-            var options = OptionsBinder.Bind(Subset(s, except: "pad_to_length"), new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
+            var options = OptionsBinder.Bind(s.Without("pad_to_length"), new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
             var tokenizer = c.Services.GetRequiredService<ITextTokenizer>();
             var logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Data");
             JsonlClassificationDataset dataset = WrapDataErrors(() => JsonlClassificationDataset.Load(options, tokenizer, logger));
@@ -129,7 +129,7 @@ public static class BuiltinComponents
             baseConfig = baseConfig with { VocabSize = (vocabulary.Size + 63) / 64 * 64 };
         }
 
-        TransformerConfig config = OptionsBinder.Bind(Subset(s, except: extraKeys.Append("preset").ToArray()), baseConfig, extraKeys.Append("preset").ToArray());
+        TransformerConfig config = OptionsBinder.Bind(s.Without(extraKeys.Append("preset").ToArray()), baseConfig, extraKeys.Append("preset").ToArray());
         try
         {
             config.Validate();
@@ -140,28 +140,6 @@ public static class BuiltinComponents
         }
 
         return config;
-    }
-
-    private static ConfigSection Subset(ConfigSection s, params string[] except)
-    {
-        var subset = new ConfigSection(s.Path);
-        foreach (string key in s.Keys.Where(k => !except.Contains(k)))
-        {
-            subset.Set(key, s.Get(key));
-        }
-
-        return subset;
-    }
-
-    private static ConfigSection Only(ConfigSection s, IEnumerable<string> keys)
-    {
-        var subset = new ConfigSection(s.Path);
-        foreach (string key in s.Keys.Where(keys.Contains))
-        {
-            subset.Set(key, s.Get(key));
-        }
-
-        return subset;
     }
 
     private static (TA, TB) BindPair<TA, TB>(ConfigSection s, TA a, TB b)
@@ -176,7 +154,7 @@ public static class BuiltinComponents
             throw new ConfigException($"Unknown option '{s.PathOf(unknown[0])}'; accepted: {string.Join(", ", keysA.Concat(keysB))}.");
         }
 
-        return (OptionsBinder.Bind(Only(s, keysA), a), OptionsBinder.Bind(Only(s, keysB), b));
+        return (OptionsBinder.Bind(s.Only(keysA), a), OptionsBinder.Bind(s.Only(keysB), b));
     }
 
     private static string[] OptionKeys<T>() =>

@@ -220,7 +220,7 @@ public sealed class TrainJob
         ConfigSection dataset = loader.Section("dataset");
         string name = dataset.GetString("name") ?? throw new ConfigException(
             $"'{dataset.PathOf("name")}' is required; registered datasets: {string.Join(", ", _catalog.Names(ComponentKind.Dataset))}.");
-        return _catalog.Create<DataSource>(ComponentKind.Dataset, name, Without(dataset, "name"), context);
+        return _catalog.Create<DataSource>(ComponentKind.Dataset, name, dataset.Without("name"), context);
     }
 
     private ComposerModel BuildModel(ComponentContext context)
@@ -228,18 +228,7 @@ public sealed class TrainJob
         ConfigSection model = _config.Section("model");
         string name = model.GetString("name") ?? throw new ConfigException(
             $"'model.name' is required; registered models: {string.Join(", ", _catalog.Names(ComponentKind.Model))}.");
-        return _catalog.Create<ComposerModel>(ComponentKind.Model, name, Without(model, "name"), context);
-    }
-
-    private static ConfigSection Without(ConfigSection s, string key)
-    {
-        var copy = new ConfigSection(s.Path);
-        foreach (string k in s.Keys.Where(k => k != key))
-        {
-            copy.Set(k, s.Get(k));
-        }
-
-        return copy;
+        return _catalog.Create<ComposerModel>(ComponentKind.Model, name, model.Without("name"), context);
     }
 
     /// <summary>
@@ -290,7 +279,7 @@ public sealed class TrainJob
             return Array.Empty<IScheduler>();
         }
 
-        ConfigSection args = Without(s, "name");
+        ConfigSection args = s.Without("name");
         Type? type = name switch
         {
             "constant" => typeof(ConstantScheduler),

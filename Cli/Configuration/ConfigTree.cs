@@ -165,6 +165,19 @@ public sealed class ConfigSection
         }
     }
 
+    /// <summary>A copy of this section (same path) without <paramref name="keys"/>.</summary>
+    public ConfigSection Without(params string[] keys) => Filter(k => !keys.Contains(k));
+
+    /// <summary>A copy of this section (same path) with only <paramref name="keys"/>.</summary>
+    public ConfigSection Only(IEnumerable<string> keys) => Filter(keys.Contains);
+
+    private ConfigSection Filter(Func<string, bool> keep)
+    {
+        var copy = new ConfigSection(Path);
+        copy._entries.AddRange(_entries.Where(e => keep(e.Key)));
+        return copy;
+    }
+
     /// <summary>Removes <paramref name="key"/> if present.</summary>
     public void Remove(string key) => _entries.RemoveAll(e => e.Key == key);
 
