@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 
@@ -97,6 +99,56 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
         Directory.CreateDirectory(CheckpointFile.Format(Folder, state));
     }
 
+    /// <summary>
+    /// Refuses to start when the folder already holds checkpoints this run would overwrite (files matching
+    /// <see cref="Filename"/> from a batch past the current timestamp), unless <see cref="Overwrite"/> is set; this
+    /// is Composer's check at the start of fit, so a long run fails at once rather than at its first save.
+    /// Checkpoints at or before the timestamp (the ones a resumed run continues from) are not conflicts.
+    /// </summary>
+    /// <exception cref="CheckpointException">A conflicting checkpoint exists; the message names it and the options that allow overwriting.</exception>
+    public override void FitStart(State state, Logger logger)
+    {
+        string folder = CheckpointFile.Format(Folder, state);
+        if (Overwrite || !Directory.Exists(folder))
+        {
+            return;
+        }
+
+        Regex pattern = FilenamePattern(state);
+        foreach (string file in Directory.EnumerateFiles(folder))
+        {
+            Match m = pattern.Match(Path.GetFileName(file));
+            if (!m.Success)
+            {
+                continue;
+            }
+
+            bool before = m.Groups["batch"].Success
+                ? long.Parse(m.Groups["batch"].Value, CultureInfo.InvariantCulture) <= state.Timestamp.Batch
+                : m.Groups["epoch"].Success && long.Parse(m.Groups["epoch"].Value, CultureInfo.InvariantCulture) <= state.Timestamp.Epoch;
+            if (!before)
+            {
+                throw new CheckpointException(
+                    file,
+                    $"The checkpoint folder '{folder}' already holds '{Path.GetFileName(file)}', which this run would overwrite. " +
+                    "Set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite), resume with autoresume, or use another run folder or run name.");
+            }
+        }
+    }
+
+    private Regex FilenamePattern(State state)
+    {
+        string escaped = Regex.Escape(Filename);
+        string body = Regex.Replace(escaped, @"\\\{(?<name>[a-z_]+)}", m => m.Groups["name"].Value switch
+        {
+            "batch" => "(?<batch>[0-9]+)",
+            "epoch" => "(?<epoch>[0-9]+)",
+            "run_name" => Regex.Escape(state.RunName),
+            _ => "[0-9]+",
+        });
+        return new Regex("^" + body + "$", RegexOptions.CultureInvariant);
+    }
+
     /// <inheritdoc/>
     public override void BatchCheckpoint(State state, Logger logger) => SaveIfDue(state, Event.BatchCheckpoint);
 
@@ -140,7 +192,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
         string path = Path.GetFullPath(Path.Combine(folder, CheckpointFile.Format(Filename, state)));
         if (!Overwrite && File.Exists(path))
         {
-            throw new CheckpointException(path, $"Checkpoint '{path}' already exists; set SaveOverwrite (CheckpointOptions) or overwrite (CheckpointSaver) to replace it, or use another folder.");
+            throw new CheckpointException(path, $"Checkpoint '{path}' already exists; set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite or CheckpointSaver overwrite) to replace it, or use another folder.");
         }
 
         // Recorded before writing so that the checkpoint's own saver state lists it (as in Composer).

@@ -216,9 +216,19 @@ public class CheckpointTests
 
         Assert.That(Directory.GetFiles(Path.Combine(folder, "r1")).Select(Path.GetFileName),
             Is.EquivalentTo(new[] { "ep1-ba2-rank0.ckpt", "ep2-ba4-rank0.ckpt", "latest-rank0.ckpt" }));
-        using var again = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ep", checkpoint: options, runName: "r1");
+        var batches = new List<long>();
+        var recorder = new ActionCallback(Event.BatchEnd, s => batches.Add(s.Timestamp.Batch));
+        using var again = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ep", checkpoint: options, runName: "r1", callbacks: new[] { recorder });
         var ex = Assert.Throws<CheckpointException>(() => again.Fit());
-        Assert.That(ex!.Message, Does.Contain("ep1-ba2-rank0.ckpt").And.Contain("already exists").And.Contain("SaveOverwrite"));
+        // Refused at FitStart, before any training (Composer's check), naming the file and how to allow it.
+        Assert.That(batches, Is.Empty, "no batch may run before the conflict is reported");
+        Assert.That(ex!.Message, Does.Match("ep[12]-ba[24]-rank0.ckpt").And.Contain("would overwrite").And.Contain("save_overwrite").And.Contain("SaveOverwrite"));
+
+        // Resuming from the last checkpoint is not a conflict: nothing past batch 4 would be written.
+        var resume = options with { LoadPath = Path.Combine(folder, "r1", "latest-rank0.ckpt") };
+        using var resumed = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "3ep", checkpoint: resume, runName: "r1");
+        Assert.DoesNotThrow(() => resumed.Fit());
+        Assert.That(File.Exists(Path.Combine(folder, "r1", "ep3-ba6-rank0.ckpt")), Is.True);
     }
 
     [Test]
