@@ -56,7 +56,17 @@ public static class CliApp
                 throw new ConfigException($"--set '{set}' must look like key.path=value, e.g. train_loader.batch_size=16.");
             }
 
-            config.SetPath(set[..eq].Trim(), set[(eq + 1)..].Trim());
+            string key = set[..eq].Trim();
+            string value = set[(eq + 1)..].Trim();
+            if (key.EndsWith(".name", StringComparison.Ordinal) && ReplacesComponent(config, key, value))
+            {
+                // A new component name starts its section afresh: the old component's options do not apply to it.
+                config.SetPath(key[..^".name".Length], "{name: " + value + "}");
+            }
+            else
+            {
+                config.SetPath(key, value);
+            }
         }
 
         foreach ((string key, string value) in topLevel)
@@ -65,6 +75,18 @@ public static class CliApp
         }
 
         return config;
+    }
+
+    private static bool ReplacesComponent(ConfigSection config, string nameKey, string value)
+    {
+        ConfigSection? section = config;
+        string[] parts = nameKey.Split('.');
+        for (int i = 0; i < parts.Length - 1 && section is not null; i++)
+        {
+            section = section.Get(parts[i]) as ConfigSection;
+        }
+
+        return section?.GetString("name") is { } current && current != value;
     }
 
     /// <summary>The service collection of a run: logging, the built-in components, then each plugin's registrations.</summary>
@@ -92,7 +114,7 @@ public static class CliApp
     private static Command BuildCommand(string name, string description, bool evaluate, TextWriter? output)
     {
         var config = new Option<string?>("--config") { Description = "YAML config file (Composer/llm-foundry style keys)." };
-        var set = new Option<string[]>("--set") { Description = "Override any key: --set train_loader.batch_size=16 (repeatable).", AllowMultipleArgumentsPerToken = false };
+        var set = new Option<string[]>("--set") { Description = "Override any key: --set train_loader.batch_size=16 (repeatable). Setting a section's name (e.g. scheduler.name=constant) starts that section afresh.", AllowMultipleArgumentsPerToken = false };
         var plugin = new Option<string[]>("--plugin") { Description = "Assembly with IComposerSharpPlugin classes that register components (repeatable)." };
         var verbose = new Option<bool>("--verbose") { Description = "Log debug messages." };
         var command = new Command(name, description) { config, set, plugin, verbose };

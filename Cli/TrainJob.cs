@@ -30,8 +30,11 @@ public sealed record JobResult(
     IReadOnlyDictionary<string, int> ModulesReplaced,
     string? PlotPath)
 {
-    /// <summary>Training samples per second of wall-clock time (fit and evaluation together).</summary>
-    public double SamplesPerSecond => Wallclock.TotalSeconds > 0 ? Timestamp.Sample / Wallclock.TotalSeconds : 0;
+    /// <summary>Samples trained by this job (a resumed run counts only what it trained itself).</summary>
+    public long SamplesThisRun { get; init; }
+
+    /// <summary>Samples trained by this job per second of its wall-clock time (fit and evaluation together).</summary>
+    public double SamplesPerSecond => Wallclock.TotalSeconds > 0 ? SamplesThisRun / Wallclock.TotalSeconds : 0;
 }
 
 /// <summary>
@@ -96,6 +99,12 @@ public sealed class TrainJob
         string runName = _config.GetString("run_name")
             ?? $"{_config.Section("model").GetString("name") ?? "model"}-{DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)}";
         string runFolder = Path.GetFullPath(_config.GetString("run_folder") ?? Path.Combine("runs", runName));
+        if (!fit)
+        {
+            // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
+            runFolder = Path.Combine(runFolder, "eval-" + DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture));
+        }
+
         var context = new ComponentContext(_services, runFolder, seed);
 
         torch.manual_seed(seed);
@@ -141,7 +150,7 @@ public sealed class TrainJob
             callbacks: callbacks,
             loggers: loggers,
             precision: _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16"),
-            device: _config.GetString("device") ?? "auto",
+            device: Device(),
             seed: seed,
             optimizerFactory: optimizerFactory,
             schedulers: schedulers,
@@ -156,6 +165,7 @@ public sealed class TrainJob
             logToConsole: _config.GetBool("log_to_console") ?? false,
             consoleLogInterval: _config.GetValue<Time?>("console_log_interval", t => Time.Parse(t), "a time such as 10ba"));
 
+        Timestamp start = trainer.State.Timestamp;
         if (fit)
         {
             trainer.Fit();
@@ -167,11 +177,14 @@ public sealed class TrainJob
 
         stopwatch.Stop();
         string plotPath = Path.Combine(runFolder, "loss.png");
-        bool plotted = LossPlot.Save(history, plotPath);
+        bool plotted = fit && LossPlot.Save(history, plotPath);
         var replaced = algorithms.OfType<LowPrecisionNormAlgorithm>()
             .Where(a => a.ModulesReplaced is not null)
             .ToDictionary(a => a.Name, a => a.ModulesReplaced!.Value);
-        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null);
+        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null)
+        {
+            SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
+        };
         trainer.Close();
         return result;
     }
@@ -192,9 +205,28 @@ public sealed class TrainJob
         return _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, description.Name, args, new ComponentContext(_services, string.Empty, 0));
     }
 
-    private Time RequireTime(string key) =>
-        _config.GetValue<Time?>(key, t => Time.Parse(t), "a time such as 1ep, 100ba, 2048sp or 1e6tok")
-        ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
+    private Time RequireTime(string key)
+    {
+        Time time = _config.GetValue<Time?>(key, t => Time.Parse(t), "a time such as 1ep, 100ba, 2048sp or 1e6tok")
+            ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
+        if (time.Value <= 0 || time.Unit is not (TimeUnit.Epoch or TimeUnit.Batch or TimeUnit.Sample or TimeUnit.Token))
+        {
+            throw new ConfigException($"'{key}' is '{_config.GetString(key)}'; expected a positive number of ep, ba, sp or tok, e.g. 1ep or 100ba.");
+        }
+
+        return time;
+    }
+
+    private string Device()
+    {
+        string device = _config.GetString("device") ?? "auto";
+        if (!System.Text.RegularExpressions.Regex.IsMatch(device, "^(auto|cpu|gpu|cuda(:[0-9]+)?)$"))
+        {
+            throw new ConfigException($"'device' is '{device}'; expected auto, cpu, cuda, cuda:N or gpu.");
+        }
+
+        return device;
+    }
 
     private LoaderSettings LoaderSettingsOf(string key, int runSeed, bool shuffle)
     {
@@ -252,6 +284,11 @@ public sealed class TrainJob
             }
         }
 
+        RequireRange(s, "lr", lr, min: 0, exclusive: true);
+        RequireRange(s, "weight_decay", weightDecay, min: 0);
+        RequireRange(s, "eps", eps, min: 0, exclusive: true);
+        RequireRange(s, "betas", beta1, min: 0, max: 1);
+        RequireRange(s, "betas", beta2, min: 0, max: 1);
         switch (name)
         {
             case "adamw":
@@ -263,9 +300,20 @@ public sealed class TrainJob
             case "sgd":
                 s.RequireKnownKeys(new[] { "name", "lr", "momentum", "weight_decay" }, "option");
                 double momentum = s.GetDouble("momentum") ?? 0.0;
+                RequireRange(s, "momentum", momentum, min: 0);
                 return p => optim.SGD(p, lr, momentum, weight_decay: weightDecay);
             default:
                 throw new ConfigException($"Unknown optimizer '{name}' at '{s.PathOf("name")}'; accepted: adamw, adam, sgd.");
+        }
+    }
+
+    private static void RequireRange(ConfigSection s, string key, double value, double min, double max = double.PositiveInfinity, bool exclusive = false)
+    {
+        bool ok = (exclusive ? value > min : value >= min) && value < max;
+        if (!ok)
+        {
+            string range = max == double.PositiveInfinity ? (exclusive ? $"greater than {min}" : $"at least {min}") : $"in [{min}, {max})";
+            throw new ConfigException($"'{s.PathOf(key)}' is {value.ToString(CultureInfo.InvariantCulture)}; expected a number {range}.");
         }
     }
 

@@ -261,7 +261,13 @@ public sealed class ConfigSection
         }
         catch (Exception ex) when (ex is FormatException or ArgumentException or OverflowException)
         {
-            throw new ConfigException($"'{PathOf(key)}' is '{s}', which is not {expected}: {ex.Message}", ex);
+            // ComposerSharp's own parsers quote the input and list what is allowed: keep their message as it is.
+            // .NET's number parsers do not: say what was expected instead of their wording.
+            bool ours = ex.TargetSite?.Module.Assembly.GetName().Name?.StartsWith("ComposerSharp", StringComparison.Ordinal) == true;
+            string message = ours
+                ? $"'{PathOf(key)}': {ex.Message}"
+                : $"'{PathOf(key)}' is '{s}', which is not {expected}.";
+            throw new ConfigException(message, ex);
         }
     }
 

@@ -233,3 +233,54 @@ public class PluginTests
         }
     }
 }
+
+[TestFixture]
+public class OverrideSemanticsTests
+{
+    [Test]
+    public void SettingAComponentNameStartsItsSectionAfresh()
+    {
+        ConfigSection config = CliApp.LoadConfig(null, new[] { "scheduler.name=constant" }, Array.Empty<KeyValuePair<string, string>>());
+        Assert.That(config.Section("scheduler").Keys, Is.EqualTo(new[] { "name" }));
+        Assert.That(config.Section("scheduler").GetString("name"), Is.EqualTo("constant"));
+
+        // The same name keeps the other options.
+        config = CliApp.LoadConfig(null, new[] { "scheduler.name=linear_decay_with_warmup" }, Array.Empty<KeyValuePair<string, string>>());
+        Assert.That(config.Section("scheduler").Keys, Does.Contain("t_warmup"));
+
+        // A whole mapping replaces the section.
+        config = CliApp.LoadConfig(null, new[] { "scheduler={name: step, step_size: 10ba}" }, Array.Empty<KeyValuePair<string, string>>());
+        Assert.That(config.Section("scheduler").Keys, Is.EquivalentTo(new[] { "name", "step_size" }));
+    }
+
+    [TestCase("optimizer.lr=-1", "optimizer.lr", "greater than 0")]
+    [TestCase("optimizer.betas=[0.9, 1.5]", "optimizer.betas", "[0, 1)")]
+    public void OutOfRangeOptimizerValuesAreConfigErrors(string set, string key, string expected)
+    {
+        ConfigSection config = CliApp.LoadConfig(null, new[] { set, "train_loader.dataset.num_samples=64" }, Array.Empty<KeyValuePair<string, string>>());
+        using var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        var ex = Assert.Throws<ConfigException>(() => new TrainJob(config, services).Train());
+        Assert.That(ex!.Message, Does.Contain(key).And.Contain(expected));
+    }
+
+    [TestCase("max_duration", "-4ba")]
+    [TestCase("max_duration", "0ba")]
+    [TestCase("max_duration", "0.5dur")]
+    [TestCase("device", "mps")]
+    public void BadRunValuesNameTheKey(string key, string value)
+    {
+        ConfigSection config = CliApp.LoadConfig(null, new[] { "train_loader.dataset.num_samples=64" }, new[] { new KeyValuePair<string, string>(key, value) });
+        using var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        var ex = Assert.Throws<ConfigException>(() => new TrainJob(config, services).Train());
+        Assert.That(ex!.Message, Does.Contain($"'{key}'").And.Contain(value));
+    }
+
+    [Test]
+    public void NumberParseErrorsSayWhatWasExpectedWithoutDotNetWording()
+    {
+        var ex = Assert.Throws<ConfigException>(() => ConfigSection.Parse("seed: lots").GetLong("seed"));
+        Assert.That(ex!.Message, Is.EqualTo("'seed' is 'lots', which is not an integer."));
+        ex = Assert.Throws<ConfigException>(() => ConfigSection.Parse("precision: bf16").GetValue("precision", PrecisionExtensions.Parse, "a precision"));
+        Assert.That(ex!.Message, Does.StartWith("'precision': 'bf16' is not a precision"));
+    }
+}
