@@ -45,7 +45,7 @@ public static class LossPlot
         plot.Title("Loss");
         plot.XLabel("batch (optimizer step)");
         plot.YLabel("loss");
-        plot.ShowLegend();
+        plot.ShowLegend(ScottPlot.Alignment.UpperRight);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         plot.SavePng(path, width, height);
         return true;
