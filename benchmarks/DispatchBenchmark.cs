@@ -96,7 +96,9 @@ internal static class DispatchBenchmark
         var meter = LoadMeter.Start();
         var report = new PartReport("dispatch", "(3b) Event dispatch per batch (13 events) through the Engine");
         report.Columns.AddRange(new[] { "algorithms + callbacks", "µs/batch (median)", "ns/event", "bytes allocated/batch" });
-        Job job = (settings.Quick ? Job.Dry : Job.Default.WithWarmupCount(3).WithIterationCount(12).WithIterationTime(Perfolizer.Horology.TimeInterval.FromMilliseconds(250)))
+        Job job = (settings.Quick
+                ? Job.Default.WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(3).WithIterationTime(Perfolizer.Horology.TimeInterval.FromMilliseconds(50))
+                : Job.Default.WithLaunchCount(1).WithWarmupCount(3).WithIterationCount(12).WithIterationTime(Perfolizer.Horology.TimeInterval.FromMilliseconds(250)))
             .WithToolchain(InProcessNoEmitToolchain.Instance);
         var log = new AccumulationLogger();
         IConfig config = ManualConfig.CreateEmpty()

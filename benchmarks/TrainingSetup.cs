@@ -108,13 +108,14 @@ internal static class TrainingSetup
 
     /// <summary>
     /// A Trainer on the CPU for <paramref name="shape"/> with AdamW, no progress bar, no loggers, no max duration
-    /// (each timed sample calls <c>Fit(n ba)</c>), and LowPrecisionLayerNorm when <paramref name="lowPrecisionLayerNorm"/>.
+    /// (each timed sample calls <c>Fit(n ba)</c>), LowPrecisionLayerNorm when <paramref name="lowPrecisionLayerNorm"/>,
+    /// and training metrics only when <paramref name="computeTrainingMetrics"/> (Composer's default is off).
     /// </summary>
-    public static ComposerSharp.Trainer.Trainer CreateTrainer(TrainingShape shape, InMemoryBatches data, Precision precision, bool lowPrecisionLayerNorm = false, IEnumerable<IAlgorithm>? extraAlgorithms = null, IEnumerable<ICallback>? callbacks = null)
+    public static ComposerSharp.Trainer.Trainer CreateTrainer(TrainingShape shape, InMemoryBatches data, Precision precision, bool lowPrecisionLayerNorm = false, bool computeTrainingMetrics = false)
     {
         torch.manual_seed(ModelSeed);
         var model = new BertForMaskedLM(shape.Config);
-        var algorithms = new List<IAlgorithm>(extraAlgorithms ?? Array.Empty<IAlgorithm>());
+        var algorithms = new List<IAlgorithm>();
         if (lowPrecisionLayerNorm)
         {
             algorithms.Add(new LowPrecisionLayerNorm());
@@ -124,12 +125,12 @@ internal static class TrainingSetup
             model,
             trainDataloader: data,
             algorithms: algorithms,
-            callbacks: callbacks,
             precision: precision,
             device: "cpu",
             seed: ModelSeed,
             optimizerFactory: p => torch.optim.AdamW(p, lr: shape.LearningRate),
-            progressBar: false);
+            progressBar: false,
+            computeTrainingMetrics: computeTrainingMetrics);
     }
 
     /// <summary>Runs <paramref name="steps"/> batches through <c>Trainer.Fit</c> and returns milliseconds per step.</summary>

@@ -41,7 +41,8 @@ public class LowPrecisionAlgorithmTests
             Is.True, "the count is logged through state.LoggerFactory");
         Assert.That(log.Warnings, Is.Empty);
 
-        engine.RunEvent(Event.FitStart);
+        // AfterLoad needs no dataloader (the engine requires one from FitStart on, which this state does not have).
+        engine.RunEvent(Event.AfterLoad);
         Assert.That(ModuleSurgery.CountModuleInstances(model, typeof(LPLayerNorm)), Is.EqualTo(2), "runs only at apply_at");
     }
 
