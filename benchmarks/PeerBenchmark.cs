@@ -43,7 +43,7 @@ internal static class PeerBenchmark
                 variants.Add(new Variant("pytorch " + p.ToComposerName(), () => peer.Run(p.ToComposerName(), steps)));
             }
 
-            Interleaved run = Interleaved.Run(variants, warmup: Math.Max(1, warmup / steps + 1), rounds);
+            Interleaved run = Interleaved.Run(variants, warmup, rounds);
             var rows = new List<PeerRow>();
             foreach (Precision p in precisions)
             {

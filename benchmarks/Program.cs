@@ -61,6 +61,22 @@ foreach (BenchmarkPart part in BenchmarkRunner.Parts.Append(BenchmarkRunner.All)
     root.Subcommands.Add(command);
 }
 
+// Hidden: one configuration's peak memory in a fresh process (started by the step part).
+var probePrecision = new Argument<string>("precision");
+var probeVariant = new Argument<string>("variant");
+var probeSteps = new Argument<int>("steps");
+var probe = new Command(MemoryProbe.Command, "Internal: peak memory of one training configuration.") { Hidden = true };
+probe.Arguments.Add(probePrecision);
+probe.Arguments.Add(probeVariant);
+probe.Arguments.Add(probeSteps);
+probe.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return MemoryProbe.RunChild(
+        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads));
+});
+root.Subcommands.Add(probe);
+
 root.SetAction(_ =>
 {
     Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch or peer (add --quick for a smoke run). See --help.");

@@ -31,18 +31,14 @@ internal static class TrainingStepBenchmark
         {
             foreach ((string name, Precision precision, bool lp) in configs)
             {
-                // Each configuration's peak is measured while it alone runs its warm-up steps.
-                GC.Collect();
-                long start = ProcessMemory.ResetPeak();
-                ComposerSharp.Trainer.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision, lp);
-                trainers[name] = trainer;
-                TrainingSetup.FitSteps(trainer, warmup);
-                memory[name] = (start, ProcessMemory.Peak());
+                // Each configuration's peak in its own process: 2 steps (the first allocates, the second reuses).
+                memory[name] = MemoryProbe.Measure(precision, lp, 2, settings.Threads);
+                trainers[name] = TrainingSetup.CreateTrainer(shape, data, precision, lp);
             }
 
             Interleaved run = Interleaved.Run(
                 configs.Select(c => new Variant(c.Name, () => TrainingSetup.FitSteps(trainers[c.Name], steps))).ToList(),
-                warmup: 0,
+                warmup,
                 rounds);
             var rows = new List<StepRow>();
             foreach ((string name, _, _) in configs)
@@ -61,7 +57,7 @@ internal static class TrainingStepBenchmark
 
             report.Data = new { shape = shape.Describe(), parameters = trainers[Bf16].Model.parameters().Sum(p => p.numel()), steps_per_sample = steps, rows };
             report.Notes.Add($"Model: {shape.Describe()}; {trainers[Bf16].Model.parameters().Sum(p => p.numel()):N0} parameters. Data: 8 pre-collated synthetic MLM batches in memory.");
-            report.Notes.Add("Throughput ratio = per-round step time of amp_bf16 / step time of the row (> 1 is faster). Peak RSS is the process's VmHWM, reset before each configuration's warm-up; '+' is the rise over the resident size at that reset.");
+            report.Notes.Add("Throughput ratio = per-round step time of amp_bf16 / step time of the row (> 1 is faster). Peak RSS: VmHWM of a fresh process that builds the data, then the Trainer, and trains 2 batches of one configuration; '+' is the rise over the resident size before the Trainer was built.");
         }
         finally
         {
@@ -83,6 +79,6 @@ internal static class TrainingStepBenchmark
 /// <param name="SamplesPerSecond">Batch size / median step time.</param>
 /// <param name="TokensPerSecond">Tokens per batch / median step time.</param>
 /// <param name="ThroughputVsAmpBf16">Per-round ratio amp_bf16 time / this time (null for amp_bf16 itself).</param>
-/// <param name="PeakRssBytes">Peak resident bytes while this configuration ran its warm-up.</param>
-/// <param name="PeakRiseBytes">Peak minus the resident size when the peak was reset.</param>
+/// <param name="PeakRssBytes">Peak resident bytes of a process that trained only this configuration (2 batches).</param>
+/// <param name="PeakRiseBytes">Peak minus the resident size before the Trainer was built.</param>
 internal sealed record StepRow(string Precision, Stats MsPerStep, double SamplesPerSecond, double TokensPerSecond, Stats? ThroughputVsAmpBf16, long PeakRssBytes, long PeakRiseBytes);
