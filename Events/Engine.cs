@@ -400,7 +400,18 @@ public sealed class Engine : IDisposable
         IList<ICallback> callbacks = State.Callbacks;
         for (int i = 0; i < callbacks.Count; i++)
         {
-            if (callbacks[i] is ILoggerDestination destination && !Contains(destinations, destination, destinations.Count) && !Contains(callbacks, destination, i))
+            if (callbacks[i] is not ILoggerDestination destination || Contains(destinations, destination, destinations.Count))
+            {
+                continue;
+            }
+
+            bool seen = false;
+            for (int j = 0; j < i && !seen; j++)
+            {
+                seen = ReferenceEquals(callbacks[j], destination);
+            }
+
+            if (!seen)
             {
                 destination.RunEvent(e, State, Logger);
             }
@@ -408,22 +419,7 @@ public sealed class Engine : IDisposable
     }
 
     /// <summary>Whether <paramref name="item"/> is among the first <paramref name="count"/> elements of <paramref name="list"/> (by reference).</summary>
-    private static bool Contains<T>(IReadOnlyList<T> list, object item, int count)
-        where T : class
-    {
-        for (int i = 0; i < count; i++)
-        {
-            if (ReferenceEquals(list[i], item))
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
-
-    private static bool Contains<T>(IList<T> list, object item, int count)
-        where T : class
+    private static bool Contains(IReadOnlyList<ILoggerDestination> list, ILoggerDestination item, int count)
     {
         for (int i = 0; i < count; i++)
         {
