@@ -67,7 +67,9 @@ public abstract class LowPrecisionNorm : nn.Module<Tensor, Tensor>
     /// When autocast is enabled for <paramref name="input"/>'s device type, casts the input, weight and bias to that
     /// device's autocast dtype and runs <paramref name="norm"/> with autocast disabled for that device (Composer's
     /// <c>_cast_if_autocast_enabled</c> plus <c>torch.autocast(enabled=False)</c>, but checked for the input's device
-    /// type rather than only CUDA); otherwise runs <paramref name="norm"/> on the tensors as they are.
+    /// type rather than only CUDA); otherwise runs <paramref name="norm"/> on the tensors as they are. A tensor that
+    /// already has the autocast dtype (e.g. the output of a previous low-precision norm) is used as it is, without a
+    /// <c>.to()</c> call.
     /// </summary>
     protected Tensor RunLowPrecision(Tensor input, Func<Tensor, Tensor?, Tensor?, Tensor> norm)
     {
@@ -78,14 +80,16 @@ public abstract class LowPrecisionNorm : nn.Module<Tensor, Tensor>
         }
 
         using var scope = torch.NewDisposeScope();
-        Tensor x = input.to(dtype);
-        Tensor? w = _weight?.to(dtype);
-        Tensor? b = _bias?.to(dtype);
+        Tensor x = CastIfNeeded(input, dtype);
+        Tensor? w = _weight is null ? null : CastIfNeeded(_weight, dtype);
+        Tensor? b = _bias is null ? null : CastIfNeeded(_bias, dtype);
         using (AutocastScope.Disabled(deviceType))
         {
             return norm(x, w, b).MoveToOuterDisposeScope();
         }
     }
+
+    private static Tensor CastIfNeeded(Tensor t, ScalarType dtype) => t.dtype == dtype ? t : t.to(dtype);
 
     private void SetParameter(ref Parameter? field, Parameter? value, string name)
     {
@@ -114,6 +118,8 @@ public abstract class LowPrecisionNorm : nn.Module<Tensor, Tensor>
 /// </remarks>
 public sealed class LPLayerNorm : LowPrecisionNorm
 {
+    private readonly Func<Tensor, Tensor?, Tensor?, Tensor> _norm;
+
     /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
     public LPLayerNorm(LayerNorm original)
@@ -122,6 +128,7 @@ public sealed class LPLayerNorm : LowPrecisionNorm
         normalized_shape = (long[])original!.normalized_shape.Clone();
         eps = original.eps;
         elementwise_affine = original.elementwise_affine;
+        _norm = (x, w, b) => F.layer_norm(x, normalized_shape, w, b, eps);
     }
 
     /// <summary>The trailing shape normalised over, as in <c>LayerNorm</c>.</summary>
@@ -134,8 +141,7 @@ public sealed class LPLayerNorm : LowPrecisionNorm
     public bool elementwise_affine { get; }
 
     /// <summary>Normalises <paramref name="input"/> (shape <c>[*, normalized_shape]</c>); see the class summary for the dtype rule.</summary>
-    public override Tensor forward(Tensor input) =>
-        RunLowPrecision(input, (x, w, b) => F.layer_norm(x, normalized_shape, w, b, eps));
+    public override Tensor forward(Tensor input) => RunLowPrecision(input, _norm);
 }
 
 /// <summary>
@@ -145,6 +151,8 @@ public sealed class LPLayerNorm : LowPrecisionNorm
 /// </summary>
 public sealed class LPGroupNorm : LowPrecisionNorm
 {
+    private readonly Func<Tensor, Tensor?, Tensor?, Tensor> _norm;
+
     /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
     public LPGroupNorm(GroupNorm original)
@@ -153,6 +161,7 @@ public sealed class LPGroupNorm : LowPrecisionNorm
         num_groups = original!.num_groups;
         eps = original.eps;
         affine = original.affine;
+        _norm = (x, w, b) => F.group_norm(x, num_groups, w, b, eps);
     }
 
     /// <summary>Number of channel groups.</summary>
@@ -173,6 +182,6 @@ public sealed class LPGroupNorm : LowPrecisionNorm
             throw new ArgumentException($"Invalid number of dimensions for GroupNorm argument: {input.Dimensions}; expected at least 3 ([N, C, *]).", nameof(input));
         }
 
-        return RunLowPrecision(input, (x, w, b) => F.group_norm(x, num_groups, w, b, eps));
+        return RunLowPrecision(input, _norm);
     }
 }

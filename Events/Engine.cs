@@ -17,6 +17,8 @@ public sealed record Trace(string Name, Event Event, int? ExitCode, int Order, b
 /// <summary>
 /// An algorithm pass reorders (or filters) the algorithms that matched an event before they run (Composer's
 /// <c>composer.core.passes</c>). Passes run in registration order, each on the previous one's result.
+/// A pass must depend only on its arguments, as Composer's do: the engine reuses the order the passes gave for an
+/// event as long as the same algorithms match it and no pass is registered.
 /// </summary>
 public delegate IReadOnlyList<IAlgorithm> AlgorithmPass(IReadOnlyList<IAlgorithm> algorithms, Event e);
 
@@ -103,6 +105,9 @@ public static class AlgorithmPasses
 /// EvalStandaloneEnd, and <see cref="State.MaxDuration"/> at every training event after AfterLoad.
 /// Composer's check that a callback is not still open from a previous trainer needs process-wide state and is
 /// not done here.
+/// Dispatch allocates nothing in the steady state of a training loop: the passes' order is kept per event and
+/// reused while the same algorithms match (passes depend only on their arguments), traces of algorithms that
+/// return no exit code are reused, and loggers are found without building collections.
 /// </remarks>
 public sealed class Engine : IDisposable
 {
@@ -113,6 +118,9 @@ public sealed class Engine : IDisposable
 
     private readonly List<AlgorithmPass> _passes = new(AlgorithmPasses.Defaults);
     private readonly List<Trace> _traces = new();
+    private readonly EventPlan?[] _plans = new EventPlan?[Enum.GetValues<Event>().Length];
+    private readonly List<IAlgorithm> _matched = new();
+    private int _passesVersion;
     private readonly List<Exception> _closeErrors = new();
     private readonly ILogger _log;
 
@@ -158,6 +166,7 @@ public sealed class Engine : IDisposable
         if (index == -1)
         {
             _passes.Add(pass);
+            _passesVersion++;
             return;
         }
 
@@ -167,6 +176,7 @@ public sealed class Engine : IDisposable
         }
 
         _passes.Insert(index, pass);
+        _passesVersion++;
     }
 
     /// <summary>
@@ -263,15 +273,17 @@ public sealed class Engine : IDisposable
 
     private IReadOnlyList<Trace> RunAlgorithms(Event e)
     {
-        if (State.Algorithms.Count == 0)
+        IList<IAlgorithm> algorithms = State.Algorithms;
+        if (algorithms.Count == 0)
         {
             return Array.Empty<Trace>();
         }
 
         // As in Composer: every algorithm is asked first, in the state's order, then the passes order the matches.
-        var matched = new List<IAlgorithm>();
-        foreach (IAlgorithm algorithm in State.Algorithms)
+        _matched.Clear();
+        for (int i = 0; i < algorithms.Count; i++)
         {
+            IAlgorithm algorithm = algorithms[i];
             bool match;
             try
             {
@@ -284,18 +296,19 @@ public sealed class Engine : IDisposable
 
             if (match)
             {
-                matched.Add(algorithm);
+                _matched.Add(algorithm);
             }
         }
 
-        if (matched.Count == 0)
+        if (_matched.Count == 0)
         {
             return Array.Empty<Trace>();
         }
 
-        IReadOnlyList<IAlgorithm> order = Compile(matched, e);
-        var traces = new Trace[order.Count];
-        for (int i = 0; i < order.Count; i++)
+        EventPlan plan = PlanFor(e);
+        IAlgorithm[] order = plan.Order;
+        Trace[]? traces = null;
+        for (int i = 0; i < order.Length; i++)
         {
             IAlgorithm algorithm = order[i];
             int? exitCode;
@@ -308,20 +321,60 @@ public sealed class Engine : IDisposable
                 throw new AlgorithmException(algorithm.Name, e, ex);
             }
 
-            traces[i] = new Trace(algorithm.Name, e, exitCode, i, Run: true);
+            Trace trace = exitCode is null ? plan.NullExitTraces[i] : new Trace(algorithm.Name, e, exitCode, i, Run: true);
+            if (traces is null && exitCode is not null)
+            {
+                // From the first exit code on, this event's traces differ from the reused ones: copy those so far.
+                traces = new Trace[order.Length];
+                Array.Copy(plan.NullExitTraces, traces, i);
+            }
+
+            if (traces is not null)
+            {
+                traces[i] = trace;
+            }
+
             if (KeepTraces)
             {
-                _traces.Add(traces[i]);
+                _traces.Add(trace);
             }
         }
 
-        return traces;
+        return traces ?? plan.NullExitTraceList;
+    }
+
+    /// <summary>
+    /// The run order of the algorithms in <see cref="_matched"/> at <paramref name="e"/>: the one kept from the last
+    /// time this event ran when the same algorithms matched and no pass was registered since, else compiled anew.
+    /// The order is copied into the plan, so an algorithm that raises an event from <c>Apply</c> cannot disturb it.
+    /// </summary>
+    private EventPlan PlanFor(Event e)
+    {
+        EventPlan? plan = _plans[(int)e];
+        if (plan is not null && plan.PassesVersion == _passesVersion && plan.Matches(_matched))
+        {
+            return plan;
+        }
+
+        IAlgorithm[] matched = _matched.ToArray();
+        IAlgorithm[] order = Compile(matched, e).ToArray();
+        var traces = new Trace[order.Length];
+        for (int i = 0; i < order.Length; i++)
+        {
+            traces[i] = new Trace(order[i].Name, e, null, i, Run: true);
+        }
+
+        plan = new EventPlan(matched, order, traces, _passesVersion);
+        _plans[(int)e] = plan;
+        return plan;
     }
 
     private void RunCallbacks(Event e)
     {
-        foreach (ICallback callback in State.Callbacks)
+        IList<ICallback> callbacks = State.Callbacks;
+        for (int i = 0; i < callbacks.Count; i++)
         {
+            ICallback callback = callbacks[i];
             if (callback is not ILoggerDestination)
             {
                 callback.RunEvent(e, State, Logger);
@@ -329,14 +382,97 @@ public sealed class Engine : IDisposable
         }
     }
 
+    /// <summary>
+    /// Runs each logger once, in order: the Logger's destinations, then the logger destinations among the callbacks
+    /// (each distinct object once; the lists are short, so repeats are found by scanning instead of building a set).
+    /// </summary>
     private void RunLoggers(Event e)
     {
-        foreach (ILoggerDestination destination in Loggers())
+        IReadOnlyList<ILoggerDestination> destinations = Logger.Destinations;
+        for (int i = 0; i < destinations.Count; i++)
         {
-            destination.RunEvent(e, State, Logger);
+            if (!Contains(destinations, destinations[i], i))
+            {
+                destinations[i].RunEvent(e, State, Logger);
+            }
+        }
+
+        IList<ICallback> callbacks = State.Callbacks;
+        for (int i = 0; i < callbacks.Count; i++)
+        {
+            if (callbacks[i] is not ILoggerDestination destination || Contains(destinations, destination, destinations.Count))
+            {
+                continue;
+            }
+
+            bool seen = false;
+            for (int j = 0; j < i && !seen; j++)
+            {
+                seen = ReferenceEquals(callbacks[j], destination);
+            }
+
+            if (!seen)
+            {
+                destination.RunEvent(e, State, Logger);
+            }
         }
     }
 
-    private IEnumerable<ILoggerDestination> Loggers() =>
-        Logger.Destinations.Concat(State.Callbacks.OfType<ILoggerDestination>()).Distinct(ReferenceEqualityComparer.Instance).Cast<ILoggerDestination>();
+    /// <summary>Whether <paramref name="item"/> is among the first <paramref name="count"/> elements of <paramref name="list"/> (by reference).</summary>
+    private static bool Contains(IReadOnlyList<ILoggerDestination> list, ILoggerDestination item, int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            if (ReferenceEquals(list[i], item))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// The compiled order of one event: the algorithms that matched (in the state's order), the order the passes
+    /// gave them, the traces of that order for algorithms that return no exit code, and the pass-list version.
+    /// </summary>
+    private sealed class EventPlan
+    {
+        public EventPlan(IAlgorithm[] matched, IAlgorithm[] order, Trace[] nullExitTraces, int passesVersion)
+        {
+            Matched = matched;
+            Order = order;
+            NullExitTraces = nullExitTraces;
+            NullExitTraceList = Array.AsReadOnly(nullExitTraces);
+            PassesVersion = passesVersion;
+        }
+
+        public IAlgorithm[] Matched { get; }
+
+        public IAlgorithm[] Order { get; }
+
+        public Trace[] NullExitTraces { get; }
+
+        public IReadOnlyList<Trace> NullExitTraceList { get; }
+
+        public int PassesVersion { get; }
+
+        public bool Matches(List<IAlgorithm> matched)
+        {
+            if (matched.Count != Matched.Length)
+            {
+                return false;
+            }
+
+            for (int i = 0; i < Matched.Length; i++)
+            {
+                if (!ReferenceEquals(matched[i], Matched[i]))
+                {
+                    return false;
+                }
+            }
+
+            return true;
+        }
+    }
 }

@@ -89,6 +89,11 @@ public sealed partial class Trainer
         ApplySchedulers();
         var clock = Stopwatch.StartNew();
         TimeSpan lastWct = clock.Elapsed;
+
+        // The batch loss is read back to the host (item(), a device synchronisation on CUDA) only when something can
+        // see it during training; otherwise it is copied on the device and the last one is read once, after the loop.
+        bool lossObserved = Logger.Destinations.Count > 0 || State.Callbacks.Count > 0 || State.Algorithms.Count > 0;
+        bool lossUnread = false;
         while (State.Timestamp < State.MaxDuration!.Value)
         {
             if (State.Timestamp.EpochInIteration == 0 && State.Timestamp.BatchInEpoch == 0)
@@ -124,12 +129,19 @@ public sealed partial class Trainer
                     Engine.RunEvent(Event.BatchStart);
                     LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
 
-                    double? loss = TrainBatch(useGradScaling);
+                    Tensor loss = TrainBatch(useGradScaling);
                     GradScaler.Update();
-                    if (loss is { } l)
+                    if (lossObserved)
                     {
+                        double l = loss.item<float>();
                         State.Metrics["loss/train/total"] = l;
                         Logger.LogMetric("loss/train/total", l);
+                    }
+                    else
+                    {
+                        _lastLoss ??= torch.zeros(1, dtype: ScalarType.Float32, device: State.Device).DetachFromDisposeScope();
+                        _lastLoss.copy_(loss);
+                        lossUnread = true;
                     }
 
                     ComputeAndLogMetrics(TrainLabel, _trainMetrics);
@@ -181,6 +193,11 @@ public sealed partial class Trainer
             }
         }
 
+        if (lossUnread)
+        {
+            State.Metrics["loss/train/total"] = _lastLoss!.item<float>();
+        }
+
         Logger.LogMetrics(new Dictionary<string, double>
         {
             ["time/epoch"] = State.Timestamp.Epoch,
@@ -215,9 +232,9 @@ public sealed partial class Trainer
     /// <summary>
     /// Trains on <see cref="State.Batch"/> (Composer's <c>_train_batch</c> and <c>_train_microbatches</c>):
     /// BeforeTrainBatch, zero the gradients, each microbatch, AfterTrainBatch, then one optimizer step per optimizer.
-    /// Returns the batch's loss (the sample-weighted mean of the microbatch losses) as a double.
+    /// Returns the batch's loss (the sample-weighted mean of the microbatch losses), Float32 [1], detached, on the device.
     /// </summary>
-    private double? TrainBatch(bool useGradScaling)
+    private Tensor TrainBatch(bool useGradScaling)
     {
         Batch deviceBatch = State.Batch!;
         foreach (IMetric metric in _trainMetrics)
@@ -264,7 +281,7 @@ public sealed partial class Trainer
             }
         }
 
-        return totalLoss.item<float>();
+        return totalLoss;
     }
 
     /// <summary>
@@ -292,8 +309,10 @@ public sealed partial class Trainer
         Engine.RunEvent(Event.AfterLoss);
         Engine.RunEvent(Event.BeforeBackward);
         Tensor loss = State.Loss.to(ScalarType.Float32).mean();
-        Tensor logged = loss.detach().reshape(1) * share;
-        Tensor toBackward = loss * share;
+
+        // A whole batch has share 1: multiplying by it would only add a kernel and an autograd node.
+        Tensor logged = share == 1.0 ? loss.detach().reshape(1) : loss.detach().reshape(1) * share;
+        Tensor toBackward = share == 1.0 ? loss : loss * share;
         if (useGradScaling)
         {
             toBackward = GradScaler.ScaleLoss(toBackward);

@@ -44,6 +44,7 @@ public sealed partial class Trainer : IDisposable
     private IReadOnlyList<IMetric> _trainMetrics;
     private readonly List<optim.Optimizer> _ownedOptimizers = new();
     private byte[]? _pendingRngState;
+    private Tensor? _lastLoss;
     private bool _closed;
 
     /// <summary>Creates a Trainer.</summary>
@@ -81,6 +82,11 @@ public sealed partial class Trainer : IDisposable
     /// <param name="consoleLogInterval">Batches between console metric lines (<c>ba</c> or <c>ep</c>); 1 batch by default.</param>
     /// <param name="algorithmPasses">Extra algorithm passes, appended after Composer's defaults.</param>
     /// <param name="gradScaler">The loss scaler for amp_fp16; PyTorch's defaults when null. Ignored for other precisions.</param>
+    /// <param name="computeTrainingMetrics">
+    /// Compute the model's training metrics (<c>metrics/train/*</c>) on every batch (Composer's
+    /// <c>compute_training_metrics</c>). On by default here, off by default in Composer: each batch then pays a
+    /// second pass over the outputs and host reads of the results.
+    /// </param>
     /// <exception cref="ArgumentException">Bad durations, sizes or names; the message names the value and what was expected.</exception>
     /// <exception cref="InvalidOperationException">CUDA requested but unavailable, optimizers over parameters on another device, or autoresume without a run name.</exception>
     /// <exception cref="NotSupportedException">The precision cannot run on the device.</exception>
@@ -111,7 +117,8 @@ public sealed partial class Trainer : IDisposable
         bool logToConsole = false,
         Time? consoleLogInterval = null,
         IEnumerable<AlgorithmPass>? algorithmPasses = null,
-        GradScaler? gradScaler = null)
+        GradScaler? gradScaler = null,
+        bool computeTrainingMetrics = true)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         loggerFactory ??= NullLoggerFactory.Instance;
@@ -244,7 +251,7 @@ public sealed partial class Trainer : IDisposable
 
         try
         {
-            Initialize(trainDataloader, maxDuration, evalDataloader, schedulers, evalInterval, checkpoint, evaluators, evalSubsetNumBatches, gradScaler, saveFolder, prec);
+            Initialize(trainDataloader, maxDuration, evalDataloader, schedulers, evalInterval, checkpoint, evaluators, evalSubsetNumBatches, gradScaler, saveFolder, prec, computeTrainingMetrics);
         }
         catch
         {
@@ -275,13 +282,14 @@ public sealed partial class Trainer : IDisposable
         long? evalSubsetNumBatches,
         GradScaler? gradScaler,
         string? saveFolder,
-        Precision prec)
+        Precision prec,
+        bool computeTrainingMetrics)
     {
         Engine.RunEvent(Event.Init);
         LogRunHyperparameters();
 
         // Metrics, evaluators, dataloader, max duration, schedulers, scaler.
-        _trainMetrics = _model.GetMetrics(isTrain: true);
+        _trainMetrics = computeTrainingMetrics ? _model.GetMetrics(isTrain: true) : Array.Empty<IMetric>();
         Time defaultInterval = evalInterval ?? Time.FromEpoch(1);
         if (evalDataloader is not null)
         {
@@ -377,6 +385,8 @@ public sealed partial class Trainer : IDisposable
             {
                 optimizer.Dispose();
             }
+
+            _lastLoss?.Dispose();
         }
     }
 

@@ -1,3 +1,86 @@
-// The benchmark harness is being built (issue: Benchmarks); until then it says so and exits non-zero.
-Console.Error.WriteLine("ComposerSharp.Benchmarks: no benchmarks yet.");
-return 2;
+using System.CommandLine;
+using ComposerSharp.Benchmarks;
+using ComposerSharp.Benchmarks.Harness;
+
+// One command runs every part: dotnet run --project benchmarks -c Release -- all
+// Each part is also a subcommand; --quick makes a smoke run. See benchmarks/README.md.
+var quick = new Option<bool>("--quick")
+{
+    Description = "Smoke run: few repeats and steps, to check that every part works (numbers not meaningful).",
+    Recursive = true,
+};
+var threads = new Option<int>("--threads")
+{
+    Description = "libtorch intra-op threads, also used by the PyTorch peer (default: all cores).",
+    DefaultValueFactory = _ => Environment.ProcessorCount,
+    Recursive = true,
+};
+var output = new Option<string>("--output")
+{
+    Description = "Folder for the JSON results (default: benchmarks/results next to this project).",
+    DefaultValueFactory = _ => BenchmarkRunner.DefaultResultsFolder(),
+    Recursive = true,
+};
+var waitPolicy = new Option<string>("--omp-wait-policy")
+{
+    Description = "OpenMP wait policy for libtorch and the PyTorch peer when OMP_WAIT_POLICY is not set: PASSIVE (default; robust on shared cores) or ACTIVE.",
+    DefaultValueFactory = _ => "PASSIVE",
+    Recursive = true,
+};
+waitPolicy.AcceptOnlyFromAmong("PASSIVE", "ACTIVE");
+var python = new Option<string?>("--python")
+{
+    Description = "Python interpreter for the PyTorch peer (default: the first of python3 on PATH and /usr/bin/python3 that imports torch).",
+    Recursive = true,
+};
+
+var root = new RootCommand("ComposerSharp benchmarks (issue 6): LayerNorm kernel, training step, framework overhead, PyTorch peer.");
+root.Options.Add(quick);
+root.Options.Add(threads);
+root.Options.Add(output);
+root.Options.Add(python);
+root.Options.Add(waitPolicy);
+
+foreach (BenchmarkPart part in BenchmarkRunner.Parts.Append(BenchmarkRunner.All))
+{
+    var command = new Command(part.Name, part.Description);
+    command.SetAction(result =>
+    {
+        int t = result.GetValue(threads);
+        if (t < 1)
+        {
+            Console.Error.WriteLine($"--threads must be at least 1; got {t}.");
+            return 2;
+        }
+
+        // Before the first TorchSharp call: libgomp reads the policy when libtorch loads.
+        string policy = OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+        var settings = new Settings(result.GetValue(quick), t, result.GetValue(output)!, result.GetValue(python), policy);
+        return BenchmarkRunner.Run(part, settings, string.Join(' ', args));
+    });
+    root.Subcommands.Add(command);
+}
+
+// Hidden: one configuration's peak memory in a fresh process (started by the step part).
+var probePrecision = new Argument<string>("precision");
+var probeVariant = new Argument<string>("variant");
+var probeSteps = new Argument<int>("steps");
+var probe = new Command(MemoryProbe.Command, "Internal: peak memory of one training configuration.") { Hidden = true };
+probe.Arguments.Add(probePrecision);
+probe.Arguments.Add(probeVariant);
+probe.Arguments.Add(probeSteps);
+probe.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return MemoryProbe.RunChild(
+        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads));
+});
+root.Subcommands.Add(probe);
+
+root.SetAction(_ =>
+{
+    Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch or peer (add --quick for a smoke run). See --help.");
+    return 2;
+});
+
+return root.Parse(args).Invoke();

@@ -41,10 +41,8 @@ public class LowPrecisionAlgorithmTests
             Is.True, "the count is logged through state.LoggerFactory");
         Assert.That(log.Warnings, Is.Empty);
 
-        // The engine, like Composer's, needs a dataloader and a max duration at training events.
-        state.Dataloader = new ComposerSharp.Data.DataLoader<int>(new ComposerSharp.Data.ListDataset<int>(new[] { 1 }), 1, _ => throw new InvalidOperationException("not iterated"));
-        state.MaxDuration = Time.FromEpoch(1);
-        engine.RunEvent(Event.FitStart);
+        // AfterLoad needs no dataloader (the engine requires one from FitStart on, which this state does not have).
+        engine.RunEvent(Event.AfterLoad);
         Assert.That(ModuleSurgery.CountModuleInstances(model, typeof(LPLayerNorm)), Is.EqualTo(2), "runs only at apply_at");
     }
 

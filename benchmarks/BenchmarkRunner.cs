@@ -1,0 +1,86 @@
+using System.Diagnostics;
+using ComposerSharp.Benchmarks.Harness;
+using Spectre.Console;
+using TorchSharp;
+
+namespace ComposerSharp.Benchmarks;
+
+/// <summary>A part of the benchmark: a subcommand name, a description and what it runs.</summary>
+/// <param name="Name">Subcommand.</param>
+/// <param name="Description">Help text.</param>
+/// <param name="Run">Runs the part and returns its reports (one or more tables).</param>
+internal sealed record BenchmarkPart(string Name, string Description, Func<Settings, IEnumerable<PartReport>>? Run);
+
+/// <summary>Runs parts, prints their tables and writes the JSON.</summary>
+internal static class BenchmarkRunner
+{
+    /// <summary>The parts of issue 6, in the order <c>all</c> runs them.</summary>
+    public static IReadOnlyList<BenchmarkPart> Parts { get; } = new BenchmarkPart[]
+    {
+        new("layernorm", "(1) LayerNorm forward+backward: fp32 vs LPLayerNorm under amp_bf16/amp_fp16, with copy bandwidth.", s => new[] { LayerNormBenchmark.Run(s) }),
+        new("step", "(2) BERT MLM training step: fp32, amp_bf16, amp_bf16 + LowPrecisionLayerNorm.", s => new[] { TrainingStepBenchmark.Run(s) }),
+        new("overhead", "(3a) Trainer.Fit vs a hand-written TorchSharp loop doing the same work.", s => new[] { OverheadBenchmark.Run(s) }),
+        new("dispatch", "(3b) Event dispatch cost per batch with ten no-op algorithms and ten no-op callbacks (BenchmarkDotNet).", s => new[] { DispatchBenchmark.Run(s) }),
+        new("peer", "(4) The same training step in PyTorch eager (python3 with torch), fp32 and bf16 autocast.", s => new[] { PeerBenchmark.Run(s) }),
+    };
+
+    /// <summary>Every part.</summary>
+    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, step, overhead, dispatch, peer.", null);
+
+    /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
+    public static string DefaultResultsFolder()
+    {
+        for (DirectoryInfo? d = new(AppContext.BaseDirectory); d is not null; d = d.Parent)
+        {
+            if (File.Exists(Path.Combine(d.FullName, "ComposerSharp.Benchmarks.csproj")))
+            {
+                return Path.Combine(d.FullName, "results");
+            }
+        }
+
+        return Path.Combine(Environment.CurrentDirectory, "results");
+    }
+
+    /// <summary>Runs <paramref name="part"/> (or all), prints and saves; 0 when every part ran (or was skipped with a reason), 1 when one failed.</summary>
+    public static int Run(BenchmarkPart part, Settings settings, string commandLine)
+    {
+        var clock = Stopwatch.StartNew();
+        if (Console.IsOutputRedirected)
+        {
+            AnsiConsole.Profile.Width = 160;
+        }
+
+        torch.set_num_threads(settings.Threads);
+        MachineInfo machine = MachineInfo.Collect(settings.OmpWaitPolicy);
+        AnsiConsole.MarkupLine($"[bold]ComposerSharp benchmarks[/] {Markup.Escape(commandLine)}{(settings.Quick ? " [yellow](quick smoke run: numbers are not meaningful)[/]" : string.Empty)}");
+        AnsiConsole.MarkupLine(Markup.Escape(
+            $"{machine.CpuModel} [{string.Join(' ', machine.CpuFlags)}], {machine.LogicalCores} cores, torch threads {machine.TorchThreads}, " +
+            $"libtorch {machine.LibtorchVersion}, TorchSharp {machine.TorchSharpVersion}, {machine.Runtime}, OMP_WAIT_POLICY={machine.OmpWaitPolicy}, {machine.DateUtc}, " +
+            $"load average {(machine.LoadAverageAtStart is null ? "?" : string.Join(' ', machine.LoadAverageAtStart))}"));
+
+        var reports = new List<PartReport>();
+        foreach (BenchmarkPart p in part.Run is null ? Parts : new[] { part })
+        {
+            try
+            {
+                foreach (PartReport r in p.Run!(settings))
+                {
+                    r.Print();
+                    reports.Add(r);
+                }
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                var failed = new PartReport(p.Name, p.Description) { Error = ex.ToString() };
+                failed.Print();
+                reports.Add(failed);
+            }
+        }
+
+        var run = new RunReport(commandLine, settings.Quick, machine, reports, Math.Round(clock.Elapsed.TotalSeconds, 1));
+        string path = run.Write(settings.OutputFolder);
+        AnsiConsole.WriteLine();
+        AnsiConsole.MarkupLine($"results: {Markup.Escape(path)} ({run.TotalSeconds:F0} s)");
+        return reports.Any(r => r.Error is not null) ? 1 : 0;
+    }
+}

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""PyTorch eager peer of ComposerSharp's training-step benchmark (issue 6, part 4).
+
+Trains the same BERT MLM shape as benchmarks/TrainingSetup.cs (post-LN encoder with fused QKV projection,
+learned position embedding, embedding LayerNorm, MLM transform + LayerNorm, decoder tied to the token
+embedding, cross-entropy over the masked positions computed in float32, AdamW) with PyTorch eager on the CPU,
+in fp32 or under torch.autocast('cpu', dtype=torch.bfloat16).
+
+Two modes:
+  standalone:  python3 benchmarks/pytorch_peer.py --precision amp_bf16 --steps 10 --threads 2
+               prints one JSON line with the step times.
+  --serve:     prints a JSON "ready" line, then reads commands from stdin, one per line:
+               "run <fp32|amp_bf16> <steps>" -> one JSON line {"precision", "ms": [per-step ms]}
+               "quit" -> exits.
+               The .NET harness uses it to interleave PyTorch's steps with its own in the same run.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden, heads, attn_dropout):
+        super().__init__()
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out_proj = nn.Linear(hidden, hidden)
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+
+    def forward(self, x, mask):
+        b, t, hidden = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        p = self.attn_dropout if self.training else 0.0
+        if hasattr(F, "scaled_dot_product_attention"):
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:  # PyTorch < 2.0 (e.g. Debian 12's 1.13): the same math, unfused
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            scores = scores.masked_fill(~mask, float("-inf"))
+            a = F.dropout(scores.softmax(-1), p, self.training) @ v
+        return self.out_proj(a.transpose(1, 2).reshape(b, t, hidden))
+
+
+class Block(nn.Module):
+    """Post-LN transformer block (BERT)."""
+
+    def __init__(self, hidden, heads, intermediate, dropout, eps):
+        super().__init__()
+        self.attn = SelfAttention(hidden, heads, dropout)
+        self.ln_1 = nn.LayerNorm(hidden, eps=eps)
+        self.fc_in = nn.Linear(hidden, intermediate)
+        self.fc_out = nn.Linear(intermediate, hidden)
+        self.ln_2 = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, mask):
+        h = self.ln_1(x + self.dropout(self.attn(x, mask)))
+        return self.ln_2(h + self.dropout(self.fc_out(F.gelu(self.fc_in(h)))))
+
+
+class BertForMaskedLM(nn.Module):
+    def __init__(self, layers, hidden, heads, intermediate, vocab, max_len, dropout=0.1, eps=1e-12, std=0.02):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, hidden)
+        self.wpe = nn.Embedding(max_len, hidden)
+        self.emb_ln = nn.LayerNorm(hidden, eps=eps)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(Block(hidden, heads, intermediate, dropout, eps) for _ in range(layers))
+        self.mlm_transform = nn.Linear(hidden, hidden)
+        self.mlm_ln = nn.LayerNorm(hidden, eps=eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(vocab))
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids, attention_mask):
+        t = input_ids.shape[1]
+        h = self.wte(input_ids) + self.wpe(torch.arange(t, device=input_ids.device))
+        h = self.emb_dropout(self.emb_ln(h))
+        mask = attention_mask.ne(0).view(attention_mask.shape[0], 1, 1, t)
+        for layer in self.layers:
+            h = layer(h, mask)
+        h = F.gelu(self.mlm_transform(h))
+        if h.dtype != self.mlm_ln.weight.dtype:
+            # bf16 activations under autocast: libtorch >= 2.1 normalises them with the float32 weight directly (a
+            # mixed-dtype CPU kernel); PyTorch 1.13 has no such kernel, so it needs the activations in float32.
+            h = h.float()
+        h = self.mlm_ln(h)
+        return F.linear(h, self.wte.weight, self.mlm_bias)
+
+
+def mlm_loss(logits, labels):
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    flat_labels = labels.reshape(-1)
+    total = F.cross_entropy(flat, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / flat_labels.ne(IGNORE_INDEX).sum().clamp_min(1).float()
+
+
+def make_batches(args, count):
+    """Random token batches masked as BERT does (15% selected; 80% mask id, 10% random id, 10% kept)."""
+    g = torch.Generator().manual_seed(args.seed)
+    regular = args.regular_vocab
+    mask_id = regular + 2
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(0, regular, (args.batch, args.seq), generator=g)
+        selected = torch.rand(ids.shape, generator=g) < 0.15
+        labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+        r = torch.rand(ids.shape, generator=g)
+        ids = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)
+        ids = torch.where(selected & (r >= 0.8) & (r < 0.9), torch.randint(0, regular, ids.shape, generator=g), ids)
+        batches.append((ids, torch.ones_like(ids), labels))
+    return batches
+
+
+class Peer:
+    def __init__(self, args):
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        self.model = BertForMaskedLM(args.layers, args.hidden, args.heads, args.intermediate, args.vocab, args.seq)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr)
+        self.batches = make_batches(args, 8)
+        self.next = 0
+
+    def step(self, precision):
+        ids, attention_mask, labels = self.batches[self.next]
+        self.next = (self.next + 1) % len(self.batches)
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp_bf16" else contextlib.nullcontext()
+        with ctx:
+            loss = mlm_loss(self.model(ids, attention_mask), labels)
+        loss.backward()
+        self.optimizer.step()
+        return (time.perf_counter() - start) * 1000.0
+
+
+def blas_library():
+    """The BLAS shared object mapped into this process (Debian switches libblas.so.3 between reference BLAS and OpenBLAS)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {line.split()[-1] for line in maps if "blas" in line.lower() and "/" in line}
+        return ", ".join(sorted(os.path.basename(n) for n in names)) or "none mapped"
+    except OSError:
+        return "unknown"
+
+
+def describe(args, peer):
+    return {
+        "ready": True,
+        "torch_version": torch.__version__,
+        "python": sys.version.split()[0],
+        "threads": torch.get_num_threads(),
+        "blas": blas_library(),
+        "sdpa": hasattr(F, "scaled_dot_product_attention"),
+        "parameters": sum(p.numel() for p in peer.model.parameters()),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--precision", choices=["fp32", "amp_bf16"], default="amp_bf16")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=576)
+    parser.add_argument("--regular-vocab", type=int, default=512)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=17)
+    args = parser.parse_args()
+
+    peer = Peer(args)
+    info = describe(args, peer)
+    if args.serve:
+        print(json.dumps(info), flush=True)
+        for line in sys.stdin:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "quit":
+                break
+            if parts[0] != "run" or len(parts) != 3 or parts[1] not in ("fp32", "amp_bf16"):
+                print(json.dumps({"error": f"unknown command: {line.strip()!r}; expected 'run fp32|amp_bf16 N' or 'quit'"}), flush=True)
+                continue
+            ms = [peer.step(parts[1]) for _ in range(int(parts[2]))]
+            print(json.dumps({"precision": parts[1], "ms": ms}), flush=True)
+        return
+
+    for _ in range(args.warmup):
+        peer.step(args.precision)
+    ms = [peer.step(args.precision) for _ in range(args.steps)]
+    info.update({"precision": args.precision, "ms": ms, "median_ms": sorted(ms)[len(ms) // 2]})
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

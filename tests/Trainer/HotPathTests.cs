@@ -1,0 +1,63 @@
+using ComposerSharp.Events;
+using NUnit.Framework;
+using TorchSharp;
+using TrainerT = ComposerSharp.Trainer.Trainer;
+
+namespace ComposerSharp.Tests.Trainer;
+
+/// <summary>
+/// Work the training loop leaves out when nothing needs it (benchmarks/README.md): the per-batch host read of the
+/// loss when no logger, callback or algorithm can see it, and training metrics when computeTrainingMetrics is off.
+/// Each test checks that what remains observable is unchanged.
+/// </summary>
+[TestFixture]
+public class HotPathTests
+{
+    private static TrainerT NewTrainer(IEnumerable<ILoggerDestination>? loggers, bool computeTrainingMetrics = true) =>
+        new(TestData.Model(dropout: 0.2), TestData.Loader(40, 8, shuffle: true), "7ba", loggers: loggers, device: "cpu",
+            optimizerFactory: p => torch.optim.SGD(p, 0.05), progressBar: false, computeTrainingMetrics: computeTrainingMetrics);
+
+    [Test]
+    public void AnUnobservedLossIsStillTheLastBatchLossAfterFit()
+    {
+        var logger = new MemoryLogger();
+        using TrainerT observed = NewTrainer(new[] { logger });
+        observed.Fit();
+        using TrainerT unobserved = NewTrainer(null);
+        unobserved.Fit();
+
+        double last = logger.Values("loss/train/total").Last();
+        Assert.That(logger.Values("loss/train/total").Count(), Is.EqualTo(7));
+        Assert.That(unobserved.State.Metrics["loss/train/total"], Is.EqualTo(last), "same seed and data: the same last loss, read once after the loop");
+        Assert.That(observed.State.Metrics["loss/train/total"], Is.EqualTo(last));
+        Assert.That(TestData.BitwiseEqual(observed.Model, unobserved.Model), Is.True, "reading the loss or not does not change training");
+    }
+
+    [Test]
+    public void FitCanContinueAfterAnUnobservedRun()
+    {
+        using TrainerT trainer = NewTrainer(null);
+        trainer.Fit();
+        double first = trainer.State.Metrics["loss/train/total"];
+        trainer.Fit("3ba");
+        Assert.That(trainer.State.Timestamp.Batch, Is.EqualTo(10));
+        Assert.That(trainer.State.Metrics["loss/train/total"], Is.Not.EqualTo(first).And.GreaterThan(0));
+    }
+
+    [Test]
+    public void WithoutTrainingMetricsOnlyTheMetricsAreMissing()
+    {
+        var with = new MemoryLogger();
+        var without = new MemoryLogger();
+        using TrainerT a = NewTrainer(new[] { with });
+        a.Fit();
+        using TrainerT b = NewTrainer(new[] { without }, computeTrainingMetrics: false);
+        b.Fit();
+
+        Assert.That(with.Values("metrics/train/Accuracy"), Is.Not.Empty);
+        Assert.That(without.Metrics.Select(m => m.Name), Has.None.StartsWith("metrics/train/"));
+        Assert.That(b.State.Metrics.Keys, Has.None.StartsWith("metrics/train/"));
+        Assert.That(without.Values("loss/train/total"), Is.EqualTo(with.Values("loss/train/total")));
+        Assert.That(TestData.BitwiseEqual(a.Model, b.Model), Is.True, "metrics do not change training");
+    }
+}
