@@ -162,12 +162,13 @@ public static class CliApp
     /// <summary>Prints the run summary table: duration, throughput, final metrics and modules replaced by each algorithm.</summary>
     public static void PrintSummary(JobResult result, TextWriter? output = null)
     {
-        IAnsiConsole console = output is null
-            ? AnsiConsole.Console
-            : AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors });
-        if (output is not null)
+        bool plain = output is not null || Console.IsOutputRedirected;
+        IAnsiConsole console = plain
+            ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output ?? Console.Out), Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors })
+            : AnsiConsole.Console;
+        if (plain)
         {
-            console.Profile.Width = 160; // a writer has no terminal width; keep metric names on one line
+            console.Profile.Width = 160; // a file or writer has no terminal width; keep metric names on one line
         }
 
         var table = new Table().Title("Run summary").AddColumn("what").AddColumn(new TableColumn("value").RightAligned());

@@ -1,4 +1,3 @@
-using System.CommandLine;
 using ComposerSharp.Cli;
 
 return CliApp.Run(args);
