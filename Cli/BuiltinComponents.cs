@@ -50,38 +50,36 @@ public static class BuiltinComponents
             var (data, mlm) = BindPair<SyntheticTokenOptions, MlmCollatorOptions>(s, new SyntheticTokenOptions { Seed = c.Seed }, new MlmCollatorOptions { Seed = c.Seed });
             var dataset = new SyntheticTokenDataset(data);
             var collator = new MlmCollator(dataset.Vocabulary, mlm);
-            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<long[]>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed));
+            return Source(dataset.Vocabulary, dataset, collator);
         });
         services.AddDataset("synthetic_classification", (s, c) =>
         {
-            var options = OptionsBinder.Bind(s.Without("pad_to_length"), new SyntheticClassificationOptions { Seed = c.Seed }, "pad_to_length");
+            var options = OptionsBinder.Bind(s, new SyntheticClassificationOptions { Seed = c.Seed }, "pad_to_length");
             var dataset = new SyntheticClassificationDataset(options);
             var collator = new ClassificationCollator(dataset.Vocabulary, (int?)s.GetLong("pad_to_length"));
             IReadOnlyList<string> labels = Enumerable.Range(0, options.NumClasses).Select(i => $"class_{i}").ToList();
-            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<TextClassificationSample>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed), labels);
+            return Source(dataset.Vocabulary, dataset, collator, labels);
         });
         services.AddDataset("text_mlm", (s, c) =>
         {
             var (corpus, mlm) = BindPair<TextCorpusOptions, MlmCollatorOptions>(s, new TextCorpusOptions { Path = RequirePath(s) }, new MlmCollatorOptions { Seed = c.Seed });
-            TextBlockDataset dataset = LoadCorpus(corpus, c);
+            TextBlockDataset dataset = LoadText(c, (tokenizer, logger) => TextBlockDataset.Load(corpus, tokenizer, logger));
             var collator = new MlmCollator(dataset.Vocabulary, mlm);
-            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<long[]>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed));
+            return Source(dataset.Vocabulary, dataset, collator);
         });
         services.AddDataset("text_lm", (s, c) =>
         {
             var corpus = OptionsBinder.Bind(s, new TextCorpusOptions { Path = RequirePath(s) });
-            TextBlockDataset dataset = LoadCorpus(corpus, c);
+            TextBlockDataset dataset = LoadText(c, (tokenizer, logger) => TextBlockDataset.Load(corpus, tokenizer, logger));
             var collator = new CausalLmCollator(dataset.Vocabulary);
-            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<long[]>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed));
+            return Source(dataset.Vocabulary, dataset, collator);
         });
         services.AddDataset("jsonl_classification", (s, c) =>
         {
-            var options = OptionsBinder.Bind(s.Without("pad_to_length"), new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
-            var tokenizer = c.Services.GetRequiredService<ITextTokenizer>();
-            var logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Data");
-            JsonlClassificationDataset dataset = WrapDataErrors(() => JsonlClassificationDataset.Load(options, tokenizer, logger));
+            var options = OptionsBinder.Bind(s, new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
+            JsonlClassificationDataset dataset = LoadText(c, (tokenizer, logger) => JsonlClassificationDataset.Load(options, tokenizer, logger));
             var collator = new ClassificationCollator(dataset.Vocabulary, (int?)s.GetLong("pad_to_length"));
-            return new DataSource(dataset.Vocabulary, dataset.Count, l => new DataLoader<TextClassificationSample>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed), dataset.Labels);
+            return Source(dataset.Vocabulary, dataset, collator, dataset.Labels);
         });
 
         services.AddAlgorithm<LowPrecisionLayerNorm>("low_precision_layernorm");
@@ -98,7 +96,7 @@ public static class BuiltinComponents
         {
             s.RequireKnownKeys(new[] { "log_interval" }, "option");
             ILoggerFactory factory = c.Services.GetRequiredService<ILoggerFactory>();
-            return new ConsoleLogger(factory.CreateLogger<ConsoleLogger>(), s.GetValue<Time?>("log_interval", t => Time.Parse(t), "a time such as 10ba or 1ep"));
+            return new ConsoleLogger(factory.CreateLogger<ConsoleLogger>(), s.GetTime("log_interval"));
         });
         services.AddLoggerDestination("progress_bar", (s, _) =>
         {
@@ -129,7 +127,7 @@ public static class BuiltinComponents
             baseConfig = baseConfig with { VocabSize = (vocabulary.Size + 63) / 64 * 64 };
         }
 
-        TransformerConfig config = OptionsBinder.Bind(s.Without(extraKeys.Append("preset").ToArray()), baseConfig, extraKeys.Append("preset").ToArray());
+        TransformerConfig config = OptionsBinder.Bind(s, baseConfig, extraKeys.Append("preset").ToArray());
         try
         {
             config.Validate();
@@ -163,18 +161,17 @@ public static class BuiltinComponents
     private static string RequirePath(ConfigSection s) =>
         s.GetString("path") ?? throw new ConfigException($"'{s.PathOf("path")}' is required: a file or folder of data.");
 
-    private static TextBlockDataset LoadCorpus(TextCorpusOptions options, ComponentContext c)
+    private static DataSource Source<T>(TokenVocabulary vocabulary, IDataset<T> dataset, ICollator<T> collator, IReadOnlyList<string>? labels = null) =>
+        new(vocabulary, dataset.Count, l => new DataLoader<T>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed), labels);
+
+    /// <summary>Loads a text dataset with the registered tokenizer; file errors become configuration errors that name the file.</summary>
+    private static T LoadText<T>(ComponentContext c, Func<ITextTokenizer, ILogger?, T> load)
     {
         var tokenizer = c.Services.GetRequiredService<ITextTokenizer>();
         var logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Data");
-        return WrapDataErrors(() => TextBlockDataset.Load(options, tokenizer, logger));
-    }
-
-    private static T WrapDataErrors<T>(Func<T> load)
-    {
         try
         {
-            return load();
+            return load(tokenizer, logger);
         }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
         {

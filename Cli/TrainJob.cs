@@ -95,14 +95,20 @@ public sealed class TrainJob
 
     private JobResult Run(bool fit)
     {
+        // Scalar settings first, so that a bad value is reported before any data is read or model built.
         int seed = (int)(_config.GetLong("seed") ?? 17);
-        string runName = _config.GetString("run_name")
-            ?? $"{_config.Section("model").GetString("name") ?? "model"}-{DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)}";
+        Time? maxDuration = fit ? RequireTime("max_duration") : (Time?)null;
+        Precision? precision = _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16");
+        string device = Device();
+        Time? evalInterval = _config.GetTime("eval_interval");
+        Time? consoleLogInterval = _config.GetTime("console_log_interval");
+        string stamp = DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
+        string runName = _config.GetString("run_name") ?? $"{_config.Section("model").GetString("name") ?? "model"}-{stamp}";
         string runFolder = Path.GetFullPath(_config.GetString("run_folder") ?? Path.Combine("runs", runName));
         if (!fit)
         {
             // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
-            runFolder = Path.Combine(runFolder, "eval-" + DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture));
+            runFolder = Path.Combine(runFolder, "eval-" + stamp);
         }
 
         var context = new ComponentContext(_services, runFolder, seed);
@@ -123,12 +129,13 @@ public sealed class TrainJob
         Func<IEnumerable<TorchSharp.Modules.Parameter>, optim.Optimizer> optimizerFactory = BuildOptimizer(_config.Section("optimizer"));
         IScheduler[] schedulers = BuildScheduler(_config.Section("scheduler"), context);
 
+        var defaults = new CheckpointOptions();
         var checkpoint = new CheckpointOptions
         {
             SaveFolder = _config.GetString("save_folder"),
-            SaveInterval = _config.GetValue<Time?>("save_interval", t => Time.Parse(t), "a time such as 1ep or 500ba") ?? Time.FromEpoch(1),
-            SaveFilename = _config.GetString("save_filename") ?? new CheckpointOptions().SaveFilename,
-            SaveLatestFilename = _config.GetString("save_latest_filename", new CheckpointOptions().SaveLatestFilename),
+            SaveInterval = _config.GetTime("save_interval") ?? defaults.SaveInterval,
+            SaveFilename = _config.GetString("save_filename") ?? defaults.SaveFilename,
+            SaveLatestFilename = _config.GetString("save_latest_filename", defaults.SaveLatestFilename),
             SaveOverwrite = _config.GetBool("save_overwrite") ?? false,
             SaveNumCheckpointsToKeep = (int)(_config.GetLong("save_num_checkpoints_to_keep") ?? -1),
             SaveWeightsOnly = _config.GetBool("save_weights_only") ?? false,
@@ -144,18 +151,18 @@ public sealed class TrainJob
         using var trainer = new ComposerTrainer(
             model,
             trainDataloader: train?.CreateLoader(trainSettings!),
-            maxDuration: fit ? RequireTime("max_duration") : (Time?)null,
+            maxDuration: maxDuration,
             evalDataloader: eval?.CreateLoader(evalSettings!),
             algorithms: algorithms,
             callbacks: callbacks,
             loggers: loggers,
-            precision: _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16"),
-            device: Device(),
+            precision: precision,
+            device: device,
             seed: seed,
             optimizerFactory: optimizerFactory,
             schedulers: schedulers,
             deviceTrainMicrobatchSize: (int?)_config.GetLong("device_train_microbatch_size"),
-            evalInterval: _config.GetValue<Time?>("eval_interval", t => Time.Parse(t), "a time such as 1ep or 100ba"),
+            evalInterval: evalInterval,
             evalSubsetNumBatches: _config.GetLong("eval_subset_num_batches"),
             checkpoint: checkpoint,
             loggerFactory: _loggerFactory,
@@ -163,7 +170,7 @@ public sealed class TrainJob
             runFolder: runFolder,
             progressBar: _config.GetBool("progress_bar") ?? true,
             logToConsole: _config.GetBool("log_to_console") ?? false,
-            consoleLogInterval: _config.GetValue<Time?>("console_log_interval", t => Time.Parse(t), "a time such as 10ba"));
+            consoleLogInterval: consoleLogInterval);
 
         Timestamp start = trainer.State.Timestamp;
         if (fit)
@@ -207,7 +214,7 @@ public sealed class TrainJob
 
     private Time RequireTime(string key)
     {
-        Time time = _config.GetValue<Time?>(key, t => Time.Parse(t), "a time such as 1ep, 100ba, 2048sp or 1e6tok")
+        Time time = _config.GetTime(key)
             ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
         if (time.Value <= 0 || time.Unit is not (TimeUnit.Epoch or TimeUnit.Batch or TimeUnit.Sample or TimeUnit.Token))
         {

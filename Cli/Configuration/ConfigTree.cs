@@ -1,3 +1,4 @@
+using ComposerSharp.Events;
 using System.Globalization;
 using YamlDotNet.RepresentationModel;
 
@@ -270,6 +271,10 @@ public sealed class ConfigSection
             throw new ConfigException(message, ex);
         }
     }
+
+    /// <summary>A Composer time string at <paramref name="key"/> (<c>1ep</c>, <c>100ba</c>, <c>0.5dur</c>, ...), or null when absent.</summary>
+    /// <exception cref="ConfigException">Not a time; the message quotes the value and lists the units.</exception>
+    public Time? GetTime(string key) => GetValue<Time?>(key, t => Time.Parse(t), "a time such as 1ep, 100ba or 0.5dur");
 
     /// <summary>An integer at <paramref name="key"/>.</summary>
     /// <exception cref="ConfigException">Not an integer.</exception>

@@ -84,7 +84,7 @@ public static class OptionsBinder
 
         if (u == typeof(string)) return section.GetString(key);
         if (u == typeof(bool)) return section.GetBool(key);
-        if (u == typeof(Time)) return section.GetValue(key, Time.Parse, "a time such as 1ep, 100ba, 0.5dur");
+        if (u == typeof(Time)) return section.GetTime(key);
         if (u == typeof(Event)) return section.GetValue(key, EventExtensions.Parse, "an event name such as init");
         if (u == typeof(Precision)) return section.GetValue(key, PrecisionExtensions.Parse, "fp32, amp_bf16 or amp_fp16");
         if (u.IsEnum)
