@@ -8,10 +8,12 @@ namespace ComposerSharp.Models;
 
 /// <summary>
 /// A BERT encoder (Devlin et al. 2019) with its masked-language-model head: a <see cref="TransformerBackbone"/>
-/// (post-LN by default, pre-LN when <see cref="TransformerConfig.PreLayerNorm"/> is true), then the MLM transform
-/// (Linear, GELU, LayerNorm in field <c>mlm_ln</c>) and a decoder whose weight is the token embedding (tied, as BERT)
+/// (post-LN by default, pre-LN when <see cref="TransformerConfig.PreLayerNorm"/> is true; token-type embedding), then
+/// the MLM transform (Linear, GELU, LayerNorm in field <c>mlm_ln</c>) and a decoder whose weight is the token embedding (tied, as BERT)
 /// plus a bias. Reads batch keys <c>input_ids</c> Int64 [B, T], optional <c>attention_mask</c> [B, T], and for the loss
-/// and metrics <c>labels</c> Int64 [B, T] (−100 at unselected positions, see the Data project's MlmCollator).
+/// and metrics <c>labels</c> Int64 [B, T] (−100 at unselected positions, see the Data project's MlmCollator); optional
+/// <c>token_type_ids</c> Int64 [B, T]. The architecture is Hugging Face's <c>BertForMaskedLM</c> (see the HuggingFace
+/// folder for the weight names).
 /// Outputs logits [B, T, VocabSize]: Float32, or BFloat16 under amp_bf16 autocast.
 /// </summary>
 public sealed class BertForMaskedLM : TransformerModel
@@ -45,7 +47,7 @@ public sealed class BertForMaskedLM : TransformerModel
     public override Tensor forward(Batch batch)
     {
         using var scope = torch.NewDisposeScope();
-        Tensor h = mlm_ln.call(F.gelu(mlm_transform.call(Encode(batch))));
+        Tensor h = mlm_ln.call(Activations.Apply(mlm_transform.call(Encode(batch)), Backbone.Activation));
         return F.linear(h, Backbone.TokenEmbedding.weight!, mlm_bias).MoveToOuterDisposeScope();
     }
 
@@ -61,7 +63,8 @@ public sealed class BertForMaskedLM : TransformerModel
     internal static TransformerBackbone Encoder(TransformerConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        return new TransformerBackbone(config, config.PreLayerNorm ?? false, causal: false, scaleResidualInit: false);
+        return new TransformerBackbone(
+            config, config.PreLayerNorm ?? false, causal: false, scaleResidualInit: false, config.Activation ?? HiddenActivation.Gelu, config.TypeVocabSize);
     }
 }
 

@@ -8,7 +8,8 @@ namespace ComposerSharp.Models;
 /// <summary>
 /// A GPT-style decoder (Radford et al. 2018, 2019) with a language-model head: a causal
 /// <see cref="TransformerBackbone"/> (pre-LN with a final LayerNorm unless <see cref="TransformerConfig.PreLayerNorm"/>
-/// is false, GPT-2's depth-scaled init) and an output layer tied to the token embedding. Reads <c>input_ids</c>
+/// is false, GPT-2's depth-scaled init, <c>gelu_new</c> unless <see cref="TransformerConfig.Activation"/> says otherwise)
+/// and an output layer tied to the token embedding: Hugging Face's <c>GPT2LMHeadModel</c> architecture. Reads <c>input_ids</c>
 /// Int64 [B, T], optional <c>attention_mask</c> [B, T], and for loss and metrics <c>labels</c> Int64 [B, T]
 /// <em>unshifted</em> (−100 at padding; see the Data project's CausalLmCollator): position t is scored against
 /// label t+1 (<see cref="Targets"/>), as Hugging Face's and llm-foundry's causal LMs do. Without <c>labels</c>, the
@@ -30,6 +31,21 @@ public sealed class GptForCausalLM : TransformerModel
         using var scope = torch.NewDisposeScope();
         return F.linear(Encode(batch), Backbone.TokenEmbedding.weight!).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Logits [B, T_new, VocabSize] of new positions <paramref name="inputIds"/> [B, T_new] that continue the
+    /// sequence held in <paramref name="cache"/> (incremental decoding; see <see cref="TransformerBackbone.ForwardCached"/>).
+    /// Call in eval mode under no_grad.
+    /// </summary>
+    /// <exception cref="ArgumentException">The sequence would exceed MaxSequenceLength, or bad ids.</exception>
+    public Tensor ForwardCached(Tensor inputIds, KeyValueCache cache)
+    {
+        using var scope = torch.NewDisposeScope();
+        return F.linear(Backbone.ForwardCached(inputIds, cache), Backbone.TokenEmbedding.weight!).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>An empty key/value cache for this model.</summary>
+    public KeyValueCache NewCache() => new(Config.NumLayers);
 
     /// <summary>Mean next-token cross-entropy over positions whose target is not −100, in Float32.</summary>
     public override Tensor Loss(Tensor outputs, Batch batch)
@@ -82,6 +98,6 @@ public sealed class GptForCausalLM : TransformerModel
     private static TransformerBackbone Decoder(TransformerConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        return new TransformerBackbone(config, config.PreLayerNorm ?? true, causal: true, scaleResidualInit: true);
+        return new TransformerBackbone(config, config.PreLayerNorm ?? true, causal: true, scaleResidualInit: true, config.Activation ?? HiddenActivation.GeluTanh);
     }
 }

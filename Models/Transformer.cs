@@ -56,25 +56,56 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
         Tensor attended = F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, training ? _dropout : 0.0, _causal && mask is null);
         return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Attends over the new positions <paramref name="x"/> [B, T_new, hidden] and the keys and values of earlier
+    /// positions held in <paramref name="cache"/> for <paramref name="layer"/>, then appends this step's keys and
+    /// values to the cache (the key/value cache of incremental decoding, as Hugging Face's <c>past_key_values</c>).
+    /// Causal: new position i sees every cached position and new positions ≤ i. No dropout.
+    /// </summary>
+    /// <returns>[B, T_new, hidden].</returns>
+    internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer)
+    {
+        long b = x.shape[0], t = x.shape[1], hidden = x.shape[2];
+        using var scope = torch.NewDisposeScope();
+        Tensor[] qkvParts = qkv.call(x).view(b, t, 3, _heads, hidden / _heads).permute(2, 0, 3, 1, 4).unbind(0);
+        (Tensor keys, Tensor values, long past) = cache.Append(layer, qkvParts[1], qkvParts[2]);
+        Tensor? mask = null;
+        if (t > 1 && past > 0)
+        {
+            Tensor query = torch.arange(past, past + t, dtype: ScalarType.Int64, device: x.device).unsqueeze(1);
+            mask = torch.arange(past + t, dtype: ScalarType.Int64, device: x.device).unsqueeze(0).le(query);
+        }
+
+        Tensor attended = F.scaled_dot_product_attention(qkvParts[0], keys, values, mask, 0.0, t > 1 && past == 0);
+        return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();
+    }
 }
 
-/// <summary>The position-wise feed-forward block: Linear(hidden → intermediate), GELU (exact, as BERT), Linear(intermediate → hidden).</summary>
+/// <summary>The position-wise feed-forward block: Linear(hidden → intermediate), GELU (exact as BERT, or the tanh approximation as GPT-2; see <see cref="HiddenActivation"/>), Linear(intermediate → hidden).</summary>
 public sealed class FeedForward : nn.Module<Tensor, Tensor>
 {
 #pragma warning disable IDE1006
     private readonly Linear fc_in;
     private readonly Linear fc_out;
 #pragma warning restore IDE1006
+    private readonly HiddenActivation _activation;
 
     /// <summary>Creates the block with the sizes of <paramref name="config"/>.</summary>
-    public FeedForward(TransformerConfig config)
+    /// <param name="config">Hidden and intermediate sizes.</param>
+    /// <param name="activation">The GELU variant.</param>
+    public FeedForward(TransformerConfig config, HiddenActivation activation = HiddenActivation.Gelu)
         : base(nameof(FeedForward))
     {
         ArgumentNullException.ThrowIfNull(config);
         fc_in = nn.Linear(config.HiddenSize, config.IntermediateSize);
         fc_out = nn.Linear(config.IntermediateSize, config.HiddenSize);
+        _activation = activation;
         RegisterComponents();
     }
+
+    /// <summary>The input Linear (hidden → intermediate).</summary>
+    public Linear InProjection => fc_in;
 
     /// <summary>The output Linear (its weight gets GPT-2's depth-scaled initialization).</summary>
     public Linear OutProjection => fc_out;
@@ -83,8 +114,20 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        return fc_out.call(F.gelu(fc_in.call(x))).MoveToOuterDisposeScope();
+        return fc_out.call(Activations.Apply(fc_in.call(x), _activation)).MoveToOuterDisposeScope();
     }
+}
+
+/// <summary>The activation functions of <see cref="HiddenActivation"/>.</summary>
+internal static class Activations
+{
+    /// <summary>Applies <paramref name="activation"/> element-wise; same shape and dtype.</summary>
+    public static Tensor Apply(Tensor x, HiddenActivation activation) => activation switch
+    {
+        HiddenActivation.Gelu => F.gelu(x),
+        HiddenActivation.GeluTanh => F.gelu(x, GELU.Approximate.tanh),
+        _ => throw new ArgumentOutOfRangeException(nameof(activation), activation, "Unknown activation."),
+    };
 }
 
 /// <summary>
@@ -110,13 +153,14 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     /// <param name="config">Sizes, dropout and LayerNorm epsilon.</param>
     /// <param name="preLayerNorm">Pre-LN (true) or post-LN (false).</param>
     /// <param name="causal">Causal self-attention.</param>
-    public TransformerBlock(TransformerConfig config, bool preLayerNorm, bool causal)
+    /// <param name="activation">The feed-forward activation.</param>
+    public TransformerBlock(TransformerConfig config, bool preLayerNorm, bool causal, HiddenActivation activation = HiddenActivation.Gelu)
         : base(nameof(TransformerBlock))
     {
         ArgumentNullException.ThrowIfNull(config);
         attn = new MultiHeadSelfAttention(config, causal);
         ln_1 = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
-        mlp = new FeedForward(config);
+        mlp = new FeedForward(config, activation);
         ln_2 = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
         dropout = nn.Dropout(config.Dropout);
         _preLayerNorm = preLayerNorm;
@@ -128,6 +172,12 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 
     /// <summary>The feed-forward block.</summary>
     public FeedForward Mlp => mlp;
+
+    /// <summary>The first LayerNorm: before attention (pre-LN) or after the attention residual add (post-LN). It may have been replaced by module surgery.</summary>
+    public nn.Module<Tensor, Tensor> LayerNorm1 => ln_1;
+
+    /// <summary>The second LayerNorm: before the feed-forward block (pre-LN) or after its residual add (post-LN).</summary>
+    public nn.Module<Tensor, Tensor> LayerNorm2 => ln_2;
 
     /// <summary>Applies the block to <paramref name="x"/> [B, T, hidden] with the attention <paramref name="mask"/> (see <see cref="MultiHeadSelfAttention.forward"/>).</summary>
     /// <returns>[B, T, hidden]: Float32 when <paramref name="x"/> is Float32 (residual sums promote), even under autocast.</returns>
@@ -148,21 +198,42 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 
         return h.MoveToOuterDisposeScope();
     }
+
+    /// <summary>The block on new positions with a key/value cache (see <see cref="MultiHeadSelfAttention.ForwardCached"/>); no dropout.</summary>
+    internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor h;
+        if (_preLayerNorm)
+        {
+            h = x + attn.ForwardCached(ln_1.call(x), cache, layer);
+            h = h + mlp.call(ln_2.call(h));
+        }
+        else
+        {
+            h = ln_1.call(x + attn.ForwardCached(x, cache, layer));
+            h = ln_2.call(h + mlp.call(h));
+        }
+
+        return h.MoveToOuterDisposeScope();
+    }
 }
 
 /// <summary>
 /// The shared trunk of the BERT and GPT models: learned token and position embeddings (BERT, GPT-2), dropout, a stack
 /// of <see cref="TransformerBlock"/>s, and the LayerNorm placement of the variant: post-LN adds a LayerNorm on the
 /// embeddings (<c>emb_ln</c>, as BERT); pre-LN adds a final LayerNorm after the last block (<c>ln_f</c>, as GPT-2).
-/// BERT's token-type (segment) embedding is omitted: inputs are single segments.
-/// Input <c>input_ids</c> Int64 [B, T] and optional <c>attention_mask</c> [B, T] (non-zero = real token); output
-/// hidden states [B, T, hidden].
+/// With a token-type vocabulary (BERT), a token-type (segment) embedding <c>wtt</c> is added too; inputs without
+/// <c>token_type_ids</c> use type 0, as Hugging Face's <c>BertEmbeddings</c>.
+/// Input <c>input_ids</c> Int64 [B, T], optional <c>attention_mask</c> [B, T] (non-zero = real token) and optional
+/// <c>token_type_ids</c> Int64 [B, T]; output hidden states [B, T, hidden].
 /// </summary>
 public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
 {
 #pragma warning disable IDE1006
     private readonly Embedding wte;
     private readonly Embedding wpe;
+    private readonly Embedding? wtt;
     private readonly nn.Module<Tensor, Tensor>? emb_ln;
     private readonly Dropout emb_dropout;
     private readonly ModuleList<TransformerBlock> layers;
@@ -174,20 +245,26 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     /// <param name="preLayerNorm">Pre-LN (true) or post-LN (false).</param>
     /// <param name="causal">Causal self-attention (decoders).</param>
     /// <param name="scaleResidualInit">Use GPT-2's depth-scaled init for residual output projections.</param>
+    /// <param name="activation">The feed-forward activation.</param>
+    /// <param name="typeVocabSize">Rows of the token-type embedding; 0 for none.</param>
     /// <exception cref="ArgumentOutOfRangeException">The config is invalid (see <see cref="TransformerConfig.Validate"/>).</exception>
-    public TransformerBackbone(TransformerConfig config, bool preLayerNorm, bool causal, bool scaleResidualInit)
+    public TransformerBackbone(TransformerConfig config, bool preLayerNorm, bool causal, bool scaleResidualInit, HiddenActivation activation = HiddenActivation.Gelu, int typeVocabSize = 0)
         : base(nameof(TransformerBackbone))
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
+        ArgumentOutOfRangeException.ThrowIfNegative(typeVocabSize);
         Config = config;
         PreLayerNorm = preLayerNorm;
         Causal = causal;
+        Activation = activation;
+        TypeVocabSize = typeVocabSize;
         wte = nn.Embedding(config.VocabSize, config.HiddenSize);
         wpe = nn.Embedding(config.MaxSequenceLength, config.HiddenSize);
+        wtt = typeVocabSize > 0 ? nn.Embedding(typeVocabSize, config.HiddenSize) : null;
         emb_ln = preLayerNorm ? null : nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
         emb_dropout = nn.Dropout(config.Dropout);
-        layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(_ => new TransformerBlock(config, preLayerNorm, causal)).ToArray());
+        layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(_ => new TransformerBlock(config, preLayerNorm, causal, activation)).ToArray());
         ln_f = preLayerNorm ? nn.LayerNorm(config.HiddenSize, config.LayerNormEps) : null;
         RegisterComponents();
         Initialize(scaleResidualInit);
@@ -202,6 +279,12 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     /// <summary>Whether self-attention is causal.</summary>
     public bool Causal { get; }
 
+    /// <summary>The feed-forward activation of every block.</summary>
+    public HiddenActivation Activation { get; }
+
+    /// <summary>Rows of the token-type embedding (0: none).</summary>
+    public int TypeVocabSize { get; }
+
     /// <summary>The token embedding, [VocabSize, hidden]; its weight is tied to the MLM and LM output layers.</summary>
     public Embedding TokenEmbedding => wte;
 
@@ -213,13 +296,21 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     /// <param name="attentionMask">Int64/Bool [B, T], non-zero for real tokens, zero for padding; null for none.</param>
     /// <returns>[B, T, hidden], Float32 (the residual stream stays in the embedding dtype).</returns>
     /// <exception cref="ArgumentException">Wrong rank or dtype, T too long, ids outside the vocabulary, or a mask of another shape.</exception>
-    public override Tensor forward(Tensor inputIds, Tensor? attentionMask)
+    public override Tensor forward(Tensor inputIds, Tensor? attentionMask) => Forward(inputIds, attentionMask, null);
+
+    /// <summary>Hidden states of <paramref name="inputIds"/> with segment ids.</summary>
+    /// <param name="inputIds">Int64 [B, T], ids in [0, VocabSize), T ≤ MaxSequenceLength.</param>
+    /// <param name="attentionMask">Int64/Bool [B, T], non-zero for real tokens, zero for padding; null for none.</param>
+    /// <param name="tokenTypeIds">Int64 [B, T] in [0, TypeVocabSize); null for all type 0. Ignored without a token-type embedding.</param>
+    /// <returns>[B, T, hidden], Float32.</returns>
+    /// <exception cref="ArgumentException">Wrong rank or dtype, T too long, ids outside the vocabulary, or a mask of another shape.</exception>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask, Tensor? tokenTypeIds)
     {
         CheckInputs(inputIds, attentionMask);
         using var scope = torch.NewDisposeScope();
         long t = inputIds.shape[1];
         Tensor positions = torch.arange(t, dtype: ScalarType.Int64, device: inputIds.device);
-        Tensor h = wte.call(inputIds) + wpe.call(positions);
+        Tensor h = Embed(inputIds, positions, tokenTypeIds);
         if (emb_ln is not null)
         {
             h = emb_ln.call(h);
@@ -238,6 +329,79 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         }
 
         return h.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Hidden states of new positions for incremental decoding: <paramref name="inputIds"/> [B, T_new] continue the
+    /// <c>cache.Length</c> positions already in <paramref name="cache"/>, whose keys and values are reused, so each
+    /// new token costs one position's work. Causal models only; no padding, no dropout (call under no_grad, eval mode).
+    /// </summary>
+    /// <param name="inputIds">Int64 [B, T_new].</param>
+    /// <param name="cache">The cache of earlier positions (empty for the first call); extended by T_new.</param>
+    /// <returns>[B, T_new, hidden].</returns>
+    /// <exception cref="InvalidOperationException">The backbone is not causal.</exception>
+    /// <exception cref="ArgumentException">cache.Length + T_new exceeds MaxSequenceLength, the cache belongs to a model with another layer count, or bad ids.</exception>
+    public Tensor ForwardCached(Tensor inputIds, KeyValueCache cache)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        if (!Causal)
+        {
+            throw new InvalidOperationException("A key/value cache needs causal self-attention (a decoder such as GptForCausalLM).");
+        }
+
+        if (cache.NumLayers != Config.NumLayers)
+        {
+            throw new ArgumentException($"The cache was made for {cache.NumLayers} layers but the model has {Config.NumLayers}.", nameof(cache));
+        }
+
+        long past = cache.Length, t = inputIds.shape.Length == 2 ? inputIds.shape[1] : 0;
+        if (past + t > Config.MaxSequenceLength)
+        {
+            throw new ArgumentException($"{past} cached + {t} new positions exceed the model's MaxSequenceLength of {Config.MaxSequenceLength}.", nameof(inputIds));
+        }
+
+        CheckInputs(inputIds, null, past);
+        using var scope = torch.NewDisposeScope();
+        Tensor positions = torch.arange(past, past + t, dtype: ScalarType.Int64, device: inputIds.device);
+        Tensor h = Embed(inputIds, positions, null);
+        if (emb_ln is not null)
+        {
+            h = emb_ln.call(h);
+        }
+
+        for (int i = 0; i < layers.Count; i++)
+        {
+            h = layers[i].ForwardCached(h, cache, i);
+        }
+
+        if (ln_f is not null)
+        {
+            h = ln_f.call(h);
+        }
+
+        return h.MoveToOuterDisposeScope();
+    }
+
+    private Tensor Embed(Tensor inputIds, Tensor positions, Tensor? tokenTypeIds)
+    {
+        Tensor h = wte.call(inputIds) + wpe.call(positions);
+        if (wtt is null)
+        {
+            return h;
+        }
+
+        if (tokenTypeIds is null)
+        {
+            return h + wtt.weight![0];
+        }
+
+        if (!tokenTypeIds.shape.SequenceEqual(inputIds.shape) || tokenTypeIds.dtype != ScalarType.Int64)
+        {
+            throw new ArgumentException(
+                $"token_type_ids must be Int64 [{string.Join(", ", inputIds.shape)}] like input_ids; got {tokenTypeIds.dtype} [{string.Join(", ", tokenTypeIds.shape)}].", nameof(tokenTypeIds));
+        }
+
+        return h + wtt.call(tokenTypeIds);
     }
 
     private Tensor? BuildMask(Tensor? attentionMask, long t)
@@ -260,7 +424,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         return keys.logical_and(causal).logical_or(torch.eye(t, dtype: ScalarType.Bool, device: device));
     }
 
-    private void CheckInputs(Tensor inputIds, Tensor? attentionMask)
+    private void CheckInputs(Tensor inputIds, Tensor? attentionMask, long past = 0)
     {
         ArgumentNullException.ThrowIfNull(inputIds);
         if (inputIds.Dimensions != 2 || inputIds.dtype != ScalarType.Int64)
@@ -268,7 +432,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             throw new ArgumentException($"input_ids must be Int64 [B, T]; got {inputIds.dtype} [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         }
 
-        if (inputIds.shape[1] > Config.MaxSequenceLength)
+        if (past + inputIds.shape[1] > Config.MaxSequenceLength)
         {
             throw new ArgumentException($"input_ids has {inputIds.shape[1]} tokens per sample; the model's MaxSequenceLength is {Config.MaxSequenceLength}.", nameof(inputIds));
         }
@@ -353,6 +517,6 @@ public abstract class TransformerModel : ComposerModel
     protected Tensor Encode(Batch batch)
     {
         ArgumentNullException.ThrowIfNull(batch);
-        return backbone.call(batch["input_ids"], AttentionMask(batch));
+        return backbone.Forward(batch["input_ids"], AttentionMask(batch), batch.TryGetValue("token_type_ids", out Tensor types) ? types : null);
     }
 }

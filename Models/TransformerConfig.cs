@@ -66,6 +66,18 @@ public sealed record TransformerConfig
     /// </summary>
     public bool? PreLayerNorm { get; init; }
 
+    /// <summary>
+    /// The feed-forward (and BERT MLM-transform) activation: null = the model's own default (exact GELU for BERT, as
+    /// Hugging Face's <c>hidden_act: gelu</c>; the tanh approximation for GPT, as GPT-2's <c>gelu_new</c>).
+    /// </summary>
+    public HiddenActivation? Activation { get; init; }
+
+    /// <summary>
+    /// Rows of BERT's token-type (segment) embedding (Hugging Face <c>type_vocab_size</c>; BERT: 2). Inputs without
+    /// <c>token_type_ids</c> use type 0. GPT models have no token-type embedding and ignore it; 0 removes it from BERT.
+    /// </summary>
+    public int TypeVocabSize { get; init; } = 2;
+
     /// <summary>Standard deviation of the normal initialization of Linear and Embedding weights (BERT/GPT-2: 0.02).</summary>
     public double InitializerRange { get; init; } = 0.02;
 
@@ -92,6 +104,11 @@ public sealed record TransformerConfig
         if (HiddenSize % NumHeads != 0)
         {
             throw new ArgumentOutOfRangeException(nameof(HiddenSize), HiddenSize, $"HiddenSize must be a multiple of NumHeads ({NumHeads}).");
+        }
+
+        if (TypeVocabSize < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(TypeVocabSize), TypeVocabSize, "TypeVocabSize must be 0 (no token-type embedding) or more.");
         }
 
         Probability(Dropout, nameof(Dropout));
@@ -144,4 +161,14 @@ public sealed record TransformerConfig
             throw new ArgumentOutOfRangeException(name, value, $"{name} must be a probability in [0, 1).");
         }
     }
+}
+
+/// <summary>The GELU variant of the feed-forward block (Hendrycks and Gimpel 2016).</summary>
+public enum HiddenActivation
+{
+    /// <summary>Exact GELU, x·Φ(x) with the normal CDF from erf (Hugging Face <c>gelu</c>; BERT).</summary>
+    Gelu,
+
+    /// <summary>The tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (Hugging Face <c>gelu_new</c>; GPT-2).</summary>
+    GeluTanh,
 }
