@@ -51,7 +51,7 @@ public sealed class TrainJob
         "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
         "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
         "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only",
-        "load_path", "load_weights_only", "autoresume",
+        "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume",
     };
 
     private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
@@ -141,6 +141,8 @@ public sealed class TrainJob
             SaveWeightsOnly = _config.GetBool("save_weights_only") ?? false,
             LoadPath = _config.GetString("load_path"),
             LoadWeightsOnly = _config.GetBool("load_weights_only") ?? !fit,
+            LoadStrictModelWeights = _config.GetBool("load_strict_model_weights") ?? true,
+            LoadIgnoreKeys = StringList("load_ignore_keys"),
             Autoresume = _config.GetBool("autoresume") ?? false,
             AlgorithmResolver = ResolveAlgorithm,
         };
@@ -211,6 +213,16 @@ public sealed class TrainJob
 
         return _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, description.Name, args, new ComponentContext(_services, string.Empty, 0));
     }
+
+    /// <summary>A list of strings under <paramref name="key"/>: a YAML list, or one comma-separated string (as given on the command line).</summary>
+    private IReadOnlyList<string>? StringList(string key) => _config.Get(key) switch
+    {
+        null => null,
+        string text => text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+        List<object?> list => list.Select(item => item as string
+            ?? throw new ConfigException($"'{key}' has '{item}', which is not a string; expected glob patterns such as 'classifier.*'.")).ToArray(),
+        _ => throw new ConfigException($"'{key}' must be a list of glob patterns, e.g. [classifier.*, pooler.*]."),
+    };
 
     private Time RequireTime(string key)
     {

@@ -92,6 +92,11 @@ public sealed partial class Trainer
                 return new AlgorithmRecord { Name = d.Name, RequiredOnLoad = a.RequiredOnLoad, Hyperparameters = d.Hyperparameters.ToDictionary(kv => kv.Key, kv => kv.Value) };
             }).ToList(),
         };
+        foreach ((string key, string value) in _checkpointMetadata ?? new Dictionary<string, string>())
+        {
+            header.Metadata.TryAdd(key, value);
+        }
+
         if (weightsOnly)
         {
             return header;
@@ -163,7 +168,8 @@ public sealed partial class Trainer
         bool strict,
         IReadOnlyList<string>? exclude,
         Func<AlgorithmDescription, IAlgorithm?>? resolver,
-        MissingAlgorithmPolicy policy)
+        MissingAlgorithmPolicy policy,
+        IReadOnlyList<string>? ignoreKeys = null)
     {
         using CheckpointReader reader = CheckpointFile.Open(path);
         CheckpointHeader header = reader.Header;
@@ -174,7 +180,7 @@ public sealed partial class Trainer
         }
 
         ApplyRequiredAlgorithms(header, file, exclude, resolver, policy);
-        LoadModelWeights(reader, strict);
+        LoadModelWeights(reader, strict, ignoreKeys);
         if (weightsOnly)
         {
             _log.LogInformation("Loaded model weights from {Checkpoint}.", file);
@@ -247,14 +253,22 @@ public sealed partial class Trainer
         _log.LogInformation("Loaded training state from {Checkpoint} at {Timestamp}.", file, State.Timestamp.Get(TimeUnit.Batch));
     }
 
-    private void LoadModelWeights(CheckpointReader reader, bool strict)
+    private void LoadModelWeights(CheckpointReader reader, bool strict, IReadOnlyList<string>? ignoreKeys)
     {
         string file = reader.Path;
+        KeyGlob ignore = new(ignoreKeys);
         Dictionary<string, Tensor> target = State.Model.state_dict();
         var seen = new HashSet<string>();
         var unexpected = new List<string>();
+        var ignored = new List<string>();
         reader.Read(CheckpointFile.ModelEntry, r => CheckpointFile.ReadTensors(r, (name, loaded) =>
         {
+            if (ignore.Matches(name))
+            {
+                ignored.Add(name);
+                return;
+            }
+
             if (!target.TryGetValue(name, out Tensor? t))
             {
                 unexpected.Add(name);
@@ -275,19 +289,21 @@ public sealed partial class Trainer
             seen.Add(name);
         }));
         List<string> missing = target.Keys.Where(k => !seen.Contains(k)).ToList();
-        if (missing.Count == 0 && unexpected.Count == 0)
+        List<string> missingNotIgnored = missing.Where(k => !ignore.Matches(k)).ToList();
+        if (strict && (missingNotIgnored.Count > 0 || unexpected.Count > 0))
         {
-            return;
-        }
-
-        string detail = $"missing from the checkpoint: [{string.Join(", ", missing)}]; not in the model: [{string.Join(", ", unexpected)}]";
-        if (strict)
-        {
+            string detail = $"missing from the checkpoint: [{string.Join(", ", missingNotIgnored)}]; not in the model: [{string.Join(", ", unexpected)}]";
+            string algorithms = reader.Header.Algorithms.Any(a => a.RequiredOnLoad)
+                ? $" It was saved with the required-on-load algorithm(s) {string.Join(", ", reader.Header.Algorithms.Where(a => a.RequiredOnLoad).Select(a => a.Name))}; if they renamed weights, pass them too."
+                : string.Empty;
             throw new CheckpointException(file,
-                $"Checkpoint '{file}' does not match the model's weights ({detail}). Pass the same required-on-load algorithms as when it was saved, or set LoadStrictModelWeights = false.");
+                $"Checkpoint '{file}' does not match the model's weights ({detail}). To start a new head from it (fine-tuning), set load_strict_model_weights: false "
+                + $"(CheckpointOptions.LoadStrictModelWeights = false), or list the keys in load_ignore_keys (glob patterns such as 'classifier.*').{algorithms}");
         }
 
-        _log.LogWarning("Loading {Checkpoint} non-strictly: {Detail}.", file, detail);
+        _log.LogInformation("Loaded {Count} model tensors from {Checkpoint}.", seen.Count, file);
+        _log.LogInformation("Missing from {Checkpoint} (initialised fresh): {Count} [{Keys}]", file, missing.Count, string.Join(", ", missing));
+        _log.LogInformation("Unexpected in {Checkpoint} (ignored): {Count} [{Keys}]", file, unexpected.Count + ignored.Count, string.Join(", ", unexpected.Concat(ignored)));
     }
 
     /// <summary>The default resolver: the algorithms that ship with ComposerSharp (<see cref="ComposerSharp.Algorithms.AlgorithmCatalog"/>).</summary>
@@ -304,7 +320,8 @@ public sealed partial class Trainer
         string file,
         IReadOnlyList<string>? exclude,
         Func<AlgorithmDescription, IAlgorithm?>? resolver,
-        MissingAlgorithmPolicy policy)
+        MissingAlgorithmPolicy policy,
+        IReadOnlyList<string>? ignoreKeys = null)
     {
         foreach (AlgorithmRecord record in header.Algorithms.Where(a => a.RequiredOnLoad))
         {

@@ -46,6 +46,7 @@ public sealed partial class Trainer : IDisposable
     private byte[]? _pendingRngState;
     private Tensor? _lastLoss;
     private bool _closed;
+    private IReadOnlyDictionary<string, string>? _checkpointMetadata;
 
     /// <summary>Creates a Trainer.</summary>
     /// <param name="model">The model; it is moved to the device.</param>
@@ -124,6 +125,7 @@ public sealed partial class Trainer : IDisposable
         loggerFactory ??= NullLoggerFactory.Instance;
         _log = loggerFactory.CreateLogger<Trainer>();
         checkpoint ??= new CheckpointOptions();
+        _checkpointMetadata = checkpoint.Metadata;
         if (deviceTrainMicrobatchSize is <= 0)
         {
             throw new ArgumentOutOfRangeException(nameof(deviceTrainMicrobatchSize), deviceTrainMicrobatchSize, "The microbatch size must be at least 1 sample (or null for whole batches).");
@@ -321,6 +323,7 @@ public sealed partial class Trainer : IDisposable
         string? loadPath = checkpoint.LoadPath is null ? null : CheckpointFile.Format(checkpoint.LoadPath, State);
         bool weightsOnly = checkpoint.LoadWeightsOnly;
         IReadOnlyList<string>? exclude = checkpoint.LoadExcludeAlgorithms;
+        IReadOnlyList<string>? ignoreKeys = checkpoint.LoadIgnoreKeys;
         if (checkpoint.Autoresume)
         {
             string? latest = FindAutoresumeCheckpoint(checkpoint, saveFolder);
@@ -330,12 +333,13 @@ public sealed partial class Trainer : IDisposable
                 loadPath = latest;
                 weightsOnly = false;
                 exclude = null;
+                ignoreKeys = null;
             }
         }
 
         if (loadPath is not null)
         {
-            LoadCheckpoint(loadPath, weightsOnly, checkpoint.LoadStrictModelWeights, exclude, checkpoint.AlgorithmResolver, checkpoint.MissingAlgorithmPolicy);
+            LoadCheckpoint(loadPath, weightsOnly, checkpoint.LoadStrictModelWeights, exclude, checkpoint.AlgorithmResolver, checkpoint.MissingAlgorithmPolicy, ignoreKeys);
         }
 
         Engine.RunEvent(Event.AfterLoad);

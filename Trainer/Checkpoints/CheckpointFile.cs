@@ -239,6 +239,27 @@ public static class CheckpointFile
     /// <exception cref="CheckpointException">Missing, truncated, damaged or foreign file; the message names it and the fault.</exception>
     internal static CheckpointReader Open(string path) => CheckpointReader.Open(path);
 
+    /// <summary>
+    /// The string metadata of the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer): library
+    /// versions, <c>model_type</c>, and whatever <see cref="CheckpointOptions.Metadata"/> added (e.g. the model's description).
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
+    public static IReadOnlyDictionary<string, string> ReadMetadata(string path)
+    {
+        using CheckpointReader reader = Open(path);
+        return new Dictionary<string, string>(reader.Header.Metadata);
+    }
+
+    /// <summary>The model state dict (name → CPU tensor, as saved) of the checkpoint at <paramref name="path"/>; the caller owns the tensors.</summary>
+    /// <exception cref="CheckpointException">The file is missing, not a ComposerSharp checkpoint, or damaged.</exception>
+    public static Dictionary<string, Tensor> ReadModelState(string path)
+    {
+        using CheckpointReader reader = Open(path);
+        var tensors = new Dictionary<string, Tensor>();
+        reader.Read(ModelEntry, r => ReadTensors(r, (name, t) => tensors[name] = t.DetachFromDisposeScope()));
+        return tensors;
+    }
+
     /// <summary>A write-only stream that hashes what passes through it.</summary>
     internal sealed class HashingStream : Stream
     {

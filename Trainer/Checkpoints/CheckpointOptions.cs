@@ -62,6 +62,20 @@ public sealed record CheckpointOptions
     /// <summary>Require the checkpoint's weights to match the model's names exactly (otherwise missing/unexpected keys are logged and skipped).</summary>
     public bool LoadStrictModelWeights { get; init; } = true;
 
+    /// <summary>
+    /// Glob patterns (<c>*</c> any run of characters, <c>?</c> one) over model state-dict keys, e.g. <c>classifier.*</c>,
+    /// as Composer's <c>load_ignore_keys</c>: matching checkpoint tensors are not loaded, and matching model tensors may
+    /// be absent from the checkpoint even when <see cref="LoadStrictModelWeights"/> is true (they keep their fresh
+    /// initialisation). Not applied on autoresume.
+    /// </summary>
+    public IReadOnlyList<string>? LoadIgnoreKeys { get; init; }
+
+    /// <summary>
+    /// Extra string metadata written into every checkpoint's header (e.g. the model's description, so that a
+    /// checkpoint can be used without the config that made it); keys must not clash with the built-in ones.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? Metadata { get; init; }
+
     /// <summary>Names of required-on-load algorithms not to re-create from the checkpoint.</summary>
     public IReadOnlyList<string>? LoadExcludeAlgorithms { get; init; }
 

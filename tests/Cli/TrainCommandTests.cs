@@ -86,3 +86,46 @@ public class TrainJobModelsTests
         }
     }
 }
+
+[TestFixture]
+public class FineTuneCommandTests
+{
+    [Test]
+    public void MlmPretrainingThenClassificationFineTuningRunsFromTheCommandLine()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-finetune-" + Guid.NewGuid().ToString("N"));
+        const string Tiny = "--set=model.hidden_size=32 --set=model.num_heads=4 --set=model.intermediate_size=64 --set=model.max_sequence_length=64";
+        try
+        {
+            var output = new StringWriter();
+            int code = CliApp.Run(
+                ($"train --max-duration 2ba --run-folder {folder}/mlm --progress-bar false {Tiny} "
+                 + "--set=train_loader.dataset.num_samples=64 --set=train_loader.dataset.regular_vocab_size=1024 --set=train_loader.batch_size=8 "
+                 + "--set=eval_loader.dataset.num_samples=16 --set=eval_loader.dataset.regular_vocab_size=1024 --set=eval_loader.dataset.first_index=64").Split(' '),
+                output);
+            Assert.That(code, Is.Zero, output.ToString());
+            string checkpoint = Directory.GetFiles(Path.Combine(folder, "mlm", "checkpoints"), "ep*.ckpt").Single();
+
+            string yaml = Path.Combine(Path.GetTempPath(), "finetune-" + Guid.NewGuid().ToString("N") + ".yaml");
+            File.WriteAllText(yaml, """
+                max_duration: 2ba
+                progress_bar: false
+                model: {name: bert_classification, hidden_size: 32, num_heads: 4, intermediate_size: 64, max_sequence_length: 64}
+                train_loader: {batch_size: 8, dataset: {name: synthetic_classification, num_samples: 32, regular_vocab_size: 1024, max_length: 32}}
+                """);
+            int fine = CliApp.Run(
+                new[] { "train", "--config", yaml, "--run-folder", $"{folder}/cls", "--load-path", checkpoint, "--load-weights-only", "true", "--load-strict-model-weights", "false" },
+                output);
+            File.Delete(yaml);
+            Assert.That(fine, Is.Zero, output.ToString());
+            Assert.That(output.ToString(), Does.Contain("metrics/train/Accuracy"));
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+}
