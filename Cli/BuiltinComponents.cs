@@ -3,6 +3,7 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Models.HuggingFace;
 using ComposerSharp.Trainer.Callbacks;
 using ComposerSharp.Trainer.Loggers;
 using Microsoft.Extensions.DependencyInjection;
@@ -35,10 +36,15 @@ public static class BuiltinComponents
     {
         services.AddSingleton<ITextTokenizer>(_ => new Gpt2Tokenizer());
 
-        services.AddModel("bert_mlm", (s, c) => new BertForMaskedLM(ModelConfig(s, c, "bert-tiny")));
-        services.AddModel("gpt", (s, c) => new GptForCausalLM(ModelConfig(s, c, "gpt-tiny")));
+        services.AddModel("bert_mlm", (s, c) => Pretrained(s, c, HuggingFaceArchitecture.BertForMaskedLM) ?? new BertForMaskedLM(ModelConfig(s, c, "bert-tiny")));
+        services.AddModel("gpt", (s, c) => Pretrained(s, c, HuggingFaceArchitecture.Gpt2LMHeadModel) ?? new GptForCausalLM(ModelConfig(s, c, "gpt-tiny")));
         services.AddModel("bert_classification", (s, c) =>
         {
+            if (Pretrained(s, c, HuggingFaceArchitecture.BertForSequenceClassification) is { } pretrained)
+            {
+                return pretrained;
+            }
+
             TransformerConfig config = ModelConfig(s, c, "bert-tiny", ClassificationKeys);
             var defaults = new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? 2 };
             var options = OptionsBinder.Bind(s.Only(ClassificationKeys), defaults);
@@ -107,6 +113,44 @@ public static class BuiltinComponents
     }
 
     private static readonly string[] ClassificationKeys = { "num_labels", "pooling", "f1_positive_class" };
+
+    /// <summary>
+    /// <c>model: {pretrained: FOLDER}</c>: the model read from a Hugging Face folder (config.json + model.safetensors or
+    /// pytorch_model.bin), e.g. a published BERT or GPT-2 to fine-tune; other keys of the section (dropout, …) change
+    /// the folder's configuration, and a classifier's head starts fresh when the folder has none. Null without the key.
+    /// </summary>
+    private static TransformerModel? Pretrained(ConfigSection s, ComponentContext c, HuggingFaceArchitecture architecture)
+    {
+        if (s.GetString("pretrained") is not { } folder)
+        {
+            return null;
+        }
+
+        if (s.ContainsKey("preset"))
+        {
+            throw new ConfigException($"'{s.PathOf("preset")}' and '{s.PathOf("pretrained")}' exclude each other: the pretrained folder's config.json gives the sizes.");
+        }
+
+        ConfigSection head = s.Only(ClassificationKeys);
+        ConfigSection rest = s.Without(ClassificationKeys.Append("pretrained").ToArray());
+        var options = new PretrainedOptions
+        {
+            Architecture = architecture,
+            Configure = config => rest.Count == 0 ? config : OptionsBinder.Bind(rest, config),
+            Classification = architecture == HuggingFaceArchitecture.BertForSequenceClassification
+                ? OptionsBinder.Bind(head, new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? HuggingFaceConfig.Read(folder).Labels?.Count ?? 2 })
+                : null,
+        };
+        ILogger? logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Models.HuggingFace");
+        try
+        {
+            return HuggingFaceFormat.FromPretrained(folder, options, logger).Model;
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or NotSupportedException)
+        {
+            throw new ConfigException($"'{s.PathOf("pretrained")}' is '{folder}': {ex.Message}", ex);
+        }
+    }
 
     private static TransformerConfig ModelConfig(ConfigSection s, ComponentContext c, string defaultPreset, params string[] extraKeys)
     {

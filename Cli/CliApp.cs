@@ -11,8 +11,9 @@ using Spectre.Console;
 namespace ComposerSharp.Cli;
 
 /// <summary>
-/// The <c>composersharp</c> command line: <c>train</c> (train from a YAML config, or the embedded default) and
-/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key.
+/// The <c>composersharp</c> command line: <c>train</c> (train from a YAML config, or the embedded default),
+/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key; and <c>predict</c>, <c>generate</c> and
+/// <c>export</c>, which need only a checkpoint.
 /// </summary>
 public static class CliApp
 {
@@ -28,6 +29,9 @@ public static class CliApp
         var root = new RootCommand("ComposerSharp: Composer-style training for .NET on TorchSharp.");
         root.Subcommands.Add(BuildCommand("train", "Train a model from a YAML config (the embedded default when --config is not given).", evaluate: false, output));
         root.Subcommands.Add(BuildCommand("eval", "Evaluate a checkpoint (--load-path) on the config's eval_loader.", evaluate: true, output));
+        root.Subcommands.Add(InferenceCommands.Predict(output));
+        root.Subcommands.Add(InferenceCommands.Generate(output));
+        root.Subcommands.Add(InferenceCommands.Export(output));
         return root.Parse(args).Invoke();
     }
 
@@ -150,7 +154,7 @@ public static class CliApp
                 err.WriteLine($"composersharp {name}: configuration error: {ex.Message}");
                 return ConfigErrorExitCode;
             }
-            catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidOperationException or NotSupportedException or ArgumentException)
+            catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException)
             {
                 err.WriteLine($"composersharp {name}: {ex.Message}");
                 return 1;

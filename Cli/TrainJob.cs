@@ -3,8 +3,11 @@ using System.Globalization;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Reporting;
+using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Inference;
 using ComposerSharp.Models;
+using CheckpointFile = ComposerSharp.Trainer.CheckpointFile;
 using CheckpointOptions = ComposerSharp.Trainer.CheckpointOptions;
 using ComposerSharp.Trainer.Optim;
 using Microsoft.Extensions.DependencyInjection;
@@ -114,12 +117,15 @@ public sealed class TrainJob
         var context = new ComponentContext(_services, runFolder, seed);
 
         torch.manual_seed(seed);
+        ModelDescription? recorded = RecordedModel();
+        context = context with { Labels = recorded?.Labels };
         DataSource? train = fit ? BuildData("train_loader", context, required: true) : null;
-        ComponentContext modelContext = context with { Vocabulary = train?.Vocabulary, Labels = train?.Labels };
+        ComponentContext modelContext = context with { Vocabulary = train?.Vocabulary, Labels = train?.Labels ?? recorded?.Labels };
         DataSource? eval = BuildData("eval_loader", modelContext, required: false);
         modelContext = modelContext with { Vocabulary = modelContext.Vocabulary ?? eval?.Vocabulary, Labels = modelContext.Labels ?? eval?.Labels };
 
-        ComposerModel model = BuildModel(modelContext);
+        ComposerModel model = BuildModel(modelContext, recorded);
+        IReadOnlyDictionary<string, string>? description = Describe(model, modelContext, recorded);
         var algorithms = _config.GetNamedList("algorithms").Select(a => _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, a.Name, a.Args, context)).ToList();
         var callbacks = _config.GetNamedList("callbacks").Select(c => _catalog.Create<ICallback>(ComponentKind.Callback, c.Name, c.Args, context)).ToList();
         var history = new MetricHistory();
@@ -145,6 +151,7 @@ public sealed class TrainJob
             LoadIgnoreKeys = StringList("load_ignore_keys"),
             Autoresume = _config.GetBool("autoresume") ?? false,
             AlgorithmResolver = ResolveAlgorithm,
+            Metadata = description,
         };
 
         LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
@@ -274,12 +281,66 @@ public sealed class TrainJob
         return _catalog.Create<DataSource>(ComponentKind.Dataset, name, dataset.Without("name"), context);
     }
 
-    private ComposerModel BuildModel(ComponentContext context)
+    private ComposerModel BuildModel(ComponentContext context, ModelDescription? recorded)
     {
         ConfigSection model = _config.Section("model");
-        string name = model.GetString("name") ?? throw new ConfigException(
-            $"'model.name' is required; registered models: {string.Join(", ", _catalog.Names(ComponentKind.Model))}.");
+        string? name = model.GetString("name");
+        if (name is null && recorded is not null)
+        {
+            // A self-describing checkpoint: its model, with any keys of the config's model section applied on top.
+            TransformerConfig config = recorded.Config;
+            if (model.Count > 0)
+            {
+                config = OptionsBinder.Bind(model, config);
+            }
+
+            return (recorded with { Config = config }).CreateModel();
+        }
+
+        if (name is null)
+        {
+            string hint = _config.GetString("load_path") is { } load
+                ? $" Checkpoint '{load}' does not record its model (it was written before checkpoints described themselves), so the config must give it."
+                : string.Empty;
+            throw new ConfigException($"'model.name' is required; registered models: {string.Join(", ", _catalog.Names(ComponentKind.Model))}.{hint}");
+        }
+
         return _catalog.Create<ComposerModel>(ComponentKind.Model, name, model.Without("name"), context);
+    }
+
+    /// <summary>The model description of the checkpoint at load_path, when it records one and the config's model section names no model.</summary>
+    private ModelDescription? RecordedModel()
+    {
+        if (_config.Section("model").GetString("name") is not null || _config.GetString("load_path") is not { } load)
+        {
+            return null;
+        }
+
+        if (!File.Exists(load))
+        {
+            return null; // the Trainer reports the missing checkpoint with its own message
+        }
+
+        string path = CheckpointFile.Resolve(load);
+        return CheckpointFile.ReadMetadata(path).TryGetValue(ModelDescription.MetadataKey, out string? json)
+            ? ModelDescription.FromJson(json, $"Checkpoint '{path}'")
+            : null;
+    }
+
+    /// <summary>The checkpoint metadata that makes checkpoints self-describing: the model's description (kind, config, labels, tokenizer).</summary>
+    private IReadOnlyDictionary<string, string>? Describe(ComposerModel model, ComponentContext context, ModelDescription? recorded)
+    {
+        if (model is not TransformerModel transformer)
+        {
+            return null;
+        }
+
+        ITextTokenizer? tokenizer = _services.GetService<ITextTokenizer>();
+        ComposerSharp.Data.TokenVocabulary? vocabulary = context.Vocabulary;
+        string? tokenizerName = recorded?.Tokenizer
+            ?? (vocabulary is not null && tokenizer is not null && vocabulary.RegularCount == tokenizer.Vocabulary.RegularCount ? Tokenizers.NameOf(tokenizer) : null);
+        var description = ModelDescription.Of(transformer, context.Labels, tokenizerName, vocabulary?.RegularCount ?? recorded?.TokenizerRegularCount);
+        return new Dictionary<string, string> { [ModelDescription.MetadataKey] = description.ToJson() };
     }
 
     /// <summary>

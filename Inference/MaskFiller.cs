@@ -1,0 +1,101 @@
+using ComposerSharp.Data;
+using ComposerSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Inference;
+
+/// <summary>One candidate for a masked position.</summary>
+/// <param name="Token">The decoded token.</param>
+/// <param name="TokenId">Its id.</param>
+/// <param name="Probability">Its softmax probability at that position.</param>
+public sealed record MaskFill(string Token, int TokenId, double Probability);
+
+/// <summary>
+/// Fills masked positions with a BERT masked-language model loaded from a checkpoint (Hugging Face's fill-mask
+/// pipeline): each <c>[MASK]</c> (or <c>&lt;|mask|&gt;</c>) in a text becomes the mask id, and the top-k tokens of each
+/// masked position are returned.
+/// </summary>
+public sealed class MaskFiller : IDisposable
+{
+    /// <summary>The mask markers recognised in input text.</summary>
+    public static readonly IReadOnlyList<string> MaskMarkers = new[] { "[MASK]", "<|mask|>" };
+
+    private readonly CheckpointModel _loaded;
+    private readonly BertForMaskedLM _model;
+
+    private MaskFiller(CheckpointModel loaded)
+    {
+        _loaded = loaded;
+        _model = loaded.Model as BertForMaskedLM ?? throw new InvalidDataException(
+            $"Checkpoint '{loaded.Path}' holds a {loaded.Description.Kind} model, not a {ModelDescription.BertMlm} model.");
+    }
+
+    /// <summary>Loads an MLM checkpoint.</summary>
+    /// <exception cref="InvalidDataException">Another model kind, or no description.</exception>
+    public static MaskFiller Load(string path, ModelDescription? description = null)
+    {
+        CheckpointModel loaded = CheckpointModel.Load(path, description);
+        try
+        {
+            return new MaskFiller(loaded);
+        }
+        catch
+        {
+            loaded.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The top-<paramref name="topK"/> fills of each masked position of <paramref name="text"/>, in position order.</summary>
+    /// <exception cref="ArgumentException">The text has no mask marker, or is longer than the model's context.</exception>
+    public IReadOnlyList<IReadOnlyList<MaskFill>> Fill(string text, int topK = 5)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(topK);
+        ITextTokenizer tokenizer = _loaded.Tokenizer;
+        var ids = new List<long>();
+        string[] parts = text.Split(MaskMarkers.ToArray(), StringSplitOptions.None);
+        if (parts.Length == 1)
+        {
+            throw new ArgumentException($"The text has no mask marker ({string.Join(" or ", MaskMarkers)}): '{text}'.", nameof(text));
+        }
+
+        var masked = new List<int>();
+        for (int i = 0; i < parts.Length; i++)
+        {
+            if (i > 0)
+            {
+                masked.Add(ids.Count);
+                ids.Add(tokenizer.Vocabulary.MaskId);
+            }
+
+            ids.AddRange(tokenizer.Encode(parts[i]).Select(id => (long)id));
+        }
+
+        if (ids.Count > _model.Config.MaxSequenceLength)
+        {
+            throw new ArgumentException($"The text has {ids.Count} tokens; the model's context is {_model.Config.MaxSequenceLength}.", nameof(text));
+        }
+
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        Tensor logits = _model.call(TextClassifier.BatchOf(new[] { ids.ToArray() }, tokenizer.Vocabulary.PadId))[0];
+        int regular = tokenizer.Vocabulary.RegularCount;
+        var result = new List<IReadOnlyList<MaskFill>>();
+        foreach (int position in masked)
+        {
+            // Only regular tokens are candidates (as the fill-mask pipeline never proposes [PAD] or [MASK]).
+            Tensor probabilities = torch.softmax(logits[position].narrow(0, 0, regular).to(ScalarType.Float32), 0);
+            (Tensor values, Tensor indices) = probabilities.topk(Math.Min(topK, regular));
+            float[] p = values.data<float>().ToArray();
+            long[] idx = indices.data<long>().ToArray();
+            result.Add(idx.Select((id, k) => new MaskFill(tokenizer.Decode(new[] { (int)id }), (int)id, p[k])).ToArray());
+        }
+
+        return result;
+    }
+
+    /// <summary>Frees the model.</summary>
+    public void Dispose() => _loaded.Dispose();
+}

@@ -1,0 +1,115 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace ComposerSharp.Models;
+
+/// <summary>
+/// Everything needed to rebuild a transformer model without the config that made it: its kind, full configuration,
+/// classifier head and label names, the tokenizer it was trained with, and the framework version. Stored as JSON in a
+/// checkpoint's metadata under <see cref="MetadataKey"/> (self-describing checkpoints), so that <c>eval</c>,
+/// <c>predict</c>, <c>generate</c>, <c>export</c> and fine-tuning need only the checkpoint.
+/// </summary>
+public sealed record ModelDescription
+{
+    /// <summary>The checkpoint metadata key holding the JSON.</summary>
+    public const string MetadataKey = "model_description";
+
+    /// <summary>The kind for <see cref="BertForMaskedLM"/>.</summary>
+    public const string BertMlm = "bert_mlm";
+
+    /// <summary>The kind for <see cref="BertForSequenceClassification"/>.</summary>
+    public const string BertClassification = "bert_classification";
+
+    /// <summary>The kind for <see cref="GptForCausalLM"/>.</summary>
+    public const string Gpt = "gpt";
+
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
+    };
+
+    /// <summary>The model kind: <see cref="BertMlm"/>, <see cref="BertClassification"/> or <see cref="Gpt"/> (the CLI's <c>model.name</c>).</summary>
+    public required string Kind { get; init; }
+
+    /// <summary>The full configuration.</summary>
+    public required TransformerConfig Config { get; init; }
+
+    /// <summary>The classifier head (<see cref="BertClassification"/> only).</summary>
+    public SequenceClassificationOptions? Classification { get; init; }
+
+    /// <summary>Class names in id order (<see cref="BertClassification"/> only), or null when unknown.</summary>
+    public IReadOnlyList<string>? Labels { get; init; }
+
+    /// <summary>The tokenizer's name, e.g. <c>gpt2</c> (GPT-2 byte-level BPE with ComposerSharp's pad, mask and cls ids).</summary>
+    public string? Tokenizer { get; init; }
+
+    /// <summary>The tokenizer vocabulary's identity: its regular token count (special ids follow it), e.g. 50256 for GPT-2.</summary>
+    public int? TokenizerRegularCount { get; init; }
+
+    /// <summary>The ComposerSharp version that wrote the description.</summary>
+    public string? FrameworkVersion { get; init; }
+
+    /// <summary>The description of <paramref name="model"/>.</summary>
+    /// <exception cref="NotSupportedException">Not one of the three transformer models.</exception>
+    public static ModelDescription Of(TransformerModel model, IReadOnlyList<string>? labels = null, string? tokenizer = null, int? tokenizerRegularCount = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        TransformerConfig config = model.Config with
+        {
+            PreLayerNorm = model.Backbone.PreLayerNorm,
+            Activation = model.Backbone.Activation,
+        };
+        return new ModelDescription
+        {
+            Kind = KindOf(model),
+            Config = config,
+            Classification = (model as BertForSequenceClassification)?.Options,
+            Labels = model is BertForSequenceClassification ? labels : null,
+            Tokenizer = tokenizer,
+            TokenizerRegularCount = tokenizerRegularCount,
+            FrameworkVersion = typeof(ModelDescription).Assembly.GetName().Version?.ToString(),
+        };
+    }
+
+    /// <summary>The kind name of <paramref name="model"/>.</summary>
+    /// <exception cref="NotSupportedException">Not one of the three transformer models.</exception>
+    public static string KindOf(object model) => model switch
+    {
+        BertForMaskedLM => BertMlm,
+        BertForSequenceClassification => BertClassification,
+        GptForCausalLM => Gpt,
+        _ => throw new NotSupportedException($"{model?.GetType().Name ?? "null"} is not a model kind that can be described; expected BertForMaskedLM, BertForSequenceClassification or GptForCausalLM."),
+    };
+
+    /// <summary>A new, freshly initialised model of this description (load weights into it afterwards).</summary>
+    /// <exception cref="InvalidDataException">Unknown kind.</exception>
+    public TransformerModel CreateModel() => Kind switch
+    {
+        BertMlm => new BertForMaskedLM(Config),
+        BertClassification => new BertForSequenceClassification(Config, Classification),
+        Gpt => new GptForCausalLM(Config),
+        _ => throw new InvalidDataException($"Model kind '{Kind}' is unknown; expected {BertMlm}, {BertClassification} or {Gpt}."),
+    };
+
+    /// <summary>The JSON form stored in checkpoints (snake_case keys).</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
+    /// <summary>Parses <see cref="ToJson"/>'s output.</summary>
+    /// <param name="json">The JSON text.</param>
+    /// <param name="source">Where it came from, for error messages (e.g. the checkpoint path).</param>
+    /// <exception cref="InvalidDataException">Not a valid description; the message names the source.</exception>
+    public static ModelDescription FromJson(string json, string source)
+    {
+        ArgumentNullException.ThrowIfNull(json);
+        try
+        {
+            return JsonSerializer.Deserialize<ModelDescription>(json, Json) ?? throw new InvalidDataException($"{source}: the model description is null.");
+        }
+        catch (JsonException ex)
+        {
+            throw new InvalidDataException($"{source}: the model description is not valid: {ex.Message}", ex);
+        }
+    }
+}

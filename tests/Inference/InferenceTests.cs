@@ -1,0 +1,161 @@
+using ComposerSharp.Cli;
+using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Inference;
+using ComposerSharp.Models;
+using ComposerSharp.Models.HuggingFace;
+using Microsoft.Extensions.DependencyInjection;
+using NUnit.Framework;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Tests.Inference;
+
+/// <summary>Self-describing checkpoints and what uses them: eval, predict, generate and export from the checkpoint alone.</summary>
+[TestFixture]
+public class InferenceTests
+{
+    private const string Tiny = "hidden_size: 32, num_heads: 4, intermediate_size: 64, num_layers: 2";
+    private string _dir = null!;
+
+    [OneTimeSetUp]
+    public void WriteData()
+    {
+        _dir = Path.Combine(Path.GetTempPath(), "composersharp-inference-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Path.Combine(_dir, "text"));
+        var random = new Random(3);
+        string[] spam = { "win money now", "free prize claim today", "cheap pills offer", "click here to win" };
+        string[] ham = { "meeting moved to tuesday", "see you at lunch", "the report is attached", "thanks for the review" };
+        File.WriteAllLines(Path.Combine(_dir, "data.jsonl"), Enumerable.Range(0, 48).Select(i =>
+        {
+            bool isSpam = i % 2 == 0;
+            string text = (isSpam ? spam : ham)[random.Next(4)] + " " + (isSpam ? spam : ham)[random.Next(4)];
+            return $"{{\"text\": \"{text}\", \"label\": \"{(isSpam ? "spam" : "ham")}\"}}";
+        }));
+        File.WriteAllText(Path.Combine(_dir, "text", "a.txt"), string.Join(" ", Enumerable.Range(0, 300).Select(i => ham[i % 4] + ".")));
+    }
+
+    [OneTimeTearDown]
+    public void Delete() => Directory.Delete(_dir, recursive: true);
+
+    private string Train(string name, string model, string dataset, int batches = 3)
+    {
+        string folder = Path.Combine(_dir, name);
+        string yaml = $$"""
+            run_folder: {{folder}}
+            max_duration: {{batches}}ba
+            progress_bar: false
+            model: {name: {{model}}, {{Tiny}}, max_sequence_length: 64}
+            train_loader: {batch_size: 8, shuffle: true, dataset: {{dataset}}}
+            optimizer: {name: adamw, lr: 0.01}
+            """;
+        using var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        new TrainJob(ConfigSection.Parse(yaml), services).Train();
+        return Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*.ckpt").Single(f => f.EndsWith($"-ba{batches}-rank0.ckpt", StringComparison.Ordinal));
+    }
+
+    private string? _classifier;
+
+    /// <summary>The classifier checkpoint, trained once per fixture.</summary>
+    private string Classifier() => _classifier ??= Train("cls", "bert_classification", $"{{name: jsonl_classification, path: {_dir}/data.jsonl, max_length: 64, labels: [ham, spam]}}", batches: 18);
+
+    [Test]
+    public void ACheckpointDescribesItsModelLabelsAndTokenizer()
+    {
+        string ckpt = Classifier();
+        ModelDescription d = ModelDescription.FromJson(ComposerSharp.Trainer.CheckpointFile.ReadMetadata(ckpt)[ModelDescription.MetadataKey], ckpt);
+        Assert.That(d.Kind, Is.EqualTo(ModelDescription.BertClassification));
+        Assert.That(d.Config.HiddenSize, Is.EqualTo(32));
+        Assert.That(d.Config.MaxSequenceLength, Is.EqualTo(64));
+        Assert.That(d.Labels, Is.EqualTo(new[] { "ham", "spam" }));
+        Assert.That(d.Tokenizer, Is.EqualTo("gpt2"));
+        Assert.That(d.TokenizerRegularCount, Is.EqualTo(50256));
+        Assert.That(d.FrameworkVersion, Is.Not.Null);
+    }
+
+    [Test]
+    public void PredictReproducesTheAccuracyEvalReportsFromTheCheckpointAlone()
+    {
+        string ckpt = Classifier();
+        string yaml = $$"""
+            run_folder: {{_dir}}/eval
+            progress_bar: false
+            load_path: {{ckpt}}
+            eval_loader:
+              batch_size: 16
+              dataset: {name: jsonl_classification, path: {{_dir}}/data.jsonl, max_length: 64}
+            """;
+        using var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        double evalAccuracy = new TrainJob(ConfigSection.Parse(yaml), services).Evaluate().FinalMetrics["metrics/eval/Accuracy"];
+
+        string[] lines = File.ReadAllLines(Path.Combine(_dir, "data.jsonl"));
+        using TextClassifier classifier = TextClassifier.Load(ckpt);
+        Assert.That(classifier.Labels, Is.EqualTo(new[] { "ham", "spam" }));
+        var rows = lines.Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement).Select(e => (Text: e.GetProperty("text").GetString()!, Label: e.GetProperty("label").GetString()!)).ToArray();
+        IReadOnlyList<ClassPrediction> predictions = classifier.Predict(rows.Select(r => r.Text), batchSize: 16);
+        double accuracy = rows.Zip(predictions).Count(p => p.First.Label == p.Second.Label) / (double)rows.Length;
+        Assert.That(accuracy, Is.EqualTo(evalAccuracy).Within(1e-12));
+        Assert.That(accuracy, Is.GreaterThan(0.75), "the classifier should have learned the keywords, so that the comparison is not between two constant predictions");
+        Assert.That(predictions[0].Probabilities.Values.Sum(), Is.EqualTo(1.0).Within(1e-5));
+
+        var output = new StringWriter();
+        string outFile = Path.Combine(_dir, "predictions.jsonl");
+        Assert.That(CliApp.Run(new[] { "predict", "--load-path", ckpt, "--input", Path.Combine(_dir, "data.jsonl"), "--output", outFile }, output), Is.Zero);
+        string[] written = File.ReadAllLines(outFile);
+        Assert.That(written, Has.Length.EqualTo(rows.Length));
+        Assert.That(written[0], Does.Contain("\"label\":\"" + predictions[0].Label + "\"").And.Contain("\"probabilities\""));
+    }
+
+    [Test]
+    public void GenerateWithAndWithoutTheCacheGivesTheSameTokens()
+    {
+        string ckpt = Train("gpt", "gpt", $"{{name: text_lm, path: {_dir}/text, block_size: 32}}");
+        using TextGenerator generator = TextGenerator.Load(ckpt);
+        var greedy = new GenerationOptions { MaxNewTokens = 12, Temperature = 0, StopAtEndOfText = false };
+        GenerationResult cached = generator.Generate("see you at", greedy);
+        GenerationResult uncached = generator.Generate("see you at", greedy with { UseCache = false });
+        Assert.That(cached.TokenIds, Has.Count.EqualTo(12));
+        Assert.That(cached.TokenIds, Is.EqualTo(uncached.TokenIds));
+        GenerationResult sampled = generator.Generate("see you at", new GenerationOptions { MaxNewTokens = 8, TopK = 20, TopP = 0.9, Seed = 4, StopAtEndOfText = false });
+        Assert.That(generator.Generate("see you at", new GenerationOptions { MaxNewTokens = 8, TopK = 20, TopP = 0.9, Seed = 4, StopAtEndOfText = false }).TokenIds, Is.EqualTo(sampled.TokenIds), "same seed, same text");
+
+        var ex = Assert.Throws<ArgumentException>(() => generator.Generate(string.Join(" ", Enumerable.Repeat("word", 80))));
+        Assert.That(ex!.Message, Does.Contain("80 tokens").And.Contain("64"));
+
+        var output = new StringWriter();
+        Assert.That(CliApp.Run(new[] { "generate", "--load-path", ckpt, "--prompt", "see you", "--max-new-tokens", "5", "--seed", "1" }, output), Is.Zero);
+        Assert.That(output.ToString(), Does.StartWith("see you"));
+        Assert.That(CliApp.Run(new[] { "predict", "--load-path", ckpt, "--input", Path.Combine(_dir, "data.jsonl") }, output), Is.EqualTo(1), "a GPT checkpoint cannot predict");
+    }
+
+    [Test]
+    public void ExportFromTheCheckpointIsReadBackBitwise()
+    {
+        string ckpt = Classifier();
+        string folder = Path.Combine(_dir, "hf");
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", folder }, new StringWriter()), Is.Zero);
+        PretrainedModel back = HuggingFaceFormat.FromPretrained(folder);
+        Assert.That(back.Labels, Is.EqualTo(new[] { "ham", "spam" }));
+        Dictionary<string, Tensor> saved = ComposerSharp.Trainer.CheckpointFile.ReadModelState(ckpt);
+        foreach ((string key, Tensor t) in back.Model.state_dict())
+        {
+            Assert.That(t.bytes.SequenceEqual(saved[key].bytes), Is.True, key);
+        }
+    }
+
+    [Test]
+    public void AnOldCheckpointWithoutADescriptionSaysWhatToSupply()
+    {
+        string ckpt = Path.Combine(_dir, "old.ckpt");
+        var model = new BertForSequenceClassification(TransformerConfig.Preset("bert-tiny") with { HiddenSize = 32, NumHeads = 4, IntermediateSize = 64, VocabSize = 128 });
+        using (var trainer = new ComposerSharp.Trainer.Trainer(model, device: "cpu", progressBar: false))
+        {
+            trainer.SaveCheckpoint(ckpt, weightsOnly: true);
+        }
+
+        var ex = Assert.Throws<InvalidDataException>(() => TextClassifier.Load(ckpt));
+        Assert.That(ex!.Message, Does.Contain(ckpt).And.Contain("does not record its model").And.Contain("model section"));
+        var description = ModelDescription.Of(model, new[] { "a", "b" }, "gpt2");
+        using TextClassifier supplied = TextClassifier.Load(ckpt, description);
+        Assert.That(supplied.Labels, Is.EqualTo(new[] { "a", "b" }));
+    }
+}
