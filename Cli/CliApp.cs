@@ -12,8 +12,8 @@ namespace ComposerSharp.Cli;
 
 /// <summary>
 /// The <c>composersharp</c> command line: <c>train</c> (train from a YAML config, or the embedded default),
-/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key; and <c>predict</c>, <c>generate</c> and
-/// <c>export</c>, which need only a checkpoint.
+/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key; <c>predict</c>, <c>generate</c> and
+/// <c>export</c>, which need only a checkpoint; and <c>env</c> (what results depend on).
 /// </summary>
 public static class CliApp
 {
@@ -32,6 +32,7 @@ public static class CliApp
         root.Subcommands.Add(InferenceCommands.Predict(output));
         root.Subcommands.Add(InferenceCommands.Generate(output));
         root.Subcommands.Add(InferenceCommands.Export(output));
+        root.Subcommands.Add(EnvCommand.Build(output));
         return root.Parse(args).Invoke();
     }
 

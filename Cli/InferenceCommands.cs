@@ -32,7 +32,15 @@ internal static class InferenceCommands
             using StreamWriter? fileWriter = parse.GetValue(outputFile) is { } file ? new StreamWriter(file) : null;
             TextWriter writer = fileWriter ?? output ?? Console.Out;
             ModelDescription description = CheckpointModel.ReadDescription(path);
-            var progress = new Progress<int>(done => Console.Error.WriteLine($"predict: {done}/{rows.Count} inputs"));
+            int reported = 0;
+            var progress = new Progress<int>(done =>
+            {
+                if (done - reported >= ProgressEvery || done == rows.Count)
+                {
+                    reported = done;
+                    Console.Error.WriteLine($"predict: {done}/{rows.Count} inputs");
+                }
+            });
             if (description.Kind == ModelDescription.BertClassification)
             {
                 using TextClassifier classifier = TextClassifier.Load(path);
@@ -61,8 +69,10 @@ internal static class InferenceCommands
             else if (description.Kind == ModelDescription.BertMlm)
             {
                 using MaskFiller filler = MaskFiller.Load(path);
+                int done = 0;
                 foreach ((string text, _) in rows)
                 {
+                    ((IProgress<int>)progress).Report(++done);
                     IReadOnlyList<IReadOnlyList<MaskFill>> fills = filler.Fill(text, parse.GetValue(topK));
                     var positions = new JsonArray(fills.Select(f => (JsonNode)new JsonArray(f.Select(c => (JsonNode)new JsonObject { ["token"] = c.Token, ["token_id"] = c.TokenId, ["probability"] = c.Probability }).ToArray())).ToArray());
                     writer.WriteLine(new JsonObject { ["text"] = text, ["fills"] = positions }.ToJsonString());

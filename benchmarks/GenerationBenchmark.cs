@@ -34,7 +34,7 @@ internal static class GenerationBenchmark
 
         Interleaved run = Interleaved.Run(new[] { new Variant(Cached, () => Ms(true)), new Variant(Uncached, () => Ms(false)) }, warmup, rounds);
         int promptTokens = tokenizer.Encode(Prompt).Length;
-        var report = new PartReport("generate", $"(5) GPT generation, {tokens} new tokens after a {promptTokens}-token prompt (gpt-tiny shape, greedy): key/value cache vs full prefix");
+        var report = new PartReport("generate", $"(6) GPT generation, {tokens} new tokens after a {promptTokens}-token prompt (gpt-tiny shape, greedy): key/value cache vs full prefix");
         report.Columns.AddRange(new[] { "variant", "ms/token (median ±IQR/2)", "tokens/s", "ratio vs kv cache" });
         var rows = new List<object>();
         foreach (string name in new[] { Cached, Uncached })

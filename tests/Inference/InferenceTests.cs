@@ -159,3 +159,51 @@ public class InferenceTests
         Assert.That(supplied.Labels, Is.EqualTo(new[] { "a", "b" }));
     }
 }
+
+[TestFixture]
+public class MaskFillerTests
+{
+    [Test]
+    public void PredictFillsEachMaskWithTheTopKTokens()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "composersharp-mlm-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Path.Combine(dir, "text"));
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "text", "a.txt"), string.Join(" ", Enumerable.Repeat("the whale was white and the sea was grey.", 60)));
+            string yaml = $$"""
+                run_folder: {{dir}}/run
+                max_duration: 2ba
+                progress_bar: false
+                model: {name: bert_mlm, hidden_size: 32, num_heads: 4, intermediate_size: 64, num_layers: 2, max_sequence_length: 64}
+                train_loader:
+                  batch_size: 8
+                  dataset: {name: text_mlm, path: {{dir}}/text, block_size: 32}
+                """;
+            using (var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider())
+            {
+                new TrainJob(ConfigSection.Parse(yaml), services).Train();
+            }
+
+            string ckpt = Directory.GetFiles(Path.Combine(dir, "run", "checkpoints"), "ep*.ckpt").Single();
+            using (MaskFiller filler = MaskFiller.Load(ckpt))
+            {
+                IReadOnlyList<IReadOnlyList<MaskFill>> fills = filler.Fill("the [MASK] was white and the <|mask|> was grey.", topK: 3);
+                Assert.That(fills, Has.Count.EqualTo(2));
+                Assert.That(fills[0], Has.Count.EqualTo(3));
+                Assert.That(fills[0].Select(f => f.Probability), Is.Ordered.Descending);
+                Assert.That(fills[0].All(f => f.TokenId < 50256), Is.True, "only regular tokens are candidates");
+                Assert.Throws<ArgumentException>(() => filler.Fill("no mask here"));
+            }
+
+            File.WriteAllLines(Path.Combine(dir, "masked.txt"), new[] { "the [MASK] was white." });
+            var output = new StringWriter();
+            Assert.That(CliApp.Run(new[] { "predict", "--load-path", ckpt, "--input", Path.Combine(dir, "masked.txt"), "--top-k", "2" }, output), Is.Zero);
+            Assert.That(output.ToString(), Does.Contain("\"fills\":[[{\"token\""));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
