@@ -120,12 +120,18 @@ internal static class InferenceCommands
     public static Command Export(TextWriter? output)
     {
         var load = LoadPath();
-        var folder = new Option<string>("--output") { Description = "The Hugging Face model folder to write (model.safetensors + config.json).", Required = true };
+        var folder = new Option<string>("--output") { Description = "The Hugging Face model folder to write (model.safetensors, config.json and, for the GPT-2 tokenizer, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json).", Required = true };
         var command = new Command("export", "Export a checkpoint's model as a Hugging Face folder (BertForMaskedLM, BertForSequenceClassification, GPT2LMHeadModel).") { load, folder };
         command.SetAction(parse => Guard("export", () =>
         {
             using CheckpointModel loaded = CheckpointModel.Load(parse.GetValue(load)!);
-            foreach (string written in HuggingFaceFormat.Save(loaded.Model, parse.GetValue(folder)!, loaded.Description.Labels))
+            IEnumerable<string> files = HuggingFaceFormat.Save(loaded.Model, parse.GetValue(folder)!, loaded.Description.Labels);
+            if (loaded.Tokenizer is ComposerSharp.Data.Gpt2Tokenizer)
+            {
+                files = files.Concat(Gpt2TokenizerFiles.Write(parse.GetValue(folder)!, loaded.Model.Config.MaxSequenceLength));
+            }
+
+            foreach (string written in files)
             {
                 (output ?? Console.Out).WriteLine($"export: wrote {written}");
             }

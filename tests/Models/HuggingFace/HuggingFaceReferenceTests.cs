@@ -84,3 +84,33 @@ public sealed class HuggingFaceReferenceTests
         Assert.That(diff, Is.LessThan(Tolerance), $"max |ours − reference| = {diff:E2}");
     }
 }
+
+/// <summary>The exported GPT-2 tokenizer files, read by the Python reference's own BPE, give our tokenizer's ids.</summary>
+[TestFixture]
+public sealed class Gpt2TokenizerFilesTests
+{
+    [Test]
+    public void PythonBpeFromTheExportedFilesGivesOurIds()
+    {
+        RequireTorchPython();
+        string dir = Path.Combine(Path.GetTempPath(), "hf-tokenizer-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            ComposerSharp.Inference.Gpt2TokenizerFiles.Write(dir, 1024);
+            const string Text = "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse 1851!";
+            JsonElement result = Reference("bpe", dir, Text);
+            int[] ours = new ComposerSharp.Data.Gpt2Tokenizer().Encode(Text);
+            Assert.That(result.GetProperty("vocab").GetInt32(), Is.EqualTo(50257));
+            Assert.That(result.GetProperty("merges").GetInt32(), Is.EqualTo(50000));
+            Assert.That(result.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()), Is.EqualTo(ours));
+            Assert.That(File.ReadAllText(Path.Combine(dir, "tokenizer_config.json")), Does.Contain("\"50257\"").And.Contain("<|pad|>"));
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+}

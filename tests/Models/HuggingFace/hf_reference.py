@@ -8,6 +8,8 @@ written from the maths of transformers' modeling_bert.py and modeling_gpt2.py (n
   hf_reference.py check FOLDER INPUTS LOGITS    compare FOLDER's model on INPUTS with LOGITS; prints {"max_abs_diff": ..}
   hf_reference.py make ARCH FOLDER INPUTS OUT   write a random ARCH (bert_cls | bert_mlm | gpt2) model folder with
                                                 this file's own safetensors writer, and its logits on INPUTS to OUT
+  hf_reference.py bpe FOLDER TEXT               GPT-2 byte-level BPE of ASCII TEXT from FOLDER's vocab.json and
+                                                merges.txt (as GPT2Tokenizer.bpe); prints {"ids": [...], "vocab": n, "merges": n}
 """
 import json
 import math
@@ -195,7 +197,41 @@ def make(arch, folder, inputs_path, out_path):
     print(json.dumps({"written": folder, "tensors": len(w)}))
 
 
+def bpe_encode(folder, text):
+    import re
+    with open(folder + "/vocab.json", encoding="utf-8") as fh:
+        vocab = json.load(fh)
+    with open(folder + "/merges.txt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")[1:]
+    ranks = {tuple(line.split(" ")): i for i, line in enumerate(lines) if line}
+    # GPT-2's byte -> unicode table (encoder.py bytes_to_unicode)
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    byte_char = {b: chr(c) for b, c in zip(bs, cs)}
+    ids = []
+    # GPT-2's pre-tokenizer restricted to ASCII letters, digits, punctuation and spaces (no contractions in the test text)
+    for piece in re.findall(r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+", text):
+        word = [byte_char[b] for b in piece.encode("utf-8")]
+        while len(word) > 1:
+            pairs = [(ranks.get((word[i], word[i + 1]), 1 << 30), i) for i in range(len(word) - 1)]
+            best, i = min(pairs)
+            if best == 1 << 30:
+                break
+            word = word[:i] + [word[i] + word[i + 1]] + word[i + 2:]
+        ids.extend(vocab[w] for w in word)
+    return ids, len(vocab), len(ranks)
+
+
 def main():
+    if sys.argv[1] == "bpe":
+        ids, n_vocab, n_merges = bpe_encode(sys.argv[2], sys.argv[3])
+        print(json.dumps({"ids": ids, "vocab": n_vocab, "merges": n_merges}))
+        return 0
     if sys.argv[1] == "check":
         folder, inputs_path, logits_path = sys.argv[2:5]
         _, inputs = read_safetensors(inputs_path)
