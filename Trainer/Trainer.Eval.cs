@@ -192,6 +192,14 @@ public sealed partial class Trainer
                     double value = metric.Compute();
                     computed[key] = value;
                     State.Metrics[key] = value;
+                    if (metric is IMetricBreakdown breakdown)
+                    {
+                        foreach ((string part, double partValue) in breakdown.Breakdown())
+                        {
+                            computed[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                            State.Metrics[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                        }
+                    }
                 }
 
                 if (computed.Count > 0)
