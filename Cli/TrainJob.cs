@@ -119,6 +119,8 @@ public sealed class TrainJob
             runFolder = Path.Combine(runFolder, "eval-" + stamp);
         }
 
+        // One run per folder: the lock comes before anything else touches the folder.
+        using RunFolderLock? runLock = fit ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
         var context = new ComponentContext(_services, runFolder, seed);
 
         if (deterministicMode)
@@ -191,6 +193,8 @@ public sealed class TrainJob
         Timestamp start = trainer.State.Timestamp;
         if (fit)
         {
+            // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
+            File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
             trainer.Fit(cancellationToken: cancellationToken);
         }
         else
