@@ -126,7 +126,7 @@ internal static class InferenceCommands
         {
             using CheckpointModel loaded = CheckpointModel.Load(parse.GetValue(load)!);
             IEnumerable<string> files = HuggingFaceFormat.Save(loaded.Model, parse.GetValue(folder)!, loaded.Description.Labels);
-            if (loaded.Tokenizer is ComposerSharp.Data.Gpt2Tokenizer)
+            if (loaded.Description.Tokenizer == Tokenizers.Gpt2)
             {
                 files = files.Concat(Gpt2TokenizerFiles.Write(parse.GetValue(folder)!, loaded.Model.Config.MaxSequenceLength));
             }

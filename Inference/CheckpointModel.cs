@@ -7,12 +7,31 @@ using static TorchSharp.torch;
 namespace ComposerSharp.Inference;
 
 /// <summary>A model rebuilt from a self-describing checkpoint, in eval mode, with its description and tokenizer.</summary>
-/// <param name="Model">The model, weights loaded, on the CPU, in eval mode.</param>
-/// <param name="Description">What the checkpoint recorded (or the override given).</param>
-/// <param name="Tokenizer">The tokenizer the model was trained with.</param>
-/// <param name="Path">The checkpoint read.</param>
-public sealed record CheckpointModel(TransformerModel Model, ModelDescription Description, ITextTokenizer Tokenizer, string Path) : IDisposable
+public sealed class CheckpointModel : IDisposable
 {
+    private ITextTokenizer? _tokenizer;
+
+    private CheckpointModel(TransformerModel model, ModelDescription description, string path, ITextTokenizer? tokenizer)
+    {
+        Model = model;
+        Description = description;
+        Path = path;
+        _tokenizer = tokenizer;
+    }
+
+    /// <summary>The model, weights loaded, on the CPU, in eval mode.</summary>
+    public TransformerModel Model { get; }
+
+    /// <summary>What the checkpoint recorded (or the override given).</summary>
+    public ModelDescription Description { get; }
+
+    /// <summary>The checkpoint read.</summary>
+    public string Path { get; }
+
+    /// <summary>The tokenizer the model was trained with, created on first use.</summary>
+    /// <exception cref="InvalidDataException">The model was trained without a text tokenizer, or with one that is not built in.</exception>
+    public ITextTokenizer Tokenizer => _tokenizer ??= Tokenizers.Create(Description);
+
     /// <summary>Loads the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer).</summary>
     /// <param name="path">The checkpoint.</param>
     /// <param name="description">Used instead of the checkpoint's own description (needed for checkpoints written before descriptions were recorded).</param>
@@ -35,7 +54,7 @@ public sealed record CheckpointModel(TransformerModel Model, ModelDescription De
         }
 
         model.eval();
-        return new CheckpointModel(model, description, tokenizer ?? Tokenizers.Create(description), path);
+        return new CheckpointModel(model, description, path, tokenizer);
     }
 
     /// <summary>The model description the checkpoint at <paramref name="path"/> records.</summary>
@@ -102,12 +121,13 @@ public static class Tokenizers
     /// <summary>The name recorded for <paramref name="tokenizer"/>.</summary>
     public static string NameOf(ITextTokenizer tokenizer) => tokenizer is Gpt2Tokenizer ? Gpt2 : tokenizer.GetType().FullName ?? tokenizer.GetType().Name;
 
-    /// <summary>The tokenizer <paramref name="description"/> names (<c>gpt2</c> when it names none), checked against the recorded vocabulary.</summary>
-    /// <exception cref="InvalidDataException">An unknown tokenizer, or a vocabulary of another size than recorded.</exception>
+    /// <summary>The tokenizer <paramref name="description"/> names, checked against the recorded vocabulary.</summary>
+    /// <exception cref="InvalidDataException">No tokenizer recorded (trained on token ids), an unknown tokenizer, or a vocabulary of another size than recorded.</exception>
     public static ITextTokenizer Create(ModelDescription description)
     {
         ArgumentNullException.ThrowIfNull(description);
-        string name = description.Tokenizer ?? Gpt2;
+        string name = description.Tokenizer ?? throw new InvalidDataException(
+            $"The {description.Kind} model was trained on token ids without a text tokenizer (e.g. a synthetic dataset of {description.TokenizerRegularCount?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "unknown"} regular ids), so it cannot read text; pass a tokenizer (API: CheckpointModel.Load's tokenizer argument).");
         ITextTokenizer tokenizer = name == Gpt2
             ? new Gpt2Tokenizer()
             : throw new InvalidDataException($"The model was trained with tokenizer '{name}', which is not built in; pass that tokenizer explicitly (API: the tokenizer argument).");

@@ -1,4 +1,6 @@
 using ComposerSharp.Cli;
+using ComposerSharp.Cli.Configuration;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 
@@ -110,6 +112,80 @@ public class TrainJobModelsTests
             {
                 Directory.Delete(folder, recursive: true);
             }
+        }
+    }
+}
+
+[TestFixture]
+public class RunFolderTests
+{
+    [Test]
+    public void ASecondRunInALockedFolderIsRefusedWithExitCode2AndAStaleLockIsTakenOver()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-lock-" + Guid.NewGuid().ToString("N"));
+        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        try
+        {
+            using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
+            {
+                var output = new StringWriter();
+                var error = new StringWriter();
+                TextWriter original = Console.Error;
+                Console.SetError(error);
+                int code;
+                try
+                {
+                    code = CliApp.Run(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false" }, output);
+                }
+                finally
+                {
+                    Console.SetError(original);
+                }
+
+                Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error.ToString());
+                Assert.That(error.ToString(), Does.Contain("is in use by process " + Environment.ProcessId));
+                Assert.That(Directory.GetFileSystemEntries(folder).Select(Path.GetFileName), Is.EquivalentTo(new[] { RunFolderLock.FileName, RunFolderLock.FileName + ".info" }), "the refused run touched nothing");
+            }
+
+            // A crashed holder leaves its description behind; the next run takes the lock over and says so.
+            File.WriteAllText(Path.Combine(folder, RunFolderLock.FileName + ".info"), "process 999999 on elsewhere");
+            using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
+            {
+                Assert.That(log.Warnings, Has.Some.Contains("left by process 999999"));
+            }
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Test]
+    public void TheRunFolderHoldsTheResolvedConfigurationWhichReadsBackToTheSameValues()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-cfg-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var output = new StringWriter();
+            int code = CliApp.Run(
+                new[]
+                {
+                    "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false", "--set", "optimizer.lr=3.5e-4",
+                    "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+                },
+                output);
+            Assert.That(code, Is.Zero, output.ToString());
+            ConfigSection saved = ConfigSection.LoadFile(Path.Combine(folder, "config.yaml"));
+            Assert.That(saved.Section("optimizer").GetDouble("lr"), Is.EqualTo(3.5e-4));
+            Assert.That(saved.GetString("max_duration"), Is.EqualTo("2ba"));
+            Assert.That(saved.Section("train_loader").Section("dataset").GetLong("num_samples"), Is.EqualTo(64));
+            Assert.That(saved.ToYaml(), Is.EqualTo(CliApp.LoadConfig(null, new[] { "optimizer.lr=3.5e-4", "train_loader.dataset.num_samples=64", "eval_loader.dataset.num_samples=16", "train_loader.batch_size=8" },
+                new[] { KeyValuePair.Create("max_duration", "2ba"), KeyValuePair.Create("run_folder", folder), KeyValuePair.Create("progress_bar", "false") }).ToYaml()));
+            Assert.That(File.Exists(Path.Combine(folder, RunFolderLock.FileName + ".info")), Is.False, "the lock's description is removed at the end");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
         }
     }
 }
