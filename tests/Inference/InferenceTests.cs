@@ -135,11 +135,29 @@ public class InferenceTests
         Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", folder }, new StringWriter()), Is.Zero);
         PretrainedModel back = HuggingFaceFormat.FromPretrained(folder);
         Assert.That(back.Labels, Is.EqualTo(new[] { "ham", "spam" }));
+        Assert.That(new[] { "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json" }.All(f => File.Exists(Path.Combine(folder, f))), Is.True, "the GPT-2 tokenizer files");
         Dictionary<string, Tensor> saved = ComposerSharp.Trainer.CheckpointFile.ReadModelState(ckpt);
         foreach ((string key, Tensor t) in back.Model.state_dict())
         {
             Assert.That(t.bytes.SequenceEqual(saved[key].bytes), Is.True, key);
         }
+    }
+
+    [Test]
+    public void AModelTrainedOnTokenIdsOnlySaysItCannotReadTextButExports()
+    {
+        string ckpt = Train("synthetic", "bert_classification", "{name: synthetic_classification, num_samples: 32, regular_vocab_size: 1024, max_length: 32}", batches: 1);
+        using (TextClassifier classifier = TextClassifier.Load(ckpt))
+        {
+            Assert.That(classifier.Labels, Is.EqualTo(new[] { "class_0", "class_1" }));
+            var ex = Assert.Throws<InvalidDataException>(() => classifier.Predict("hello"));
+            Assert.That(ex!.Message, Does.Contain("without a text tokenizer"));
+        }
+
+        string folder = Path.Combine(_dir, "hf-synthetic");
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", folder }, new StringWriter()), Is.Zero);
+        Assert.That(File.Exists(Path.Combine(folder, "model.safetensors")), Is.True);
+        Assert.That(File.Exists(Path.Combine(folder, "vocab.json")), Is.False, "no text tokenizer, no tokenizer files");
     }
 
     [Test]
