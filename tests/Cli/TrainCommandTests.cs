@@ -189,3 +189,51 @@ public class RunFolderTests
         }
     }
 }
+
+[TestFixture]
+public class CommandLineErrorTests
+{
+    private static (int Code, string Error) Run(params string[] args)
+    {
+        var error = new StringWriter();
+        TextWriter original = Console.Error;
+        Console.SetError(error);
+        try
+        {
+            return (CliApp.Run(args, new StringWriter()), error.ToString());
+        }
+        finally
+        {
+            Console.SetError(original);
+        }
+    }
+
+    [Test]
+    public void AMisspelledOptionIsAShortErrorWithExitCode2NotTheWholeHelp()
+    {
+        (int code, string error) = Run("train", "--max-durration", "1ba");
+        Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode));
+        Assert.That(error, Does.Contain("--max-durration").And.Contain("See 'composersharp train --help'"));
+        Assert.That(error.Split('\n').Length, Is.LessThan(8), error);
+    }
+
+    [Test]
+    public void AMicrobatchSizeOfZeroIsAConfigurationErrorNamingTheKey()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-mb-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            (int code, string error) = Run("train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false", "--device-train-microbatch-size", "0",
+                "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16");
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("configuration error: 'device_train_microbatch_size'").And.Contain("at least 1").And.Contain("(got 0)"));
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+}
