@@ -191,7 +191,15 @@ public sealed class TrainJob
             deterministicMode: deterministicMode);
 
         Timestamp start = trainer.State.Timestamp;
-        if (fit)
+        bool alreadyComplete = fit && trainer.State.MaxDuration is { } max && trainer.State.Timestamp >= max;
+        if (alreadyComplete)
+        {
+            // Autoresume of a finished run (a scheduler re-launching a completed job): nothing to train, not an error.
+            _loggerFactory.CreateLogger<TrainJob>().LogWarning(
+                "Run '{Run}' is already complete ({Batches} batches, max_duration {Max}): nothing to train. Raise --max-duration to train further, or choose another --run-name.",
+                runName, trainer.State.Timestamp.Batch, trainer.State.MaxDuration);
+        }
+        else if (fit)
         {
             // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
             File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());

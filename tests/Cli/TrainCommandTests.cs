@@ -191,6 +191,46 @@ public class RunFolderTests
 }
 
 [TestFixture]
+public class AutoresumeCliTests
+{
+    [Test]
+    public void AutoresumingAFinishedRunSaysItIsCompleteAndExitsZero()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-done-" + Guid.NewGuid().ToString("N"));
+        string[] args =
+        {
+            "train", "--max-duration", "2ba", "--run-folder", folder, "--run-name", "done", "--progress-bar", "false", "--autoresume", "true",
+            "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+        };
+        try
+        {
+            Assert.That(CliApp.Run(args, new StringWriter()), Is.Zero);
+            var log = new StringWriter();
+            TextWriter original = Console.Out;
+            Console.SetOut(log);
+            int code;
+            var summary = new StringWriter();
+            try
+            {
+                code = CliApp.Run(args, summary);
+            }
+            finally
+            {
+                Console.SetOut(original);
+            }
+
+            Assert.That(code, Is.Zero, log.ToString());
+            Assert.That(log.ToString(), Does.Contain("is already complete").And.Contain("nothing to train"));
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*2\b"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
 public class CommandLineErrorTests
 {
     private static (int Code, string Error) Run(params string[] args)
