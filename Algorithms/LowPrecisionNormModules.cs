@@ -169,6 +169,12 @@ public sealed class LPLayerNorm : LowPrecisionNorm
 /// composer/algorithms/low_precision_groupnorm). Input <c>[N, C, *]</c> (at least 3 dimensions, as TorchSharp's
 /// <c>GroupNorm</c> requires), output the same shape. Same dtype rule and parameter sharing as <see cref="LPLayerNorm"/>.
 /// </summary>
+/// <remarks>
+/// Unlike LayerNorm, libtorch's fused CPU low-precision <c>group_norm</c> is kept for training: its backward reduces
+/// each (sample, channel) in Float32 and the weight and bias gradients over only the N samples, so at
+/// [8,320,32,32] with 32 groups they are within 0.4 % (BFloat16) and 0.05 % (Float16) of a float64 reference
+/// (issue 17; <c>tests/Algorithms/LowPrecisionNormGradientTests.cs</c>).
+/// </remarks>
 public sealed class LPGroupNorm : LowPrecisionNorm
 {
     private readonly Func<Tensor, Tensor?, Tensor?, Tensor> _norm;
