@@ -43,7 +43,7 @@ internal static class LayerNormBenchmark
     {
         var meter = LoadMeter.Start();
         var report = new PartReport("layernorm", "(1) LayerNorm forward+backward, Float32 input: fp32 vs LPLayerNorm");
-        report.Columns.AddRange(new[] { "shape", "variant", "ms (median ±IQR/2)", "ratio vs fp32", "bytes/elem", "GB/s", "% of copy", "dW / db / dx err" });
+        report.Columns.AddRange(new[] { "shape", "variant", "ms (median ±IQR/2)", "ratio vs fp32", "bytes/elem", "GB/s", "% of copy", "dW / db / dx err", "vs before #17" });
         var data = new List<LayerNormRow>();
         using Tensor src = torch.randn(64L * 1024 * 1024);
         using Tensor dst = torch.empty_like(src);
@@ -118,8 +118,8 @@ internal static class LayerNormBenchmark
                 Stats s = run.StatsOf(v.Name);
                 if (v.Name == Copy)
                 {
-                    report.Rows.Add(new[] { shapeText, v.Name, Fmt.Ms(s), string.Empty, "8", Fmt.N(copyGbps, 1), "100", string.Empty });
-                    data.Add(new LayerNormRow(shapeText, v.Name, s, null, 8, copyGbps, 100, null));
+                    report.Rows.Add(new[] { shapeText, v.Name, Fmt.Ms(s), string.Empty, "8", Fmt.N(copyGbps, 1), "100", string.Empty, string.Empty });
+                    data.Add(new LayerNormRow(shapeText, v.Name, s, null, 8, copyGbps, 100, null, null));
                     continue;
                 }
 
@@ -131,12 +131,14 @@ internal static class LayerNormBenchmark
                 };
                 double gbps = elements * bytesPerElement / (s.Median * 1e6);
                 Stats? ratio = v.Name == Fp32 ? null : run.Ratio(v.Name, Fp32);
+                string? before = v.Name switch { Bf16 => FusedBf16, Fp16 => FusedFp16, _ => null };
+                Stats? vsBefore = before is null ? null : run.Ratio(v.Name, before);
                 report.Rows.Add(new[]
                 {
                     shapeText, v.Name, Fmt.Ms(s), ratio is null ? "1" : Fmt.N(ratio.Median, 2), bytesPerElement.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                    Fmt.N(gbps, 1), Fmt.N(100 * gbps / copyGbps, 0), errors[v.Name],
+                    Fmt.N(gbps, 1), Fmt.N(100 * gbps / copyGbps, 0), errors[v.Name], vsBefore is null ? string.Empty : Fmt.N(vsBefore.Median, 2),
                 });
-                data.Add(new LayerNormRow(shapeText, v.Name, s, ratio, bytesPerElement, gbps, 100 * gbps / copyGbps, errors[v.Name]));
+                data.Add(new LayerNormRow(shapeText, v.Name, s, ratio, bytesPerElement, gbps, 100 * gbps / copyGbps, errors[v.Name], vsBefore));
                 if (v.Name == Bf16 && shape[1] == 512)
                 {
                     report.Targets.Add(TargetCheck.AtMost("LPLayerNorm amp_bf16 fwd+bwd ≤ 0.7 × fp32 at [8,512,768]", ratio!.Median, 0.7));
@@ -149,7 +151,7 @@ internal static class LayerNormBenchmark
         report.Notes.Add("All variants run inside an amp_bf16 (or amp_fp16) autocast scope, as in a mixed-precision model; the plain LayerNorm keeps its Float32 kernel there.");
         report.Notes.Add("'bf16 in' is the same module when the residual stream already arrives in BFloat16 (post-LN blocks after an LPLayerNorm): no cast is needed.");
         report.Notes.Add("'fused (before #17)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before issue 17; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
-        report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (fresh random input, seed fixed per shape).");
+        report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs before #17': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
         if (!fp16Works)
         {
             report.Notes.Add($"amp_fp16 skipped: this libtorch has no CPU kernel for it ({fp16Error}).");
@@ -225,4 +227,5 @@ internal static class LayerNormBenchmark
 /// <param name="Gbps">Achieved bandwidth, GB/s (10^9 bytes).</param>
 /// <param name="PercentOfCopy">Achieved bandwidth as a percentage of the copy's.</param>
 /// <param name="GradientErrors">"dW / db / dx" max errors against float64, % of each reference's largest magnitude (null for the copy).</param>
-internal sealed record LayerNormRow(string Shape, string Variant, Stats Ms, Stats? RatioVsFp32, int BytesPerElement, double Gbps, double PercentOfCopy, string? GradientErrors);
+/// <param name="RatioVsBefore17">Per-round time ratio of LPLayerNorm against the fused path it replaced in issue 17, same precision (null for other rows).</param>
+internal sealed record LayerNormRow(string Shape, string Variant, Stats Ms, Stats? RatioVsFp32, int BytesPerElement, double Gbps, double PercentOfCopy, string? GradientErrors, Stats? RatioVsBefore17);
