@@ -231,6 +231,49 @@ public class AutoresumeCliTests
 }
 
 [TestFixture]
+public class EvalCliTests
+{
+    [Test]
+    public void EvalReportsTheBatchesItEvaluatedAndLeavesNoEmptyOrFailedFolders()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-eval-" + Guid.NewGuid().ToString("N"));
+        string[] data = { "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=24", "--set", "train_loader.batch_size=8", "--set", "eval_loader.batch_size=8" };
+        try
+        {
+            Assert.That(CliApp.Run(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter()), Is.Zero);
+            string checkpoint = Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*-ba2-*.ckpt").Single();
+
+            var summary = new StringWriter();
+            int code = CliApp.Run(new[] { "eval", "--load-path", checkpoint, "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), summary);
+            Assert.That(code, Is.Zero, summary.ToString());
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*3\b").And.Match(@"samples\s*[│|]?\s*24\b"), "3 eval batches of 8, not the checkpoint's training counters");
+            string evalFolder = Directory.GetDirectories(folder, "eval-*").Single();
+            Assert.That(Directory.Exists(Path.Combine(evalFolder, "checkpoints")), Is.False, "no empty checkpoints folder");
+
+            var error = new StringWriter();
+            TextWriter original = Console.Error;
+            Console.SetError(error);
+            try
+            {
+                Thread.Sleep(1100); // a new eval-<time> stamp
+                code = CliApp.Run(new[] { "eval", "--load-path", Path.Combine(folder, "missing.ckpt"), "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter());
+            }
+            finally
+            {
+                Console.SetError(original);
+            }
+
+            Assert.That(code, Is.Not.Zero);
+            Assert.That(Directory.GetDirectories(folder, "eval-*"), Has.Length.EqualTo(1), "the failed evaluation left no folder: " + error);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
 public class CommandLineErrorTests
 {
     private static (int Code, string Error) Run(params string[] args)
