@@ -191,6 +191,137 @@ public class RunFolderTests
 }
 
 [TestFixture]
+public class AutoresumeCliTests
+{
+    [Test]
+    public void AutoresumingAFinishedRunSaysItIsCompleteAndExitsZero()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-done-" + Guid.NewGuid().ToString("N"));
+        string[] args =
+        {
+            "train", "--max-duration", "2ba", "--run-folder", folder, "--run-name", "done", "--progress-bar", "false", "--autoresume", "true",
+            "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+        };
+        try
+        {
+            Assert.That(CliApp.Run(args, new StringWriter()), Is.Zero);
+            var log = new StringWriter();
+            TextWriter original = Console.Out;
+            Console.SetOut(log);
+            int code;
+            var summary = new StringWriter();
+            try
+            {
+                code = CliApp.Run(args, summary);
+            }
+            finally
+            {
+                Console.SetOut(original);
+            }
+
+            Assert.That(code, Is.Zero, log.ToString());
+            Assert.That(log.ToString(), Does.Contain("is already complete").And.Contain("nothing to train"));
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*2\b"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
+public class EvalCliTests
+{
+    [Test]
+    public void EvalReportsTheBatchesItEvaluatedAndLeavesNoEmptyOrFailedFolders()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-eval-" + Guid.NewGuid().ToString("N"));
+        string[] data = { "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=24", "--set", "train_loader.batch_size=8", "--set", "eval_loader.batch_size=8" };
+        try
+        {
+            Assert.That(CliApp.Run(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter()), Is.Zero);
+            string checkpoint = Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*-ba2-*.ckpt").Single();
+
+            var summary = new StringWriter();
+            int code = CliApp.Run(new[] { "eval", "--load-path", checkpoint, "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), summary);
+            Assert.That(code, Is.Zero, summary.ToString());
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*3\b").And.Match(@"samples\s*[│|]?\s*24\b"), "3 eval batches of 8, not the checkpoint's training counters");
+            string evalFolder = Directory.GetDirectories(folder, "eval-*").Single();
+            Assert.That(Directory.Exists(Path.Combine(evalFolder, "checkpoints")), Is.False, "no empty checkpoints folder");
+
+            var error = new StringWriter();
+            TextWriter original = Console.Error;
+            Console.SetError(error);
+            try
+            {
+                Thread.Sleep(1100); // a new eval-<time> stamp
+                code = CliApp.Run(new[] { "eval", "--load-path", Path.Combine(folder, "missing.ckpt"), "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter());
+            }
+            finally
+            {
+                Console.SetError(original);
+            }
+
+            Assert.That(code, Is.Not.Zero);
+            Assert.That(Directory.GetDirectories(folder, "eval-*"), Has.Length.EqualTo(1), "the failed evaluation left no folder: " + error);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
+public class CommandLineErrorTests
+{
+    private static (int Code, string Error) Run(params string[] args)
+    {
+        var error = new StringWriter();
+        TextWriter original = Console.Error;
+        Console.SetError(error);
+        try
+        {
+            return (CliApp.Run(args, new StringWriter()), error.ToString());
+        }
+        finally
+        {
+            Console.SetError(original);
+        }
+    }
+
+    [Test]
+    public void AMisspelledOptionIsAShortErrorWithExitCode2NotTheWholeHelp()
+    {
+        (int code, string error) = Run("train", "--max-durration", "1ba");
+        Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode));
+        Assert.That(error, Does.Contain("--max-durration").And.Contain("See 'composersharp train --help'"));
+        Assert.That(error.Split('\n').Length, Is.LessThan(8), error);
+    }
+
+    [Test]
+    public void AMicrobatchSizeOfZeroIsAConfigurationErrorNamingTheKey()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-mb-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            (int code, string error) = Run("train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false", "--device-train-microbatch-size", "0",
+                "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16");
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("configuration error: 'device_train_microbatch_size'").And.Contain("at least 1").And.Contain("(got 0)"));
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+}
+
+[TestFixture]
 public class FineTuneCommandTests
 {
     [Test]
