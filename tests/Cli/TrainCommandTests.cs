@@ -303,3 +303,15 @@ internal static class CliRun
         }
     }
 }
+
+[TestFixture]
+public class HelpTests
+{
+    [Test]
+    public void HelpShowsTheDefaultConfigsValues()
+    {
+        (int code, string output, _) = CliRun.Captured(new[] { "train", "--help" });
+        Assert.That(code, Is.Zero);
+        Assert.That(output, Does.Contain("Default config: 1ep").And.Contain("Default config: amp_bf16").And.Contain("Default config: low_precision_layernorm"));
+    }
+}
