@@ -3,8 +3,8 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 

@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Reflection;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Spectre.Console;

@@ -5,13 +5,12 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Reporting;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using CheckpointOptions = ComposerSharp.Trainer.CheckpointOptions;
-using ComposerSharp.Trainer.Optim;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
-using ComposerTrainer = ComposerSharp.Trainer.Trainer;
 
 namespace ComposerSharp.Cli;
 
@@ -39,7 +38,7 @@ public sealed record JobResult(
 
 /// <summary>
 /// Builds a run from a configuration (model, dataloaders, optimizer, scheduler, algorithms, callbacks, loggers,
-/// checkpoint options) and runs it with the <see cref="ComposerTrainer"/>. The keys follow Composer's and
+/// checkpoint options) and runs it with the <see cref="Trainer"/>. The keys follow Composer's and
 /// llm-foundry's YAML; every unknown key, unknown name or bad value is a <see cref="ConfigException"/> that names it.
 /// </summary>
 public sealed class TrainJob
@@ -148,7 +147,7 @@ public sealed class TrainJob
         LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
         LoaderSettings? evalSettings = eval is null ? null : LoaderSettingsOf("eval_loader", seed, shuffle: false);
         var stopwatch = Stopwatch.StartNew();
-        using var trainer = new ComposerTrainer(
+        using var trainer = new Trainer(
             model,
             trainDataloader: train?.CreateLoader(trainSettings!),
             maxDuration: maxDuration,

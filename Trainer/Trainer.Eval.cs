@@ -4,7 +4,7 @@ using ComposerSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 public sealed partial class Trainer
 {

@@ -1,8 +1,8 @@
 using System.Reflection;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
@@ -10,7 +10,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using EventsLogger = ComposerSharp.Events.Logger;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// Trains, evaluates and runs a <see cref="ComposerModel"/> with Composer's training loop

@@ -3,7 +3,7 @@ using System.Text.RegularExpressions;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Saves checkpoints at an interval and at the end of training (Composer's <c>CheckpointSaver</c>,

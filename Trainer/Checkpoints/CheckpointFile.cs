@@ -9,7 +9,7 @@ using ComposerSharp.Events;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>A checkpoint file could not be read or written; the message names the file and what is wrong.</summary>
 public sealed class CheckpointException : IOException

@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// What to do when a checkpoint records a required-on-load algorithm (<see cref="IAlgorithm.RequiredOnLoad"/>)

@@ -2,7 +2,7 @@ using System.Globalization;
 using ComposerSharp.Events;
 using Spectre.Console;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// A Spectre.Console progress bar for training (Composer's <c>ProgressBarLogger</c>): one bar over the max

@@ -1,5 +1,6 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;

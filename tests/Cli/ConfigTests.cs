@@ -2,6 +2,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 

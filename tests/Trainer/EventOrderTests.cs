@@ -1,9 +1,10 @@
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>The loop raises Composer's events in Composer's order and counts (tests/test_events.py).</summary>
 [TestFixture]
