@@ -4,6 +4,7 @@ using System.Reflection;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
 using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Spectre.Console;

@@ -6,6 +6,7 @@ using ComposerSharp.Cli.Reporting;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;

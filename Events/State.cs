@@ -93,6 +93,19 @@ public sealed class State
     /// <summary>Loss of the last microbatch (scalar), as the model returned it.</summary>
     public Tensor? Loss { get; set; }
 
+    /// <summary>
+    /// The loss scaler (Composer's <c>state.scaler</c>): enabled for <c>amp_fp16</c>, a pass-through otherwise. The
+    /// training loop scales, unscales and steps through it; checkpoints save and restore its state.
+    /// </summary>
+    public GradScaler Scaler { get; set; } = new(enabled: false);
+
+    /// <summary>
+    /// The CPU generator state (libtorch's <c>get_rng_state</c> bytes) a loaded checkpoint holds, or null. The
+    /// training loop restores it at FitStart and clears it, so that a resumed run draws the same random numbers
+    /// (dropout, shuffling) as the uninterrupted one; loading happens at construction, before the seed is re-set.
+    /// </summary>
+    public byte[]? PendingRngState { get; set; }
+
     /// <summary>The run's algorithms, in the order given (the engine's passes decide the run order).</summary>
     public IList<IAlgorithm> Algorithms { get; set; } = new List<IAlgorithm>();
 

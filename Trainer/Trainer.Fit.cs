@@ -78,10 +78,10 @@ public sealed partial class Trainer
     {
         _log.LogInformation("Training {RunName} with precision {Precision} on {Device} for {MaxDuration}.", State.RunName, State.Precision.ToComposerName(), State.Device, State.MaxDuration);
         Engine.RunEvent(Event.FitStart);
-        if (_pendingRngState is not null)
+        if (State.PendingRngState is { } rng)
         {
-            RestoreRngState(_pendingRngState);
-            _pendingRngState = null;
+            RestoreRngState(rng);
+            State.PendingRngState = null;
         }
 
         bool useGradScaling = State.Precision == Precision.AmpFp16;

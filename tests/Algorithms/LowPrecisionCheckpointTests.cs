@@ -3,6 +3,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;

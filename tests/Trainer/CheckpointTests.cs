@@ -1,6 +1,7 @@
 using System.IO.Compression;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Training.Callbacks;
 using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.Logging;
@@ -317,8 +318,8 @@ public class CheckpointTests
     public void FileNamePlaceholders()
     {
         var state = new State(TestData.Model(), runName: "abc") { Timestamp = new Timestamp { Epoch = 2, Batch = 17, Sample = 136, Token = 9 } };
-        Assert.That(CheckpointFile.Format("{run_name}/ep{epoch}-ba{batch}-sp{sample}-tok{token}-rank{rank}.ckpt", state), Is.EqualTo("abc/ep2-ba17-sp136-tok9-rank0.ckpt"));
-        var ex = Assert.Throws<FormatException>(() => CheckpointFile.Format("{step}.ckpt", state));
+        Assert.That(PathTemplate.Expand("{run_name}/ep{epoch}-ba{batch}-sp{sample}-tok{token}-rank{rank}.ckpt", state), Is.EqualTo("abc/ep2-ba17-sp136-tok9-rank0.ckpt"));
+        var ex = Assert.Throws<FormatException>(() => PathTemplate.Expand("{step}.ckpt", state));
         Assert.That(ex!.Message, Does.Contain("{step}").And.Contain("{batch}"));
     }
 

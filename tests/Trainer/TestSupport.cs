@@ -1,6 +1,7 @@
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Models;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
@@ -386,13 +387,13 @@ public static class TestData
         Precision? precision = null,
         IEnumerable<IAlgorithm>? algorithms = null,
         IEnumerable<IScheduler>? schedulers = null,
-        ComposerSharp.Training.CheckpointOptions? checkpoint = null,
+        CheckpointOptions? checkpoint = null,
         Func<IEnumerable<Parameter>, optim.Optimizer>? optimizerFactory = null,
         int seed = 17,
         string? runName = null,
         ILoggerFactory? loggerFactory = null,
         string? runFolder = null,
-        ComposerSharp.Training.GradScaler? gradScaler = null) =>
+        GradScaler? gradScaler = null) =>
         new(model, train, maxDuration, eval, algorithms, callbacks, loggers, precision, device: "cpu", seed: seed,
             schedulers: schedulers, deviceTrainMicrobatchSize: microbatch, evalInterval: evalInterval, checkpoint: checkpoint,
             loggerFactory: loggerFactory, runName: runName, optimizerFactory: optimizerFactory ?? (p => torch.optim.SGD(p, 0.05)),
