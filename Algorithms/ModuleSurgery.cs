@@ -94,6 +94,12 @@ public sealed class SurgeryPolicy
 /// </remarks>
 public static class ModuleSurgery
 {
+    /// <summary>
+    /// Ending of the metric through which a module-surgery algorithm reports how many modules it replaced:
+    /// <c>&lt;algorithm name&gt;/modules_replaced</c>, logged at the event the surgery runs (run summaries read it).
+    /// </summary>
+    public const string ModulesReplacedMetricSuffix = "/modules_replaced";
+
     private const BindingFlags InstanceFields = BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly;
 
     /// <summary>

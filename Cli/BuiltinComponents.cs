@@ -82,8 +82,10 @@ public static class BuiltinComponents
             return Source(dataset.Vocabulary, dataset, collator, dataset.Labels);
         });
 
-        services.AddAlgorithm<LowPrecisionLayerNorm>("low_precision_layernorm");
-        services.AddAlgorithm<LowPrecisionGroupNorm>("low_precision_groupnorm");
+        foreach (Type algorithm in AlgorithmCatalog.Types)
+        {
+            services.AddAlgorithm(algorithm);
+        }
 
         services.AddCallback<SpeedMonitor>("speed_monitor");
         services.AddCallback<LRMonitor>("lr_monitor");

@@ -1,3 +1,4 @@
+using ComposerSharp.Algorithms;
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
@@ -185,7 +186,7 @@ public static class CliApp
             table.AddRow(Markup.Escape($"{name}: modules replaced"), count.ToString(CultureInfo.InvariantCulture));
         }
 
-        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal)))
+        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal) && !m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal)))
         {
             table.AddRow(Markup.Escape(metric), F(value));
         }

@@ -194,16 +194,19 @@ public sealed class TrainJob
         stopwatch.Stop();
         string plotPath = Path.Combine(runFolder, "loss.png");
         bool plotted = fit && LossPlot.Save(history, plotPath);
-        var replaced = algorithms.OfType<LowPrecisionNormAlgorithm>()
-            .Where(a => a.ModulesReplaced is not null)
-            .ToDictionary(a => a.Name, a => a.ModulesReplaced!.Value);
-        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null)
+        IReadOnlyDictionary<string, double> latest = history.Latest();
+        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, latest, ModulesReplaced(latest), plotted ? plotPath : null)
         {
             SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
         };
         trainer.Close();
         return result;
     }
+
+    /// <summary>What module-surgery algorithms reported through the logger: <c>&lt;name&gt;/modules_replaced</c> metrics, by algorithm name.</summary>
+    private static Dictionary<string, int> ModulesReplaced(IReadOnlyDictionary<string, double> metrics) =>
+        metrics.Where(m => m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal))
+            .ToDictionary(m => m.Key[..^ModuleSurgery.ModulesReplacedMetricSuffix.Length], m => (int)m.Value);
 
     private IAlgorithm? ResolveAlgorithm(AlgorithmDescription description)
     {

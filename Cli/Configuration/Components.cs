@@ -49,15 +49,38 @@ public sealed record ComponentRegistration(
 
 /// <summary>
 /// Registration of named components in Microsoft.Extensions.DependencyInjection, so that a user's algorithm is one
-/// class and one line: <c>services.AddAlgorithm&lt;MyAlgorithm&gt;("my_algorithm")</c>.
+/// class and one line: <c>services.AddAlgorithm&lt;MyAlgorithm&gt;()</c>.
 /// </summary>
 public static class ComponentServiceCollectionExtensions
 {
-    /// <summary>Registers algorithm <typeparamref name="T"/> under <paramref name="name"/>; its constructor parameters become its config keys.</summary>
-    public static IServiceCollection AddAlgorithm<T>(this IServiceCollection services, string name)
-        where T : IAlgorithm => services.AddComponent(ComponentKind.Algorithm, name, typeof(T));
+    /// <summary>
+    /// Registers algorithm <typeparamref name="T"/> under its own <see cref="IAlgorithm.Name"/>, read from an instance
+    /// built with its constructor defaults, so the name in configs, the name a checkpoint records and the name a
+    /// checkpoint is re-created by are one. Its constructor parameters become its config keys (snake_case).
+    /// </summary>
+    /// <exception cref="InvalidOperationException"><typeparamref name="T"/> cannot be built with its constructor defaults (a parameter without a default); register it with <see cref="AddAlgorithm(IServiceCollection, string, Func{ConfigSection, ComponentContext, IAlgorithm})"/>.</exception>
+    public static IServiceCollection AddAlgorithm<T>(this IServiceCollection services)
+        where T : IAlgorithm => services.AddAlgorithm(typeof(T));
 
-    /// <summary>Registers an algorithm built by <paramref name="factory"/>.</summary>
+    /// <summary>Registers the algorithm type <paramref name="type"/> under its own <see cref="IAlgorithm.Name"/> (see <see cref="AddAlgorithm{T}(IServiceCollection)"/>).</summary>
+    /// <exception cref="ArgumentException"><paramref name="type"/> does not implement <see cref="IAlgorithm"/>.</exception>
+    /// <exception cref="InvalidOperationException"><paramref name="type"/> cannot be built with its constructor defaults.</exception>
+    public static IServiceCollection AddAlgorithm(this IServiceCollection services, Type type)
+    {
+        ArgumentNullException.ThrowIfNull(type);
+        if (!typeof(IAlgorithm).IsAssignableFrom(type))
+        {
+            throw new ArgumentException($"{type.FullName} does not implement IAlgorithm.", nameof(type));
+        }
+
+        return services.AddComponent(ComponentKind.Algorithm, NameWithDefaults(type), type);
+    }
+
+    /// <summary>
+    /// Registers an algorithm built by <paramref name="factory"/> under <paramref name="name"/>, which must be the
+    /// <see cref="IAlgorithm.Name"/> of what the factory builds: building one whose name differs is refused, because a
+    /// checkpoint records the algorithm's own name and is re-created by it.
+    /// </summary>
     public static IServiceCollection AddAlgorithm(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, IAlgorithm> factory) =>
         services.AddComponent(ComponentKind.Algorithm, name, factory);
 
@@ -80,6 +103,22 @@ public static class ComponentServiceCollectionExtensions
     /// <summary>Registers a dataset built by <paramref name="factory"/>.</summary>
     public static IServiceCollection AddDataset(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, object> factory) =>
         services.AddComponent(ComponentKind.Dataset, name, factory);
+
+    private static string NameWithDefaults(Type type)
+    {
+        using ServiceProvider none = new ServiceCollection().BuildServiceProvider();
+        try
+        {
+            var algorithm = (IAlgorithm)ComponentCatalog.Bind(type, new ConfigSection("algorithms"), new ComponentContext(none, string.Empty, 0));
+            return algorithm.Name;
+        }
+        catch (Exception ex) when (ex is ConfigException or TargetInvocationException or ArgumentException)
+        {
+            throw new InvalidOperationException(
+                $"AddAlgorithm<{type.Name}>() takes the name from a {type.Name} built with its constructor defaults, which failed ({(ex as TargetInvocationException)?.InnerException?.Message ?? ex.Message}). " +
+                "Give every constructor parameter a default, or register it with AddAlgorithm(name, factory).", ex);
+        }
+    }
 
     private static IServiceCollection AddComponent(this IServiceCollection services, ComponentKind kind, string name, Type type)
     {
@@ -134,6 +173,13 @@ public sealed class ComponentCatalog
         catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidOperationException)
         {
             throw new ConfigException($"Building {kind.ToString().ToLowerInvariant()} '{name}' from '{args.Path}' failed: {ex.Message}", ex);
+        }
+
+        if (built is IAlgorithm algorithm && kind == ComponentKind.Algorithm && algorithm.Name != name)
+        {
+            throw new ConfigException(
+                $"The algorithm registered as '{name}' (used at '{args.Path}') is a {built.GetType().Name} whose Name is '{algorithm.Name}'; a checkpoint would record '{algorithm.Name}' and could not re-create it. " +
+                "Register it under its Name (services.AddAlgorithm<T>() does that).");
         }
 
         return built is T typed

@@ -195,7 +195,7 @@ public sealed class CountBatchesAlgorithm : Algorithm
 
 public sealed class TestPlugin : IComposerSharpPlugin
 {
-    public void ConfigureServices(IServiceCollection services) => services.AddAlgorithm<CountBatchesAlgorithm>("count_batches");
+    public void ConfigureServices(IServiceCollection services) => services.AddAlgorithm<CountBatchesAlgorithm>();
 }
 
 [TestFixture]
