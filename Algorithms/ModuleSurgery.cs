@@ -1,5 +1,6 @@
 using System.Collections;
 using System.Reflection;
+using ComposerSharp.Interop;
 using System.Runtime.CompilerServices;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -487,15 +488,10 @@ public static class ModuleSurgery
 
     // ---- reference sites -------------------------------------------------------------------------------------
 
-    private static readonly Lazy<FieldInfo> SubmoduleTable = new(() =>
-        typeof(nn.Module).GetField("_internal_submodules", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException(
-            $"TorchSharp {typeof(nn.Module).Assembly.GetName().Version} has no field Module._internal_submodules; ModuleSurgery was written against TorchSharp 0.107."));
-
     private static void FindSites(nn.Module parent, Dictionary<nn.Module, nn.Module> replacements, List<ReferenceSite> sites)
     {
         // (1) The registered-submodule table.
-        var table = (TorchSharp.Utils.OrderedDict<string, nn.Module>)SubmoduleTable.Value.GetValue(parent)!;
+        var table = TorchSharpInternals.SubmoduleTable(parent);
         foreach ((string name, nn.Module child) in table)
         {
             if (replacements.ContainsKey(child))
@@ -650,17 +646,6 @@ public static class ModuleSurgery
 
     // ---- optimizers ------------------------------------------------------------------------------------------
 
-    private static readonly Lazy<FieldInfo> GroupsField = new(() =>
-        typeof(optim.Optimizer).GetField("_parameter_groups", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException("TorchSharp's Optimizer has no field _parameter_groups; ModuleSurgery was written against TorchSharp 0.107."));
-
-    private static readonly Lazy<FieldInfo> StateField = new(() =>
-        typeof(OptimizerHelper).GetField("_state", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException("TorchSharp's OptimizerHelper has no field _state; ModuleSurgery was written against TorchSharp 0.107."));
-
-    private static readonly MethodInfo MemberwiseCloneMethod =
-        typeof(object).GetMethod("MemberwiseClone", BindingFlags.Instance | BindingFlags.NonPublic)!;
-
     /// <summary>The parameters of one parameter group, materialised before surgery.</summary>
     private sealed record GroupSnapshot(optim.Optimizer Optimizer, ParamGroup? Group, List<Parameter> Parameters);
 
@@ -672,7 +657,7 @@ public static class ModuleSurgery
             ArgumentNullException.ThrowIfNull(optimizer, nameof(optimizers));
             if (optimizer is OptimizerHelper)
             {
-                var groups = (IList<ParamGroup>)GroupsField.Value.GetValue(optimizer)!;
+                var groups = TorchSharpInternals.ParameterGroups(optimizer);
                 result.AddRange(groups.Select(g => new GroupSnapshot(optimizer, g, g.Parameters.ToList())));
             }
             else
@@ -753,7 +738,7 @@ public static class ModuleSurgery
                 g.Parameters.InsertRange(Math.Min(insertAt, g.Parameters.Count), added);
             }
 
-            var state = (TorchSharp.Utils.OrderedDict<IntPtr, OptimizerState>)StateField.Value.GetValue(optimizer)!;
+            var state = TorchSharpInternals.OptimizerStates((OptimizerHelper)optimizer);
             foreach (Parameter p in removed)
             {
                 if (state.TryGetValue(p.Handle, out OptimizerState? old))
@@ -781,10 +766,10 @@ public static class ModuleSurgery
     /// </summary>
     private static void CreateState(optim.Optimizer optimizer, ParamGroup group, List<Parameter> parameters)
     {
-        var options = (OptimizerOptions)MemberwiseCloneMethod.Invoke(group.Options, null)!;
+        var options = TorchSharpInternals.CloneOptions(group.Options);
         var temporary = new ParamGroup { Parameters = parameters, Options = options };
         optimizer.add_param_group(temporary);
-        var groups = (IList<ParamGroup>)GroupsField.Value.GetValue(optimizer)!;
+        var groups = TorchSharpInternals.ParameterGroups(optimizer);
         groups.Remove(temporary);
     }
 }
