@@ -75,6 +75,23 @@ public sealed class State
 
     private Time? _maxDuration;
 
+    /// <summary>
+    /// Epochs per iteration (Composer's <c>iteration_length</c>), or null (the default) for a run that is one
+    /// iteration. When set, the training loop ends an iteration after the epoch that completes it: the timestamp
+    /// moves to the next iteration and IterationEnd and IterationCheckpoint are raised, then IterationStart for the
+    /// next one. Curriculum-style callbacks set it (for example at Init).
+    /// </summary>
+    /// <exception cref="ArgumentException">Set to a time that is not a positive number of epochs.</exception>
+    public Time? IterationLength
+    {
+        get => _iterationLength;
+        set => _iterationLength = value is { } v && (v.Unit != TimeUnit.Epoch || v.Value < 1)
+            ? throw new ArgumentException($"The iteration length cannot be {v}: it must be a positive number of epochs (e.g. 2ep).", nameof(value))
+            : value;
+    }
+
+    private Time? _iterationLength;
+
     /// <summary>The dataloader being iterated now (train, eval or predict), or null.</summary>
     public IDataLoader? Dataloader { get; set; }
 

@@ -20,7 +20,8 @@ public sealed partial class Trainer
     /// (gradients accumulated and, for amp_fp16, unscaled), the optimizer step, the timestamp advance, the scheduler
     /// step (setting the rate of the next batch from the new timestamp), BatchEnd, evaluation when due,
     /// BatchCheckpoint; once per exhausted epoch a last BeforeDataloader, EpochEnd, evaluation when due,
-    /// EpochCheckpoint; finally FitEnd and a final evaluation when due and not just run.
+    /// EpochCheckpoint and, when that epoch completes an iteration of <see cref="State.IterationLength"/> epochs,
+    /// IterationEnd and IterationCheckpoint; finally FitEnd and a final evaluation when due and not just run.
     /// Budgets in <c>ba</c>, <c>sp</c> and <c>tok</c> stop after the batch that reaches or crosses them.
     /// </remarks>
     /// <exception cref="InvalidOperationException">No optimizer, no training dataloader, no max duration, nothing left to train, an epoch budget with a loader of unknown length, or a loader that yields no batches.</exception>
@@ -190,6 +191,15 @@ public sealed partial class Trainer
                 RunEvaluators(Event.EpochEnd);
                 lastWct += clock.Elapsed - beforeEval;
                 Engine.RunEvent(Event.EpochCheckpoint);
+
+                // An iteration ends after the epoch that completes it (Composer's trainer, after EpochCheckpoint).
+                if (State.IterationLength is { } iteration && State.Timestamp.EpochInIteration == (long)iteration.Value)
+                {
+                    State.PreviousTimestamp = State.Timestamp;
+                    State.Timestamp = State.Timestamp.ToNextIteration();
+                    Engine.RunEvent(Event.IterationEnd);
+                    Engine.RunEvent(Event.IterationCheckpoint);
+                }
             }
         }
 

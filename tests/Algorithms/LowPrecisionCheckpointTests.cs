@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 namespace ComposerSharp.Tests.Algorithms;
 
 /// <summary>
-/// Issue item 9: train 3 batches with LowPrecisionLayerNorm, save, and load into fresh Trainers with and without the
+/// Train 3 batches with LowPrecisionLayerNorm, save, and load into fresh Trainers with and without the
 /// algorithm. The Trainer re-creates the missing required-on-load algorithm with a warning, or refuses when asked to.
 /// </summary>
 [TestFixture]
