@@ -35,6 +35,12 @@ public sealed record JobResult(
 
     /// <summary>Samples trained by this job per second of its wall-clock time (fit and evaluation together).</summary>
     public double SamplesPerSecond => Wallclock.TotalSeconds > 0 ? SamplesThisRun / Wallclock.TotalSeconds : 0;
+
+    /// <summary>Whether training stopped early on a stop request (a signal: see <see cref="GracefulStop"/>).</summary>
+    public bool StoppedByRequest { get; init; }
+
+    /// <summary>The folder checkpoints were saved to, or null when the run saved none.</summary>
+    public string? CheckpointFolder { get; init; }
 }
 
 /// <summary>
@@ -73,8 +79,9 @@ public sealed class TrainJob
     }
 
     /// <summary>Trains (<c>train</c>) and evaluates at the end when an eval loader is configured.</summary>
+    /// <param name="cancellationToken">A graceful stop request (see <see cref="Trainer.Fit(Time?, CancellationToken)"/>).</param>
     /// <exception cref="ConfigException">The configuration cannot be used.</exception>
-    public JobResult Train() => Run(fit: true);
+    public JobResult Train(CancellationToken cancellationToken = default) => Run(fit: true, cancellationToken);
 
     /// <summary>Evaluates the model loaded from <c>load_path</c> on <c>eval_loader</c> (<c>eval</c>).</summary>
     /// <exception cref="ConfigException">No <c>eval_loader</c> or no <c>load_path</c>, or the configuration cannot be used.</exception>
@@ -90,10 +97,10 @@ public sealed class TrainJob
             throw new ConfigException("'load_path' is required for eval: the checkpoint to evaluate.");
         }
 
-        return Run(fit: false);
+        return Run(fit: false, CancellationToken.None);
     }
 
-    private JobResult Run(bool fit)
+    private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
         // Scalar settings first, so that a bad value is reported before any data is read or model built.
         int seed = (int)(_config.GetLong("seed") ?? 17);
@@ -184,7 +191,7 @@ public sealed class TrainJob
         Timestamp start = trainer.State.Timestamp;
         if (fit)
         {
-            trainer.Fit();
+            trainer.Fit(cancellationToken: cancellationToken);
         }
         else
         {
@@ -195,9 +202,12 @@ public sealed class TrainJob
         string plotPath = Path.Combine(runFolder, "loss.png");
         bool plotted = fit && LossPlot.Save(history, plotPath);
         IReadOnlyDictionary<string, double> latest = history.Latest();
+        string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
         var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, latest, ModulesReplaced(latest), plotted ? plotPath : null)
         {
             SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
+            StoppedByRequest = trainer.StoppedByRequest,
+            CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
         trainer.Close();
         return result;

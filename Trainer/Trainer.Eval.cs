@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -129,8 +130,9 @@ public sealed partial class Trainer
     private void RunEvaluators(Event e)
     {
         var due = _evaluators.Where(run => run.Schedule.IsDue(State, e)).ToList();
-        if (due.Count == 0)
+        if (due.Count == 0 || _fitCancellation.IsCancellationRequested)
         {
+            // A stop request (preemption) skips evaluations that have not started: time is short.
             return;
         }
 
@@ -190,6 +192,14 @@ public sealed partial class Trainer
                     double value = metric.Compute();
                     computed[key] = value;
                     State.Metrics[key] = value;
+                    if (metric is IMetricBreakdown breakdown)
+                    {
+                        foreach ((string part, double partValue) in breakdown.Breakdown())
+                        {
+                            computed[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                            State.Metrics[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                        }
+                    }
                 }
 
                 if (computed.Count > 0)
@@ -237,13 +247,22 @@ public sealed partial class Trainer
             State.DataloaderLabel = label;
             Engine.RunEvent(startEvent);
             afterStart?.Invoke();
-            ForEachBatchInScope(loader.GetEpoch(0), subsetNumBatches, batch =>
+            long done = ForEachBatchInScope(loader.GetEpoch(0), subsetNumBatches, () => _fitCancellation.IsCancellationRequested, batch =>
             {
                 State.Batch = batch.To(State.Device);
                 step(State.Batch, Lap);
                 ClearStepTensors();
             });
-            beforeEnd?.Invoke();
+            if (_fitCancellation.IsCancellationRequested)
+            {
+                // Stopped part-way by a stop request during Fit: metrics of a partial pass would mislead, so none are computed.
+                _log.LogWarning("The '{Label}' pass was interrupted by the stop request after {Batches} batches; its metrics are not computed.", label, done);
+            }
+            else
+            {
+                beforeEnd?.Invoke();
+            }
+
             Engine.RunEvent(endEvent);
         }
         finally
@@ -257,12 +276,14 @@ public sealed partial class Trainer
 
     /// <summary>
     /// Runs <paramref name="body"/> on at most <paramref name="limit"/> batches, each inside its own dispose scope
-    /// that is opened before the batch is produced, so the batch's tensors belong to it.
+    /// that is opened before the batch is produced, so the batch's tensors belong to it; stops before a batch when
+    /// <paramref name="stop"/> says so. Returns the number of batches run.
     /// </summary>
-    private static void ForEachBatchInScope(IEnumerable<Batch> batches, long? limit, Action<Batch> body)
+    private static long ForEachBatchInScope(IEnumerable<Batch> batches, long? limit, Func<bool> stop, Action<Batch> body)
     {
         using IEnumerator<Batch> enumerator = batches.GetEnumerator();
-        for (long i = 0; limit is null || i < limit; i++)
+        long i = 0;
+        for (; (limit is null || i < limit) && !stop(); i++)
         {
             using var scope = torch.NewDisposeScope();
             if (!enumerator.MoveNext())
@@ -272,5 +293,7 @@ public sealed partial class Trainer
 
             body(enumerator.Current);
         }
+
+        return i;
     }
 }

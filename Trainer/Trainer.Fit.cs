@@ -23,12 +23,20 @@ public sealed partial class Trainer
     /// EpochCheckpoint and, when that epoch completes an iteration of <see cref="State.IterationLength"/> epochs,
     /// IterationEnd and IterationCheckpoint; finally FitEnd and a final evaluation when due and not just run.
     /// Budgets in <c>ba</c>, <c>sp</c> and <c>tok</c> stop after the batch that reaches or crosses them.
+    /// <para>
+    /// <paramref name="cancellationToken"/> asks for a graceful stop (preemption: see <see cref="GracefulStop"/>,
+    /// which turns SIGINT/SIGTERM into one): the batch in progress finishes, an evaluation in progress is cut short at
+    /// its next batch without computing its metrics, evaluations not yet begun are skipped, and training stops as
+    /// <see cref="State.StopTraining"/> does, so the checkpoint saver's end-of-training save runs at that batch's
+    /// BatchCheckpoint (or EpochCheckpoint), then FitEnd. Fit returns normally and <see cref="StoppedByRequest"/> is true.
+    /// </para>
     /// </remarks>
     /// <exception cref="InvalidOperationException">No optimizer, no training dataloader, no max duration, nothing left to train, an epoch budget with a loader of unknown length, or a loader that yields no batches.</exception>
     /// <exception cref="ArgumentException"><paramref name="duration"/> is in <c>sec</c>, <c>dur</c> or <c>iter</c>.</exception>
-    public void Fit(Time? duration = null)
+    public void Fit(Time? duration = null, CancellationToken cancellationToken = default)
     {
         ThrowIfClosed();
+        StoppedByRequest = false;
         if (State.Optimizers.Count == 0)
         {
             throw new InvalidOperationException("No optimizer: the model has no parameters or none was created; this Trainer can only evaluate or predict.");
@@ -65,7 +73,15 @@ public sealed partial class Trainer
 
         State.Dataloader = loader;
         State.DataloaderLabel = TrainLabel;
-        TrainLoop(loader);
+        _fitCancellation = cancellationToken;
+        try
+        {
+            TrainLoop(loader);
+        }
+        finally
+        {
+            _fitCancellation = CancellationToken.None;
+        }
 
         // TorchSharp's zero_grad returns new tensor handles from zero_(); a scope disposes them.
         using var scope = torch.NewDisposeScope();
@@ -157,6 +173,7 @@ public sealed partial class Trainer
                     TimeSpan beforeEval = clock.Elapsed;
                     RunEvaluators(Event.BatchEnd);
                     lastWct += clock.Elapsed - beforeEval;
+                    StopIfRequested();
                     Engine.RunEvent(Event.BatchCheckpoint);
                     ClearStepTensors();
 
@@ -190,6 +207,7 @@ public sealed partial class Trainer
                 TimeSpan beforeEval = clock.Elapsed;
                 RunEvaluators(Event.EpochEnd);
                 lastWct += clock.Elapsed - beforeEval;
+                StopIfRequested();
                 Engine.RunEvent(Event.EpochCheckpoint);
 
                 // An iteration ends after the epoch that completes it (Composer's trainer, after EpochCheckpoint).
@@ -218,6 +236,22 @@ public sealed partial class Trainer
         });
         Engine.RunEvent(Event.FitEnd);
         RunEvaluators(Event.FitEnd);
+    }
+
+    /// <summary>
+    /// Turns a cancelled Fit token into Composer's graceful stop (once), before the checkpoint event of the batch or
+    /// epoch that just ended, so that the end-of-training save happens there.
+    /// </summary>
+    private void StopIfRequested()
+    {
+        if (!_fitCancellation.IsCancellationRequested || StoppedByRequest)
+        {
+            return;
+        }
+
+        StoppedByRequest = true;
+        State.StopTraining();
+        _log.LogWarning("Stop requested: training stops after batch {Batch} (epoch {Epoch}); a checkpoint is saved now when a save folder is set.", State.Timestamp.Batch, State.Timestamp.Epoch);
     }
 
     private void LogTimeMetrics(bool withTokens)

@@ -45,6 +45,7 @@ public sealed partial class Trainer : IDisposable
     private readonly List<optim.Optimizer> _ownedOptimizers = new();
     private Tensor? _lastLoss;
     private bool _closed;
+    private CancellationToken _fitCancellation;
 
     /// <summary>Creates a Trainer.</summary>
     /// <param name="model">The model; it is moved to the device.</param>
@@ -348,6 +349,9 @@ public sealed partial class Trainer : IDisposable
 
     /// <summary>The state shared with algorithms and callbacks.</summary>
     public State State { get; }
+
+    /// <summary>Whether the last <see cref="Fit"/> ended early because its cancellation token asked for a stop.</summary>
+    public bool StoppedByRequest { get; private set; }
 
     /// <summary>The engine that runs algorithms, callbacks and loggers at each event.</summary>
     public Engine Engine { get; }
