@@ -24,7 +24,7 @@ public sealed record LoaderSettings(int BatchSize, bool Shuffle, bool DropLast, 
 /// <param name="Labels">Class names for classification data, else null.</param>
 public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<LoaderSettings, IDataLoader> CreateLoader, IReadOnlyList<string>? Labels = null);
 
-/// <summary>The models, datasets, algorithms, callbacks and loggers that ship with ComposerSharp, registered by name.</summary>
+/// <summary>The models, datasets, algorithms, optimizers, schedulers, callbacks and loggers that ship with ComposerSharp, registered by name.</summary>
 public static class BuiltinComponents
 {
     /// <summary>Names of the built-in models.</summary>
@@ -86,6 +86,8 @@ public static class BuiltinComponents
         {
             services.AddAlgorithm(algorithm);
         }
+
+        services.AddComposerSharpOptimizers();
 
         services.AddCallback<SpeedMonitor>("speed_monitor");
         services.AddCallback<LRMonitor>("lr_monitor");

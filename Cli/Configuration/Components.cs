@@ -1,6 +1,9 @@
 using System.Reflection;
 using ComposerSharp.Events;
 using Microsoft.Extensions.DependencyInjection;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
 
 namespace ComposerSharp.Cli.Configuration;
 
@@ -17,6 +20,10 @@ public enum ComponentKind
     Callback,
     /// <summary>A logger destination under <c>loggers:</c>.</summary>
     Logger,
+    /// <summary>An optimizer under <c>optimizer:</c> (a factory over the model's parameters, called after the move to the device).</summary>
+    Optimizer,
+    /// <summary>A learning-rate scheduler under <c>scheduler:</c>.</summary>
+    Scheduler,
 }
 
 /// <summary>What a factory can use while building a component from its config section.</summary>
@@ -95,6 +102,17 @@ public static class ComponentServiceCollectionExtensions
     /// <summary>Registers a logger destination built by <paramref name="factory"/>.</summary>
     public static IServiceCollection AddLoggerDestination(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, ILoggerDestination> factory) =>
         services.AddComponent(ComponentKind.Logger, name, factory);
+
+    /// <summary>
+    /// Registers an optimizer: <paramref name="factory"/> reads the section (the keys besides <c>name</c>) and returns
+    /// what creates the optimizer from the model's parameters once the Trainer has moved them to the device.
+    /// </summary>
+    public static IServiceCollection AddOptimizer(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, Func<IEnumerable<Parameter>, optim.Optimizer>> factory) =>
+        services.AddComponent(ComponentKind.Optimizer, name, factory);
+
+    /// <summary>Registers scheduler <typeparamref name="T"/> under <paramref name="name"/> (Composer's scheduler names); its constructor parameters become its config keys.</summary>
+    public static IServiceCollection AddScheduler<T>(this IServiceCollection services, string name)
+        where T : IScheduler => services.AddComponent(ComponentKind.Scheduler, name, typeof(T));
 
     /// <summary>Registers a model built by <paramref name="factory"/>.</summary>
     public static IServiceCollection AddModel(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, object> factory) =>
@@ -233,9 +251,5 @@ public sealed class ComponentCatalog
         Nullable.GetUnderlyingType(p.ParameterType) is not null ||
         new NullabilityInfoContext().Create(p).WriteState == NullabilityState.Nullable;
 
-    private static bool IsConfigurable(Type t)
-    {
-        Type u = Nullable.GetUnderlyingType(t) ?? t;
-        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>);
-    }
+    private static bool IsConfigurable(Type t) => OptionsBinder.IsBindable(t);
 }
