@@ -119,6 +119,8 @@ public sealed class TrainJob
             runFolder = Path.Combine(runFolder, "eval-" + stamp);
         }
 
+        // One run per folder: the lock comes before anything else touches the folder.
+        using RunFolderLock? runLock = fit ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
         var context = new ComponentContext(_services, runFolder, seed);
 
         if (deterministicMode)
@@ -200,8 +202,18 @@ public sealed class TrainJob
             deterministicMode: deterministicMode);
 
         Timestamp start = trainer.State.Timestamp;
-        if (fit)
+        bool alreadyComplete = fit && trainer.State.MaxDuration is { } max && trainer.State.Timestamp >= max;
+        if (alreadyComplete)
         {
+            // Autoresume of a finished run (a scheduler re-launching a completed job): nothing to train, not an error.
+            _loggerFactory.CreateLogger<TrainJob>().LogWarning(
+                "Run '{Run}' is already complete ({Batches} batches, max_duration {Max}): nothing to train. Raise --max-duration to train further, or choose another --run-name.",
+                runName, trainer.State.Timestamp.Batch, trainer.State.MaxDuration);
+        }
+        else if (fit)
+        {
+            // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
+            File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
             trainer.Fit(cancellationToken: cancellationToken);
         }
         else
