@@ -1,24 +1,24 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 using ComposerSharp.Events;
+using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.Logging;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Saves checkpoints at an interval and at the end of training (Composer's <c>CheckpointSaver</c>,
 /// composer/callbacks/checkpoint_saver.py): at BatchCheckpoint and EpochCheckpoint, when the
 /// <see cref="IntervalSchedule"/> says so and nothing was saved at this batch yet. After each save it updates the
-/// "latest" pointer and deletes the oldest checkpoints beyond <see cref="NumCheckpointsToKeep"/>. The Trainer binds
-/// it (whether created from <see cref="CheckpointOptions"/> or passed among the callbacks); it works only inside a
-/// ComposerSharp Trainer.
+/// "latest" pointer and deletes the oldest checkpoints beyond <see cref="NumCheckpointsToKeep"/>. An ordinary
+/// callback: it saves the <see cref="State"/> it is given through <see cref="Checkpoint.Save"/>, so it works in
+/// any loop that raises the events with a complete state.
 /// </summary>
 public sealed class CheckpointSaver : Callback, IStatefulCallback
 {
     private readonly IntervalSchedule _schedule;
     private readonly List<string> _saved = new();
     private readonly List<string> _allSaved = new();
-    private Trainer? _trainer;
     private long? _lastCheckpointBatch;
 
     /// <summary>Creates a saver.</summary>
@@ -86,18 +86,8 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <inheritdoc/>
     public string StateKey => "composersharp.checkpoint_saver";
 
-    internal void Bind(Trainer trainer) => _trainer = trainer;
-
     /// <inheritdoc/>
-    public override void Init(State state, Logger logger)
-    {
-        if (_trainer is null)
-        {
-            throw new InvalidOperationException("A CheckpointSaver works only among the callbacks of a ComposerSharp Trainer, which binds it.");
-        }
-
-        Directory.CreateDirectory(CheckpointFile.Format(Folder, state));
-    }
+    public override void Init(State state, Logger logger) => Directory.CreateDirectory(PathTemplate.Expand(Folder, state));
 
     /// <summary>
     /// Refuses to start when the folder already holds checkpoints this run would overwrite (files matching
@@ -108,7 +98,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <exception cref="CheckpointException">A conflicting checkpoint exists; the message names it and the options that allow overwriting.</exception>
     public override void FitStart(State state, Logger logger)
     {
-        string folder = CheckpointFile.Format(Folder, state);
+        string folder = PathTemplate.Expand(Folder, state);
         if (Overwrite || !Directory.Exists(folder))
         {
             return;
@@ -186,10 +176,9 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
     private void Save(State state)
     {
-        Trainer trainer = _trainer ?? throw new InvalidOperationException("The CheckpointSaver is not bound to a Trainer.");
         _lastCheckpointBatch = state.Timestamp.Batch;
-        string folder = CheckpointFile.Format(Folder, state);
-        string path = Path.GetFullPath(Path.Combine(folder, CheckpointFile.Format(Filename, state)));
+        string folder = PathTemplate.Expand(Folder, state);
+        string path = Path.GetFullPath(Path.Combine(folder, PathTemplate.Expand(Filename, state)));
         if (!Overwrite && File.Exists(path))
         {
             throw new CheckpointException(path, $"Checkpoint '{path}' already exists; set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite or CheckpointSaver overwrite) to replace it, or use another folder.");
@@ -204,7 +193,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
         try
         {
-            trainer.SaveCheckpoint(path, WeightsOnly);
+            Checkpoint.Save(state, path, WeightsOnly);
         }
         catch
         {
@@ -220,7 +209,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
         _saved.Add(path);
         if (LatestFilename is not null)
         {
-            CheckpointFile.WriteLatestPointer(Path.Combine(folder, CheckpointFile.Format(LatestFilename, state)), path);
+            CheckpointFile.WriteLatestPointer(Path.Combine(folder, PathTemplate.Expand(LatestFilename, state)), path);
         }
 
         state.LoggerFactory.CreateLogger<CheckpointSaver>().LogInformation("Saved checkpoint {Checkpoint}.", path);
