@@ -10,7 +10,8 @@ namespace ComposerSharp.Training.Callbacks;
 /// Saves checkpoints at an interval and at the end of training (Composer's <c>CheckpointSaver</c>,
 /// composer/callbacks/checkpoint_saver.py): at BatchCheckpoint and EpochCheckpoint, when the
 /// <see cref="IntervalSchedule"/> says so and nothing was saved at this batch yet. After each save it updates the
-/// "latest" pointer and deletes the oldest checkpoints beyond <see cref="NumCheckpointsToKeep"/>. An ordinary
+/// "latest" pointer and deletes the oldest checkpoints of the folder beyond <see cref="NumCheckpointsToKeep"/>
+/// (counting those of earlier, resumed or crashed processes of the run too). An ordinary
 /// callback: it saves the <see cref="State"/> it is given through <see cref="Checkpoint.Save"/>, so it works in
 /// any loop that raises the events with a complete state.
 /// </summary>
@@ -27,7 +28,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <param name="latestFilename">Name of the pointer to the newest checkpoint, or null for none.</param>
     /// <param name="saveInterval">How often to save; 1 epoch by default.</param>
     /// <param name="overwrite">Replace an existing file of the same name instead of failing.</param>
-    /// <param name="numCheckpointsToKeep">Newest checkpoints of this run to keep (−1 for all; at least 1 otherwise).</param>
+    /// <param name="numCheckpointsToKeep">Newest checkpoints of this run's name pattern to keep in the folder, across resumes (−1 for all; at least 1 otherwise).</param>
     /// <param name="weightsOnly">Save only the model weights.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="numCheckpointsToKeep"/> is 0 or below −1.</exception>
     public CheckpointSaver(
@@ -95,11 +96,22 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// is Composer's check at the start of fit, so a long run fails at once rather than at its first save.
     /// Checkpoints at or before the timestamp (the ones a resumed run continues from) are not conflicts.
     /// </summary>
+    /// <remarks>
+    /// It also removes temporary files left by saves that a crash interrupted (<c>.NAME.ckpt.GUID.tmp</c>: a save
+    /// writes one and renames it over NAME when complete), logging each. Do not start two runs on one checkpoint
+    /// folder at once (the CLI's run-folder lock prevents it): one would remove the other's save in progress.
+    /// </remarks>
     /// <exception cref="CheckpointException">A conflicting checkpoint exists; the message names it and the options that allow overwriting.</exception>
     public override void FitStart(State state, Logger logger)
     {
         string folder = PathTemplate.Expand(Folder, state);
-        if (Overwrite || !Directory.Exists(folder))
+        if (!Directory.Exists(folder))
+        {
+            return;
+        }
+
+        RemoveOrphanedTemporaryFiles(folder, state);
+        if (Overwrite)
         {
             return;
         }
@@ -123,6 +135,48 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
                     $"The checkpoint folder '{folder}' already holds '{Path.GetFileName(file)}', which this run would overwrite. " +
                     "Set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite), resume with autoresume, or use another run folder or run name.");
             }
+        }
+    }
+
+    private static void RemoveOrphanedTemporaryFiles(string folder, State state)
+    {
+        foreach (string temp in Directory.EnumerateFiles(folder, ".*.tmp"))
+        {
+            if (!Regex.IsMatch(Path.GetFileName(temp), @"^\..+\.[0-9a-f]{32}\.tmp$", RegexOptions.CultureInvariant))
+            {
+                continue;
+            }
+
+            long bytes = new FileInfo(temp).Length;
+            File.Delete(temp);
+            state.LoggerFactory.CreateLogger<CheckpointSaver>().LogWarning(
+                "Removed {Temp} ({Bytes} bytes), left by a checkpoint save that did not finish (the process ended during it).", temp, bytes);
+        }
+    }
+
+    /// <summary>
+    /// Deletes the oldest checkpoints of this run's name pattern in <paramref name="folder"/> beyond
+    /// <see cref="NumCheckpointsToKeep"/>, ordered by the batch (or epoch) in their names, so that the limit holds
+    /// for the folder across resumes and crashes, not only for the saves of this process.
+    /// </summary>
+    private void Prune(string folder, State state)
+    {
+        Regex pattern = FilenamePattern(state);
+        var checkpoints = new List<(long Order, string Path)>();
+        foreach (string file in Directory.EnumerateFiles(folder))
+        {
+            Match m = pattern.Match(Path.GetFileName(file));
+            if (m.Success && (m.Groups["batch"].Success || m.Groups["epoch"].Success))
+            {
+                long order = m.Groups["batch"].Success ? long.Parse(m.Groups["batch"].Value, CultureInfo.InvariantCulture) : long.Parse(m.Groups["epoch"].Value, CultureInfo.InvariantCulture);
+                checkpoints.Add((order, Path.GetFullPath(file)));
+            }
+        }
+
+        foreach ((_, string oldest) in checkpoints.OrderBy(c => c.Order).ThenBy(c => c.Path, StringComparer.Ordinal).SkipLast(NumCheckpointsToKeep))
+        {
+            File.Delete(oldest);
+            _saved.Remove(oldest);
         }
     }
 
@@ -215,12 +269,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
         state.LoggerFactory.CreateLogger<CheckpointSaver>().LogInformation("Saved checkpoint {Checkpoint}.", path);
         if (NumCheckpointsToKeep > 0)
         {
-            while (_saved.Count > NumCheckpointsToKeep)
-            {
-                string oldest = _saved[0];
-                _saved.RemoveAt(0);
-                File.Delete(oldest);
-            }
+            Prune(folder, state);
         }
     }
 }

@@ -207,6 +207,31 @@ public class CheckpointTests
     }
 
     [Test]
+    public void RotationHoldsForTheFolderAcrossResumesAndOrphanedTemporaryFilesAreRemoved()
+    {
+        string folder = TestData.TempFolder();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = "1ba", SaveNumCheckpointsToKeep = 2, Autoresume = true };
+        using (var first = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", callbacks: new[] { StopAt(Event.BatchEnd, 3) }))
+        {
+            first.Fit();
+        }
+
+        // What a process killed during a save leaves: the temporary file of a checkpoint that was never renamed.
+        string orphan = Path.Combine(folder, $".ep0-ba4-rank0.ckpt.{Guid.NewGuid():N}.tmp");
+        File.WriteAllBytes(orphan, new byte[1000]);
+        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        using (var resumed = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", loggerFactory: log))
+        {
+            Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(3));
+            resumed.Fit();
+        }
+
+        Assert.That(Directory.GetFiles(folder).Select(Path.GetFileName),
+            Is.EquivalentTo(new[] { "ep0-ba5-rank0.ckpt", "ep1-ba6-rank0.ckpt", "latest-rank0.ckpt" }), "the first process's ba2 and ba3 are pruned too, and the orphan is gone");
+        Assert.That(log.Warnings, Has.Some.Contains("did not finish"));
+    }
+
+    [Test]
     public void DefaultIntervalSavesEachEpochAndRefusesToOverwrite()
     {
         string folder = TestData.TempFolder();
