@@ -1,6 +1,6 @@
 using ComposerSharp.Data;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -36,7 +36,7 @@ public sealed class TextClassifier : IDisposable
 
     /// <summary>Loads a classifier checkpoint.</summary>
     /// <exception cref="InvalidDataException">The checkpoint holds another model kind or no description (see <see cref="CheckpointModel.Load"/>).</exception>
-    /// <exception cref="ComposerSharp.Trainer.CheckpointException">The file is missing or not a checkpoint.</exception>
+    /// <exception cref="ComposerSharp.Training.Checkpoints.CheckpointException">The file is missing or not a checkpoint.</exception>
     public static TextClassifier Load(string path, ModelDescription? description = null)
     {
         CheckpointModel loaded = CheckpointModel.Load(path, description);

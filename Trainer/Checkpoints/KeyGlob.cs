@@ -1,6 +1,6 @@
 using System.Text.RegularExpressions;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training.Checkpoints;
 
 /// <summary>
 /// A set of glob patterns over state-dict keys (<c>*</c> matches any run of characters, dots included; <c>?</c> one

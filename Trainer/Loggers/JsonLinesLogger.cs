@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// Appends metrics to a JSON-lines file, one object per <see cref="LogMetrics"/> call:

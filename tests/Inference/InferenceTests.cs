@@ -62,7 +62,7 @@ public class InferenceTests
     public void ACheckpointDescribesItsModelLabelsAndTokenizer()
     {
         string ckpt = Classifier();
-        ModelDescription d = ModelDescription.FromJson(ComposerSharp.Trainer.CheckpointFile.ReadMetadata(ckpt)[ModelDescription.MetadataKey], ckpt);
+        ModelDescription d = ModelDescription.FromJson(ComposerSharp.Training.Checkpoints.CheckpointFile.ReadMetadata(ckpt)[ModelDescription.MetadataKey], ckpt);
         Assert.That(d.Kind, Is.EqualTo(ModelDescription.BertClassification));
         Assert.That(d.Config.HiddenSize, Is.EqualTo(32));
         Assert.That(d.Config.MaxSequenceLength, Is.EqualTo(64));
@@ -136,7 +136,7 @@ public class InferenceTests
         PretrainedModel back = HuggingFaceFormat.FromPretrained(folder);
         Assert.That(back.Labels, Is.EqualTo(new[] { "ham", "spam" }));
         Assert.That(new[] { "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json" }.All(f => File.Exists(Path.Combine(folder, f))), Is.True, "the GPT-2 tokenizer files");
-        Dictionary<string, Tensor> saved = ComposerSharp.Trainer.CheckpointFile.ReadModelState(ckpt);
+        Dictionary<string, Tensor> saved = ComposerSharp.Training.Checkpoints.CheckpointFile.ReadModelState(ckpt);
         foreach ((string key, Tensor t) in back.Model.state_dict())
         {
             Assert.That(t.bytes.SequenceEqual(saved[key].bytes), Is.True, key);
@@ -165,7 +165,7 @@ public class InferenceTests
     {
         string ckpt = Path.Combine(_dir, "old.ckpt");
         var model = new BertForSequenceClassification(TransformerConfig.Preset("bert-tiny") with { HiddenSize = 32, NumHeads = 4, IntermediateSize = 64, VocabSize = 128 });
-        using (var trainer = new ComposerSharp.Trainer.Trainer(model, device: "cpu", progressBar: false))
+        using (var trainer = new ComposerSharp.Training.Trainer(model, device: "cpu", progressBar: false))
         {
             trainer.SaveCheckpoint(ckpt, weightsOnly: true);
         }

@@ -1,12 +1,13 @@
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Algorithms;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Trainer.Trainer;
+using TrainerT = ComposerSharp.Training.Trainer;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>load_weights_only + load_strict_model_weights + load_ignore_keys: an MLM checkpoint starts a classifier.</summary>
 [TestFixture]
