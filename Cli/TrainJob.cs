@@ -97,8 +97,23 @@ public sealed class TrainJob
             throw new ConfigException("'load_path' is required for eval: the checkpoint to evaluate.");
         }
 
-        return Run(fit: false, CancellationToken.None);
+        try
+        {
+            return Run(fit: false, CancellationToken.None);
+        }
+        catch
+        {
+            // A failed evaluation leaves no eval-<time> folder behind (it holds nothing of value yet).
+            if (_lastEvalFolder is { } folder && Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+
+            throw;
+        }
     }
+
+    private string? _lastEvalFolder;
 
     private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
@@ -117,6 +132,7 @@ public sealed class TrainJob
         {
             // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
             runFolder = Path.Combine(runFolder, "eval-" + stamp);
+            _lastEvalFolder = Directory.Exists(runFolder) ? null : runFolder;
         }
 
         // One run per folder: the lock comes before anything else touches the folder.
@@ -226,9 +242,16 @@ public sealed class TrainJob
         bool plotted = fit && LossPlot.Save(history, plotPath);
         IReadOnlyDictionary<string, double> latest = history.Latest();
         string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, latest, ModulesReplaced(latest), plotted ? plotPath : null)
+        if (!fit && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
         {
-            SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
+            Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either
+        }
+
+        // An evaluation reports the batches and samples it evaluated, not the training counters of the checkpoint.
+        Timestamp shown = fit ? trainer.State.Timestamp : trainer.State.EvalTimestamp;
+        var result = new JobResult(runFolder, stopwatch.Elapsed, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
+        {
+            SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : trainer.State.EvalTimestamp.Sample,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
