@@ -117,6 +117,56 @@ public sealed class TrainJob
 
     private string? _lastEvalFolder;
 
+    /// <summary>
+    /// Before the Trainer touches the run folder: a run that neither resumes nor overwrites is refused when the
+    /// checkpoint folder already holds checkpoints (configuration error, nothing written); with
+    /// <c>save_overwrite</c> and without <c>autoresume</c> the run starts afresh: the folder's checkpoints,
+    /// <c>metrics.jsonl</c>, <c>tensorboard/</c> and <c>loss.png</c> of the earlier run are removed.
+    /// </summary>
+    /// <exception cref="ConfigException">Checkpoints of an earlier run are present and neither option is set.</exception>
+    private void PrepareRunFolder(string runFolder, CheckpointOptions checkpoint)
+    {
+        string folder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
+        if (checkpoint.Autoresume || folder.Contains('{', StringComparison.Ordinal))
+        {
+            return; // resuming continues these files; a templated folder is checked by the saver at the start of fit
+        }
+
+        string[] checkpoints = Directory.Exists(folder)
+            ? Directory.GetFiles(folder, "*.ckpt").Where(f => !Path.GetFileName(f).StartsWith("latest", StringComparison.Ordinal)).ToArray()
+            : Array.Empty<string>();
+        if (!checkpoint.SaveOverwrite)
+        {
+            if (checkpoints.Length > 0)
+            {
+                throw new ConfigException(
+                    $"The checkpoint folder '{folder}' already holds {checkpoints.Length} checkpoint(s) of an earlier run (e.g. '{Path.GetFileName(checkpoints[0])}'). " +
+                    "Resume it with --autoresume true, start it afresh with --save-overwrite true (removes its checkpoints, metrics.jsonl, tensorboard/ and loss.png), or choose another --run-name.");
+            }
+
+            return;
+        }
+
+        foreach (string file in checkpoints)
+        {
+            File.Delete(file);
+        }
+
+        foreach (string file in new[] { "metrics.jsonl", "loss.png" }.Select(f => Path.Combine(runFolder, f)).Where(File.Exists))
+        {
+            File.Delete(file);
+        }
+
+        string tensorboard = Path.Combine(runFolder, "tensorboard");
+        if (Directory.Exists(tensorboard))
+        {
+            Directory.Delete(tensorboard, recursive: true);
+        }
+
+        _loggerFactory.CreateLogger<TrainJob>().LogWarning(
+            "save_overwrite: run folder {Folder} starts afresh ({Checkpoints} checkpoint(s), metrics.jsonl, tensorboard/ and loss.png of the earlier run removed).", runFolder, checkpoints.Length);
+    }
+
     private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
         // Scalar settings first, so that a bad value is reported before any data is read or model built.
@@ -197,6 +247,11 @@ public sealed class TrainJob
             Metadata = description,
         };
 
+        if (fit)
+        {
+            PrepareRunFolder(runFolder, checkpoint);
+        }
+
         LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
         LoaderSettings? evalSettings = eval is null ? null : LoaderSettingsOf("eval_loader", seed, shuffle: false);
         var stopwatch = Stopwatch.StartNew();
@@ -226,6 +281,12 @@ public sealed class TrainJob
             deterministicMode: deterministicMode);
 
         Timestamp start = trainer.State.Timestamp;
+        if (fit && start.Batch > 0)
+        {
+            // Resumed: the plot and summary cover the earlier processes of the run too.
+            history.LoadEarlier(Path.Combine(runFolder, "metrics.jsonl"), start.Batch);
+        }
+
         bool alreadyComplete = fit && trainer.State.MaxDuration is { } max && trainer.State.Timestamp >= max;
         if (alreadyComplete)
         {
@@ -302,23 +363,27 @@ public sealed class TrainJob
     {
         Time time = _config.GetTime(key)
             ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
-        if (time.Value <= 0 || time.Unit is not (TimeUnit.Epoch or TimeUnit.Batch or TimeUnit.Sample or TimeUnit.Token))
+        try
         {
-            throw new ConfigException($"'{key}' is '{_config.GetString(key)}'; expected a positive number of ep, ba, sp or tok, e.g. 1ep or 100ba.");
+            return Trainer.CheckMaxDuration(time);
         }
-
-        return time;
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'{key}' is '{_config.GetString(key)}': {ex.Message}", ex);
+        }
     }
 
     private string Device()
     {
         string device = _config.GetString("device") ?? "auto";
-        if (!System.Text.RegularExpressions.Regex.IsMatch(device, "^(auto|cpu|gpu|cuda(:[0-9]+)?)$"))
+        try
         {
-            throw new ConfigException($"'device' is '{device}'; expected auto, cpu, cuda, cuda:N or gpu.");
+            return TrainerDevice.Normalize(device);
         }
-
-        return device;
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'device': {ex.Message}", ex);
+        }
     }
 
     private LoaderSettings LoaderSettingsOf(string key, int runSeed, bool shuffle)
