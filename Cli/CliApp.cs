@@ -12,7 +12,7 @@ namespace ComposerSharp.Cli;
 
 /// <summary>
 /// The <c>composersharp</c> command line: <c>train</c> (train from a YAML config, or the embedded default) and
-/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key.
+/// <c>eval</c> (evaluate a checkpoint), with overrides of any config key, and <c>env</c> (what results depend on).
 /// </summary>
 public static class CliApp
 {
@@ -28,6 +28,7 @@ public static class CliApp
         var root = new RootCommand("ComposerSharp: Composer-style training for .NET on TorchSharp.");
         root.Subcommands.Add(BuildCommand("train", "Train a model from a YAML config (the embedded default when --config is not given).", evaluate: false, output));
         root.Subcommands.Add(BuildCommand("eval", "Evaluate a checkpoint (--load-path) on the config's eval_loader.", evaluate: true, output));
+        root.Subcommands.Add(EnvCommand.Build(output));
         return root.Parse(args).Invoke();
     }
 

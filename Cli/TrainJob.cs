@@ -47,7 +47,7 @@ public sealed class TrainJob
     /// <summary>The accepted top-level keys.</summary>
     public static readonly IReadOnlyList<string> TopLevelKeys = new[]
     {
-        "run_name", "run_folder", "seed", "precision", "device", "max_duration", "eval_interval", "eval_subset_num_batches",
+        "run_name", "run_folder", "seed", "deterministic_mode", "precision", "device", "max_duration", "eval_interval", "eval_subset_num_batches",
         "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
         "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
         "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only",
@@ -97,6 +97,7 @@ public sealed class TrainJob
     {
         // Scalar settings first, so that a bad value is reported before any data is read or model built.
         int seed = (int)(_config.GetLong("seed") ?? 17);
+        bool deterministicMode = _config.GetBool("deterministic_mode") ?? false;
         Time? maxDuration = fit ? RequireTime("max_duration") : (Time?)null;
         Precision? precision = _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16");
         string device = Device();
@@ -112,6 +113,13 @@ public sealed class TrainJob
         }
 
         var context = new ComponentContext(_services, runFolder, seed);
+
+        if (deterministicMode)
+        {
+            // Before data and model are built: MKL's reproducibility mode can only be switched on before its first
+            // computation. The Trainer logs what was set.
+            Reproducibility.ConfigureDeterministicMode();
+        }
 
         torch.manual_seed(seed);
         DataSource? train = fit ? BuildData("train_loader", context, required: true) : null;
@@ -170,7 +178,8 @@ public sealed class TrainJob
             runFolder: runFolder,
             progressBar: _config.GetBool("progress_bar") ?? true,
             logToConsole: _config.GetBool("log_to_console") ?? false,
-            consoleLogInterval: consoleLogInterval);
+            consoleLogInterval: consoleLogInterval,
+            deterministicMode: deterministicMode);
 
         Timestamp start = trainer.State.Timestamp;
         if (fit)

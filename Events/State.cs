@@ -54,6 +54,12 @@ public sealed class State
     /// <summary>The random seed of the run.</summary>
     public int Seed { get; set; }
 
+    /// <summary>
+    /// Whether the run was started in deterministic mode (Composer's <c>State.deterministic_mode</c>): results then
+    /// repeat bitwise on the same machine and thread count (<see cref="Reproducibility"/>).
+    /// </summary>
+    public bool DeterministicMode { get; set; }
+
     /// <summary>Training progress.</summary>
     public Timestamp Timestamp { get; set; } = new();
 

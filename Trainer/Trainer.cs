@@ -87,8 +87,14 @@ public sealed partial class Trainer : IDisposable
     /// <c>compute_training_metrics</c>). On by default here, off by default in Composer: each batch then pays a
     /// second pass over the outputs and host reads of the results.
     /// </param>
+    /// <param name="deterministicMode">
+    /// Composer's <c>deterministic_mode</c>: results repeat bitwise run to run on the same machine and libtorch
+    /// thread count (MKL Conditional Numerical Reproducibility, libtorch's deterministic algorithms, cuBLAS/cuDNN
+    /// settings; see <see cref="Reproducibility.ConfigureDeterministicMode"/>). Process-wide, costs some speed, and
+    /// must be switched on before the process's first MKL computation (the Trainer throws otherwise).
+    /// </param>
     /// <exception cref="ArgumentException">Bad durations, sizes or names; the message names the value and what was expected.</exception>
-    /// <exception cref="InvalidOperationException">CUDA requested but unavailable, optimizers over parameters on another device, or autoresume without a run name.</exception>
+    /// <exception cref="InvalidOperationException">Deterministic mode requested after MKL already computed without it; CUDA requested but unavailable, optimizers over parameters on another device, or autoresume without a run name.</exception>
     /// <exception cref="NotSupportedException">The precision cannot run on the device.</exception>
     /// <exception cref="CheckpointException">The checkpoint to load is missing, truncated, damaged or foreign.</exception>
     public Trainer(
@@ -118,11 +124,17 @@ public sealed partial class Trainer : IDisposable
         Time? consoleLogInterval = null,
         IEnumerable<AlgorithmPass>? algorithmPasses = null,
         GradScaler? gradScaler = null,
-        bool computeTrainingMetrics = true)
+        bool computeTrainingMetrics = true,
+        bool deterministicMode = false)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         loggerFactory ??= NullLoggerFactory.Instance;
         _log = loggerFactory.CreateLogger<Trainer>();
+        if (deterministicMode)
+        {
+            // First, as in Composer: MKL's reproducibility mode can only be switched on before its first computation.
+            Reproducibility.ConfigureDeterministicMode(_log);
+        }
         checkpoint ??= new CheckpointOptions();
         if (deviceTrainMicrobatchSize is <= 0)
         {
@@ -190,6 +202,7 @@ public sealed partial class Trainer : IDisposable
         State = new State(model, dev, prec, runName)
         {
             Seed = seed,
+            DeterministicMode = deterministicMode,
             Optimizers = opts,
             Algorithms = (algorithms ?? Array.Empty<IAlgorithm>()).ToList(),
             LoggerFactory = loggerFactory,
@@ -467,6 +480,7 @@ public sealed partial class Trainer : IDisposable
             ["torchsharp_version"] = LibraryVersion(typeof(torch).Assembly),
             ["run_name"] = State.RunName,
             ["seed"] = State.Seed,
+            ["deterministic_mode"] = State.DeterministicMode,
             ["precision"] = State.Precision.ToComposerName(),
             ["device"] = State.Device.ToString(),
             ["device_train_microbatch_size"] = State.DeviceTrainMicrobatchSize,

@@ -39,6 +39,33 @@ public class TrainCommandTests
             }
         }
     }
+
+    [Test]
+    public void DeterministicModeKeyReachesTheTrainerAndIsRecordedWithTheHyperparameters()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-cli-" + Guid.NewGuid().ToString("N"));
+        var output = new StringWriter();
+        try
+        {
+            int code = CliApp.Run(
+                new[]
+                {
+                    "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false", "--deterministic-mode", "true",
+                    "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+                },
+                output);
+            Assert.That(code, Is.EqualTo(0), output.ToString());
+            string metrics = File.ReadAllText(Path.Combine(folder, "metrics.jsonl"));
+            Assert.That(metrics, Does.Contain("\"deterministic_mode\":true"), metrics.Length > 2000 ? metrics[..2000] : metrics);
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
 }
 
 [TestFixture]

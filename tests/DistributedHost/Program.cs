@@ -18,6 +18,8 @@ public static class Program
             return 2;
         }
 
+        // Bitwise comparisons between processes need MKL's reproducible mode, switched on before MKL's first use.
+        ComposerSharp.Events.Reproducibility.ConfigureDeterministicMode();
         torch.set_num_threads(1);
         Directory.CreateDirectory(args[1]);
         IProcessGroup? group = null;

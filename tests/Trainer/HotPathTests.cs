@@ -13,9 +13,11 @@ namespace ComposerSharp.Tests.Trainer;
 [TestFixture]
 public class HotPathTests
 {
+    // These tests compare two runs bit for bit, which only deterministic mode promises (without it, MKL's matrix
+    // products may round differently for different memory alignments, as on AMD EPYC).
     private static TrainerT NewTrainer(IEnumerable<ILoggerDestination>? loggers, bool computeTrainingMetrics = true) =>
         new(TestData.Model(dropout: 0.2), TestData.Loader(40, 8, shuffle: true), "7ba", loggers: loggers, device: "cpu",
-            optimizerFactory: p => torch.optim.SGD(p, 0.05), progressBar: false, computeTrainingMetrics: computeTrainingMetrics);
+            optimizerFactory: p => torch.optim.SGD(p, 0.05), progressBar: false, computeTrainingMetrics: computeTrainingMetrics, deterministicMode: true);
 
     [Test]
     public void AnUnobservedLossIsStillTheLastBatchLossAfterFit()

@@ -392,11 +392,12 @@ public static class TestData
         string? runName = null,
         ILoggerFactory? loggerFactory = null,
         string? runFolder = null,
-        ComposerSharp.Trainer.GradScaler? gradScaler = null) =>
+        ComposerSharp.Trainer.GradScaler? gradScaler = null,
+        bool deterministicMode = false) =>
         new(model, train, maxDuration, eval, algorithms, callbacks, loggers, precision, device: "cpu", seed: seed,
             schedulers: schedulers, deviceTrainMicrobatchSize: microbatch, evalInterval: evalInterval, checkpoint: checkpoint,
             loggerFactory: loggerFactory, runName: runName, optimizerFactory: optimizerFactory ?? (p => torch.optim.SGD(p, 0.05)),
-            runFolder: runFolder, progressBar: false, gradScaler: gradScaler);
+            runFolder: runFolder, progressBar: false, gradScaler: gradScaler, deterministicMode: deterministicMode);
 
     /// <summary>A fresh empty temporary folder under the test output.</summary>
     public static string TempFolder()
