@@ -18,6 +18,12 @@ public sealed record DistributedOptions
     /// <summary>Bytes per gradient bucket (flattened gradients all-reduced together); 25 MiB by default.</summary>
     public long BucketBytes { get; init; } = DistributedDefaults.BucketBytes;
 
+    /// <summary>
+    /// A process group to use instead of one created from the environment (not disposed by the Trainer); e.g. a
+    /// <see cref="SingleProcessGroup"/> to train alone inside a job.
+    /// </summary>
+    public IProcessGroup? ProcessGroup { get; init; }
+
     /// <summary>Checks the values.</summary>
     /// <exception cref="ArgumentException">A value is out of range or the backend is unknown; the message names it.</exception>
     public DistributedOptions Validate()

@@ -151,6 +151,15 @@ public sealed class GradScaler
         return true;
     }
 
+    /// <summary>Records inf/NaN gradients found elsewhere (on another rank), so this step is skipped too.</summary>
+    internal void MarkFoundInf()
+    {
+        if (Enabled)
+        {
+            _foundInf = true;
+        }
+    }
+
     /// <summary>
     /// Adjusts the scale after a batch: back off if inf/NaN gradients were found (and count a skipped step), else
     /// count a good step and grow after <see cref="GrowthInterval"/> of them. Call once per batch after the steps.

@@ -40,6 +40,13 @@ public sealed partial class Trainer
             }
         }
 
+        // Distributed: every rank's generator state is gathered (a collective), then only rank 0 writes.
+        byte[][] rngStates = weightsOnly ? Array.Empty<byte[]>() : _distributed.AllGatherBytes(CurrentRngState());
+        if (!_distributed.IsRankZero)
+        {
+            return full;
+        }
+
         CheckpointFile.WriteAtomically(full, stream =>
         {
             using var writer = new CheckpointWriter(stream);
@@ -52,13 +59,15 @@ public sealed partial class Trainer
                     writer.Write(OptimizerEntry(i), w => helper.save_state_dict(w));
                 }
 
-                writer.Write(CheckpointFile.RngEntry, w =>
+                for (int rank = 0; rank < rngStates.Length; rank++)
                 {
-                    using var scope = torch.NewDisposeScope();
-                    byte[] rng = torch.get_rng_state().data<byte>().ToArray();
-                    w.Write(rng.Length);
-                    w.Write(rng);
-                });
+                    byte[] rng = rngStates[rank];
+                    writer.Write(rank == 0 ? CheckpointFile.RngEntry : RankRngEntry(rank), w =>
+                    {
+                        w.Write(rng.Length);
+                        w.Write(rng);
+                    });
+                }
             }
 
             writer.WriteHeader(BuildHeader(weightsOnly));
@@ -67,6 +76,15 @@ public sealed partial class Trainer
     }
 
     private static string OptimizerEntry(int index) => $"optimizers/{index}.bin";
+
+    /// <summary>The entry of rank <paramref name="rank"/>'s generator state (rank 0's is <see cref="CheckpointFile.RngEntry"/>).</summary>
+    private static string RankRngEntry(int rank) => $"rng/rank{rank}.bin";
+
+    private static byte[] CurrentRngState()
+    {
+        using var scope = torch.NewDisposeScope();
+        return torch.get_rng_state().data<byte>().ToArray();
+    }
 
     private CheckpointHeader BuildHeader(bool weightsOnly)
     {
@@ -235,7 +253,15 @@ public sealed partial class Trainer
             }
         }
 
-        reader.Read(CheckpointFile.RngEntry, r =>
+        // Distributed: each rank resumes its own generator; a rank the checkpoint does not know keeps its seed + rank.
+        string rngEntry = _distributed.Rank == 0 ? CheckpointFile.RngEntry : RankRngEntry(_distributed.Rank);
+        if (!reader.HasEntry(rngEntry))
+        {
+            _log.LogWarning("Checkpoint {Checkpoint} has no generator state for rank {Rank} (it was written by fewer ranks); this rank keeps its seeded generator, so randomness differs from an uninterrupted run.", file, _distributed.Rank);
+            rngEntry = "";
+        }
+
+        reader.Read(rngEntry.Length == 0 ? CheckpointFile.RngEntry : rngEntry, r =>
         {
             int length = r.ReadInt32();
             _pendingRngState = r.ReadBytes(length);
@@ -244,6 +270,10 @@ public sealed partial class Trainer
                 throw new EndOfStreamException($"the RNG state is {_pendingRngState.Length} bytes instead of {length}");
             }
         });
+        if (rngEntry.Length == 0)
+        {
+            _pendingRngState = null;
+        }
         _log.LogInformation("Loaded training state from {Checkpoint} at {Timestamp}.", file, State.Timestamp.Get(TimeUnit.Batch));
     }
 

@@ -184,6 +184,7 @@ public sealed partial class Trainer
             },
             beforeEnd: () =>
             {
+                _distributed.ReduceMetrics(run.Metrics); // Distributed: metric states summed over ranks
                 foreach (IMetric metric in run.Metrics)
                 {
                     string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
@@ -237,7 +238,7 @@ public sealed partial class Trainer
             State.DataloaderLabel = label;
             Engine.RunEvent(startEvent);
             afterStart?.Invoke();
-            ForEachBatchInScope(loader.GetEpoch(0), subsetNumBatches, batch =>
+            ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, batch => // Distributed: this rank's shard
             {
                 State.Batch = batch.To(State.Device);
                 step(State.Batch, Lap);

@@ -125,11 +125,12 @@ public sealed partial class Trainer
                     State.Batch = batches.Current.To(State.Device);
                     long samples = State.Batch.NumSamples;
                     long tokens = State.Batch.NumTokens;
+                    (long globalSamples, long globalTokens) = _distributed.GlobalCounts(samples, tokens); // Distributed
                     Engine.RunEvent(Event.AfterDataloader);
                     Engine.RunEvent(Event.BatchStart);
                     LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
 
-                    Tensor loss = TrainBatch(useGradScaling);
+                    Tensor loss = TrainBatch(useGradScaling, globalSamples);
                     GradScaler.Update();
                     if (lossObserved)
                     {
@@ -149,7 +150,7 @@ public sealed partial class Trainer
                     TimeSpan batchTime = now - lastWct;
                     lastWct = now;
                     State.PreviousTimestamp = State.Timestamp;
-                    State.Timestamp = State.Timestamp.ToNextBatch(samples, tokens, batchTime);
+                    State.Timestamp = State.Timestamp.ToNextBatch(globalSamples, globalTokens, batchTime);
                     ApplySchedulers();
                     Engine.RunEvent(Event.BatchEnd);
 
@@ -158,6 +159,13 @@ public sealed partial class Trainer
                     lastWct += clock.Elapsed - beforeEval;
                     Engine.RunEvent(Event.BatchCheckpoint);
                     ClearStepTensors();
+
+                    // Distributed: a stop on any rank (stopper, preemption) stops every rank at this boundary.
+                    bool stopHere = State.Timestamp >= State.MaxDuration!.Value;
+                    if (_distributed.AgreeToStop(stopHere) && !stopHere)
+                    {
+                        State.StopTraining();
+                    }
 
                     if (State.MaxDuration!.Value.Unit == TimeUnit.Token && tokens == 0)
                     {
@@ -234,7 +242,7 @@ public sealed partial class Trainer
     /// BeforeTrainBatch, zero the gradients, each microbatch, AfterTrainBatch, then one optimizer step per optimizer.
     /// Returns the batch's loss (the sample-weighted mean of the microbatch losses), Float32 [1], detached, on the device.
     /// </summary>
-    private Tensor TrainBatch(bool useGradScaling)
+    private Tensor TrainBatch(bool useGradScaling, long globalSamples)
     {
         Batch deviceBatch = State.Batch!;
         foreach (IMetric metric in _trainMetrics)
@@ -260,11 +268,17 @@ public sealed partial class Trainer
         }
 
         State.Batch = deviceBatch;
+        _distributed.AllReduceGradients(State.Optimizers, (long)batchSamples, globalSamples); // Distributed: averaged over the global batch
         if (useGradScaling)
         {
             foreach (optim.Optimizer optimizer in State.Optimizers)
             {
                 GradScaler.Unscale(optimizer);
+            }
+
+            if (_distributed.AnyRank(GradScaler.FoundInf)) // Distributed: every rank skips the step together
+            {
+                GradScaler.MarkFoundInf();
             }
         }
 
@@ -392,6 +406,7 @@ public sealed partial class Trainer
         }
 
         var computed = new Dictionary<string, double>(metrics.Count);
+        _distributed.ReduceMetrics(metrics); // Distributed: metric states summed over ranks
         foreach (IMetric metric in metrics)
         {
             string key = $"metrics/{label}/{metric.Name}";

@@ -1,4 +1,5 @@
 using System.Reflection;
+using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Trainer.Callbacks;
@@ -47,6 +48,9 @@ public sealed partial class Trainer : IDisposable
     private Tensor? _lastLoss;
     private bool _closed;
 
+    // Distributed: data-parallel calls (no-ops for world size 1); the logic lives in Distributed/DataParallel.cs.
+    private readonly DataParallel _distributed;
+
     /// <summary>Creates a Trainer.</summary>
     /// <param name="model">The model; it is moved to the device.</param>
     /// <param name="trainDataloader">Training batches (may be given only for <see cref="Fit"/> use later; needed to train).</param>
@@ -93,6 +97,11 @@ public sealed partial class Trainer : IDisposable
     /// settings; see <see cref="Reproducibility.ConfigureDeterministicMode"/>). Process-wide, costs some speed, and
     /// must be switched on before the process's first MKL computation (the Trainer throws otherwise).
     /// </param>
+    /// <param name="distributed">
+    /// Data-parallel settings (<c>dist_timeout</c>, <c>dist_backend</c>, bucket size, an explicit process group). The
+    /// world size comes from the launcher's environment (<see cref="DistributedEnvironment"/>); nothing needs setting
+    /// for one process. With several, the batch size of the training loader is per rank.
+    /// </param>
     /// <exception cref="ArgumentException">Bad durations, sizes or names; the message names the value and what was expected.</exception>
     /// <exception cref="InvalidOperationException">Deterministic mode requested after MKL already computed without it; CUDA requested but unavailable, optimizers over parameters on another device, or autoresume without a run name.</exception>
     /// <exception cref="NotSupportedException">The precision cannot run on the device.</exception>
@@ -125,7 +134,8 @@ public sealed partial class Trainer : IDisposable
         IEnumerable<AlgorithmPass>? algorithmPasses = null,
         GradScaler? gradScaler = null,
         bool computeTrainingMetrics = true,
-        bool deterministicMode = false)
+        bool deterministicMode = false,
+        DistributedOptions? distributed = null)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         loggerFactory ??= NullLoggerFactory.Instance;
@@ -151,6 +161,7 @@ public sealed partial class Trainer : IDisposable
         Precision prec = precision ?? (dev.type == DeviceType.CUDA ? Precision.AmpBf16 : Precision.Fp32);
         TrainerDevice.CheckPrecision(prec, dev);
         SeedAll(seed);
+        _distributed = DataParallel.Create(dev, distributed, loggerFactory); // Distributed
 
         // Model to device, then optimizers.
         List<optim.Optimizer> opts = optimizers?.ToList() ?? new List<optim.Optimizer>();
@@ -233,6 +244,7 @@ public sealed partial class Trainer : IDisposable
             _log.LogWarning("Both a progress bar and console logging are on; their lines will interleave. Consider turning one off (as Composer advises).");
         }
 
+        destinations = _distributed.OnRankZero(destinations); // Distributed: loggers and the progress bar on rank 0 only
         Logger = new EventsLogger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
         string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
@@ -299,6 +311,7 @@ public sealed partial class Trainer : IDisposable
         bool computeTrainingMetrics)
     {
         Engine.RunEvent(Event.Init);
+        _distributed.SynchronizeModel(State.Model); // Distributed: same tensors everywhere, then rank 0's values
         LogRunHyperparameters();
 
         // Metrics, evaluators, dataloader, max duration, schedulers, scaler.
@@ -316,6 +329,7 @@ public sealed partial class Trainer : IDisposable
 
         if (trainDataloader is not null)
         {
+            trainDataloader = _distributed.ShardForTraining(trainDataloader); // Distributed: this rank's shard
             State.TrainDataloader = trainDataloader;
             State.Dataloader = trainDataloader;
             State.DataloaderLabel = TrainLabel;
@@ -352,7 +366,7 @@ public sealed partial class Trainer : IDisposable
         }
 
         Engine.RunEvent(Event.AfterLoad);
-        SeedAll(State.Seed);
+        SeedAll(State.Seed + _distributed.Rank); // Distributed: each rank its own stream (Composer: rank_zero_seed + rank)
     }
 
     /// <summary>The label of the training dataloader.</summary>
@@ -372,6 +386,12 @@ public sealed partial class Trainer : IDisposable
 
     /// <summary>The run folder (absolute), or null when none was given.</summary>
     public string? RunFolder { get; }
+
+    /// <summary>Whether this process writes checkpoints and logs (rank 0, or the only process).</summary>
+    internal bool IsRankZero => _distributed.IsRankZero;
+
+    /// <summary>The data-parallel context (world size 1 unless started by a launcher).</summary>
+    public DataParallel Distributed => _distributed;
 
     /// <summary>The model, as given (<see cref="State.Model"/> is the same object).</summary>
     public ComposerModel Model => _model;
@@ -400,6 +420,7 @@ public sealed partial class Trainer : IDisposable
             }
 
             _lastLoss?.Dispose();
+            _distributed.Dispose();
         }
     }
 
@@ -484,6 +505,7 @@ public sealed partial class Trainer : IDisposable
             ["precision"] = State.Precision.ToComposerName(),
             ["device"] = State.Device.ToString(),
             ["device_train_microbatch_size"] = State.DeviceTrainMicrobatchSize,
+            ["world_size"] = _distributed.WorldSize,
         };
         foreach (IAlgorithm algorithm in State.Algorithms)
         {

@@ -218,6 +218,11 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
         _saved.Remove(path);
         _saved.Add(path);
+        if (!trainer.IsRankZero)
+        {
+            return; // Distributed: rank 0 writes the file, its pointer and the rotation
+        }
+
         if (LatestFilename is not null)
         {
             CheckpointFile.WriteLatestPointer(Path.Combine(folder, CheckpointFile.Format(LatestFilename, state)), path);
