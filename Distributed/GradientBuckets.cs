@@ -48,7 +48,7 @@ internal sealed class GradientBuckets : IDisposable
         foreach (Parameter p in parameters.Reverse())
         {
             long size = p.numel() * TensorMemory.ElementSize(p.dtype);
-            if (current.Count > 0 && (current[0].dtype != p.dtype || current[0].device != p.device || bytes + size > bucketBytes))
+            if (current.Count > 0 && (current[0].dtype != p.dtype || !SameDevice(current[0].device, p.device) || bytes + size > bucketBytes))
             {
                 Close();
             }
@@ -127,6 +127,8 @@ internal sealed class GradientBuckets : IDisposable
 
         _buckets.Clear();
     }
+
+    private static bool SameDevice(Device a, Device b) => a.type == b.type && a.index == b.index;
 
     private sealed record Bucket(Tensor Flat, Parameter[] Params);
 }

@@ -99,4 +99,12 @@ public sealed class DataParallelTrainingTests
         Assert.That(job.ExitCode, Is.Not.EqualTo(0), job.Describe());
         Assert.That(job.Stderr, Does.Contain("rank 1's callback fails on purpose"), job.Describe());
     }
+
+    [Test]
+    public void RanksWithDifferentModelsAreRefusedNamingTheFirstDifferingTensor()
+    {
+        MpiJobResult job = Run("mismatch");
+        Assert.That(Read(job, "rank1.mismatch"), Does.Contain("rank 0 has parameter _fc1.weight [16, 4] Float32, rank 1 has parameter _fc1.weight [17, 4] Float32"));
+        Assert.That(Read(job, "rank0.mismatch"), Does.Contain("another rank's tensors differ"));
+    }
 }

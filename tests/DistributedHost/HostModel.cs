@@ -32,6 +32,27 @@ public sealed class NormMlp : ComposerModel
     public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => new IMetric[] { new ClassificationAccuracy(), new CrossEntropyMetric() };
 }
 
+/// <summary>The same layer names as <see cref="NormMlp"/> with fc1 of 4 → 17 (a model that differs from it).</summary>
+public sealed class WideNormMlp : ComposerModel
+{
+    private readonly Linear _fc1;
+    private readonly LayerNorm _norm;
+    private readonly Linear _fc2;
+
+    public WideNormMlp()
+        : base("norm_mlp")
+    {
+        _fc1 = nn.Linear(4, 17);
+        _norm = nn.LayerNorm(17);
+        _fc2 = nn.Linear(17, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch) => _fc2.call(_norm.call(_fc1.call(batch["x"])));
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
+}
+
 /// <summary>One sample: features and a class that depends on them (so there is something to learn).</summary>
 public sealed record HostSample(float[] X, long Label);
 

@@ -25,6 +25,7 @@ public static class TrainerScenarios
         "resume" => Resume,
         "stop" => Stop,
         "trainer-throw" => TrainerThrow,
+        "mismatch" => Mismatch,
         _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop or trainer-throw."),
     };
 
@@ -155,6 +156,24 @@ public static class TrainerScenarios
         trainer.Fit();
         File.WriteAllText(c.RankFile("stop"), trainer.State.Timestamp.Batch.ToString(CultureInfo.InvariantCulture));
         trainer.Dispose();
+    }
+
+    /// <summary>Rank 1 builds a model without dropout but with a wider first layer: the Trainer must refuse, naming the tensor.</summary>
+    public static void Mismatch(ScenarioContext c)
+    {
+        torch.manual_seed(42);
+        ComposerSharp.Models.ComposerModel model = c.Group.Rank == 1 ? new WideNormMlp() : new NormMlp();
+        try
+        {
+            using var trainer = new TrainerT(model, device: "cpu", progressBar: false, deterministicMode: true);
+        }
+        catch (InvalidOperationException e)
+        {
+            File.WriteAllText(c.RankFile("mismatch"), e.Message);
+            return;
+        }
+
+        throw new CheckFailedException("the Trainer accepted different models on the two ranks");
     }
 
     /// <summary>Rank 1's callback throws at batch 2.</summary>
