@@ -29,6 +29,10 @@ public static class CliApp
         root.Subcommands.Add(BuildCommand("train", "Train a model from a YAML config (the embedded default when --config is not given).", evaluate: false, output));
         root.Subcommands.Add(BuildCommand("eval", "Evaluate a checkpoint (--load-path) on the config's eval_loader.", evaluate: true, output));
         root.Subcommands.Add(EnvCommand.Build(output));
+        foreach (Command launch in LaunchCommand.Build(output))
+        {
+            root.Subcommands.Add(launch);
+        }
         return root.Parse(args).Invoke();
     }
 
@@ -143,18 +147,28 @@ public static class CliApp
                     .BuildServiceProvider();
                 var job = new TrainJob(cfg, services);
                 JobResult result = evaluate ? job.Evaluate() : job.Train();
-                PrintSummary(result, output);
+                if (result.Rank == 0)
+                {
+                    PrintSummary(result, output);
+                }
+
                 return 0;
             }
             catch (ConfigException ex)
             {
                 err.WriteLine($"composersharp {name}: configuration error: {ex.Message}");
-                return ConfigErrorExitCode;
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(ConfigErrorExitCode);
             }
             catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidOperationException or NotSupportedException or ArgumentException)
             {
                 err.WriteLine($"composersharp {name}: {ex.Message}");
-                return 1;
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
+            }
+            catch (Exception ex)
+            {
+                // Any other failure of one rank ends the whole job (its peers would wait in a collective otherwise).
+                err.WriteLine($"composersharp {name}: {ex}");
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
             }
         });
         return command;

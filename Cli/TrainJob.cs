@@ -30,6 +30,9 @@ public sealed record JobResult(
     IReadOnlyDictionary<string, int> ModulesReplaced,
     string? PlotPath)
 {
+    /// <summary>The rank of this process in a data-parallel job (0 alone); only rank 0 prints the summary.</summary>
+    public int Rank { get; init; }
+
     /// <summary>Samples trained by this job (a resumed run counts only what it trained itself).</summary>
     public long SamplesThisRun { get; init; }
 
@@ -51,7 +54,7 @@ public sealed class TrainJob
         "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
         "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
         "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only",
-        "load_path", "load_weights_only", "autoresume",
+        "load_path", "load_weights_only", "autoresume", "dist_timeout", "dist_backend",
     };
 
     private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
@@ -98,6 +101,7 @@ public sealed class TrainJob
         // Scalar settings first, so that a bad value is reported before any data is read or model built.
         int seed = (int)(_config.GetLong("seed") ?? 17);
         bool deterministicMode = _config.GetBool("deterministic_mode") ?? false;
+        ComposerSharp.Distributed.DistributedOptions distributed = DistributedSettings();
         Time? maxDuration = fit ? RequireTime("max_duration") : (Time?)null;
         Precision? precision = _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16");
         string device = Device();
@@ -179,7 +183,8 @@ public sealed class TrainJob
             progressBar: _config.GetBool("progress_bar") ?? true,
             logToConsole: _config.GetBool("log_to_console") ?? false,
             consoleLogInterval: consoleLogInterval,
-            deterministicMode: deterministicMode);
+            deterministicMode: deterministicMode,
+            distributed: distributed);
 
         Timestamp start = trainer.State.Timestamp;
         if (fit)
@@ -200,9 +205,29 @@ public sealed class TrainJob
         var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null)
         {
             SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
+            Rank = trainer.Distributed.Rank,
         };
         trainer.Close();
         return result;
+    }
+
+    /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher.</summary>
+    private ComposerSharp.Distributed.DistributedOptions DistributedSettings()
+    {
+        var defaults = new ComposerSharp.Distributed.DistributedOptions();
+        double? timeout = _config.GetDouble("dist_timeout");
+        if (timeout is { } t && !(t > 0 && double.IsFinite(t)))
+        {
+            throw new ConfigException($"dist_timeout = {t.ToString(CultureInfo.InvariantCulture)} is not valid; expected a positive number of seconds (default {defaults.Timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}).");
+        }
+
+        string backend = _config.GetString("dist_backend") ?? defaults.Backend;
+        if (backend is not ("auto" or "mpi" or "nccl"))
+        {
+            throw new ConfigException($"dist_backend = '{backend}' is not known; expected auto, mpi or nccl.");
+        }
+
+        return defaults with { Timeout = timeout is { } s ? TimeSpan.FromSeconds(s) : defaults.Timeout, Backend = backend };
     }
 
     private IAlgorithm? ResolveAlgorithm(AlgorithmDescription description)

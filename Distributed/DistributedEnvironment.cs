@@ -6,8 +6,8 @@ namespace ComposerSharp.Distributed;
 /// Where this process sits in the job, read from the environment. Two sources are understood: Composer's launcher
 /// contract (<c>RANK</c>, <c>WORLD_SIZE</c>, <c>LOCAL_RANK</c>, <c>LOCAL_WORLD_SIZE</c>, <c>NODE_RANK</c>,
 /// <c>MASTER_ADDR</c>, <c>MASTER_PORT</c>; composer/cli/launcher.py) and Open MPI's
-/// (<c>OMPI_COMM_WORLD_RANK</c>, <c>_SIZE</c>, <c>_LOCAL_RANK</c>, <c>_LOCAL_SIZE</c>, <c>_NODE_RANK</c>, set by
-/// <c>mpirun</c>). When both are present they must agree. With neither, the process is alone (world size 1).
+/// (<c>OMPI_COMM_WORLD_RANK</c>, <c>_SIZE</c>, <c>_LOCAL_RANK</c>, <c>_LOCAL_SIZE</c>, set by <c>mpirun</c>; the node
+/// index is derived from them). When both are present they must agree. With neither, the process is alone (world size 1).
 /// </summary>
 /// <param name="Rank">Global rank.</param>
 /// <param name="WorldSize">Number of processes.</param>
@@ -49,7 +49,9 @@ public sealed record DistributedEnvironment(
         }
 
         DistributedEnvironment? composer = size is { } w ? Read(get, w, "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", addr, port, "composer") : null;
-        DistributedEnvironment? ompi = ompiSize is { } ow ? Read(get, ow, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_NODE_RANK", addr, port, "ompi") : null;
+        // Open MPI's OMPI_COMM_WORLD_NODE_RANK is a rank among the node's processes, not a node index: the node index
+        // is derived from the block mapping mpirun uses by default (ranks 0 … L−1 on the first node, and so on).
+        DistributedEnvironment? ompi = ompiSize is { } ow ? Read(get, ow, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", null, addr, port, "ompi") : null;
         if (composer is null && ompi is null)
         {
             return Single with { MasterAddr = addr, MasterPort = port };
@@ -80,7 +82,7 @@ public sealed record DistributedEnvironment(
         return composer with { Source = "composer+ompi" };
     }
 
-    private static DistributedEnvironment Read(Func<string, string?> get, int worldSize, string rankName, string localRankName, string localSizeName, string nodeRankName, string? addr, int? port, string source)
+    private static DistributedEnvironment Read(Func<string, string?> get, int worldSize, string rankName, string localRankName, string localSizeName, string? nodeRankName, string? addr, int? port, string source)
     {
         int rank = ReadInt(get, rankName, 0) ?? throw new InvalidOperationException($"{rankName} is not set although the world size is {worldSize}; the launcher sets both.");
         if (rank >= worldSize)
@@ -95,7 +97,7 @@ public sealed record DistributedEnvironment(
             throw new InvalidOperationException($"{localRankName}={localRank} is not below the local world size {localSize}.");
         }
 
-        int nodeRank = ReadInt(get, nodeRankName, 0) ?? rank / localSize;
+        int nodeRank = (nodeRankName is null ? null : ReadInt(get, nodeRankName, 0)) ?? (rank - localRank) / localSize;
         return new DistributedEnvironment(rank, worldSize, localRank, localSize, nodeRank, addr, port, source);
     }
 

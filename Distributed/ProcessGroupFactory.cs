@@ -12,6 +12,36 @@ namespace ComposerSharp.Distributed;
 /// </summary>
 public static class ProcessGroupFactory
 {
+    /// <summary>
+    /// After a failure on this rank: when the process is part of an MPI job that is still running, prints nothing
+    /// more and ends every rank with <paramref name="exitCode"/> (<c>MPI_Abort</c>), so no peer waits for ever;
+    /// otherwise returns <paramref name="exitCode"/> for the caller to exit with.
+    /// </summary>
+    public static int AbortJobIfDistributed(int exitCode)
+    {
+        if (DistributedEnvironment.FromVariables(Environment.GetEnvironmentVariable) is not { WorldSize: > 1 })
+        {
+            return exitCode;
+        }
+
+        try
+        {
+            MpiLibrary mpi = MpiLibrary.Load();
+            if (mpi.IsInitialized() && !mpi.IsFinalized())
+            {
+                Console.Out.Flush();
+                Console.Error.Flush();
+                mpi.Abort(mpi.CommWorld, exitCode);
+            }
+        }
+        catch (Exception e) when (e is DllNotFoundException or NotSupportedException or InvalidOperationException or MpiException)
+        {
+            // No MPI job to abort: the exit code alone reports the failure.
+        }
+
+        return exitCode;
+    }
+
     /// <summary>Creates the group for <paramref name="device"/> from <paramref name="env"/> (the process's environment when null).</summary>
     /// <exception cref="DllNotFoundException">World size &gt; 1 and the backend's library is missing; the message says what to install.</exception>
     /// <exception cref="ArgumentException">The backend cannot serve the device (NCCL on CPU).</exception>
