@@ -146,10 +146,35 @@ public static class CliApp
                 using ServiceProvider services = CreateServices(parse.GetValue(plugin) ?? Array.Empty<string>(), parse.GetValue(verbose) ? LogLevel.Debug : LogLevel.Information)
                     .BuildServiceProvider();
                 var job = new TrainJob(cfg, services);
-                JobResult result = evaluate ? job.Evaluate() : job.Train();
-                if (result.Rank == 0)
+                if (evaluate)
                 {
-                    PrintSummary(result, output);
+                    JobResult evaluated = job.Evaluate();
+                    if (evaluated.Rank == 0)
+                    {
+                        PrintSummary(evaluated, output);
+                    }
+
+                    return 0;
+                }
+
+                // The first SIGINT/SIGTERM stops after the current batch with a checkpoint; a second one aborts.
+                using var stop = new GracefulStop(services.GetRequiredService<ILoggerFactory>().CreateLogger("ComposerSharp.Cli"));
+                JobResult result = job.Train(stop.Token);
+                if (result.Rank != 0)
+                {
+                    return stop.Signal is null ? 0 : stop.ExitCode; // Distributed: rank 0 prints
+                }
+
+                PrintSummary(result, output);
+                if (stop.Signal is not null)
+                {
+                    TextWriter o = output ?? Console.Out;
+                    o.WriteLine(result.StoppedByRequest
+                        ? $"Stopped by {stop.SignalName} after batch {result.Timestamp.Batch}. " + (result.CheckpointFolder is { } folder
+                            ? $"Checkpoints are in {folder}; resume with the same command and --autoresume true."
+                            : "No checkpoint was saved (no save folder); the run cannot be resumed.")
+                        : $"{stop.SignalName} arrived after training had finished; the run is complete.");
+                    return stop.ExitCode;
                 }
 
                 return 0;

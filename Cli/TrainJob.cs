@@ -38,6 +38,12 @@ public sealed record JobResult(
 
     /// <summary>Samples trained by this job per second of its wall-clock time (fit and evaluation together).</summary>
     public double SamplesPerSecond => Wallclock.TotalSeconds > 0 ? SamplesThisRun / Wallclock.TotalSeconds : 0;
+
+    /// <summary>Whether training stopped early on a stop request (a signal: see <see cref="ComposerSharp.Trainer.GracefulStop"/>).</summary>
+    public bool StoppedByRequest { get; init; }
+
+    /// <summary>The folder checkpoints were saved to, or null when the run saved none.</summary>
+    public string? CheckpointFolder { get; init; }
 }
 
 /// <summary>
@@ -76,8 +82,9 @@ public sealed class TrainJob
     }
 
     /// <summary>Trains (<c>train</c>) and evaluates at the end when an eval loader is configured.</summary>
+    /// <param name="cancellationToken">A graceful stop request (see <see cref="ComposerTrainer.Fit(Time?, CancellationToken)"/>).</param>
     /// <exception cref="ConfigException">The configuration cannot be used.</exception>
-    public JobResult Train() => Run(fit: true);
+    public JobResult Train(CancellationToken cancellationToken = default) => Run(fit: true, cancellationToken);
 
     /// <summary>Evaluates the model loaded from <c>load_path</c> on <c>eval_loader</c> (<c>eval</c>).</summary>
     /// <exception cref="ConfigException">No <c>eval_loader</c> or no <c>load_path</c>, or the configuration cannot be used.</exception>
@@ -93,10 +100,10 @@ public sealed class TrainJob
             throw new ConfigException("'load_path' is required for eval: the checkpoint to evaluate.");
         }
 
-        return Run(fit: false);
+        return Run(fit: false, CancellationToken.None);
     }
 
-    private JobResult Run(bool fit)
+    private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
         // Scalar settings first, so that a bad value is reported before any data is read or model built.
         int seed = (int)(_config.GetLong("seed") ?? 17);
@@ -189,7 +196,7 @@ public sealed class TrainJob
         Timestamp start = trainer.State.Timestamp;
         if (fit)
         {
-            trainer.Fit();
+            trainer.Fit(cancellationToken: cancellationToken);
         }
         else
         {
@@ -202,10 +209,13 @@ public sealed class TrainJob
         var replaced = algorithms.OfType<LowPrecisionNormAlgorithm>()
             .Where(a => a.ModulesReplaced is not null)
             .ToDictionary(a => a.Name, a => a.ModulesReplaced!.Value);
+        string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
         var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null)
         {
             SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
             Rank = trainer.Distributed.Rank,
+            StoppedByRequest = trainer.StoppedByRequest,
+            CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
         trainer.Close();
         return result;

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
@@ -30,7 +29,6 @@ public sealed class DataParallel : IDisposable
     private readonly ILogger _log;
     private readonly long _bucketBytes;
     private readonly HashSet<string> _warnedMetrics = new();
-    private readonly PosixSignalRegistration? _sigterm;
     private GradientBuckets? _buckets;
     private volatile bool _stopRequested;
     private bool _warnedUnsharded;
@@ -46,15 +44,6 @@ public sealed class DataParallel : IDisposable
         _ownsGroup = ownsGroup;
         _bucketBytes = bucketBytes;
         _log = logger ?? NullLogger.Instance;
-        if (Enabled && !OperatingSystem.IsWindows())
-        {
-            // A preemption signal (SIGTERM from a scheduler) reaching any rank stops every rank at the same batch.
-            _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
-            {
-                context.Cancel = true;
-                RequestStop();
-            });
-        }
     }
 
     /// <summary>
@@ -91,7 +80,10 @@ public sealed class DataParallel : IDisposable
     /// <summary>Total seconds spent in the gradient all-reduce (for benchmarks).</summary>
     public double GradientReduceSeconds { get; private set; }
 
-    /// <summary>Asks every rank to stop at the next step boundary (what a preemption signal does).</summary>
+    /// <summary>
+    /// Asks every rank to stop at the next step boundary. A stop request on the Fit token (the CLI's SIGINT/SIGTERM
+    /// handling) is agreed the same way.
+    /// </summary>
     public void RequestStop() => _stopRequested = true;
 
     /// <summary>
@@ -207,7 +199,7 @@ public sealed class DataParallel : IDisposable
     /// The stop decision at a step boundary: true on every rank when any rank wants to stop there (its max duration
     /// reached, a stopper fired, or <see cref="RequestStop"/> was called).
     /// </summary>
-    public bool AgreeToStop(bool stopHere) => AnyRank(stopHere || _stopRequested) || (!Enabled && _stopRequested);
+    public bool AgreeToStop(bool stopHere) => AnyRank(stopHere || _stopRequested);
 
     /// <summary>
     /// Sums the states of <paramref name="metrics"/> over all ranks (so <c>Compute</c> gives the value over every
@@ -271,7 +263,6 @@ public sealed class DataParallel : IDisposable
     /// <summary>Frees the gradient buckets and, when owned, the process group.</summary>
     public void Dispose()
     {
-        _sigterm?.Dispose();
         _buckets?.Dispose();
         _buckets = null;
         if (_ownsGroup)

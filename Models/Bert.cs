@@ -165,8 +165,16 @@ public sealed class BertForSequenceClassification : TransformerModel
     /// <summary>Mean cross-entropy of the logits against <c>labels</c> [B], in Float32.</summary>
     public override Tensor Loss(Tensor outputs, Batch batch) => Losses.CrossEntropy(outputs, Losses.Labels(batch));
 
-    /// <summary>Train: Accuracy. Eval: Accuracy, CrossEntropy, F1 (of <see cref="SequenceClassificationOptions.F1PositiveClass"/>).</summary>
+    /// <summary>
+    /// Train: Accuracy. Eval: Accuracy, CrossEntropy and F1: for two labels the binary F1 of
+    /// <see cref="SequenceClassificationOptions.F1PositiveClass"/>, for more the macro-averaged F1 with per-class
+    /// precision, recall and F1 (<see cref="MulticlassF1Score"/>).
+    /// </summary>
     public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => isTrain
         ? new IMetric[] { new ClassificationAccuracy() }
-        : new IMetric[] { new ClassificationAccuracy(), new CrossEntropyMetric(), new BinaryF1Score(Options.F1PositiveClass) };
+        : new IMetric[]
+        {
+            new ClassificationAccuracy(), new CrossEntropyMetric(),
+            Options.NumLabels > 2 ? new MulticlassF1Score(Options.NumLabels) : new BinaryF1Score(Options.F1PositiveClass),
+        };
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -125,12 +126,19 @@ public sealed partial class Trainer
         return outputs;
     }
 
+    /// <summary>
+    /// Whether a stop request cuts evaluations short. Distributed: not with several ranks, whose requests arrive at
+    /// different moments; they finish the evaluation and stop together at the next agreed boundary.
+    /// </summary>
+    private bool EvalStopRequested => !_distributed.Enabled && _fitCancellation.IsCancellationRequested;
+
     /// <summary>Runs the evaluators whose interval is due at <paramref name="e"/> (Composer's <c>_run_evaluators</c>).</summary>
     private void RunEvaluators(Event e)
     {
         var due = _evaluators.Where(run => run.Schedule.IsDue(State, e)).ToList();
-        if (due.Count == 0)
+        if (due.Count == 0 || EvalStopRequested)
         {
+            // A stop request (preemption) skips evaluations that have not started: time is short.
             return;
         }
 
@@ -191,6 +199,14 @@ public sealed partial class Trainer
                     double value = metric.Compute();
                     computed[key] = value;
                     State.Metrics[key] = value;
+                    if (metric is IMetricBreakdown breakdown)
+                    {
+                        foreach ((string part, double partValue) in breakdown.Breakdown())
+                        {
+                            computed[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                            State.Metrics[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                        }
+                    }
                 }
 
                 if (computed.Count > 0)
@@ -238,13 +254,22 @@ public sealed partial class Trainer
             State.DataloaderLabel = label;
             Engine.RunEvent(startEvent);
             afterStart?.Invoke();
-            ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, batch => // Distributed: this rank's shard
+            long done = ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
             {
                 State.Batch = batch.To(State.Device);
                 step(State.Batch, Lap);
                 ClearStepTensors();
             });
-            beforeEnd?.Invoke();
+            if (EvalStopRequested)
+            {
+                // Stopped part-way by a stop request during Fit: metrics of a partial pass would mislead, so none are computed.
+                _log.LogWarning("The '{Label}' pass was interrupted by the stop request after {Batches} batches; its metrics are not computed.", label, done);
+            }
+            else
+            {
+                beforeEnd?.Invoke();
+            }
+
             Engine.RunEvent(endEvent);
         }
         finally
@@ -258,12 +283,14 @@ public sealed partial class Trainer
 
     /// <summary>
     /// Runs <paramref name="body"/> on at most <paramref name="limit"/> batches, each inside its own dispose scope
-    /// that is opened before the batch is produced, so the batch's tensors belong to it.
+    /// that is opened before the batch is produced, so the batch's tensors belong to it; stops before a batch when
+    /// <paramref name="stop"/> says so. Returns the number of batches run.
     /// </summary>
-    private static void ForEachBatchInScope(IEnumerable<Batch> batches, long? limit, Action<Batch> body)
+    private static long ForEachBatchInScope(IEnumerable<Batch> batches, long? limit, Func<bool> stop, Action<Batch> body)
     {
         using IEnumerator<Batch> enumerator = batches.GetEnumerator();
-        for (long i = 0; limit is null || i < limit; i++)
+        long i = 0;
+        for (; (limit is null || i < limit) && !stop(); i++)
         {
             using var scope = torch.NewDisposeScope();
             if (!enumerator.MoveNext())
@@ -273,5 +300,7 @@ public sealed partial class Trainer
 
             body(enumerator.Current);
         }
+
+        return i;
     }
 }

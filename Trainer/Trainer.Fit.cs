@@ -22,12 +22,20 @@ public sealed partial class Trainer
     /// BatchCheckpoint; once per exhausted epoch a last BeforeDataloader, EpochEnd, evaluation when due,
     /// EpochCheckpoint; finally FitEnd and a final evaluation when due and not just run.
     /// Budgets in <c>ba</c>, <c>sp</c> and <c>tok</c> stop after the batch that reaches or crosses them.
+    /// <para>
+    /// <paramref name="cancellationToken"/> asks for a graceful stop (preemption: see <see cref="GracefulStop"/>,
+    /// which turns SIGINT/SIGTERM into one): the batch in progress finishes, an evaluation in progress is cut short at
+    /// its next batch without computing its metrics, evaluations not yet begun are skipped, and training stops as
+    /// <see cref="State.StopTraining"/> does, so the checkpoint saver's end-of-training save runs at that batch's
+    /// BatchCheckpoint (or EpochCheckpoint), then FitEnd. Fit returns normally and <see cref="StoppedByRequest"/> is true.
+    /// </para>
     /// </remarks>
     /// <exception cref="InvalidOperationException">No optimizer, no training dataloader, no max duration, nothing left to train, an epoch budget with a loader of unknown length, or a loader that yields no batches.</exception>
     /// <exception cref="ArgumentException"><paramref name="duration"/> is in <c>sec</c>, <c>dur</c> or <c>iter</c>.</exception>
-    public void Fit(Time? duration = null)
+    public void Fit(Time? duration = null, CancellationToken cancellationToken = default)
     {
         ThrowIfClosed();
+        StoppedByRequest = false;
         if (State.Optimizers.Count == 0)
         {
             throw new InvalidOperationException("No optimizer: the model has no parameters or none was created; this Trainer can only evaluate or predict.");
@@ -64,7 +72,15 @@ public sealed partial class Trainer
 
         State.Dataloader = loader;
         State.DataloaderLabel = TrainLabel;
-        TrainLoop(loader);
+        _fitCancellation = cancellationToken;
+        try
+        {
+            TrainLoop(loader);
+        }
+        finally
+        {
+            _fitCancellation = CancellationToken.None;
+        }
 
         // TorchSharp's zero_grad returns new tensor handles from zero_(); a scope disposes them.
         using var scope = torch.NewDisposeScope();
@@ -157,15 +173,10 @@ public sealed partial class Trainer
                     TimeSpan beforeEval = clock.Elapsed;
                     RunEvaluators(Event.BatchEnd);
                     lastWct += clock.Elapsed - beforeEval;
+                    AgreeOnStop();
+                    StopIfRequested();
                     Engine.RunEvent(Event.BatchCheckpoint);
                     ClearStepTensors();
-
-                    // Distributed: a stop on any rank (stopper, preemption) stops every rank at this boundary.
-                    bool stopHere = State.Timestamp >= State.MaxDuration!.Value;
-                    if (_distributed.AgreeToStop(stopHere) && !stopHere)
-                    {
-                        State.StopTraining();
-                    }
 
                     if (State.MaxDuration!.Value.Unit == TimeUnit.Token && tokens == 0)
                     {
@@ -197,6 +208,8 @@ public sealed partial class Trainer
                 TimeSpan beforeEval = clock.Elapsed;
                 RunEvaluators(Event.EpochEnd);
                 lastWct += clock.Elapsed - beforeEval;
+                AgreeOnStop();
+                StopIfRequested();
                 Engine.RunEvent(Event.EpochCheckpoint);
             }
         }
@@ -216,6 +229,48 @@ public sealed partial class Trainer
         });
         Engine.RunEvent(Event.FitEnd);
         RunEvaluators(Event.FitEnd);
+    }
+
+    /// <summary>
+    /// Turns a cancelled Fit token into Composer's graceful stop (once), before the checkpoint event of the batch or
+    /// epoch that just ended, so that the end-of-training save happens there.
+    /// </summary>
+    private void StopIfRequested()
+    {
+        if (!_fitCancellation.IsCancellationRequested || StoppedByRequest)
+        {
+            return;
+        }
+
+        StoppedByRequest = true;
+        State.StopTraining();
+        _log.LogWarning("Stop requested: training stops after batch {Batch} (epoch {Epoch}); a checkpoint is saved now when a save folder is set.", State.Timestamp.Batch, State.Timestamp.Epoch);
+    }
+
+    /// <summary>
+    /// Distributed: a stop wanted on any rank (a stopper, <see cref="ComposerSharp.Distributed.DataParallel.RequestStop"/>, a stop request on
+    /// the Fit token) stops every rank at this boundary, before the checkpoint event, so that all ranks save and
+    /// exit together. A no-op for world size 1.
+    /// </summary>
+    private void AgreeOnStop()
+    {
+        if (!_distributed.Enabled)
+        {
+            return;
+        }
+
+        bool stopHere = State.Timestamp >= State.MaxDuration!.Value;
+        if (_distributed.AgreeToStop(stopHere || _fitCancellation.IsCancellationRequested) && !stopHere)
+        {
+            if (_fitCancellation.IsCancellationRequested)
+            {
+                StopIfRequested();
+            }
+            else
+            {
+                State.StopTraining();
+            }
+        }
     }
 
     private void LogTimeMetrics(bool withTokens)

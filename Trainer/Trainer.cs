@@ -47,6 +47,7 @@ public sealed partial class Trainer : IDisposable
     private byte[]? _pendingRngState;
     private Tensor? _lastLoss;
     private bool _closed;
+    private CancellationToken _fitCancellation;
 
     // Distributed: data-parallel calls (no-ops for world size 1); the logic lives in Distributed/DataParallel.cs.
     private readonly DataParallel _distributed;
@@ -374,6 +375,9 @@ public sealed partial class Trainer : IDisposable
 
     /// <summary>The state shared with algorithms and callbacks.</summary>
     public State State { get; }
+
+    /// <summary>Whether the last <see cref="Fit"/> ended early because its cancellation token asked for a stop.</summary>
+    public bool StoppedByRequest { get; private set; }
 
     /// <summary>The engine that runs algorithms, callbacks and loggers at each event.</summary>
     public Engine Engine { get; }

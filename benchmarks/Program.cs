@@ -77,9 +77,30 @@ probe.SetAction(result =>
 });
 root.Subcommands.Add(probe);
 
+// Hidden: the training step with or without deterministic mode in a fresh process (started by the determinism part).
+var detPrecision = new Argument<string>("precision");
+var detMode = new Argument<string>("mode");
+var detWarmup = new Argument<int>("warmup");
+var detSteps = new Argument<int>("steps");
+var detRounds = new Argument<int>("rounds");
+var determinism = new Command(DeterminismBenchmark.Command, "Internal: training step time with (on) or without (off) deterministic mode.") { Hidden = true };
+foreach (Argument a in new Argument[] { detPrecision, detMode, detWarmup, detSteps, detRounds })
+{
+    determinism.Arguments.Add(a);
+}
+
+determinism.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return DeterminismBenchmark.RunChild(
+        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(detPrecision)!), result.GetValue(detMode) == "on",
+        result.GetValue(detWarmup), result.GetValue(detSteps), result.GetValue(detRounds), result.GetValue(threads));
+});
+root.Subcommands.Add(determinism);
+
 root.SetAction(_ =>
 {
-    Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch or peer (add --quick for a smoke run). See --help.");
+    Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch, peer or determinism (add --quick for a smoke run). See --help.");
     return 2;
 });
 

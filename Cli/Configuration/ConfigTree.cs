@@ -274,7 +274,10 @@ public sealed class ConfigSection
 
     /// <summary>A Composer time string at <paramref name="key"/> (<c>1ep</c>, <c>100ba</c>, <c>0.5dur</c>, ...), or null when absent.</summary>
     /// <exception cref="ConfigException">Not a time; the message quotes the value and lists the units.</exception>
-    public Time? GetTime(string key) => GetValue<Time?>(key, t => Time.Parse(t), "a time such as 1ep, 100ba or 0.5dur");
+    public Time? GetTime(string key) => GetValue<Time?>(
+        key,
+        t => long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long epochs) ? Time.FromEpoch(epochs) : Time.Parse(t), // an integer means epochs, as in Composer
+        "a time such as 1ep, 100ba or 0.5dur, or an integer number of epochs");
 
     /// <summary>An integer at <paramref name="key"/>.</summary>
     /// <exception cref="ConfigException">Not an integer.</exception>

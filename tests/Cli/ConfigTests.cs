@@ -284,3 +284,23 @@ public class OverrideSemanticsTests
         Assert.That(ex!.Message, Does.StartWith("'precision': 'bf16' is not a precision"));
     }
 }
+
+public class IntegerTimeConfigTests
+{
+    [TestCase("max_duration: 3", 3)]
+    [TestCase("max_duration: 1", 1)]
+    [TestCase("max_duration: 0", 0)]
+    public void AnIntegerTimeMeansEpochsAsInComposer(string yaml, long epochs)
+    {
+        var config = ComposerSharp.Cli.Configuration.ConfigSection.Parse(yaml, "test");
+        Assert.That(config.GetTime("max_duration"), Is.EqualTo(ComposerSharp.Events.Time.FromEpoch(epochs)));
+    }
+
+    [Test]
+    public void ANegativeOrFractionalBareNumberIsStillATimeError()
+    {
+        var config = ComposerSharp.Cli.Configuration.ConfigSection.Parse("max_duration: -2\neval_interval: 1.5", "test");
+        Assert.Throws<ComposerSharp.Cli.Configuration.ConfigException>(() => config.GetTime("max_duration"));
+        Assert.Throws<ComposerSharp.Cli.Configuration.ConfigException>(() => config.GetTime("eval_interval"));
+    }
+}

@@ -1,5 +1,7 @@
+using System.Runtime.InteropServices;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Trainer;
 using TorchSharp;
 using static TorchSharp.torch;
 using TrainerT = ComposerSharp.Trainer.Trainer;
@@ -27,8 +29,25 @@ switch (args.FirstOrDefault())
             return 3;
         }
 
+    case "sigterm-at-batch" when args.Length == 3:
+    {
+        // Trains with GracefulStop; at BatchEnd of batch N the process sends itself K real SIGTERMs (kill(2)).
+        // Prints one JSON line after Fit returns and exits with GracefulStop's code.
+        long at = long.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+        int count = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-sigterm-" + Guid.NewGuid().ToString("N"));
+        using var stop = new GracefulStop();
+        var signaller = new SignalAtBatch(at, count);
+        using var trainer = new TrainerT(new Probe(), new Batches(64, 4), "16ba", callbacks: new ICallback[] { signaller }, device: "cpu", progressBar: false,
+            checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "100ba" }, runName: "sigterm");
+        trainer.Fit(cancellationToken: stop.Token);
+        string[] checkpoints = Directory.Exists(folder) ? Directory.GetFiles(folder, "*.ckpt").Select(f => Path.GetFileName(f)).ToArray() : Array.Empty<string>();
+        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { stopped_by_request = trainer.StoppedByRequest, batch = trainer.State.Timestamp.Batch, checkpoints, signal = stop.SignalName }));
+        return stop.ExitCode;
+    }
+
     default:
-        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode");
+        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K");
         return 2;
 }
 
@@ -43,4 +62,46 @@ internal sealed class Probe : ComposerModel
     public override Tensor forward(Batch batch) => _linear.call(batch["x"]);
 
     public override Tensor Loss(Tensor outputs, Batch batch) => outputs.mean();
+}
+
+/// <summary>Sends this process <c>count</c> SIGTERMs at BatchEnd of batch <c>at</c>, then waits briefly for the handler.</summary>
+internal sealed class SignalAtBatch(long at, int count) : ICallback
+{
+    [DllImport("libc")]
+    private static extern int kill(int pid, int signal);
+
+    public void RunEvent(Event e, State state, Logger logger)
+    {
+        if (e != Event.BatchEnd || state.Timestamp.Batch != at)
+        {
+            return;
+        }
+
+        for (int i = 0; i < count; i++)
+        {
+            _ = kill(Environment.ProcessId, 15);
+            Thread.Sleep(200); // the handler runs on another thread; a second signal must find the first handled
+        }
+    }
+
+    public void Close(State state, Logger logger)
+    {
+    }
+}
+
+/// <summary>Fixed random batches of <c>x</c> [batchSize, 2].</summary>
+internal sealed class Batches(int samples, int batchSize) : IDataLoader
+{
+    public long? BatchesPerEpoch => samples / batchSize;
+
+    public long? SamplesPerEpoch => samples;
+
+    public IEnumerable<Batch> GetEpoch(long epoch, long skipBatches = 0)
+    {
+        for (long i = skipBatches; i < BatchesPerEpoch; i++)
+        {
+            var g = new torch.Generator((ulong)(epoch * 1000 + i));
+            yield return new Batch(new Dictionary<string, Tensor> { ["x"] = torch.randn(new long[] { batchSize, 2 }, generator: g) });
+        }
+    }
 }
