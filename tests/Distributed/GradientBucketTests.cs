@@ -54,3 +54,35 @@ public sealed class GradientBucketTests
         Assert.That(dp.AllGatherBytes(new byte[] { 1, 2 }), Is.EqualTo(new[] { new byte[] { 1, 2 } }));
     }
 }
+
+[TestFixture]
+public sealed class ReducibleMetricTests
+{
+    [Test]
+    public void SummedStatesOfTwoHalvesGiveTheMetricOfTheWhole()
+    {
+        using var scope = torch.NewDisposeScope();
+        var logits = torch.randn(20, 3);
+        var labels = torch.randint(0, 3, new long[] { 20 });
+        ComposerSharp.Events.Batch Part(long start, long length) => new(new Dictionary<string, Tensor> { ["labels"] = labels.narrow(0, start, length) });
+        Func<ComposerSharp.Models.IReducibleMetric>[] makers =
+        {
+            () => new ComposerSharp.Models.CrossEntropyMetric(),
+            () => new ComposerSharp.Models.ClassificationAccuracy(),
+            () => new ComposerSharp.Models.BinaryF1Score(),
+            () => new ComposerSharp.Models.MulticlassF1Score(3),
+        };
+        foreach (Func<ComposerSharp.Models.IReducibleMetric> make in makers)
+        {
+            var whole = make();
+            whole.Update(logits, Part(0, 20));
+            var a = make();
+            a.Update(logits.narrow(0, 0, 7), Part(0, 7));
+            var b = make();
+            b.Update(logits.narrow(0, 7, 13), Part(7, 13));
+            a.SetState(a.GetState().Zip(b.GetState(), (x, y) => x + y).ToArray());
+            Assert.That(a.Compute(), Is.EqualTo(whole.Compute()).Within(1e-6), whole.Name);
+            Assert.Throws<ArgumentException>(() => a.SetState(new double[1]));
+        }
+    }
+}
