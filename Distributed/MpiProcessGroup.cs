@@ -195,6 +195,13 @@ public sealed class MpiProcessGroup : IProcessGroup
         return result;
     }
 
+    /// <summary>
+    /// A bare in-place <c>MPI_Allreduce(MPI_SUM)</c> of <paramref name="count"/> floats at <paramref name="address"/> on
+    /// this group's communicator, without staging, chunking or the watchdog: the baseline of the bandwidth benchmark.
+    /// </summary>
+    internal void RawAllreduceFloatSum(IntPtr address, int count) =>
+        _mpi.Allreduce(MpiLibrary.InPlace, address, count, _types[ScalarType.Float32], _sum, _comm);
+
     /// <inheritdoc/>
     public void Barrier()
     {
