@@ -67,6 +67,9 @@ public sealed record DistributedSampler(int NumReplicas, int Rank, bool DropLast
 /// <summary>A loader that can give the shard of one rank (see <see cref="DistributedSampler"/>).</summary>
 public interface IShardableDataLoader : Events.IDataLoader
 {
+    /// <summary>Samples per batch (per rank once sharded).</summary>
+    int BatchSize { get; }
+
     /// <summary>The loader of <paramref name="sampler"/>'s rank: same dataset, batch size, shuffle and seed, samples of the shard only.</summary>
     Events.IDataLoader WithSampler(DistributedSampler sampler);
 }

@@ -103,6 +103,7 @@ public sealed partial class Trainer
                 ["dotnet_version"] = Environment.Version.ToString(),
                 ["os"] = RuntimeInformation.OSDescription,
                 ["model_type"] = _model.GetType().FullName ?? _model.GetType().Name,
+                ["world_size"] = _distributed.WorldSize.ToString(System.Globalization.CultureInfo.InvariantCulture), // Distributed
             },
             Algorithms = State.Algorithms.Select(a =>
             {
@@ -238,7 +239,14 @@ public sealed partial class Trainer
         State.Timestamp = header.Timestamp ?? throw new CheckpointException(file, $"Checkpoint '{file}' has no timestamp.");
         State.PreviousTimestamp = null;
         State.Seed = header.Seed;
-        if (header.Sampler is { } sampler && State.TrainDataloader is { } loader && sampler.BatchesPerEpoch != loader.BatchesPerEpoch)
+        // Distributed: a checkpoint of another world size continues from the global sample count.
+        int savedWorldSize = header.Metadata.TryGetValue("world_size", out string? ws) && int.TryParse(ws, System.Globalization.CultureInfo.InvariantCulture, out int w) ? w : 1;
+        if (State.TrainDataloader is { } resumedLoader)
+        {
+            State.Timestamp = _distributed.ContinueFromSamples(State.Timestamp, savedWorldSize, resumedLoader, file);
+        }
+
+        if (savedWorldSize == _distributed.WorldSize && header.Sampler is { } sampler && State.TrainDataloader is { } loader && sampler.BatchesPerEpoch != loader.BatchesPerEpoch)
         {
             _log.LogWarning(
                 "Checkpoint {Checkpoint} was trained with {Saved} batches per epoch but the training dataloader now has {Current}; resumption will not follow the original data order.",

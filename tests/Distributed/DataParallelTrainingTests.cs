@@ -107,4 +107,15 @@ public sealed class DataParallelTrainingTests
         Assert.That(Read(job, "rank1.mismatch"), Does.Contain("rank 0 has parameter _fc1.weight [16, 4] Float32, rank 1 has parameter _fc1.weight [17, 4] Float32"));
         Assert.That(Read(job, "rank0.mismatch"), Does.Contain("another rank's tensors differ"));
     }
+
+    [Test]
+    public void ACheckpointOfOneProcessResumesOnTwoRanksFromTheGlobalSampleCount()
+    {
+        // Saved alone after 4 batches of 4 (16 samples); resumed on 2 ranks × 4: batch 2 of the new global batch of 8.
+        MpiJobResult job = Run("resize");
+        for (int r = 0; r < 2; r++)
+        {
+            Assert.That(Read(job, $"rank{r}.resize").Split('\n'), Is.EqualTo(new[] { "data=continues", "weights=same", "batches=6", "samples=32" }), $"rank {r}");
+        }
+    }
 }

@@ -116,6 +116,14 @@ public sealed class HookCallback : Callback
 
     public Action<State>? OnBatchEnd { get; init; }
 
+    public Action<State>? OnFitStart { get; init; }
+
+    public Action<State>? OnAfterDataloader { get; init; }
+
+    public override void FitStart(State state, Logger logger) => OnFitStart?.Invoke(state);
+
+    public override void AfterDataloader(State state, Logger logger) => OnAfterDataloader?.Invoke(state);
+
     public override void AfterTrainBatch(State state, Logger logger) => OnAfterTrainBatch?.Invoke(state);
 
     public override void BatchEnd(State state, Logger logger) => OnBatchEnd?.Invoke(state);

@@ -26,6 +26,7 @@ public static class TrainerScenarios
         "stop" => Stop,
         "trainer-throw" => TrainerThrow,
         "mismatch" => Mismatch,
+        "resize" => Resize,
         _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop or trainer-throw."),
     };
 
@@ -174,6 +175,42 @@ public static class TrainerScenarios
         }
 
         throw new CheckFailedException("the Trainer accepted different models on the two ranks");
+    }
+
+    /// <summary>
+    /// A checkpoint written by one process after 4 batches of 4 (16 samples) is resumed on 2 ranks: both continue at
+    /// global position 16 of the epoch's order (rank r: positions 16 + r, 18 + r, …), from the same weights.
+    /// </summary>
+    public static void Resize(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(64);
+        string folder = Path.Combine(c.Output, "checkpoints");
+        if (c.Group.Rank == 0)
+        {
+            using var alone = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "4ba", device: "cpu", progressBar: false,
+                optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "4ba" }, distributed: Alone, deterministicMode: true);
+            alone.Fit();
+        }
+
+        c.Group.Barrier();
+        float[]? firstX = null;
+        byte[]? loaded = null;
+        TrainerT? trainer = null;
+        var hook = new HookCallback { OnFitStart = s => loaded = HostData.StateBytes(s.Model), OnAfterDataloader = s => firstX ??= s.Batch!["x"].data<float>().ToArray() };
+        trainer = new TrainerT(Model(dropout: 0.0), HostData.Loader(data, 4, shuffle: true), maxDuration: "6ba", device: "cpu", progressBar: false, callbacks: new[] { hook },
+            optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba4-rank0.ckpt") }, deterministicMode: true);
+        trainer.Fit();
+        long[] order = ComposerSharp.Data.EpochSampler.Order(64, 11, 0, shuffle: true);
+        float[] expected = Enumerable.Range(0, 4).SelectMany(i => data[(int)order[16 + c.Group.Rank + 2 * i]].X).ToArray();
+        Tensor loadedState = torch.tensor(loaded!.Select(b => (float)b).ToArray());
+        Tensor allStates = c.Group.AllGather(loadedState);
+        bool sameWeights = allStates[0].equal(allStates[1]).all().item<bool>();
+        File.WriteAllText(c.RankFile("resize"), string.Join("\n",
+            $"data={(firstX!.SequenceEqual(expected) ? "continues" : "differs")}",
+            $"weights={(sameWeights ? "same" : "differ")}",
+            $"batches={trainer.State.Timestamp.Batch}",
+            $"samples={trainer.State.Timestamp.Sample}"));
+        trainer.Dispose();
     }
 
     /// <summary>Rank 1's callback throws at batch 2.</summary>
