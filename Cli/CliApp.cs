@@ -33,7 +33,22 @@ public static class CliApp
         {
             root.Subcommands.Add(launch);
         }
-        return root.Parse(args).Invoke();
+
+        ParseResult parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))
+        {
+            // A misspelled option or a missing value: say what is wrong and where the help is, not the whole help.
+            string command = parsed.CommandResult.Command == root ? "composersharp" : "composersharp " + parsed.CommandResult.Command.Name;
+            foreach (System.CommandLine.Parsing.ParseError error in parsed.Errors)
+            {
+                Console.Error.WriteLine($"{command}: {error.Message}");
+            }
+
+            Console.Error.WriteLine($"See '{command} --help' for the options.");
+            return ConfigErrorExitCode;
+        }
+
+        return parsed.Invoke();
     }
 
     /// <summary>The embedded default configuration: a small BERT MLM on synthetic data, 1 epoch, amp_bf16 with LowPrecisionLayerNorm.</summary>
@@ -184,6 +199,14 @@ public static class CliApp
                 err.WriteLine($"composersharp {name}: configuration error: {ex.Message}");
                 return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(ConfigErrorExitCode);
             }
+            catch (ArgumentException ex) when (ConfigKeyOf(ex) is { } key)
+            {
+                // A value the library refused, named by its parameter: report it as the configuration key it came from.
+                string message = ex.Message.Split(" (Parameter '", 2)[0];
+                string actual = ex is ArgumentOutOfRangeException { ActualValue: { } v } ? $" (got {Convert.ToString(v, CultureInfo.InvariantCulture)})" : string.Empty;
+                err.WriteLine($"composersharp {name}: configuration error: '{key}': {message}{actual}");
+                return ConfigErrorExitCode;
+            }
             catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidOperationException or NotSupportedException or ArgumentException)
             {
                 err.WriteLine($"composersharp {name}: {ex.Message}");
@@ -197,6 +220,18 @@ public static class CliApp
             }
         });
         return command;
+    }
+
+    /// <summary>The top-level key whose snake_case name is the refused parameter's (deviceTrainMicrobatchSize → device_train_microbatch_size), or null.</summary>
+    private static string? ConfigKeyOf(ArgumentException ex)
+    {
+        if (ex.ParamName is not { Length: > 0 } parameter)
+        {
+            return null;
+        }
+
+        string snake = string.Concat(parameter.Select((c, i) => char.IsUpper(c) ? (i > 0 ? "_" : string.Empty) + char.ToLowerInvariant(c) : c.ToString()));
+        return TrainJob.TopLevelKeys.Contains(snake) ? snake : null;
     }
 
     /// <summary>Prints the run summary table: duration, throughput, final metrics and modules replaced by each algorithm.</summary>

@@ -100,8 +100,23 @@ public sealed class TrainJob
             throw new ConfigException("'load_path' is required for eval: the checkpoint to evaluate.");
         }
 
-        return Run(fit: false, CancellationToken.None);
+        try
+        {
+            return Run(fit: false, CancellationToken.None);
+        }
+        catch
+        {
+            // A failed evaluation leaves no eval-<time> folder behind (it holds nothing of value yet).
+            if (_lastEvalFolder is { } folder && Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+
+            throw;
+        }
     }
+
+    private string? _lastEvalFolder;
 
     private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
@@ -121,8 +136,13 @@ public sealed class TrainJob
         {
             // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
             runFolder = Path.Combine(runFolder, "eval-" + stamp);
+            _lastEvalFolder = Directory.Exists(runFolder) ? null : runFolder;
         }
 
+        // One run per folder: the lock comes before anything else touches the folder.
+        // Distributed: the ranks of one job share the run folder, which rank 0 locks.
+        bool rankZero = ComposerSharp.Distributed.DistributedEnvironment.FromProcess().Rank == 0;
+        using RunFolderLock? runLock = fit && rankZero ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
         var context = new ComponentContext(_services, runFolder, seed);
 
         if (deterministicMode)
@@ -194,8 +214,22 @@ public sealed class TrainJob
             distributed: distributed);
 
         Timestamp start = trainer.State.Timestamp;
-        if (fit)
+        bool alreadyComplete = fit && trainer.State.MaxDuration is { } max && trainer.State.Timestamp >= max;
+        if (alreadyComplete)
         {
+            // Autoresume of a finished run (a scheduler re-launching a completed job): nothing to train, not an error.
+            _loggerFactory.CreateLogger<TrainJob>().LogWarning(
+                "Run '{Run}' is already complete ({Batches} batches, max_duration {Max}): nothing to train. Raise --max-duration to train further, or choose another --run-name.",
+                runName, trainer.State.Timestamp.Batch, trainer.State.MaxDuration);
+        }
+        else if (fit)
+        {
+            // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
+            if (trainer.Distributed.IsRankZero)
+            {
+                File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
+            }
+
             trainer.Fit(cancellationToken: cancellationToken);
         }
         else
@@ -210,9 +244,16 @@ public sealed class TrainJob
             .Where(a => a.ModulesReplaced is not null)
             .ToDictionary(a => a.Name, a => a.ModulesReplaced!.Value);
         string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null)
+        if (!fit && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
         {
-            SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
+            Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either
+        }
+
+        // An evaluation reports the batches and samples it evaluated, not the training counters of the checkpoint.
+        Timestamp shown = fit ? trainer.State.Timestamp : trainer.State.EvalTimestamp;
+        var result = new JobResult(runFolder, stopwatch.Elapsed, shown, history.Latest(), replaced, plotted ? plotPath : null)
+        {
+            SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : trainer.State.EvalTimestamp.Sample,
             Rank = trainer.Distributed.Rank,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,

@@ -318,6 +318,10 @@ public sealed partial class Trainer : IDisposable
         // Metrics, evaluators, dataloader, max duration, schedulers, scaler.
         _trainMetrics = computeTrainingMetrics ? _model.GetMetrics(isTrain: true) : Array.Empty<IMetric>();
         Time defaultInterval = evalInterval ?? Time.FromEpoch(1);
+        if (defaultInterval.Value <= 0 && (evalDataloader is not null || evaluators?.Any() == true))
+        {
+            _log.LogInformation("Evaluation during training is off (eval interval {Interval}); evaluators without their own interval run only when Eval is called.", defaultInterval);
+        }
         if (evalDataloader is not null)
         {
             AddEvaluator(new Evaluator("eval", evalDataloader, subsetNumBatches: evalSubsetNumBatches), defaultInterval, evalSubsetNumBatches);

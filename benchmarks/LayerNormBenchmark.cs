@@ -20,6 +20,10 @@ namespace ComposerSharp.Benchmarks;
 /// is timed. Bytes that must move per element: the forward reads the input and writes the output, the backward
 /// reads the output gradient and the input and writes the input gradient: 3 × input bytes + 2 × output bytes
 /// (20 for Float32, 16 for Float32 in / BFloat16 out, 10 for BFloat16 in and out); the copy moves 2 × 4 bytes.
+/// Issue 17: next to <see cref="LPLayerNorm"/> (on CPU, the affine part split off so the weight and bias gradients
+/// accumulate in Float32) run the path it replaced (libtorch's fused low-precision <c>layer_norm</c> on the cast
+/// input, weight and bias) and the mixed-type candidate (BFloat16 input, Float32 weight and bias); every variant's
+/// weight and bias gradients are also compared once, outside the timing, with a float64 reference.
 /// </remarks>
 internal static class LayerNormBenchmark
 {
@@ -27,6 +31,9 @@ internal static class LayerNormBenchmark
     private const string Bf16 = "LPLayerNorm amp_bf16";
     private const string Fp16 = "LPLayerNorm amp_fp16";
     private const string Bf16In = "LPLayerNorm amp_bf16, bf16 in";
+    private const string FusedBf16 = "fused bf16 (before #17)";
+    private const string FusedFp16 = "fused fp16 (before #17)";
+    private const string MixedBf16 = "mixed bf16 x, fp32 w/b";
     private const string Copy = "copy 256 MiB";
 
     private static readonly long[][] Shapes = { new long[] { 8, 512, 768 }, new long[] { 32, 128, 768 }, new long[] { 4, 2048, 1024 } };
@@ -36,7 +43,7 @@ internal static class LayerNormBenchmark
     {
         var meter = LoadMeter.Start();
         var report = new PartReport("layernorm", "(1) LayerNorm forward+backward, Float32 input: fp32 vs LPLayerNorm");
-        report.Columns.AddRange(new[] { "shape", "variant", "ms (median ±IQR/2)", "ratio vs fp32", "bytes/elem", "GB/s", "% of copy" });
+        report.Columns.AddRange(new[] { "shape", "variant", "ms (median ±IQR/2)", "ratio vs fp32", "bytes/elem", "GB/s", "% of copy", "dW / db / dx err", "vs before #17" });
         var data = new List<LayerNormRow>();
         using Tensor src = torch.randn(64L * 1024 * 1024);
         using Tensor dst = torch.empty_like(src);
@@ -60,20 +67,33 @@ internal static class LayerNormBenchmark
             var lp = new LPLayerNorm(nn.LayerNorm(hidden));
             Tensor[] plainParams = { plain.weight!, plain.bias! };
             Tensor[] lpParams = { lp.weight!, lp.bias! };
-
-            var variants = new List<Variant>
+            using (torch.no_grad())
             {
-                new(Fp32, () => FwdBwd(Precision.AmpBf16, plain, x, dy32, plainParams, ScalarType.Float32)),
-                new(Bf16, () => FwdBwd(Precision.AmpBf16, lp, x, dyBf16, lpParams, ScalarType.BFloat16)),
-                new(Bf16In, () => FwdBwd(Precision.AmpBf16, lp, xBf16, dyBf16, lpParams, ScalarType.BFloat16)),
-                new(Copy, () => CopyOnce(src, dst)),
+                // The same random affine parameters everywhere, so that the accuracy column is not of the trivial ones and zeros.
+                lp.weight!.copy_(torch.rand(hidden) + 0.5);
+                lp.bias!.copy_((torch.rand(hidden) - 0.5) * 0.2);
+                plain.weight!.copy_(lp.weight!);
+                plain.bias!.copy_(lp.bias!);
+            }
+
+            Func<Tensor, Tensor> fusedBf16 = input => FusedLayerNorm(input, lp, ScalarType.BFloat16, castParameters: true);
+            Func<Tensor, Tensor> fusedFp16 = input => FusedLayerNorm(input, lp, ScalarType.Float16, castParameters: true);
+            Func<Tensor, Tensor> mixedBf16 = input => FusedLayerNorm(input, lp, ScalarType.BFloat16, castParameters: false);
+            var calls = new Dictionary<string, (Precision Precision, Func<Tensor, Tensor> Call, Tensor X, Tensor Dy, Tensor[] Parameters, ScalarType Dtype)>
+            {
+                [Fp32] = (Precision.AmpBf16, plain.call, x, dy32, plainParams, ScalarType.Float32),
+                [Bf16] = (Precision.AmpBf16, lp.call, x, dyBf16, lpParams, ScalarType.BFloat16),
+                [FusedBf16] = (Precision.AmpBf16, fusedBf16, x, dyBf16, lpParams, ScalarType.BFloat16),
+                [MixedBf16] = (Precision.AmpBf16, mixedBf16, x, dyBf16, lpParams, ScalarType.BFloat16),
+                [Bf16In] = (Precision.AmpBf16, lp.call, xBf16, dyBf16, lpParams, ScalarType.BFloat16),
             };
             if (fp16Works)
             {
                 try
                 {
-                    FwdBwd(Precision.AmpFp16, lp, x, dyFp16, lpParams, ScalarType.Float16);
-                    variants.Insert(2, new(Fp16, () => FwdBwd(Precision.AmpFp16, lp, x, dyFp16, lpParams, ScalarType.Float16)));
+                    FwdBwd(Precision.AmpFp16, lp.call, x, dyFp16, lpParams, ScalarType.Float16);
+                    calls[Fp16] = (Precision.AmpFp16, lp.call, x, dyFp16, lpParams, ScalarType.Float16);
+                    calls[FusedFp16] = (Precision.AmpFp16, fusedFp16, x, dyFp16, lpParams, ScalarType.Float16);
                 }
                 catch (Exception ex) when (ex is ExternalException or InvalidOperationException or NotSupportedException)
                 {
@@ -82,6 +102,13 @@ internal static class LayerNormBenchmark
                 }
             }
 
+            var variants = calls
+                .Select(c => new Variant(c.Key, () => FwdBwd(c.Value.Precision, c.Value.Call, c.Value.X, c.Value.Dy, c.Value.Parameters, c.Value.Dtype)))
+                .Append(new Variant(Copy, () => CopyOnce(src, dst)))
+                .ToList();
+            Dictionary<string, string> errors = calls.ToDictionary(
+                c => c.Key,
+                c => GradientErrors(c.Value.Precision, c.Value.Call, c.Value.X, c.Value.Dy, c.Value.Parameters, hidden, lp.eps));
             Interleaved run = Interleaved.Run(variants, warmup, rounds);
             Stats copy = run.StatsOf(Copy);
             double copyGbps = copyBytes / (copy.Median * 1e6);
@@ -91,8 +118,8 @@ internal static class LayerNormBenchmark
                 Stats s = run.StatsOf(v.Name);
                 if (v.Name == Copy)
                 {
-                    report.Rows.Add(new[] { shapeText, v.Name, Fmt.Ms(s), string.Empty, "8", Fmt.N(copyGbps, 1), "100" });
-                    data.Add(new LayerNormRow(shapeText, v.Name, s, null, 8, copyGbps, 100));
+                    report.Rows.Add(new[] { shapeText, v.Name, Fmt.Ms(s), string.Empty, "8", Fmt.N(copyGbps, 1), "100", string.Empty, string.Empty });
+                    data.Add(new LayerNormRow(shapeText, v.Name, s, null, 8, copyGbps, 100, null, null));
                     continue;
                 }
 
@@ -104,12 +131,14 @@ internal static class LayerNormBenchmark
                 };
                 double gbps = elements * bytesPerElement / (s.Median * 1e6);
                 Stats? ratio = v.Name == Fp32 ? null : run.Ratio(v.Name, Fp32);
+                string? before = v.Name switch { Bf16 => FusedBf16, Fp16 => FusedFp16, _ => null };
+                Stats? vsBefore = before is null ? null : run.Ratio(v.Name, before);
                 report.Rows.Add(new[]
                 {
                     shapeText, v.Name, Fmt.Ms(s), ratio is null ? "1" : Fmt.N(ratio.Median, 2), bytesPerElement.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                    Fmt.N(gbps, 1), Fmt.N(100 * gbps / copyGbps, 0),
+                    Fmt.N(gbps, 1), Fmt.N(100 * gbps / copyGbps, 0), errors[v.Name], vsBefore is null ? string.Empty : Fmt.N(vsBefore.Median, 2),
                 });
-                data.Add(new LayerNormRow(shapeText, v.Name, s, ratio, bytesPerElement, gbps, 100 * gbps / copyGbps));
+                data.Add(new LayerNormRow(shapeText, v.Name, s, ratio, bytesPerElement, gbps, 100 * gbps / copyGbps, errors[v.Name], vsBefore));
                 if (v.Name == Bf16 && shape[1] == 512)
                 {
                     report.Targets.Add(TargetCheck.AtMost("LPLayerNorm amp_bf16 fwd+bwd ≤ 0.7 × fp32 at [8,512,768]", ratio!.Median, 0.7));
@@ -121,6 +150,8 @@ internal static class LayerNormBenchmark
         report.Notes.Add("Ratios are medians of per-round ratios (variants interleaved in rotated order); GB/s counts the bytes that must move: 3 × input + 2 × output bytes per element.");
         report.Notes.Add("All variants run inside an amp_bf16 (or amp_fp16) autocast scope, as in a mixed-precision model; the plain LayerNorm keeps its Float32 kernel there.");
         report.Notes.Add("'bf16 in' is the same module when the residual stream already arrives in BFloat16 (post-LN blocks after an LPLayerNorm): no cast is needed.");
+        report.Notes.Add("'fused (before #17)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before issue 17; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
+        report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs before #17': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
         if (!fp16Works)
         {
             report.Notes.Add($"amp_fp16 skipped: this libtorch has no CPU kernel for it ({fp16Error}).");
@@ -130,20 +161,53 @@ internal static class LayerNormBenchmark
         return report;
     }
 
-    private static double FwdBwd(Precision precision, nn.Module<Tensor, Tensor> module, Tensor x, Tensor dy, Tensor[] parameters, ScalarType expected)
+    private static double FwdBwd(Precision precision, Func<Tensor, Tensor> module, Tensor x, Tensor dy, Tensor[] parameters, ScalarType expected)
     {
         using var scope = torch.NewDisposeScope();
         using AutocastScope autocast = precision.Enter(DeviceType.CPU);
         var clock = Stopwatch.StartNew();
-        Tensor y = module.call(x);
+        Tensor y = module(x);
         torch.autograd.grad(new[] { y }, new[] { x, parameters[0], parameters[1] }, new[] { dy });
         double ms = clock.Elapsed.TotalMilliseconds;
         if (y.dtype != expected)
         {
-            throw new InvalidOperationException($"{module.GetType().Name} under {precision.ToComposerName()} returned {y.dtype}; the benchmark expects {expected}.");
+            throw new InvalidOperationException($"A LayerNorm variant under {precision.ToComposerName()} returned {y.dtype}; the benchmark expects {expected}.");
         }
 
         return ms;
+    }
+
+    /// <summary>libtorch's fused layer_norm on the input cast to <paramref name="dtype"/>, with the parameters cast too or left in Float32.</summary>
+    private static Tensor FusedLayerNorm(Tensor x, LPLayerNorm lp, ScalarType dtype, bool castParameters)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor w = castParameters ? lp.weight!.to(dtype) : lp.weight!;
+        Tensor b = castParameters ? lp.bias!.to(dtype) : lp.bias!;
+        using (AutocastScope.Disabled(DeviceType.CPU))
+        {
+            return nn.functional.layer_norm(x.dtype == dtype ? x : x.to(dtype), lp.normalized_shape, w, b, lp.eps).MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>"dW / db / dx" relative max errors (%) of one variant against float64, same input, parameters and output gradient.</summary>
+    private static string GradientErrors(Precision precision, Func<Tensor, Tensor> module, Tensor x, Tensor dy, Tensor[] parameters, long hidden, double eps)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor[] low;
+        using (precision.Enter(DeviceType.CPU))
+        {
+            Tensor y = module(x);
+            low = torch.autograd.grad(new[] { y }, new[] { parameters[0], parameters[1], x }, new[] { dy }).ToArray();
+        }
+
+        Tensor x64 = x.detach().to(ScalarType.Float64).requires_grad_(true);
+        Tensor w64 = parameters[0].detach().to(ScalarType.Float64).requires_grad_(true);
+        Tensor b64 = parameters[1].detach().to(ScalarType.Float64).requires_grad_(true);
+        Tensor y64 = nn.functional.layer_norm(x64, new[] { hidden }, w64, b64, eps);
+        Tensor[] reference = torch.autograd.grad(new[] { y64 }, new[] { w64, b64, x64 }, new[] { dy.to(ScalarType.Float64) }).ToArray();
+        IEnumerable<string> percents = low.Zip(reference, (l, r) =>
+            Fmt.N(100 * (l.to(ScalarType.Float64) - r).abs().max().item<double>() / r.abs().max().item<double>(), 2) + " %");
+        return string.Join(" / ", percents);
     }
 
     private static double CopyOnce(Tensor src, Tensor dst)
@@ -162,4 +226,6 @@ internal static class LayerNormBenchmark
 /// <param name="BytesPerElement">Bytes that must move per element.</param>
 /// <param name="Gbps">Achieved bandwidth, GB/s (10^9 bytes).</param>
 /// <param name="PercentOfCopy">Achieved bandwidth as a percentage of the copy's.</param>
-internal sealed record LayerNormRow(string Shape, string Variant, Stats Ms, Stats? RatioVsFp32, int BytesPerElement, double Gbps, double PercentOfCopy);
+/// <param name="GradientErrors">"dW / db / dx" max errors against float64, % of each reference's largest magnitude (null for the copy).</param>
+/// <param name="RatioVsBefore17">Per-round time ratio of LPLayerNorm against the fused path it replaced in issue 17, same precision (null for other rows).</param>
+internal sealed record LayerNormRow(string Shape, string Variant, Stats Ms, Stats? RatioVsFp32, int BytesPerElement, double Gbps, double PercentOfCopy, string? GradientErrors, Stats? RatioVsBefore17);

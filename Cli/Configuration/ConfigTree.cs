@@ -35,6 +35,23 @@ public sealed class ConfigSection
     /// <summary>Creates an empty section at <paramref name="path"/> (empty for the root).</summary>
     public ConfigSection(string path = "") => Path = path;
 
+    /// <summary>
+    /// The section as YAML (block style, keys in order; scalars as read, so <c>1e-3</c> stays <c>1e-3</c>), which
+    /// <see cref="Parse"/> reads back to the same values. The run folder's <c>config.yaml</c> is written with it.
+    /// </summary>
+    public string ToYaml()
+    {
+        var serializer = new YamlDotNet.Serialization.SerializerBuilder().Build();
+        return serializer.Serialize(Plain(this));
+
+        static object? Plain(object? value) => value switch
+        {
+            ConfigSection section => section._entries.ToDictionary(e => e.Key, e => Plain(e.Value)),
+            List<object?> list => list.Select(Plain).ToList(),
+            _ => value,
+        };
+    }
+
     /// <summary>Dotted path of this section from the root, e.g. <c>train_loader.dataset</c>; empty for the root.</summary>
     public string Path { get; }
 

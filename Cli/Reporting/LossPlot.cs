@@ -15,11 +15,9 @@ public static class LossPlot
     public static bool Save(MetricHistory history, string path, int width = 900, int height = 500)
     {
         IReadOnlyList<MetricPoint> train = history.Series(TrainLoss);
-        var evalNames = history.Points
-            .Select(p => p.Name)
+        var evalNames = history.Names
             .Where(n => n.StartsWith("metrics/eval/", StringComparison.Ordinal) &&
                         (n.Contains("CrossEntropy", StringComparison.OrdinalIgnoreCase) || n.Contains("Loss", StringComparison.OrdinalIgnoreCase)))
-            .Distinct()
             .ToList();
         if (train.Count == 0 && evalNames.Count == 0)
         {

@@ -9,37 +9,49 @@ namespace ComposerSharp.Cli.Reporting;
 public sealed record MetricPoint(long Step, string Name, double Value);
 
 /// <summary>
-/// A logger destination that keeps every logged scalar in memory (a few bytes each), so that the CLI can draw the
-/// loss curves and print the final metrics when the run ends.
+/// A logger destination that keeps, for the CLI's loss plot and summary, the last value of every metric and a
+/// bounded series per metric: at most <see cref="MaxPointsPerSeries"/> points, downsampled as the run grows (when a
+/// series is full every other point is dropped and from then on only every second one is kept, and so on), so a
+/// run of a million steps holds the same few kilobytes per metric as a short one.
 /// </summary>
 public sealed class MetricHistory : ILoggerDestination
 {
-    private readonly List<MetricPoint> _points = new();
+    private readonly Dictionary<string, KeptSeries> _series = new(StringComparer.Ordinal);
+    private readonly SortedDictionary<string, double> _latest = new(StringComparer.Ordinal);
 
-    /// <summary>Every point logged, in order.</summary>
-    public IReadOnlyList<MetricPoint> Points => _points;
+    /// <summary>Creates a history.</summary>
+    /// <param name="maxPointsPerSeries">Points kept per metric (at least 2).</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPointsPerSeries"/> is below 2.</exception>
+    public MetricHistory(int maxPointsPerSeries = 2048)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxPointsPerSeries, 2);
+        MaxPointsPerSeries = maxPointsPerSeries;
+    }
 
-    /// <summary>The (step, value) series of <paramref name="name"/>.</summary>
-    public IReadOnlyList<MetricPoint> Series(string name) => _points.Where(p => p.Name == name).ToList();
+    /// <summary>The most points kept per metric.</summary>
+    public int MaxPointsPerSeries { get; }
+
+    /// <summary>The names of every metric logged, in the order first seen.</summary>
+    public IReadOnlyList<string> Names => _series.Keys.ToList();
+
+    /// <summary>The kept (step, value) points of <paramref name="name"/>, in step order; empty when never logged.</summary>
+    public IReadOnlyList<MetricPoint> Series(string name) => _series.TryGetValue(name, out KeptSeries? s) ? s.Points : Array.Empty<MetricPoint>();
 
     /// <summary>The last value of every metric.</summary>
-    public IReadOnlyDictionary<string, double> Latest()
-    {
-        var latest = new SortedDictionary<string, double>(StringComparer.Ordinal);
-        foreach (MetricPoint p in _points)
-        {
-            latest[p.Name] = p.Value;
-        }
-
-        return latest;
-    }
+    public IReadOnlyDictionary<string, double> Latest() => new SortedDictionary<string, double>(_latest, StringComparer.Ordinal);
 
     /// <inheritdoc/>
     public void LogMetrics(IReadOnlyDictionary<string, double> metrics, long step)
     {
         foreach ((string name, double value) in metrics)
         {
-            _points.Add(new MetricPoint(step, name, value));
+            _latest[name] = value;
+            if (!_series.TryGetValue(name, out KeptSeries? s))
+            {
+                _series[name] = s = new KeptSeries();
+            }
+
+            s.Add(new MetricPoint(step, name, value), MaxPointsPerSeries);
         }
     }
 
@@ -56,5 +68,39 @@ public sealed class MetricHistory : ILoggerDestination
     /// <inheritdoc/>
     public void Close(State state, Logger logger)
     {
+    }
+
+    /// <summary>One metric's kept points: every <c>stride</c>-th point logged.</summary>
+    private sealed class KeptSeries
+    {
+        private readonly List<MetricPoint> _points = new();
+        private long _seen;
+        private long _stride = 1;
+
+        public IReadOnlyList<MetricPoint> Points => _points;
+
+        public void Add(MetricPoint point, int capacity)
+        {
+            if (_seen++ % _stride != 0)
+            {
+                return;
+            }
+
+            _points.Add(point);
+            if (_points.Count <= capacity)
+            {
+                return;
+            }
+
+            // Keep the points at even positions (logged at multiples of 2·stride) and double the stride.
+            int kept = 0;
+            for (int i = 0; i < _points.Count; i += 2)
+            {
+                _points[kept++] = _points[i];
+            }
+
+            _points.RemoveRange(kept, _points.Count - kept);
+            _stride *= 2;
+        }
     }
 }

@@ -1,4 +1,6 @@
 using ComposerSharp.Cli;
+using ComposerSharp.Cli.Configuration;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 
@@ -103,6 +105,211 @@ public class TrainJobModelsTests
             Assert.That(result.Timestamp.Batch, Is.EqualTo(2));
             Assert.That(result.FinalMetrics.Keys, Does.Contain(expectedMetric));
             Assert.That(double.IsFinite(result.FinalMetrics[expectedMetric]), Is.True);
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+}
+
+[TestFixture]
+public class RunFolderTests
+{
+    [Test]
+    public void ASecondRunInALockedFolderIsRefusedWithExitCode2AndAStaleLockIsTakenOver()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-lock-" + Guid.NewGuid().ToString("N"));
+        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        try
+        {
+            using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
+            {
+                var output = new StringWriter();
+                var error = new StringWriter();
+                TextWriter original = Console.Error;
+                Console.SetError(error);
+                int code;
+                try
+                {
+                    code = CliApp.Run(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false" }, output);
+                }
+                finally
+                {
+                    Console.SetError(original);
+                }
+
+                Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error.ToString());
+                Assert.That(error.ToString(), Does.Contain("is in use by process " + Environment.ProcessId));
+                Assert.That(Directory.GetFileSystemEntries(folder).Select(Path.GetFileName), Is.EquivalentTo(new[] { RunFolderLock.FileName, RunFolderLock.FileName + ".info" }), "the refused run touched nothing");
+            }
+
+            // A crashed holder leaves its description behind; the next run takes the lock over and says so.
+            File.WriteAllText(Path.Combine(folder, RunFolderLock.FileName + ".info"), "process 999999 on elsewhere");
+            using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
+            {
+                Assert.That(log.Warnings, Has.Some.Contains("left by process 999999"));
+            }
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Test]
+    public void TheRunFolderHoldsTheResolvedConfigurationWhichReadsBackToTheSameValues()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-cfg-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var output = new StringWriter();
+            int code = CliApp.Run(
+                new[]
+                {
+                    "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false", "--set", "optimizer.lr=3.5e-4",
+                    "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+                },
+                output);
+            Assert.That(code, Is.Zero, output.ToString());
+            ConfigSection saved = ConfigSection.LoadFile(Path.Combine(folder, "config.yaml"));
+            Assert.That(saved.Section("optimizer").GetDouble("lr"), Is.EqualTo(3.5e-4));
+            Assert.That(saved.GetString("max_duration"), Is.EqualTo("2ba"));
+            Assert.That(saved.Section("train_loader").Section("dataset").GetLong("num_samples"), Is.EqualTo(64));
+            Assert.That(saved.ToYaml(), Is.EqualTo(CliApp.LoadConfig(null, new[] { "optimizer.lr=3.5e-4", "train_loader.dataset.num_samples=64", "eval_loader.dataset.num_samples=16", "train_loader.batch_size=8" },
+                new[] { KeyValuePair.Create("max_duration", "2ba"), KeyValuePair.Create("run_folder", folder), KeyValuePair.Create("progress_bar", "false") }).ToYaml()));
+            Assert.That(File.Exists(Path.Combine(folder, RunFolderLock.FileName + ".info")), Is.False, "the lock's description is removed at the end");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
+public class AutoresumeCliTests
+{
+    [Test]
+    public void AutoresumingAFinishedRunSaysItIsCompleteAndExitsZero()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-done-" + Guid.NewGuid().ToString("N"));
+        string[] args =
+        {
+            "train", "--max-duration", "2ba", "--run-folder", folder, "--run-name", "done", "--progress-bar", "false", "--autoresume", "true",
+            "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+        };
+        try
+        {
+            Assert.That(CliApp.Run(args, new StringWriter()), Is.Zero);
+            var log = new StringWriter();
+            TextWriter original = Console.Out;
+            Console.SetOut(log);
+            int code;
+            var summary = new StringWriter();
+            try
+            {
+                code = CliApp.Run(args, summary);
+            }
+            finally
+            {
+                Console.SetOut(original);
+            }
+
+            Assert.That(code, Is.Zero, log.ToString());
+            Assert.That(log.ToString(), Does.Contain("is already complete").And.Contain("nothing to train"));
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*2\b"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
+public class EvalCliTests
+{
+    [Test]
+    public void EvalReportsTheBatchesItEvaluatedAndLeavesNoEmptyOrFailedFolders()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-eval-" + Guid.NewGuid().ToString("N"));
+        string[] data = { "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=24", "--set", "train_loader.batch_size=8", "--set", "eval_loader.batch_size=8" };
+        try
+        {
+            Assert.That(CliApp.Run(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter()), Is.Zero);
+            string checkpoint = Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*-ba2-*.ckpt").Single();
+
+            var summary = new StringWriter();
+            int code = CliApp.Run(new[] { "eval", "--load-path", checkpoint, "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), summary);
+            Assert.That(code, Is.Zero, summary.ToString());
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*3\b").And.Match(@"samples\s*[│|]?\s*24\b"), "3 eval batches of 8, not the checkpoint's training counters");
+            string evalFolder = Directory.GetDirectories(folder, "eval-*").Single();
+            Assert.That(Directory.Exists(Path.Combine(evalFolder, "checkpoints")), Is.False, "no empty checkpoints folder");
+
+            var error = new StringWriter();
+            TextWriter original = Console.Error;
+            Console.SetError(error);
+            try
+            {
+                Thread.Sleep(1100); // a new eval-<time> stamp
+                code = CliApp.Run(new[] { "eval", "--load-path", Path.Combine(folder, "missing.ckpt"), "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter());
+            }
+            finally
+            {
+                Console.SetError(original);
+            }
+
+            Assert.That(code, Is.Not.Zero);
+            Assert.That(Directory.GetDirectories(folder, "eval-*"), Has.Length.EqualTo(1), "the failed evaluation left no folder: " + error);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
+public class CommandLineErrorTests
+{
+    private static (int Code, string Error) Run(params string[] args)
+    {
+        var error = new StringWriter();
+        TextWriter original = Console.Error;
+        Console.SetError(error);
+        try
+        {
+            return (CliApp.Run(args, new StringWriter()), error.ToString());
+        }
+        finally
+        {
+            Console.SetError(original);
+        }
+    }
+
+    [Test]
+    public void AMisspelledOptionIsAShortErrorWithExitCode2NotTheWholeHelp()
+    {
+        (int code, string error) = Run("train", "--max-durration", "1ba");
+        Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode));
+        Assert.That(error, Does.Contain("--max-durration").And.Contain("See 'composersharp train --help'"));
+        Assert.That(error.Split('\n').Length, Is.LessThan(8), error);
+    }
+
+    [Test]
+    public void AMicrobatchSizeOfZeroIsAConfigurationErrorNamingTheKey()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-mb-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            (int code, string error) = Run("train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false", "--device-train-microbatch-size", "0",
+                "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16");
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("configuration error: 'device_train_microbatch_size'").And.Contain("at least 1").And.Contain("(got 0)"));
         }
         finally
         {

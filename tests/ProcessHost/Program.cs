@@ -46,8 +46,33 @@ switch (args.FirstOrDefault())
         return stop.ExitCode;
     }
 
+    case "rss" when args.Length == 2:
+    {
+        // Trains N batches with the CLI's loggers (metric history, metrics.jsonl, TensorBoard) and prints the
+        // resident set size after a forced GC at 2,000 batches and at N, as one JSON line.
+        long total = long.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-rss-" + Guid.NewGuid().ToString("N"));
+        var history = new ComposerSharp.Cli.Reporting.MetricHistory();
+        var samples = new List<(long Batch, long Rss)>();
+        var probe = new RssAt(new long[] { 2000, total / 2, total }, samples);
+        using (var trainer = new TrainerT(new Probe(), new Batches(4096, 4), Time.FromBatch(total), loggers: new ILoggerDestination[] { history },
+                   callbacks: new ICallback[] { probe }, device: "cpu", progressBar: false, runFolder: folder, runName: "rss", evalInterval: 0))
+        {
+            trainer.Fit();
+        }
+
+        Directory.Delete(folder, recursive: true);
+        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
+        {
+            batches = total,
+            rss = samples.Select(s => new { batch = s.Batch, bytes = s.Rss }).ToArray(),
+            series_points = history.Series("loss/train/total").Count,
+        }));
+        return 0;
+    }
+
     default:
-        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K");
+        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K | rss N");
         return 2;
 }
 
@@ -103,5 +128,27 @@ internal sealed class Batches(int samples, int batchSize) : IDataLoader
             var g = new torch.Generator((ulong)(epoch * 1000 + i));
             yield return new Batch(new Dictionary<string, Tensor> { ["x"] = torch.randn(new long[] { batchSize, 2 }, generator: g) });
         }
+    }
+}
+
+/// <summary>Records the resident set size (after a full GC) at BatchEnd of the given batches.</summary>
+internal sealed class RssAt(long[] batches, List<(long Batch, long Rss)> samples) : ICallback
+{
+    public void RunEvent(Event e, State state, Logger logger)
+    {
+        if (e != Event.BatchEnd || !batches.Contains(state.Timestamp.Batch))
+        {
+            return;
+        }
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        using var self = System.Diagnostics.Process.GetCurrentProcess();
+        samples.Add((state.Timestamp.Batch, self.WorkingSet64));
+    }
+
+    public void Close(State state, Logger logger)
+    {
     }
 }

@@ -119,4 +119,45 @@ public class LoggerTests
         string output = writer.ToString();
         Assert.That(output, Does.Contain("train epoch 2/2 loss").And.Contain("eval/Accuracy").And.Contain("100%"));
     }
+
+    [Test]
+    public void WhenOutputIsAFilePlainProgressLinesShowTrainingAndEvaluation()
+    {
+        var log = new StringWriter();
+        var bar = new ProgressBarLogger(enabled: false, plainOutput: log, plainInterval: TimeSpan.Zero);
+        using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(24, 8), "2ep", loggers: new[] { bar }, eval: TestData.Loader(16, 8)))
+        {
+            trainer.Fit();
+        }
+
+        string[] lines = log.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(bar.WritesPlainLines, Is.True);
+        Assert.That(lines, Has.All.StartsWith("[progress] train epoch"));
+        Assert.That(lines, Has.Some.Contains("| 3/6 (50.0%)"), "a line per batch at interval zero, with the bar's units");
+        Assert.That(lines, Has.Some.Contains("eval batch 1/2"), "evaluation reports its own batches");
+        Assert.That(lines.Count(l => l.Contains("| eval done", StringComparison.Ordinal)), Is.EqualTo(2), "one line at the end of each evaluation");
+        Assert.That(lines[^1], Does.Contain("6/6 (100.0%)").And.Contain("training done"));
+        Assert.That(lines.Any(l => l.Contains('\u001b')), Is.False, "no control sequences in a file");
+    }
+
+    [Test]
+    public void OnANarrowTerminalTheBarsDescriptionIsCutToOneLine()
+    {
+        var writer = new StringWriter();
+        IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = AnsiSupport.Yes,
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.Yes,
+            Out = new AnsiConsoleOutput(writer),
+        });
+        console.Profile.Width = 80;
+        var bar = new ProgressBarLogger(console);
+        using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(24, 8), "2ep", loggers: new[] { bar }, eval: TestData.Loader(8, 8)))
+        {
+            trainer.Fit();
+        }
+
+        Assert.That(writer.ToString(), Does.Contain("…"), "the long description (epoch, loss, eval metrics) was cut to the 28 columns left beside the bar");
+    }
 }
