@@ -8,10 +8,30 @@ namespace ComposerSharp.Tests.Distributed;
 [TestFixture]
 public sealed class CollectiveTests
 {
+    private readonly List<string> _outputs = new();
+
+    [TearDown]
+    public void DeleteJobOutputs()
+    {
+        foreach (string folder in _outputs.Where(Directory.Exists))
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+
+        _outputs.Clear();
+    }
+
+    private MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
+    {
+        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env);
+        _outputs.Add(job.Output);
+        return job;
+    }
+
     [Test]
     public void TwoRanksAllReduceBroadcastAndGatherMatchFloat64References()
     {
-        MpiJobResult job = MpiJob.RunHost("collectives");
+        MpiJobResult job = Host("collectives");
         Assert.That(job.ExitCode, Is.EqualTo(0), job.Describe());
         for (int r = 0; r < 2; r++)
         {
@@ -23,7 +43,7 @@ public sealed class CollectiveTests
     [Test]
     public void ARankThatThrowsEndsTheJobNonZeroWithItsError()
     {
-        MpiJobResult job = MpiJob.RunHost("throw", timeout: TimeSpan.FromSeconds(90));
+        MpiJobResult job = Host("throw", timeout: TimeSpan.FromSeconds(90));
         Assert.That(job.TimedOut, Is.False, job.Describe());
         Assert.That(job.ExitCode, Is.Not.EqualTo(0), job.Describe());
         Assert.That(job.Stderr, Does.Contain("rank 1 fails on purpose"), job.Describe());
@@ -33,7 +53,7 @@ public sealed class CollectiveTests
     [Test]
     public void ARankThatStopsCallingCollectivesEndsTheJobAtTheTimeout()
     {
-        MpiJobResult job = MpiJob.RunHost("hang", timeout: TimeSpan.FromSeconds(90), env: new Dictionary<string, string> { ["HOST_DIST_TIMEOUT_SECONDS"] = "3" });
+        MpiJobResult job = Host("hang", timeout: TimeSpan.FromSeconds(90), env: new Dictionary<string, string> { ["HOST_DIST_TIMEOUT_SECONDS"] = "3" });
         Assert.That(job.TimedOut, Is.False, job.Describe());
         Assert.That(job.ExitCode, Is.Not.EqualTo(0), job.Describe());
         Assert.That(job.Stderr, Does.Contain("did not complete within the distributed timeout of 3 s"), job.Describe());

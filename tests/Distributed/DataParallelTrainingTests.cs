@@ -11,9 +11,29 @@ namespace ComposerSharp.Tests.Distributed;
 [TestFixture]
 public sealed class DataParallelTrainingTests
 {
-    private static MpiJobResult Run(string scenario)
+    private readonly List<string> _outputs = new();
+
+    [TearDown]
+    public void DeleteJobOutputs()
     {
-        MpiJobResult job = MpiJob.RunHost(scenario, timeout: TimeSpan.FromSeconds(150));
+        foreach (string folder in _outputs.Where(Directory.Exists))
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+
+        _outputs.Clear();
+    }
+
+    private MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
+    {
+        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env);
+        _outputs.Add(job.Output);
+        return job;
+    }
+
+    private MpiJobResult Run(string scenario)
+    {
+        MpiJobResult job = Host(scenario, timeout: TimeSpan.FromSeconds(150));
         Assert.That(job.ExitCode, Is.EqualTo(0), job.Describe());
         return job;
     }
@@ -94,7 +114,7 @@ public sealed class DataParallelTrainingTests
     [Test]
     public void ARankWhoseTrainingThrowsEndsTheJobNonZeroWithItsError()
     {
-        MpiJobResult job = MpiJob.RunHost("trainer-throw", timeout: TimeSpan.FromSeconds(90));
+        MpiJobResult job = Host("trainer-throw", timeout: TimeSpan.FromSeconds(90));
         Assert.That(job.TimedOut, Is.False, job.Describe());
         Assert.That(job.ExitCode, Is.Not.EqualTo(0), job.Describe());
         Assert.That(job.Stderr, Does.Contain("rank 1's callback fails on purpose"), job.Describe());
