@@ -128,22 +128,9 @@ public class RunFolderTests
         {
             using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
             {
-                var output = new StringWriter();
-                var error = new StringWriter();
-                TextWriter original = Console.Error;
-                Console.SetError(error);
-                int code;
-                try
-                {
-                    code = CliApp.Run(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false" }, output);
-                }
-                finally
-                {
-                    Console.SetError(original);
-                }
-
-                Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error.ToString());
-                Assert.That(error.ToString(), Does.Contain("is in use by process " + Environment.ProcessId));
+                (int code, _, string error) = CliRun.Captured(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false" });
+                Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+                Assert.That(error, Does.Contain("is in use by process " + Environment.ProcessId));
                 Assert.That(Directory.GetFileSystemEntries(folder).Select(Path.GetFileName), Is.EquivalentTo(new[] { RunFolderLock.FileName, RunFolderLock.FileName + ".info" }), "the refused run touched nothing");
             }
 
@@ -205,22 +192,10 @@ public class AutoresumeCliTests
         try
         {
             Assert.That(CliApp.Run(args, new StringWriter()), Is.Zero);
-            var log = new StringWriter();
-            TextWriter original = Console.Out;
-            Console.SetOut(log);
-            int code;
             var summary = new StringWriter();
-            try
-            {
-                code = CliApp.Run(args, summary);
-            }
-            finally
-            {
-                Console.SetOut(original);
-            }
-
-            Assert.That(code, Is.Zero, log.ToString());
-            Assert.That(log.ToString(), Does.Contain("is already complete").And.Contain("nothing to train"));
+            (int code, string log, _) = CliRun.Captured(args, summary);
+            Assert.That(code, Is.Zero, log);
+            Assert.That(log, Does.Contain("is already complete").And.Contain("nothing to train"));
             Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*2\b"));
         }
         finally
@@ -250,19 +225,8 @@ public class EvalCliTests
             string evalFolder = Directory.GetDirectories(folder, "eval-*").Single();
             Assert.That(Directory.Exists(Path.Combine(evalFolder, "checkpoints")), Is.False, "no empty checkpoints folder");
 
-            var error = new StringWriter();
-            TextWriter original = Console.Error;
-            Console.SetError(error);
-            try
-            {
-                Thread.Sleep(1100); // a new eval-<time> stamp
-                code = CliApp.Run(new[] { "eval", "--load-path", Path.Combine(folder, "missing.ckpt"), "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter());
-            }
-            finally
-            {
-                Console.SetError(original);
-            }
-
+            Thread.Sleep(1100); // a new eval-<time> stamp
+            (code, _, string error) = CliRun.Captured(new[] { "eval", "--load-path", Path.Combine(folder, "missing.ckpt"), "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray());
             Assert.That(code, Is.Not.Zero);
             Assert.That(Directory.GetDirectories(folder, "eval-*"), Has.Length.EqualTo(1), "the failed evaluation left no folder: " + error);
         }
@@ -278,17 +242,8 @@ public class CommandLineErrorTests
 {
     private static (int Code, string Error) Run(params string[] args)
     {
-        var error = new StringWriter();
-        TextWriter original = Console.Error;
-        Console.SetError(error);
-        try
-        {
-            return (CliApp.Run(args, new StringWriter()), error.ToString());
-        }
-        finally
-        {
-            Console.SetError(original);
-        }
+        (int code, _, string error) = CliRun.Captured(args);
+        return (code, error);
     }
 
     [Test]
@@ -318,5 +273,45 @@ public class CommandLineErrorTests
                 Directory.Delete(folder, recursive: true);
             }
         }
+    }
+}
+
+/// <summary>Runs the CLI in-process with the console's output and error captured.</summary>
+internal static class CliRun
+{
+    private static readonly object Gate = new();
+
+    /// <summary>Runs <paramref name="args"/>; the summary goes to <paramref name="summary"/> (discarded when null).</summary>
+    internal static (int Code, string Out, string Err) Captured(string[] args, TextWriter? summary = null)
+    {
+        lock (Gate)
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            TextWriter originalOut = Console.Out, originalError = Console.Error;
+            Console.SetOut(output);
+            Console.SetError(error);
+            try
+            {
+                return (CliApp.Run(args, summary ?? new StringWriter()), output.ToString(), error.ToString());
+            }
+            finally
+            {
+                Console.SetOut(originalOut);
+                Console.SetError(originalError);
+            }
+        }
+    }
+}
+
+[TestFixture]
+public class HelpTests
+{
+    [Test]
+    public void HelpShowsTheDefaultConfigsValues()
+    {
+        (int code, string output, _) = CliRun.Captured(new[] { "train", "--help" });
+        Assert.That(code, Is.Zero);
+        Assert.That(output, Does.Contain("Default config: 1ep").And.Contain("Default config: amp_bf16").And.Contain("Default config: low_precision_layernorm"));
     }
 }

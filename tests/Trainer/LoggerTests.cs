@@ -100,13 +100,7 @@ public class LoggerTests
         Assert.That(new ProgressBarLogger().Enabled, Is.EqualTo(!Console.IsErrorRedirected));
 
         var writer = new StringWriter();
-        IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Ansi = AnsiSupport.Yes,
-            ColorSystem = ColorSystemSupport.NoColors,
-            Interactive = InteractionSupport.Yes,
-            Out = new AnsiConsoleOutput(writer),
-        });
+        IAnsiConsole console = InteractiveConsole(writer);
         console.Profile.Width = 200;
         var bar = new ProgressBarLogger(console);
         using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(24, 8), "2ep", loggers: new[] { bar }, eval: TestData.Loader(8, 8)))
@@ -144,13 +138,7 @@ public class LoggerTests
     public void OnANarrowTerminalTheBarsDescriptionIsCutToOneLine()
     {
         var writer = new StringWriter();
-        IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Ansi = AnsiSupport.Yes,
-            ColorSystem = ColorSystemSupport.NoColors,
-            Interactive = InteractionSupport.Yes,
-            Out = new AnsiConsoleOutput(writer),
-        });
+        IAnsiConsole console = InteractiveConsole(writer);
         console.Profile.Width = 80;
         var bar = new ProgressBarLogger(console);
         using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(24, 8), "2ep", loggers: new[] { bar }, eval: TestData.Loader(8, 8)))
@@ -160,4 +148,13 @@ public class LoggerTests
 
         Assert.That(writer.ToString(), Does.Contain("…"), "the long description (epoch, loss, eval metrics) was cut to the 28 columns left beside the bar");
     }
+
+    /// <summary>An interactive, colourless console writing into <paramref name="writer"/>.</summary>
+    private static IAnsiConsole InteractiveConsole(TextWriter writer) => AnsiConsole.Create(new AnsiConsoleSettings
+    {
+        Ansi = AnsiSupport.Yes,
+        ColorSystem = ColorSystemSupport.NoColors,
+        Interactive = InteractionSupport.Yes,
+        Out = new AnsiConsoleOutput(writer),
+    });
 }
