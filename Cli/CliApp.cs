@@ -1,9 +1,11 @@
+using ComposerSharp.Algorithms;
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Spectre.Console;
@@ -266,7 +268,7 @@ public static class CliApp
             table.AddRow(Markup.Escape($"{name}: modules replaced"), count.ToString(CultureInfo.InvariantCulture));
         }
 
-        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal)))
+        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal) && !m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal)))
         {
             table.AddRow(Markup.Escape(metric), F(value));
         }

@@ -20,10 +20,11 @@ namespace ComposerSharp.Distributed;
 /// <item>per batch: the global sample and token counts (a SUM all-reduce), the gradients all-reduced in buckets and
 /// weighted by each rank's share of the global batch, the gradient scaler's found-inf and the stop decision agreed
 /// (any rank decides for all);</item>
-/// <item>metric states summed over ranks before <c>Compute</c>; loggers only on rank 0; per-rank RNG states gathered.</item>
+/// <item>metric states summed over ranks before <c>Compute</c>; loggers only on rank 0; per-rank RNG states gathered
+/// (as <see cref="State.ProcessGroup"/>, through which the checkpoint unit gathers them and rank 0 writes).</item>
 /// </list>
 /// </summary>
-public sealed class DataParallel : IDisposable
+public sealed class DataParallel : IRankGroup, IDisposable
 {
     private readonly bool _ownsGroup;
     private readonly ILogger _log;
@@ -134,38 +135,6 @@ public sealed class DataParallel : IDisposable
 
     /// <summary>An evaluation loader of this rank: unpadded shards, so every sample is evaluated exactly once over all ranks.</summary>
     public IDataLoader ShardForEvaluation(IDataLoader loader) => Shard(loader, pad: false);
-
-    /// <summary>
-    /// The position to resume at when a checkpoint was written by <paramref name="savedWorldSize"/> ranks and this
-    /// job has another number: the epoch's global sample count is kept and the batch within the epoch becomes that
-    /// count divided by the new global batch (per-rank batch size × world size). Because shards interleave (rank r
-    /// takes positions r, r+W, …), the samples consumed so far are the first ones of the epoch's order for any W, so
-    /// the data continues where it stopped (exactly when the count is a multiple of the new global batch, else
-    /// rounded down, with a warning). The same world size returns <paramref name="timestamp"/>.
-    /// </summary>
-    public Timestamp ContinueFromSamples(Timestamp timestamp, int savedWorldSize, IDataLoader loader, string checkpoint)
-    {
-        ArgumentNullException.ThrowIfNull(timestamp);
-        if (savedWorldSize == WorldSize)
-        {
-            return timestamp;
-        }
-
-        if (loader is not IShardableDataLoader shardable)
-        {
-            _log.LogWarning("Checkpoint {Checkpoint} was written by {Saved} ranks and this job has {Current}; weights and optimizer state are loaded, but the dataloader {Type} cannot be repositioned by sample count, so the data order differs from an uninterrupted run.", checkpoint, savedWorldSize, WorldSize, loader.GetType().Name);
-            return timestamp;
-        }
-
-        long globalBatch = (long)shardable.BatchSize * WorldSize;
-        long batchInEpoch = timestamp.SampleInEpoch / globalBatch;
-        long remainder = timestamp.SampleInEpoch % globalBatch;
-        _log.LogWarning(
-            "Checkpoint {Checkpoint} was written by {Saved} ranks and this job has {Current}: weights and optimizer state are loaded and the data continues from global sample {Samples} of epoch {Epoch} (batch {Batch} of the new global batch of {GlobalBatch}){Remainder}.",
-            checkpoint, savedWorldSize, WorldSize, timestamp.SampleInEpoch, timestamp.Epoch, batchInEpoch, globalBatch,
-            remainder == 0 ? "" : $"; {remainder} samples were consumed past that batch and are seen again");
-        return timestamp with { BatchInEpoch = batchInEpoch };
-    }
 
     /// <summary>The batch's sample and token counts summed over all ranks.</summary>
     public (long Samples, long Tokens) GlobalCounts(long samples, long tokens)

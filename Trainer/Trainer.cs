@@ -1,9 +1,9 @@
-using System.Reflection;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Checkpoints;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
@@ -11,7 +11,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using EventsLogger = ComposerSharp.Events.Logger;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// Trains, evaluates and runs a <see cref="ComposerModel"/> with Composer's training loop
@@ -44,7 +44,6 @@ public sealed partial class Trainer : IDisposable
     private readonly List<EvaluatorRun> _evaluators = new();
     private IReadOnlyList<IMetric> _trainMetrics;
     private readonly List<optim.Optimizer> _ownedOptimizers = new();
-    private byte[]? _pendingRngState;
     private Tensor? _lastLoss;
     private bool _closed;
     private CancellationToken _fitCancellation;
@@ -219,15 +218,20 @@ public sealed partial class Trainer : IDisposable
             Algorithms = (algorithms ?? Array.Empty<IAlgorithm>()).ToList(),
             LoggerFactory = loggerFactory,
             DeviceTrainMicrobatchSize = deviceTrainMicrobatchSize,
+            ProcessGroup = _distributed, // Distributed: checkpoints gather RNG states and write on rank 0 through it
         };
 
         List<ILoggerDestination> destinations = (loggers ?? Array.Empty<ILoggerDestination>()).ToList();
         if (runFolder is not null)
         {
-            RunFolder = Path.GetFullPath(CheckpointFile.Format(runFolder, State));
+            RunFolder = Path.GetFullPath(PathTemplate.Expand(runFolder, State));
             Directory.CreateDirectory(RunFolder);
-            destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
-            destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
+            if (_distributed.IsRankZero)
+            {
+                // Distributed: only rank 0 opens the run folder's log files (other ranks would hold them open unused).
+                destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
+                destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
+            }
         }
 
         if (progressBar && !destinations.OfType<ProgressBarLogger>().Any())
@@ -261,11 +265,6 @@ public sealed partial class Trainer : IDisposable
                 checkpoint.SaveWeightsOnly));
         }
 
-        foreach (CheckpointSaver saver in allCallbacks.OfType<CheckpointSaver>())
-        {
-            saver.Bind(this);
-        }
-
         State.Callbacks = allCallbacks;
 
         // The engine and Init.
@@ -296,7 +295,7 @@ public sealed partial class Trainer : IDisposable
     }
 
     /// <summary>The second half of construction, from Init to the reseeding after AfterLoad.</summary>
-    [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(_trainMetrics), nameof(GradScaler))]
+    [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(_trainMetrics))]
     private void Initialize(
         IDataLoader? trainDataloader,
         Time? maxDuration,
@@ -346,28 +345,22 @@ public sealed partial class Trainer : IDisposable
         }
 
         State.Schedulers = (schedulers ?? Array.Empty<IScheduler>()).ToList();
-        GradScaler = prec == Precision.AmpFp16 ? gradScaler ?? new GradScaler() : new GradScaler(enabled: false);
+        State.Scaler = prec == Precision.AmpFp16 ? gradScaler ?? new GradScaler() : new GradScaler(enabled: false);
 
         // Loading.
         Engine.RunEvent(Event.BeforeLoad);
-        string? loadPath = checkpoint.LoadPath is null ? null : CheckpointFile.Format(checkpoint.LoadPath, State);
-        bool weightsOnly = checkpoint.LoadWeightsOnly;
-        IReadOnlyList<string>? exclude = checkpoint.LoadExcludeAlgorithms;
-        if (checkpoint.Autoresume)
+        string? loadPath = checkpoint.LoadPath;
+        if (checkpoint.Autoresume && Checkpoint.FindLatest(State, checkpoint, saveFolder) is { } latest)
         {
-            string? latest = FindAutoresumeCheckpoint(checkpoint, saveFolder);
-            if (latest is not null)
-            {
-                _log.LogInformation("Autoresuming from {Checkpoint}.", latest);
-                loadPath = latest;
-                weightsOnly = false;
-                exclude = null;
-            }
+            // Autoresume continues the run itself: everything is restored and no algorithm is left out.
+            _log.LogInformation("Autoresuming from {Checkpoint}.", latest);
+            loadPath = latest;
+            checkpoint = checkpoint with { LoadWeightsOnly = false, LoadExcludeAlgorithms = null };
         }
 
         if (loadPath is not null)
         {
-            LoadCheckpoint(loadPath, weightsOnly, checkpoint.LoadStrictModelWeights, exclude, checkpoint.AlgorithmResolver, checkpoint.MissingAlgorithmPolicy);
+            Checkpoint.Load(State, Logger, loadPath, checkpoint);
         }
 
         Engine.RunEvent(Event.AfterLoad);
@@ -389,14 +382,11 @@ public sealed partial class Trainer : IDisposable
     /// <summary>The logger that fans metrics out to the destinations.</summary>
     public EventsLogger Logger { get; }
 
-    /// <summary>The loss scaler (enabled only for amp_fp16).</summary>
-    public GradScaler GradScaler { get; private set; }
+    /// <summary>The loss scaler (enabled only for amp_fp16); the same object as <see cref="State.Scaler"/>.</summary>
+    public GradScaler GradScaler => State.Scaler;
 
     /// <summary>The run folder (absolute), or null when none was given.</summary>
     public string? RunFolder { get; }
-
-    /// <summary>Whether this process writes checkpoints and logs (rank 0, or the only process).</summary>
-    internal bool IsRankZero => _distributed.IsRankZero;
 
     /// <summary>The data-parallel context (world size 1 unless started by a launcher).</summary>
     public DataParallel Distributed => _distributed;
@@ -430,6 +420,20 @@ public sealed partial class Trainer : IDisposable
             _lastLoss?.Dispose();
             _distributed.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Writes a checkpoint of this run to <paramref name="path"/> (a <see cref="PathTemplate"/>); the same as
+    /// <see cref="Checkpoint.Save"/> on <see cref="State"/>, which describes the contents and the atomic write.
+    /// </summary>
+    /// <returns>The absolute path written.</returns>
+    /// <exception cref="ObjectDisposedException">The Trainer is closed.</exception>
+    /// <exception cref="CheckpointException">The write failed; the previous file, if any, is unchanged.</exception>
+    /// <exception cref="NotSupportedException">An optimizer whose state TorchSharp cannot serialise.</exception>
+    public string SaveCheckpoint(string path, bool weightsOnly = false)
+    {
+        ThrowIfClosed();
+        return Checkpoint.Save(State, path, weightsOnly);
     }
 
     /// <summary>Same as <see cref="Close"/>.</summary>
@@ -505,8 +509,8 @@ public sealed partial class Trainer : IDisposable
     {
         var hp = new Dictionary<string, object?>
         {
-            ["composersharp_version"] = LibraryVersion(typeof(Trainer).Assembly),
-            ["torchsharp_version"] = LibraryVersion(typeof(torch).Assembly),
+            ["composersharp_version"] = Checkpoint.LibraryVersion(typeof(Trainer).Assembly),
+            ["torchsharp_version"] = Checkpoint.LibraryVersion(typeof(torch).Assembly),
             ["run_name"] = State.RunName,
             ["seed"] = State.Seed,
             ["deterministic_mode"] = State.DeterministicMode,
@@ -522,11 +526,6 @@ public sealed partial class Trainer : IDisposable
 
         Logger.LogHyperparameters(hp);
     }
-
-    internal static string LibraryVersion(Assembly assembly) =>
-        assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
-        ?? assembly.GetName().Version?.ToString()
-        ?? "unknown";
 
     /// <summary>An evaluator with its metric instances and interval schedule.</summary>
     private sealed record EvaluatorRun(Evaluator Evaluator, IReadOnlyList<IMetric> Metrics, IntervalSchedule Schedule, long? SubsetNumBatches);

@@ -33,7 +33,7 @@ internal static class DeterminismBenchmark
         torch.set_num_threads(threads);
         var shape = new TrainingShape();
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
-        using ComposerSharp.Trainer.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision);
+        using ComposerSharp.Training.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision);
         for (int i = 0; i < warmup; i++)
         {
             TrainingSetup.FitSteps(trainer, steps);

@@ -7,7 +7,7 @@ using ComposerSharp.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Trainer.Trainer;
+using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.Benchmarks;
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using TorchSharp;
 
 namespace ComposerSharp.Benchmarks;
@@ -28,7 +29,7 @@ internal static class MemoryProbe
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
         GC.Collect();
         long start = ProcessMemory.ResetPeak();
-        using ComposerSharp.Trainer.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision, lowPrecisionLayerNorm);
+        using Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision, lowPrecisionLayerNorm);
         TrainingSetup.FitSteps(trainer, steps);
         long peak = ProcessMemory.Peak();
         trainer.Model.Dispose();

@@ -148,6 +148,39 @@ public class RunFolderTests
     }
 
     [Test]
+    public void ReRunningACommandIsRefusedBeforeAnyFileIsTouchedAndSaveOverwriteStartsAfresh()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-rerun-" + Guid.NewGuid().ToString("N"));
+        string[] args =
+        {
+            "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false",
+            "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+        };
+        try
+        {
+            Assert.That(CliRun.Captured(args).Code, Is.Zero);
+            string metrics = Path.Combine(folder, "metrics.jsonl");
+            byte[] before = File.ReadAllBytes(metrics);
+            int events = Directory.GetFiles(Path.Combine(folder, "tensorboard"), "*", SearchOption.AllDirectories).Length;
+
+            (int code, _, string error) = CliRun.Captured(args);
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("already holds").And.Contain("--autoresume true").And.Contain("--save-overwrite true"));
+            Assert.That(File.ReadAllBytes(metrics), Is.EqualTo(before), "metrics.jsonl untouched");
+            Assert.That(Directory.GetFiles(Path.Combine(folder, "tensorboard"), "*", SearchOption.AllDirectories), Has.Length.EqualTo(events), "no new TensorBoard file");
+
+            (code, _, error) = CliRun.Captured(args.Append("--save-overwrite").Append("true").ToArray());
+            Assert.That(code, Is.Zero, error);
+            Assert.That(File.ReadLines(metrics).Count(l => l.Contains("\"hyperparameters\"", StringComparison.Ordinal)), Is.EqualTo(1), "metrics.jsonl started afresh");
+            Assert.That(Directory.GetFiles(Path.Combine(folder, "tensorboard"), "events.out.tfevents*", SearchOption.AllDirectories), Has.Length.EqualTo(1));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Test]
     public void TheRunFolderHoldsTheResolvedConfigurationWhichReadsBackToTheSameValues()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-cfg-" + Guid.NewGuid().ToString("N"));

@@ -2,11 +2,12 @@ using System.Globalization;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Trainer.Trainer;
+using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.DistributedHost;
 

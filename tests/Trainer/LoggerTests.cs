@@ -1,12 +1,13 @@
 using System.Text;
 using System.Text.Json;
 using ComposerSharp.Events;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 using Spectre.Console;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>The logger destinations and the run folder.</summary>
 [TestFixture]
@@ -80,7 +81,7 @@ public class LoggerTests
     {
         var provider = new ListLoggerProvider();
         using var factory = LoggerFactory.Create(b => b.AddProvider(provider).SetMinimumLevel(LogLevel.Trace));
-        using (var trainer = new ComposerSharp.Trainer.Trainer(TestData.Model(), TestData.Loader(32, 8), "1ep", TestData.Loader(8, 8),
+        using (var trainer = new Trainer(TestData.Model(), TestData.Loader(32, 8), "1ep", TestData.Loader(8, 8),
             device: "cpu", progressBar: false, logToConsole: true, consoleLogInterval: "2ba", loggerFactory: factory))
         {
             trainer.Fit();

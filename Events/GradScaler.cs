@@ -2,7 +2,7 @@ using System.Globalization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Events;
 
 /// <summary>
 /// Dynamic loss scaling for <c>amp_fp16</c> training, with the behaviour of PyTorch's <c>torch.amp.GradScaler</c>
@@ -151,8 +151,12 @@ public sealed class GradScaler
         return true;
     }
 
-    /// <summary>Records inf/NaN gradients found elsewhere (on another rank), so this step is skipped too.</summary>
-    internal void MarkFoundInf()
+    /// <summary>
+    /// Records inf/NaN gradients found elsewhere (on another rank, after an any-rank reduction of <see cref="FoundInf"/>),
+    /// so that this step is skipped and the scale backed off too; a no-op when the scaler is disabled. Public because
+    /// the scaler lives in Events (<see cref="State.Scaler"/>) and the data-parallel training loop calls it.
+    /// </summary>
+    public void MarkFoundInf()
     {
         if (Enabled)
         {
