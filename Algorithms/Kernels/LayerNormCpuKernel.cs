@@ -45,8 +45,8 @@ public enum SimdPath
 /// </para>
 /// <para>
 /// Threads: chunks are handed to .NET thread-pool workers (<see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/>),
-/// at most the given worker count; see <c>benchmarks/README.md</c> for how these share the cores with libtorch's
-/// OpenMP threads.
+/// at most the given worker count (by default libtorch's intra-op thread count, see
+/// <see cref="FusedLayerNormOptions.Workers"/> for how these share the cores with libtorch's OpenMP threads).
 /// </para>
 /// </remarks>
 internal static unsafe class LayerNormCpuKernel
