@@ -43,15 +43,19 @@ public abstract class LowPrecisionNormAlgorithm : Algorithm
 
     /// <summary>
     /// Replaces the norm modules of <c>state.Model</c> for <c>state.Precision</c>, updating <c>state.Optimizers</c>;
-    /// warnings and the count go to a logger from <c>state.LoggerFactory</c>. Returns null (no exit code).
+    /// warnings and the count go to a logger from <c>state.LoggerFactory</c>, and the count is also logged as the
+    /// metric <c>&lt;name&gt;/modules_replaced</c> (e.g. <c>low_precision_layernorm/modules_replaced</c>) through
+    /// <paramref name="logger"/>, where run summaries read it. Returns null (no exit code).
     /// </summary>
-    /// <exception cref="ArgumentNullException"><paramref name="state"/> is null.</exception>
+    /// <exception cref="ArgumentNullException"><paramref name="state"/> or <paramref name="logger"/> is null.</exception>
     /// <exception cref="InvalidOperationException">A norm module is held where its replacement cannot go (see <see cref="ModuleSurgery.ReplaceModuleClasses"/>).</exception>
     public override int? Apply(Event e, State state, Logger logger)
     {
         ArgumentNullException.ThrowIfNull(state);
+        ArgumentNullException.ThrowIfNull(logger);
         ILogger log = state.LoggerFactory.CreateLogger(GetType());
         ModulesReplaced = ApplySurgery(state, log);
+        logger.LogMetric(Name + ModuleSurgery.ModulesReplacedMetricSuffix, ModulesReplaced.Value);
         return null;
     }
 
@@ -168,36 +172,4 @@ public sealed class LowPrecisionGroupNorm : LowPrecisionNormAlgorithm
     /// <inheritdoc/>
     protected override int ApplySurgery(State state, ILogger log) =>
         Functional.ApplyLowPrecisionGroupNorm(state.Model, state.Precision, state.Optimizers, log);
-}
-
-/// <summary>
-/// Re-creates the algorithms of this library from the <see cref="AlgorithmDescription"/> a checkpoint stores, so a
-/// Trainer can add a required-on-load algorithm that the user did not pass.
-/// </summary>
-public static class AlgorithmCatalog
-{
-    private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =
-        new Dictionary<string, Func<AlgorithmDescription, IAlgorithm>>
-        {
-            [AlgorithmPasses.LowPrecisionLayerNormName] = LowPrecisionLayerNorm.FromDescription,
-            [AlgorithmPasses.LowPrecisionGroupNormName] = LowPrecisionGroupNorm.FromDescription,
-        }.ToFrozenDictionary();
-
-    /// <summary>The names this catalog can re-create.</summary>
-    public static IReadOnlyCollection<string> Names => Factories.Keys.ToList();
-
-    /// <summary>Re-creates the algorithm <paramref name="description"/> describes.</summary>
-    /// <exception cref="ArgumentNullException"><paramref name="description"/> is null.</exception>
-    /// <exception cref="ArgumentException">The name is unknown (the message lists the known names) or the hyperparameters are invalid.</exception>
-    public static IAlgorithm Create(AlgorithmDescription description)
-    {
-        ArgumentNullException.ThrowIfNull(description);
-        if (!Factories.TryGetValue(description.Name, out Func<AlgorithmDescription, IAlgorithm>? factory))
-        {
-            throw new ArgumentException(
-                $"Unknown algorithm '{description.Name}'; this library can re-create: {string.Join(", ", Factories.Keys)}.", nameof(description));
-        }
-
-        return factory(description);
-    }
 }

@@ -219,7 +219,7 @@ public enum LayerNormKernel
 /// <remarks>
 /// Unlike LayerNorm, libtorch's fused CPU low-precision <c>group_norm</c> is kept for training: measured at
 /// [8,320,32,32] with 32 groups, its weight and bias gradients are within 0.4 % (BFloat16) and 0.05 % (Float16) of
-/// a float64 reference (issue 17; <c>tests/Algorithms/LowPrecisionNormGradientTests.cs</c> guards it). The likely
+/// a float64 reference (<c>tests/Algorithms/LowPrecisionNormGradientTests.cs</c> guards it). The likely
 /// reason, not read in libtorch's source: the per-(sample, channel) sums are Float32, and the weight and bias
 /// gradients then add only N of them.
 /// </remarks>

@@ -1,6 +1,4 @@
 using System.Collections;
-using System.Reflection;
-using System.Runtime.CompilerServices;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -94,7 +92,11 @@ public sealed class SurgeryPolicy
 /// </remarks>
 public static class ModuleSurgery
 {
-    private const BindingFlags InstanceFields = BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly;
+    /// <summary>
+    /// Ending of the metric through which a module-surgery algorithm reports how many modules it replaced:
+    /// <c>&lt;algorithm name&gt;/modules_replaced</c>, logged at the event the surgery runs (run summaries read it).
+    /// </summary>
+    public const string ModulesReplacedMetricSuffix = "/modules_replaced";
 
     /// <summary>
     /// Replaces, in place, every submodule of <paramref name="model"/> matched by a policy, in every place the model
@@ -166,16 +168,11 @@ public static class ModuleSurgery
         }
 
         // 2. Find every reference to a replaced module and check that it can hold the replacement.
-        var sites = new List<ReferenceSite>();
+        List<ModuleSlot> sites = parents.SelectMany(ModuleSlot.In).Where(slot => replacements.ContainsKey(slot.Module)).ToList();
         var problems = new List<string>();
-        foreach (nn.Module parent in parents)
+        foreach (ModuleSlot site in sites)
         {
-            FindSites(parent, replacements, sites);
-        }
-
-        foreach (ReferenceSite site in sites)
-        {
-            if (site.Problem(replacements, paths) is { } problem)
+            if (site.Problem(replacements[site.Module], paths[site.Module]) is { } problem)
             {
                 problems.Add(problem);
             }
@@ -189,12 +186,12 @@ public static class ModuleSurgery
         }
 
         // 3. Snapshot the optimizers' groups before the model changes (a group may hold a lazy model.parameters()).
-        List<GroupSnapshot> snapshot = optimizerList.Length == 0 ? new List<GroupSnapshot>() : SnapshotGroups(optimizerList);
+        List<OptimizerSurgery.GroupSnapshot> snapshot = optimizerList.Length == 0 ? new List<OptimizerSurgery.GroupSnapshot>() : OptimizerSurgery.SnapshotGroups(optimizerList);
 
         // 4. Rewrite.
-        foreach (ReferenceSite site in sites)
+        foreach (ModuleSlot site in sites)
         {
-            site.Apply(replacements);
+            site.Replace(replacements[site.Module]);
         }
 
         // 5. Optimizers.
@@ -202,7 +199,7 @@ public static class ModuleSurgery
         {
             foreach ((nn.Module original, nn.Module replacement) in replacements)
             {
-                UpdateParams(original.parameters().ToList(), replacement.parameters().ToList(), optimizerList, snapshot);
+                OptimizerSurgery.UpdateParams(original.parameters().ToList(), replacement.parameters().ToList(), optimizerList, snapshot);
             }
         }
 
@@ -264,7 +261,7 @@ public static class ModuleSurgery
         ArgumentNullException.ThrowIfNull(newParams);
         ArgumentNullException.ThrowIfNull(optimizers);
         optim.Optimizer[] list = optimizers.ToArray();
-        UpdateParams(oldParams.ToList(), newParams.ToList(), list, SnapshotGroups(list));
+        OptimizerSurgery.UpdateParams(oldParams.ToList(), newParams.ToList(), list, OptimizerSurgery.SnapshotGroups(list));
     }
 
     // ---- traversal -------------------------------------------------------------------------------------------
@@ -304,140 +301,20 @@ public static class ModuleSurgery
             }
         }
 
-        if (!IsTorchSharpContainer(module))
+        if (!ModuleSlot.IsTorchSharpContainer(module))
         {
             yield break;
         }
 
         // ModuleList/ModuleDict register their items only from RegisterComponents, i.e. when they are registered in a
         // parent; read their private storage so an unregistered container (e.g. the root) is traversed as well.
-        foreach (FieldInfo field in Fields(module.GetType()))
+        foreach (ModuleSlot slot in ModuleSlot.In(module).Where(s => s.InCollection))
         {
-            foreach ((string name, nn.Module child) in ModulesIn(field.GetValue(module)))
+            if (seen.Add(slot.Module))
             {
-                if (seen.Add(child))
-                {
-                    yield return (name, child);
-                }
+                yield return (slot.Name, slot.Module);
             }
         }
-    }
-
-    private static bool IsTorchSharpContainer(nn.Module module)
-    {
-        if (module is Sequential)
-        {
-            return true;
-        }
-
-        for (Type? t = module.GetType(); t is not null; t = t.BaseType)
-        {
-            if (t.IsGenericType && (t.GetGenericTypeDefinition() == typeof(ModuleList<>) || t.GetGenericTypeDefinition() == typeof(ModuleDict<>)))
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
-
-    /// <summary>The modules directly held by a field value: a list's elements (or their tuple items) or a dictionary's values.</summary>
-    private static IEnumerable<(string Name, nn.Module Module)> ModulesIn(object? value)
-    {
-        switch (value)
-        {
-            case IList list when MayHoldModules(list.GetType()):
-                for (int i = 0; i < list.Count; i++)
-                {
-                    if (list[i] is nn.Module m)
-                    {
-                        yield return (i.ToString(System.Globalization.CultureInfo.InvariantCulture), m);
-                    }
-                    else if (list[i] is ITuple tuple)
-                    {
-                        string? key = tuple.Length > 0 ? tuple[0] as string : null;
-                        for (int j = 0; j < tuple.Length; j++)
-                        {
-                            if (tuple[j] is nn.Module tm)
-                            {
-                                yield return (key ?? i.ToString(System.Globalization.CultureInfo.InvariantCulture), tm);
-                            }
-                        }
-                    }
-                }
-
-                break;
-            case IDictionary dict when MayHoldModules(dict.GetType()):
-                foreach (DictionaryEntry entry in dict)
-                {
-                    if (entry.Value is nn.Module m)
-                    {
-                        yield return (entry.Key.ToString() ?? string.Empty, m);
-                    }
-                }
-
-                break;
-        }
-    }
-
-    /// <summary>Instance fields of <paramref name="type"/> and its base classes, private ones included, up to but excluding <c>nn.Module</c> (whose own fields are the tables).</summary>
-    private static IEnumerable<FieldInfo> Fields(Type type)
-    {
-        for (Type? t = type; t is not null && t != typeof(nn.Module) && t != typeof(object); t = t.BaseType)
-        {
-            foreach (FieldInfo field in t.GetFields(InstanceFields))
-            {
-                yield return field;
-            }
-        }
-    }
-
-    /// <summary>Whether a collection type's element (or value) type can hold a module; skips e.g. <c>long[]</c> and <c>List&lt;string&gt;</c>.</summary>
-    private static bool MayHoldModules(Type collectionType)
-    {
-        Type? element = ElementType(collectionType);
-        return element is null || CanHoldModule(element);
-    }
-
-    private static bool CanHoldModule(Type t)
-    {
-        if (t.IsGenericType && typeof(ITuple).IsAssignableFrom(t) && t.IsValueType)
-        {
-            return t.GetGenericArguments().Any(CanHoldModule);
-        }
-
-        // object and Module's base types, Module and its subclasses, and any interface (IModule<Tensor, Tensor>, ...).
-        return t.IsAssignableFrom(typeof(nn.Module)) || typeof(nn.Module).IsAssignableFrom(t) || t.IsInterface;
-    }
-
-    /// <summary>The element type of a list or array, or the value type of a dictionary; null when unknown.</summary>
-    private static Type? ElementType(Type collectionType)
-    {
-        if (collectionType.IsArray)
-        {
-            return collectionType.GetElementType();
-        }
-
-        foreach (Type i in collectionType.GetInterfaces().Prepend(collectionType))
-        {
-            if (!i.IsGenericType)
-            {
-                continue;
-            }
-
-            Type def = i.GetGenericTypeDefinition();
-            if (def == typeof(IDictionary<,>))
-            {
-                return i.GetGenericArguments()[1];
-            }
-
-            if (def == typeof(IList<>))
-            {
-                return i.GetGenericArguments()[0];
-            }
-        }
-
-        return null;
     }
 
     private static nn.Module? MakeReplacement(nn.Module module, SurgeryPolicy[] policies, int[] indices)
@@ -477,308 +354,5 @@ public static class ModuleSurgery
         {
             replacement.to(device);
         }
-    }
-
-    // ---- reference sites -------------------------------------------------------------------------------------
-
-    private static readonly Lazy<FieldInfo> SubmoduleTable = new(() =>
-        typeof(nn.Module).GetField("_internal_submodules", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException(
-            $"TorchSharp {typeof(nn.Module).Assembly.GetName().Version} has no field Module._internal_submodules; ModuleSurgery was written against TorchSharp 0.107."));
-
-    private static void FindSites(nn.Module parent, Dictionary<nn.Module, nn.Module> replacements, List<ReferenceSite> sites)
-    {
-        // (1) The registered-submodule table.
-        var table = (TorchSharp.Utils.OrderedDict<string, nn.Module>)SubmoduleTable.Value.GetValue(parent)!;
-        foreach ((string name, nn.Module child) in table)
-        {
-            if (replacements.ContainsKey(child))
-            {
-                sites.Add(new TableSite(parent, table, name, child));
-            }
-        }
-
-        // (2) Fields, (3) lists and dictionaries held in fields.
-        foreach (FieldInfo field in Fields(parent.GetType()))
-        {
-            object? value = field.GetValue(parent);
-            switch (value)
-            {
-                case nn.Module m when replacements.ContainsKey(m):
-                    sites.Add(new FieldSite(parent, field, m));
-                    break;
-                case nn.Module:
-                case Tensor:
-                case null:
-                    break;
-                case IList list when MayHoldModules(list.GetType()):
-                    for (int i = 0; i < list.Count; i++)
-                    {
-                        if (list[i] is nn.Module lm && replacements.ContainsKey(lm))
-                        {
-                            sites.Add(new ListSite(parent, field, list, i, lm));
-                        }
-                        else if (list[i] is ITuple tuple && Enumerable.Range(0, tuple.Length).Any(j => tuple[j] is nn.Module tm && replacements.ContainsKey(tm)))
-                        {
-                            sites.Add(new TupleListSite(parent, field, list, i));
-                        }
-                    }
-
-                    break;
-                case IDictionary dict when MayHoldModules(dict.GetType()):
-                    foreach (DictionaryEntry entry in dict)
-                    {
-                        if (entry.Value is nn.Module dm && replacements.ContainsKey(dm))
-                        {
-                            sites.Add(new DictionarySite(parent, field, dict, entry.Key, dm));
-                        }
-                    }
-
-                    break;
-            }
-        }
-    }
-
-    /// <summary>One place where a parent refers to a module being replaced.</summary>
-    private abstract class ReferenceSite
-    {
-        protected ReferenceSite(nn.Module parent) => Parent = parent;
-
-        protected nn.Module Parent { get; }
-
-        /// <summary>Why the site cannot take the replacement, or null.</summary>
-        public abstract string? Problem(Dictionary<nn.Module, nn.Module> replacements, Dictionary<nn.Module, string> paths);
-
-        public abstract void Apply(Dictionary<nn.Module, nn.Module> replacements);
-
-        protected string Describe(FieldInfo field) => $"field {field.DeclaringType?.Name}.{field.Name} of {Parent.GetType().Name}";
-
-        protected static string? TypeProblem(Type slotType, nn.Module original, nn.Module replacement, string where, Dictionary<nn.Module, string> paths) =>
-            slotType.IsInstanceOfType(replacement)
-                ? null
-                : $"'{paths[original]}' ({original.GetType().Name}) is held in {where}, declared as {slotType.Name}, which cannot hold the replacement " +
-                  $"{replacement.GetType().Name}; declare it as a base type such as Module<Tensor, Tensor>.";
-    }
-
-    private sealed class TableSite(nn.Module parent, TorchSharp.Utils.OrderedDict<string, nn.Module> table, string name, nn.Module original) : ReferenceSite(parent)
-    {
-        public override string? Problem(Dictionary<nn.Module, nn.Module> replacements, Dictionary<nn.Module, string> paths) => null;
-
-        // The indexer keeps the entry's position; register_module would throw "already registered".
-        public override void Apply(Dictionary<nn.Module, nn.Module> replacements) => table[name] = replacements[original];
-    }
-
-    private sealed class FieldSite(nn.Module parent, FieldInfo field, nn.Module original) : ReferenceSite(parent)
-    {
-        public override string? Problem(Dictionary<nn.Module, nn.Module> replacements, Dictionary<nn.Module, string> paths) =>
-            TypeProblem(field.FieldType, original, replacements[original], Describe(field), paths);
-
-        public override void Apply(Dictionary<nn.Module, nn.Module> replacements) => field.SetValue(Parent, replacements[original]);
-    }
-
-    private sealed class ListSite(nn.Module parent, FieldInfo field, IList list, int index, nn.Module original) : ReferenceSite(parent)
-    {
-        public override string? Problem(Dictionary<nn.Module, nn.Module> replacements, Dictionary<nn.Module, string> paths)
-        {
-            if (list.IsReadOnly)
-            {
-                return $"'{paths[original]}' is held in the read-only {list.GetType().Name} of {Describe(field)}.";
-            }
-
-            return TypeProblem(ElementType(list.GetType()) ?? typeof(object), original, replacements[original], $"the {list.GetType().Name} of {Describe(field)}", paths);
-        }
-
-        public override void Apply(Dictionary<nn.Module, nn.Module> replacements) => list[index] = replacements[original];
-    }
-
-    private sealed class TupleListSite(nn.Module parent, FieldInfo field, IList list, int index) : ReferenceSite(parent)
-    {
-        public override string? Problem(Dictionary<nn.Module, nn.Module> replacements, Dictionary<nn.Module, string> paths)
-        {
-            if (list.IsReadOnly)
-            {
-                return $"A replaced module is held in the read-only {list.GetType().Name} of {Describe(field)}.";
-            }
-
-            var tuple = (ITuple)list[index]!;
-            Type[] itemTypes = tuple.GetType().GetGenericArguments();
-            if (!tuple.GetType().IsValueType || itemTypes.Length != tuple.Length)
-            {
-                return $"A replaced module is held in a {tuple.GetType().Name} inside {Describe(field)}, which surgery cannot rebuild.";
-            }
-
-            for (int j = 0; j < tuple.Length; j++)
-            {
-                if (tuple[j] is nn.Module m && replacements.TryGetValue(m, out nn.Module? r) &&
-                    TypeProblem(itemTypes[j], m, r, $"the {list.GetType().Name} of {Describe(field)}", paths) is { } problem)
-                {
-                    return problem;
-                }
-            }
-
-            return null;
-        }
-
-        public override void Apply(Dictionary<nn.Module, nn.Module> replacements)
-        {
-            var tuple = (ITuple)list[index]!;
-            var items = new object?[tuple.Length];
-            for (int j = 0; j < tuple.Length; j++)
-            {
-                items[j] = tuple[j] is nn.Module m && replacements.TryGetValue(m, out nn.Module? r) ? r : tuple[j];
-            }
-
-            list[index] = Activator.CreateInstance(tuple.GetType(), items);
-        }
-    }
-
-    private sealed class DictionarySite(nn.Module parent, FieldInfo field, IDictionary dict, object key, nn.Module original) : ReferenceSite(parent)
-    {
-        public override string? Problem(Dictionary<nn.Module, nn.Module> replacements, Dictionary<nn.Module, string> paths) =>
-            dict.IsReadOnly
-                ? $"'{paths[original]}' is held in the read-only {dict.GetType().Name} of {Describe(field)}."
-                : TypeProblem(ElementType(dict.GetType()) ?? typeof(object), original, replacements[original], $"the {dict.GetType().Name} of {Describe(field)}", paths);
-
-        public override void Apply(Dictionary<nn.Module, nn.Module> replacements) => dict[key] = replacements[original];
-    }
-
-    // ---- optimizers ------------------------------------------------------------------------------------------
-
-    private static readonly Lazy<FieldInfo> GroupsField = new(() =>
-        typeof(optim.Optimizer).GetField("_parameter_groups", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException("TorchSharp's Optimizer has no field _parameter_groups; ModuleSurgery was written against TorchSharp 0.107."));
-
-    private static readonly Lazy<FieldInfo> StateField = new(() =>
-        typeof(OptimizerHelper).GetField("_state", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException("TorchSharp's OptimizerHelper has no field _state; ModuleSurgery was written against TorchSharp 0.107."));
-
-    private static readonly MethodInfo MemberwiseCloneMethod =
-        typeof(object).GetMethod("MemberwiseClone", BindingFlags.Instance | BindingFlags.NonPublic)!;
-
-    /// <summary>The parameters of one parameter group, materialised before surgery.</summary>
-    private sealed record GroupSnapshot(optim.Optimizer Optimizer, ParamGroup? Group, List<Parameter> Parameters);
-
-    private static List<GroupSnapshot> SnapshotGroups(IEnumerable<optim.Optimizer> optimizers)
-    {
-        var result = new List<GroupSnapshot>();
-        foreach (optim.Optimizer optimizer in optimizers)
-        {
-            ArgumentNullException.ThrowIfNull(optimizer, nameof(optimizers));
-            if (optimizer is OptimizerHelper)
-            {
-                var groups = (IList<ParamGroup>)GroupsField.Value.GetValue(optimizer)!;
-                result.AddRange(groups.Select(g => new GroupSnapshot(optimizer, g, g.Parameters.ToList())));
-            }
-            else
-            {
-                result.Add(new GroupSnapshot(optimizer, null, optimizer.parameters().ToList()));
-            }
-        }
-
-        return result;
-    }
-
-    private static void UpdateParams(List<Parameter> oldParams, List<Parameter> newParams, IReadOnlyList<optim.Optimizer> optimizers, List<GroupSnapshot> snapshot)
-    {
-        var oldHandles = oldParams.Select(p => p.Handle).ToHashSet();
-        var newHandles = newParams.Select(p => p.Handle).ToHashSet();
-        List<Parameter> removed = oldParams.Where(p => !newHandles.Contains(p.Handle)).ToList();
-        List<Parameter> added = newParams.Where(p => !oldHandles.Contains(p.Handle)).ToList();
-        if (removed.Count == 0 && added.Count == 0)
-        {
-            return;
-        }
-
-        foreach (optim.Optimizer optimizer in optimizers)
-        {
-            // Where each removed parameter sits: (group snapshot, position).
-            var locations = new List<(GroupSnapshot Group, int Position)>();
-            foreach (Parameter p in removed)
-            {
-                foreach (GroupSnapshot g in snapshot.Where(s => ReferenceEquals(s.Optimizer, optimizer)))
-                {
-                    int position = g.Parameters.FindIndex(q => q.Handle == p.Handle);
-                    if (position >= 0)
-                    {
-                        locations.Add((g, position));
-                        break;
-                    }
-                }
-            }
-
-            if (locations.Count == 0)
-            {
-                continue;
-            }
-
-            if (optimizer is not OptimizerHelper)
-            {
-                throw new NotSupportedException(
-                    $"Module surgery replaced parameters held by a {optimizer.GetType().Name}, which keeps its parameters in native code; " +
-                    "only managed TorchSharp optimizers (Adam, AdamW, SGD, ...) can be updated in place. Create the optimizer after surgery.");
-            }
-
-            if (locations.Count != removed.Count)
-            {
-                throw new InvalidOperationException(
-                    $"The {optimizer.GetType().Name} holds {locations.Count} of the {removed.Count} parameters of a replaced module; expected all or none.");
-            }
-
-            bool oneGroup = locations.Select(l => l.Group).Distinct().Count() == 1;
-            if (removed.Count != added.Count && !oneGroup)
-            {
-                throw new InvalidOperationException(
-                    $"The parameters of a replaced module are split over several parameter groups of the {optimizer.GetType().Name} and the replacement has " +
-                    $"{added.Count} parameters instead of {removed.Count}, so the new ones cannot be assigned to groups.");
-            }
-
-            if (removed.Count == added.Count)
-            {
-                for (int k = 0; k < removed.Count; k++)
-                {
-                    locations[k].Group.Parameters[locations[k].Position] = added[k];
-                }
-            }
-            else
-            {
-                GroupSnapshot g = locations[0].Group;
-                int insertAt = locations.Min(l => l.Position);
-                g.Parameters.RemoveAll(q => removed.Any(r => r.Handle == q.Handle));
-                g.Parameters.InsertRange(Math.Min(insertAt, g.Parameters.Count), added);
-            }
-
-            var state = (TorchSharp.Utils.OrderedDict<IntPtr, OptimizerState>)StateField.Value.GetValue(optimizer)!;
-            foreach (Parameter p in removed)
-            {
-                if (state.TryGetValue(p.Handle, out OptimizerState? old))
-                {
-                    state.Remove(p.Handle);
-                    (old as IDisposable)?.Dispose();
-                }
-            }
-
-            foreach (GroupSnapshot g in locations.Select(l => l.Group).Distinct())
-            {
-                g.Group!.Parameters = g.Parameters.ToList();
-                List<Parameter> fresh = added.Where(a => g.Parameters.Any(q => q.Handle == a.Handle)).ToList();
-                if (fresh.Count > 0)
-                {
-                    CreateState(optimizer, g.Group, fresh);
-                }
-            }
-        }
-    }
-
-    /// <summary>
-    /// Lets the optimizer create its own per-parameter state (its nested <c>State</c> class) for <paramref name="parameters"/>:
-    /// <c>add_param_group</c> with a copy of the group's options, then the temporary group is removed again.
-    /// </summary>
-    private static void CreateState(optim.Optimizer optimizer, ParamGroup group, List<Parameter> parameters)
-    {
-        var options = (OptimizerOptions)MemberwiseCloneMethod.Invoke(group.Options, null)!;
-        var temporary = new ParamGroup { Parameters = parameters, Options = options };
-        optimizer.add_param_group(temporary);
-        var groups = (IList<ParamGroup>)GroupsField.Value.GetValue(optimizer)!;
-        groups.Remove(temporary);
     }
 }

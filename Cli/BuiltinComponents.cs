@@ -3,8 +3,8 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
@@ -24,7 +24,7 @@ public sealed record LoaderSettings(int BatchSize, bool Shuffle, bool DropLast, 
 /// <param name="Labels">Class names for classification data, else null.</param>
 public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<LoaderSettings, IDataLoader> CreateLoader, IReadOnlyList<string>? Labels = null);
 
-/// <summary>The models, datasets, algorithms, callbacks and loggers that ship with ComposerSharp, registered by name.</summary>
+/// <summary>The models, datasets, algorithms, optimizers, schedulers, callbacks and loggers that ship with ComposerSharp, registered by name.</summary>
 public static class BuiltinComponents
 {
     /// <summary>Names of the built-in models.</summary>
@@ -82,8 +82,12 @@ public static class BuiltinComponents
             return Source(dataset.Vocabulary, dataset, collator, dataset.Labels);
         });
 
-        services.AddAlgorithm<LowPrecisionLayerNorm>("low_precision_layernorm");
-        services.AddAlgorithm<LowPrecisionGroupNorm>("low_precision_groupnorm");
+        foreach (Type algorithm in AlgorithmCatalog.Types)
+        {
+            services.AddAlgorithm(algorithm);
+        }
+
+        services.AddComposerSharpOptimizers();
 
         services.AddCallback<SpeedMonitor>("speed_monitor");
         services.AddCallback<LRMonitor>("lr_monitor");

@@ -1,9 +1,11 @@
+using ComposerSharp.Algorithms;
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Spectre.Console;
@@ -136,9 +138,17 @@ public static class CliApp
 
         // One option per scalar top-level key: --max-duration 2ep, --precision amp_bf16, --algorithms low_precision_layernorm, ...
         var topLevel = new List<(string Key, Option<string?> Option)>();
+        ConfigSection defaults = ConfigSection.Parse(DefaultConfigText(), "the embedded default config");
         foreach (string key in TrainJob.TopLevelKeys.Where(k => k is not ("model" or "train_loader" or "eval_loader" or "optimizer" or "scheduler")))
         {
-            var option = new Option<string?>("--" + key.Replace('_', '-')) { Description = $"Override '{key}'." };
+            // The help shows the embedded default config's value, the one a run without --config starts from.
+            string shown = defaults.Get(key) switch
+            {
+                string v => $" Default config: {v}.",
+                ConfigSection section => $" Default config: {string.Join(", ", section.Keys)}.",
+                _ => string.Empty,
+            };
+            var option = new Option<string?>("--" + key.Replace('_', '-')) { Description = $"Override '{key}'.{shown}" };
             command.Options.Add(option);
             topLevel.Add((key, option));
         }
@@ -237,7 +247,7 @@ public static class CliApp
             table.AddRow(Markup.Escape($"{name}: modules replaced"), count.ToString(CultureInfo.InvariantCulture));
         }
 
-        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal)))
+        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal) && !m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal)))
         {
             table.AddRow(Markup.Escape(metric), F(value));
         }

@@ -5,13 +5,13 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Reporting;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using CheckpointOptions = ComposerSharp.Trainer.CheckpointOptions;
-using ComposerSharp.Trainer.Optim;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
+using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
-using ComposerTrainer = ComposerSharp.Trainer.Trainer;
 
 namespace ComposerSharp.Cli;
 
@@ -36,7 +36,7 @@ public sealed record JobResult(
     /// <summary>Samples trained by this job per second of its wall-clock time (fit and evaluation together).</summary>
     public double SamplesPerSecond => Wallclock.TotalSeconds > 0 ? SamplesThisRun / Wallclock.TotalSeconds : 0;
 
-    /// <summary>Whether training stopped early on a stop request (a signal: see <see cref="ComposerSharp.Trainer.GracefulStop"/>).</summary>
+    /// <summary>Whether training stopped early on a stop request (a signal: see <see cref="GracefulStop"/>).</summary>
     public bool StoppedByRequest { get; init; }
 
     /// <summary>The folder checkpoints were saved to, or null when the run saved none.</summary>
@@ -45,7 +45,7 @@ public sealed record JobResult(
 
 /// <summary>
 /// Builds a run from a configuration (model, dataloaders, optimizer, scheduler, algorithms, callbacks, loggers,
-/// checkpoint options) and runs it with the <see cref="ComposerTrainer"/>. The keys follow Composer's and
+/// checkpoint options) and runs it with the <see cref="Trainer"/>. The keys follow Composer's and
 /// llm-foundry's YAML; every unknown key, unknown name or bad value is a <see cref="ConfigException"/> that names it.
 /// </summary>
 public sealed class TrainJob
@@ -79,7 +79,7 @@ public sealed class TrainJob
     }
 
     /// <summary>Trains (<c>train</c>) and evaluates at the end when an eval loader is configured.</summary>
-    /// <param name="cancellationToken">A graceful stop request (see <see cref="ComposerTrainer.Fit(Time?, CancellationToken)"/>).</param>
+    /// <param name="cancellationToken">A graceful stop request (see <see cref="Trainer.Fit(Time?, CancellationToken)"/>).</param>
     /// <exception cref="ConfigException">The configuration cannot be used.</exception>
     public JobResult Train(CancellationToken cancellationToken = default) => Run(fit: true, cancellationToken);
 
@@ -97,7 +97,72 @@ public sealed class TrainJob
             throw new ConfigException("'load_path' is required for eval: the checkpoint to evaluate.");
         }
 
-        return Run(fit: false, CancellationToken.None);
+        try
+        {
+            return Run(fit: false, CancellationToken.None);
+        }
+        catch
+        {
+            // A failed evaluation leaves no eval-<time> folder behind (it holds nothing of value yet).
+            if (_lastEvalFolder is { } folder && Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+
+            throw;
+        }
+    }
+
+    private string? _lastEvalFolder;
+
+    /// <summary>
+    /// Before the Trainer touches the run folder: a run that neither resumes nor overwrites is refused when the
+    /// checkpoint folder already holds checkpoints (configuration error, nothing written); with
+    /// <c>save_overwrite</c> and without <c>autoresume</c> the run starts afresh: the folder's checkpoints,
+    /// <c>metrics.jsonl</c>, <c>tensorboard/</c> and <c>loss.png</c> of the earlier run are removed.
+    /// </summary>
+    /// <exception cref="ConfigException">Checkpoints of an earlier run are present and neither option is set.</exception>
+    private void PrepareRunFolder(string runFolder, CheckpointOptions checkpoint)
+    {
+        string folder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
+        if (checkpoint.Autoresume || folder.Contains('{', StringComparison.Ordinal))
+        {
+            return; // resuming continues these files; a templated folder is checked by the saver at the start of fit
+        }
+
+        string[] checkpoints = Directory.Exists(folder)
+            ? Directory.GetFiles(folder, "*.ckpt").Where(f => !Path.GetFileName(f).StartsWith("latest", StringComparison.Ordinal)).ToArray()
+            : Array.Empty<string>();
+        if (!checkpoint.SaveOverwrite)
+        {
+            if (checkpoints.Length > 0)
+            {
+                throw new ConfigException(
+                    $"The checkpoint folder '{folder}' already holds {checkpoints.Length} checkpoint(s) of an earlier run (e.g. '{Path.GetFileName(checkpoints[0])}'). " +
+                    "Resume it with --autoresume true, start it afresh with --save-overwrite true (removes its checkpoints, metrics.jsonl, tensorboard/ and loss.png), or choose another --run-name.");
+            }
+
+            return;
+        }
+
+        foreach (string file in checkpoints)
+        {
+            File.Delete(file);
+        }
+
+        foreach (string file in new[] { "metrics.jsonl", "loss.png" }.Select(f => Path.Combine(runFolder, f)).Where(File.Exists))
+        {
+            File.Delete(file);
+        }
+
+        string tensorboard = Path.Combine(runFolder, "tensorboard");
+        if (Directory.Exists(tensorboard))
+        {
+            Directory.Delete(tensorboard, recursive: true);
+        }
+
+        _loggerFactory.CreateLogger<TrainJob>().LogWarning(
+            "save_overwrite: run folder {Folder} starts afresh ({Checkpoints} checkpoint(s), metrics.jsonl, tensorboard/ and loss.png of the earlier run removed).", runFolder, checkpoints.Length);
     }
 
     private JobResult Run(bool fit, CancellationToken cancellationToken)
@@ -117,6 +182,7 @@ public sealed class TrainJob
         {
             // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
             runFolder = Path.Combine(runFolder, "eval-" + stamp);
+            _lastEvalFolder = Directory.Exists(runFolder) ? null : runFolder;
         }
 
         // One run per folder: the lock comes before anything else touches the folder.
@@ -143,8 +209,19 @@ public sealed class TrainJob
         var loggers = _config.GetNamedList("loggers").Select(l => _catalog.Create<ILoggerDestination>(ComponentKind.Logger, l.Name, l.Args, context)).ToList();
         loggers.Add(history);
 
-        Func<IEnumerable<TorchSharp.Modules.Parameter>, optim.Optimizer> optimizerFactory = BuildOptimizer(_config.Section("optimizer"));
-        IScheduler[] schedulers = BuildScheduler(_config.Section("scheduler"), context);
+        ConfigSection optimizer = _config.Section("optimizer");
+        var optimizerFactory = _catalog.Create<Func<IEnumerable<TorchSharp.Modules.Parameter>, optim.Optimizer>>(
+            ComponentKind.Optimizer, optimizer.GetString("name") ?? "adamw", optimizer.Without("name"), context);
+        ConfigSection scheduler = _config.Section("scheduler");
+        string? schedulerName = scheduler.GetString("name");
+        if (schedulerName is null)
+        {
+            scheduler.RequireKnownKeys(Array.Empty<string>(), "option (scheduler needs 'name')");
+        }
+
+        IScheduler[] schedulers = schedulerName is null
+            ? Array.Empty<IScheduler>()
+            : new[] { _catalog.Create<IScheduler>(ComponentKind.Scheduler, schedulerName, scheduler.Without("name"), context) };
 
         var defaults = new CheckpointOptions();
         var checkpoint = new CheckpointOptions
@@ -162,10 +239,15 @@ public sealed class TrainJob
             AlgorithmResolver = ResolveAlgorithm,
         };
 
+        if (fit)
+        {
+            PrepareRunFolder(runFolder, checkpoint);
+        }
+
         LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
         LoaderSettings? evalSettings = eval is null ? null : LoaderSettingsOf("eval_loader", seed, shuffle: false);
         var stopwatch = Stopwatch.StartNew();
-        using var trainer = new ComposerTrainer(
+        using var trainer = new Trainer(
             model,
             trainDataloader: train?.CreateLoader(trainSettings!),
             maxDuration: maxDuration,
@@ -191,6 +273,12 @@ public sealed class TrainJob
             deterministicMode: deterministicMode);
 
         Timestamp start = trainer.State.Timestamp;
+        if (fit && start.Batch > 0)
+        {
+            // Resumed: the plot and summary cover the earlier processes of the run too.
+            history.LoadEarlier(Path.Combine(runFolder, "metrics.jsonl"), start.Batch);
+        }
+
         bool alreadyComplete = fit && trainer.State.MaxDuration is { } max && trainer.State.Timestamp >= max;
         if (alreadyComplete)
         {
@@ -213,19 +301,29 @@ public sealed class TrainJob
         stopwatch.Stop();
         string plotPath = Path.Combine(runFolder, "loss.png");
         bool plotted = fit && LossPlot.Save(history, plotPath);
-        var replaced = algorithms.OfType<LowPrecisionNormAlgorithm>()
-            .Where(a => a.ModulesReplaced is not null)
-            .ToDictionary(a => a.Name, a => a.ModulesReplaced!.Value);
+        IReadOnlyDictionary<string, double> latest = history.Latest();
         string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        var result = new JobResult(runFolder, stopwatch.Elapsed, trainer.State.Timestamp, history.Latest(), replaced, plotted ? plotPath : null)
+        if (!fit && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
         {
-            SamplesThisRun = trainer.State.Timestamp.Sample - start.Sample,
+            Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either
+        }
+
+        // An evaluation reports the batches and samples it evaluated, not the training counters of the checkpoint.
+        Timestamp shown = fit ? trainer.State.Timestamp : trainer.State.EvalTimestamp;
+        var result = new JobResult(runFolder, stopwatch.Elapsed, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
+        {
+            SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : trainer.State.EvalTimestamp.Sample,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
         trainer.Close();
         return result;
     }
+
+    /// <summary>What module-surgery algorithms reported through the logger: <c>&lt;name&gt;/modules_replaced</c> metrics, by algorithm name.</summary>
+    private static Dictionary<string, int> ModulesReplaced(IReadOnlyDictionary<string, double> metrics) =>
+        metrics.Where(m => m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal))
+            .ToDictionary(m => m.Key[..^ModuleSurgery.ModulesReplacedMetricSuffix.Length], m => (int)m.Value);
 
     private IAlgorithm? ResolveAlgorithm(AlgorithmDescription description)
     {
@@ -299,96 +397,5 @@ public sealed class TrainJob
         string name = model.GetString("name") ?? throw new ConfigException(
             $"'model.name' is required; registered models: {string.Join(", ", _catalog.Names(ComponentKind.Model))}.");
         return _catalog.Create<ComposerModel>(ComponentKind.Model, name, model.Without("name"), context);
-    }
-
-    /// <summary>
-    /// The optimizer: <c>adamw</c> (decoupled weight decay, Loshchilov &amp; Hutter 2019; the default), <c>adam</c> or
-    /// <c>sgd</c>, with <c>lr</c>, <c>betas</c>, <c>eps</c>, <c>weight_decay</c> and (sgd) <c>momentum</c>.
-    /// </summary>
-    private static Func<IEnumerable<TorchSharp.Modules.Parameter>, optim.Optimizer> BuildOptimizer(ConfigSection s)
-    {
-        string name = s.GetString("name") ?? "adamw";
-        double lr = s.GetDouble("lr") ?? 1e-3;
-        double weightDecay = s.GetDouble("weight_decay") ?? (name == "adamw" ? 0.01 : 0.0);
-        double eps = s.GetDouble("eps") ?? 1e-8;
-        (double beta1, double beta2) = (0.9, 0.999);
-        if (s.Get("betas") is { } betas)
-        {
-            if (betas is not List<object?> { Count: 2 } pair ||
-                !double.TryParse(pair[0] as string, NumberStyles.Float, CultureInfo.InvariantCulture, out beta1) ||
-                !double.TryParse(pair[1] as string, NumberStyles.Float, CultureInfo.InvariantCulture, out beta2))
-            {
-                throw new ConfigException($"'{s.PathOf("betas")}' must be a list of two numbers, e.g. [0.9, 0.98].");
-            }
-        }
-
-        RequireRange(s, "lr", lr, min: 0, exclusive: true);
-        RequireRange(s, "weight_decay", weightDecay, min: 0);
-        RequireRange(s, "eps", eps, min: 0, exclusive: true);
-        RequireRange(s, "betas", beta1, min: 0, max: 1);
-        RequireRange(s, "betas", beta2, min: 0, max: 1);
-        switch (name)
-        {
-            case "adamw":
-                s.RequireKnownKeys(new[] { "name", "lr", "betas", "eps", "weight_decay" }, "option");
-                return p => optim.AdamW(p, lr, beta1, beta2, eps, weightDecay);
-            case "adam":
-                s.RequireKnownKeys(new[] { "name", "lr", "betas", "eps", "weight_decay" }, "option");
-                return p => optim.Adam(p, lr, beta1, beta2, eps, weightDecay);
-            case "sgd":
-                s.RequireKnownKeys(new[] { "name", "lr", "momentum", "weight_decay" }, "option");
-                double momentum = s.GetDouble("momentum") ?? 0.0;
-                RequireRange(s, "momentum", momentum, min: 0);
-                return p => optim.SGD(p, lr, momentum, weight_decay: weightDecay);
-            default:
-                throw new ConfigException($"Unknown optimizer '{name}' at '{s.PathOf("name")}'; accepted: adamw, adam, sgd.");
-        }
-    }
-
-    private static void RequireRange(ConfigSection s, string key, double value, double min, double max = double.PositiveInfinity, bool exclusive = false)
-    {
-        bool ok = (exclusive ? value > min : value >= min) && value < max;
-        if (!ok)
-        {
-            string range = max == double.PositiveInfinity ? (exclusive ? $"greater than {min}" : $"at least {min}") : $"in [{min}, {max})";
-            throw new ConfigException($"'{s.PathOf(key)}' is {value.ToString(CultureInfo.InvariantCulture)}; expected a number {range}.");
-        }
-    }
-
-    /// <summary>Composer's schedulers by their Composer names.</summary>
-    private static IScheduler[] BuildScheduler(ConfigSection s, ComponentContext context)
-    {
-        string? name = s.GetString("name");
-        if (name is null)
-        {
-            s.RequireKnownKeys(Array.Empty<string>(), "option (scheduler needs 'name')");
-            return Array.Empty<IScheduler>();
-        }
-
-        ConfigSection args = s.Without("name");
-        Type? type = name switch
-        {
-            "constant" => typeof(ConstantScheduler),
-            "step" => typeof(StepScheduler),
-            "linear_decay_with_warmup" => typeof(LinearWithWarmupScheduler),
-            "cosine_decay_with_warmup" => typeof(CosineAnnealingWithWarmupScheduler),
-            "multistep" => null,
-            _ => throw new ConfigException($"Unknown scheduler '{name}' at '{s.PathOf("name")}'; accepted: constant, step, multistep, linear_decay_with_warmup, cosine_decay_with_warmup."),
-        };
-        if (type is not null)
-        {
-            return new[] { (IScheduler)ComponentCatalog.Bind(type, args, context) };
-        }
-
-        args.RequireKnownKeys(new[] { "milestones", "gamma" }, "option");
-        if (args.Get("milestones") is not List<object?> milestones)
-        {
-            throw new ConfigException($"'{s.PathOf("milestones")}' must be a list of times, e.g. [30ep, 60ep].");
-        }
-
-        var times = milestones.Select(m => m is string t && Time.TryParse(t, out Time time)
-            ? time
-            : throw new ConfigException($"'{s.PathOf("milestones")}' has '{m}', which is not a time such as 30ep.")).ToList();
-        return new IScheduler[] { new MultiStepScheduler(times, args.GetDouble("gamma") ?? 0.1) };
     }
 }

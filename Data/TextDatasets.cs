@@ -119,7 +119,7 @@ public sealed class TextBlockDataset : IDataset<long[]>
         var tokens = new List<int>();
         foreach (string file in files)
         {
-            tokens.AddRange(tokenizer.Encode(File.ReadAllText(file)));
+            tokens.AddRange(tokenizer.Encode(ReadUtf8Text(file)));
             if (options.AppendEndOfText)
             {
                 tokens.Add(tokenizer.Vocabulary.EndOfTextId);
@@ -152,6 +152,33 @@ public sealed class TextBlockDataset : IDataset<long[]>
             "Corpus {Path}: {Files} file(s), {Tokens} tokens, {Split} split of {Count} blocks of {BlockSize} tokens.",
             options.Path, files.Length, tokens.Count, options.Split, count, options.BlockSize);
         return new TextBlockDataset(tokens.ToArray(), options.BlockSize, first, count, tokenizer.Vocabulary, files);
+    }
+
+    /// <summary>
+    /// The file's text, refusing what is not text: bytes that are not valid UTF-8, or NUL characters (binary data
+    /// named <c>.txt</c> would otherwise be tokenized as replacement characters and trained on silently).
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file is not UTF-8 text; the message names it and the offset.</exception>
+    private static string ReadUtf8Text(string file)
+    {
+        byte[] bytes = File.ReadAllBytes(file);
+        string text;
+        try
+        {
+            text = new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true).GetString(bytes);
+        }
+        catch (System.Text.DecoderFallbackException ex)
+        {
+            throw new InvalidDataException($"The corpus file '{file}' is not UTF-8 text (an invalid byte sequence at byte {ex.Index}); a text corpus must be UTF-8 .txt files.", ex);
+        }
+
+        int nul = text.IndexOf('\0', StringComparison.Ordinal);
+        if (nul >= 0)
+        {
+            throw new InvalidDataException($"The corpus file '{file}' contains a NUL character (at character {nul}): it looks like binary data, not text.");
+        }
+
+        return text.Length > 0 && text[0] == '\uFEFF' ? text[1..] : text;
     }
 
     private static string[] ListTextFiles(string path)

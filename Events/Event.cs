@@ -15,9 +15,12 @@ namespace ComposerSharp.Events;
 ///       for each microbatch: BeforeForward, AfterForward, BeforeLoss, AfterLoss, BeforeBackward, AfterBackward
 ///       AfterTrainBatch, BatchEnd, BatchCheckpoint
 ///     EpochEnd, EpochCheckpoint
-///   IterationEnd, IterationCheckpoint
+///   IterationEnd, IterationCheckpoint      (when State.IterationLength is set, as in Composer)
 /// FitEnd
 /// </code>
+/// A run without an iteration length is one iteration that never ends (Composer's default): IterationStart is raised
+/// once and IterationEnd/IterationCheckpoint not at all. With <see cref="State.IterationLength"/> = N epochs, an
+/// iteration ends after every Nth epoch.
 /// Evaluation raises EvalBeforeAll, EvalStart, per batch EvalBatchStart, EvalBeforeForward, EvalAfterForward,
 /// EvalBatchEnd, then EvalEnd, EvalAfterAll. Prediction raises the six Predict events.
 /// </remarks>
@@ -65,7 +68,7 @@ public enum Event
     EpochEnd,
     /// <summary>After <see cref="EpochEnd"/> and any evaluation; checkpoints are saved here.</summary>
     EpochCheckpoint,
-    /// <summary>At the end of an iteration.</summary>
+    /// <summary>At the end of an iteration: after the EpochCheckpoint of the epoch that completes <see cref="State.IterationLength"/> (not raised without one).</summary>
     IterationEnd,
     /// <summary>After <see cref="IterationEnd"/>; checkpoints may be saved here.</summary>
     IterationCheckpoint,

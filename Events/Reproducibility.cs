@@ -1,5 +1,4 @@
-using System.Reflection;
-using System.Runtime.InteropServices;
+using ComposerSharp.Interop;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 
@@ -82,7 +81,7 @@ public static class Reproducibility
         aten.SetDeterministicAlgorithms(true);
         aten.SetDeterministicCudnn(true);
         aten.SetBenchmarkCudnn(false);
-        SetNativeEnvironmentVariable("CUBLAS_WORKSPACE_CONFIG", CublasWorkspaceConfig);
+        NativeEnvironment.Set("CUBLAS_WORKSPACE_CONFIG", CublasWorkspaceConfig);
 
         logger?.LogWarning("Deterministic mode is activated. This will negatively impact performance.");
         logger?.LogInformation(
@@ -152,172 +151,5 @@ public static class Reproducibility
             view.copy_(source);
             return view;
         }
-    }
-
-    /// <summary>
-    /// Sets a variable in the native process environment, which native libraries (cuBLAS) read; .NET's
-    /// <see cref="Environment.SetEnvironmentVariable(string, string)"/> changes only the managed copy on Linux.
-    /// </summary>
-    private static void SetNativeEnvironmentVariable(string name, string value)
-    {
-        Environment.SetEnvironmentVariable(name, value);
-        if (OperatingSystem.IsWindows())
-        {
-            _ = NativeEnvironment.WindowsPutEnv(name, value);
-        }
-        else
-        {
-            _ = NativeEnvironment.UnixSetEnv(name, value, 1);
-        }
-    }
-
-    private static class NativeEnvironment
-    {
-        [DllImport("libc", EntryPoint = "setenv", CharSet = CharSet.Ansi)]
-        internal static extern int UnixSetEnv(string name, string value, int overwrite);
-
-        [DllImport("ucrtbase", EntryPoint = "_putenv_s", CharSet = CharSet.Ansi)]
-        internal static extern int WindowsPutEnv(string name, string value);
-    }
-}
-
-/// <summary>
-/// MKL's CNR service functions exported by libtorch's bundled MKL (<c>mkl_serv_cbwr_get</c>/<c>_set</c>, the
-/// functions behind MKL's documented <c>mkl_cbwr_get</c>/<c>mkl_cbwr_set</c>), or null when libtorch has no MKL.
-/// </summary>
-internal sealed unsafe class MklNative
-{
-    // Values of mkl_cbwr.h.
-    internal const int BranchQuery = 1;
-    internal const int BranchOff = 1;
-    internal const int BranchAuto = 2;
-    internal const int ErrModeChangeFailure = -8;
-
-    internal static readonly Lazy<MklNative?> Instance = new(Load, LazyThreadSafetyMode.ExecutionAndPublication);
-
-    private readonly delegate* unmanaged<int, int> _get;
-    private readonly delegate* unmanaged<int, int> _set;
-
-    private MklNative(IntPtr get, IntPtr set)
-    {
-        _get = (delegate* unmanaged<int, int>)get;
-        _set = (delegate* unmanaged<int, int>)set;
-    }
-
-    internal int GetBranch() => _get(BranchQuery);
-
-    internal int SetBranch(int branch) => _set(branch);
-
-    internal static string BranchName(int branch) => branch switch
-    {
-        1 => "OFF",
-        2 => "AUTO",
-        3 => "COMPATIBLE",
-        4 => "SSE2",
-        6 => "SSSE3",
-        7 => "SSE4_1",
-        8 => "SSE4_2",
-        9 => "AVX",
-        10 => "AVX2",
-        12 => "AVX512",
-        14 => "AVX512_E1",
-        _ when (branch & 0x10000) != 0 => BranchName(branch & ~0x10000) + ",STRICT",
-        _ => $"branch {branch}",
-    };
-
-    private static MklNative? Load()
-    {
-        IntPtr handle = TorchCpuLibrary.Handle();
-        return NativeLibrary.TryGetExport(handle, "mkl_serv_cbwr_get", out IntPtr get) && NativeLibrary.TryGetExport(handle, "mkl_serv_cbwr_set", out IntPtr set)
-            ? new MklNative(get, set)
-            : null;
-    }
-}
-
-/// <summary>
-/// libtorch's global <c>at::Context</c> switches for determinism (aten/src/ATen/Context.h), which TorchSharp 0.107
-/// does not expose: member functions called with the context from <c>at::globalContext()</c> as <c>this</c>.
-/// Itanium C++ ABI names (Linux, macOS), seen working with libtorch_cpu.so 2.10; null where they do not resolve.
-/// </summary>
-internal sealed unsafe class AtenContextNative
-{
-    internal static readonly Lazy<AtenContextNative?> Instance = new(Load, LazyThreadSafetyMode.ExecutionAndPublication);
-
-    private readonly IntPtr _context;
-    private readonly delegate* unmanaged<IntPtr, int, int, void> _setDeterministicAlgorithms;
-    private readonly delegate* unmanaged<IntPtr, byte> _deterministicAlgorithms;
-    private readonly delegate* unmanaged<IntPtr, int, void> _setDeterministicCudnn;
-    private readonly delegate* unmanaged<IntPtr, int, void> _setBenchmarkCudnn;
-
-    private AtenContextNative(IntPtr context, IntPtr[] functions)
-    {
-        _context = context;
-        _setDeterministicAlgorithms = (delegate* unmanaged<IntPtr, int, int, void>)functions[0];
-        _deterministicAlgorithms = (delegate* unmanaged<IntPtr, byte>)functions[1];
-        _setDeterministicCudnn = (delegate* unmanaged<IntPtr, int, void>)functions[2];
-        _setBenchmarkCudnn = (delegate* unmanaged<IntPtr, int, void>)functions[3];
-    }
-
-    // C++ bool arguments are passed as zero-extended ints, which both GCC- and Clang-built callees accept.
-    internal void SetDeterministicAlgorithms(bool on) => _setDeterministicAlgorithms(_context, on ? 1 : 0, 0);
-
-    internal bool DeterministicAlgorithms() => _deterministicAlgorithms(_context) != 0;
-
-    internal void SetDeterministicCudnn(bool on) => _setDeterministicCudnn(_context, on ? 1 : 0);
-
-    internal void SetBenchmarkCudnn(bool on) => _setBenchmarkCudnn(_context, on ? 1 : 0);
-
-    private static readonly string[] Names =
-    {
-        "_ZN2at7Context26setDeterministicAlgorithmsEbb",
-        "_ZNK2at7Context23deterministicAlgorithmsEv",
-        "_ZN2at7Context21setDeterministicCuDNNEb",
-        "_ZN2at7Context17setBenchmarkCuDNNEb",
-    };
-
-    private static AtenContextNative? Load()
-    {
-        if (OperatingSystem.IsWindows())
-        {
-            // The MSVC names of these member functions were not verified (no Windows machine here).
-            return null;
-        }
-
-        IntPtr handle = TorchCpuLibrary.Handle();
-        if (!NativeLibrary.TryGetExport(handle, "_ZN2at13globalContextEv", out IntPtr globalContext))
-        {
-            return null;
-        }
-
-        var functions = new IntPtr[Names.Length];
-        for (int i = 0; i < Names.Length; i++)
-        {
-            if (!NativeLibrary.TryGetExport(handle, Names[i], out functions[i]))
-            {
-                return null;
-            }
-        }
-
-        IntPtr context = ((delegate* unmanaged<IntPtr>)globalContext)();
-        return new AtenContextNative(context, functions);
-    }
-}
-
-/// <summary>The handle of libtorch's <c>torch_cpu</c> library, loaded by TorchSharp.</summary>
-internal static class TorchCpuLibrary
-{
-    /// <summary>Loads TorchSharp's natives (which makes torch_cpu resident) and returns torch_cpu's handle.</summary>
-    /// <exception cref="DllNotFoundException">torch_cpu cannot be found next to TorchSharp.</exception>
-    internal static IntPtr Handle()
-    {
-        torch.InitializeDeviceType(DeviceType.CPU);
-        string library = OperatingSystem.IsWindows() ? "torch_cpu.dll" : OperatingSystem.IsMacOS() ? "libtorch_cpu.dylib" : "libtorch_cpu.so";
-        Assembly torchAssembly = typeof(torch).Assembly;
-        if (NativeLibrary.TryLoad(library, torchAssembly, null, out IntPtr handle) || NativeLibrary.TryLoad(library, out handle))
-        {
-            return handle;
-        }
-
-        throw new DllNotFoundException($"{library} could not be found next to TorchSharp on {RuntimeInformation.OSDescription}.");
     }
 }

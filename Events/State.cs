@@ -75,6 +75,23 @@ public sealed class State
 
     private Time? _maxDuration;
 
+    /// <summary>
+    /// Epochs per iteration (Composer's <c>iteration_length</c>), or null (the default) for a run that is one
+    /// iteration. When set, the training loop ends an iteration after the epoch that completes it: the timestamp
+    /// moves to the next iteration and IterationEnd and IterationCheckpoint are raised, then IterationStart for the
+    /// next one. Curriculum-style callbacks set it (for example at Init).
+    /// </summary>
+    /// <exception cref="ArgumentException">Set to a time that is not a positive number of epochs.</exception>
+    public Time? IterationLength
+    {
+        get => _iterationLength;
+        set => _iterationLength = value is { } v && (v.Unit != TimeUnit.Epoch || v.Value < 1)
+            ? throw new ArgumentException($"The iteration length cannot be {v}: it must be a positive number of epochs (e.g. 2ep).", nameof(value))
+            : value;
+    }
+
+    private Time? _iterationLength;
+
     /// <summary>The dataloader being iterated now (train, eval or predict), or null.</summary>
     public IDataLoader? Dataloader { get; set; }
 
@@ -98,6 +115,19 @@ public sealed class State
 
     /// <summary>Loss of the last microbatch (scalar), as the model returned it.</summary>
     public Tensor? Loss { get; set; }
+
+    /// <summary>
+    /// The loss scaler (Composer's <c>state.scaler</c>): enabled for <c>amp_fp16</c>, a pass-through otherwise. The
+    /// training loop scales, unscales and steps through it; checkpoints save and restore its state.
+    /// </summary>
+    public GradScaler Scaler { get; set; } = new(enabled: false);
+
+    /// <summary>
+    /// The CPU generator state (libtorch's <c>get_rng_state</c> bytes) a loaded checkpoint holds, or null. The
+    /// training loop restores it at FitStart and clears it, so that a resumed run draws the same random numbers
+    /// (dropout, shuffling) as the uninterrupted one; loading happens at construction, before the seed is re-set.
+    /// </summary>
+    public byte[]? PendingRngState { get; set; }
 
     /// <summary>The run's algorithms, in the order given (the engine's passes decide the run order).</summary>
     public IList<IAlgorithm> Algorithms { get; set; } = new List<IAlgorithm>();

@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// An evaluation dataloader with its label, the metrics to compute on it and how often to run it (Composer's

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// Turns the first SIGINT (Ctrl-C) or SIGTERM (what a cluster scheduler sends before preemption) into a graceful

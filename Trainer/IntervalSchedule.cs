@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// Decides at which events a periodic action (evaluation, checkpointing) is due, with the rule of Composer's

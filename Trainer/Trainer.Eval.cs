@@ -5,7 +5,7 @@ using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 public sealed partial class Trainer
 {

@@ -5,7 +5,7 @@ using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 public sealed partial class Trainer
 {
@@ -20,7 +20,8 @@ public sealed partial class Trainer
     /// (gradients accumulated and, for amp_fp16, unscaled), the optimizer step, the timestamp advance, the scheduler
     /// step (setting the rate of the next batch from the new timestamp), BatchEnd, evaluation when due,
     /// BatchCheckpoint; once per exhausted epoch a last BeforeDataloader, EpochEnd, evaluation when due,
-    /// EpochCheckpoint; finally FitEnd and a final evaluation when due and not just run.
+    /// EpochCheckpoint and, when that epoch completes an iteration of <see cref="State.IterationLength"/> epochs,
+    /// IterationEnd and IterationCheckpoint; finally FitEnd and a final evaluation when due and not just run.
     /// Budgets in <c>ba</c>, <c>sp</c> and <c>tok</c> stop after the batch that reaches or crosses them.
     /// <para>
     /// <paramref name="cancellationToken"/> asks for a graceful stop (preemption: see <see cref="GracefulStop"/>,
@@ -94,10 +95,10 @@ public sealed partial class Trainer
     {
         _log.LogInformation("Training {RunName} with precision {Precision} on {Device} for {MaxDuration}.", State.RunName, State.Precision.ToComposerName(), State.Device, State.MaxDuration);
         Engine.RunEvent(Event.FitStart);
-        if (_pendingRngState is not null)
+        if (State.PendingRngState is { } rng)
         {
-            RestoreRngState(_pendingRngState);
-            _pendingRngState = null;
+            RestoreRngState(rng);
+            State.PendingRngState = null;
         }
 
         bool useGradScaling = State.Precision == Precision.AmpFp16;
@@ -208,6 +209,15 @@ public sealed partial class Trainer
                 lastWct += clock.Elapsed - beforeEval;
                 StopIfRequested();
                 Engine.RunEvent(Event.EpochCheckpoint);
+
+                // An iteration ends after the epoch that completes it (Composer's trainer, after EpochCheckpoint).
+                if (State.IterationLength is { } iteration && State.Timestamp.EpochInIteration == (long)iteration.Value)
+                {
+                    State.PreviousTimestamp = State.Timestamp;
+                    State.Timestamp = State.Timestamp.ToNextIteration();
+                    Engine.RunEvent(Event.IterationEnd);
+                    Engine.RunEvent(Event.IterationCheckpoint);
+                }
             }
         }
 

@@ -1,8 +1,8 @@
-using System.Reflection;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Checkpoints;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
@@ -10,7 +10,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using EventsLogger = ComposerSharp.Events.Logger;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>
 /// Trains, evaluates and runs a <see cref="ComposerModel"/> with Composer's training loop
@@ -43,7 +43,6 @@ public sealed partial class Trainer : IDisposable
     private readonly List<EvaluatorRun> _evaluators = new();
     private IReadOnlyList<IMetric> _trainMetrics;
     private readonly List<optim.Optimizer> _ownedOptimizers = new();
-    private byte[]? _pendingRngState;
     private Tensor? _lastLoss;
     private bool _closed;
     private CancellationToken _fitCancellation;
@@ -213,7 +212,7 @@ public sealed partial class Trainer : IDisposable
         List<ILoggerDestination> destinations = (loggers ?? Array.Empty<ILoggerDestination>()).ToList();
         if (runFolder is not null)
         {
-            RunFolder = Path.GetFullPath(CheckpointFile.Format(runFolder, State));
+            RunFolder = Path.GetFullPath(PathTemplate.Expand(runFolder, State));
             Directory.CreateDirectory(RunFolder);
             destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
             destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
@@ -249,11 +248,6 @@ public sealed partial class Trainer : IDisposable
                 checkpoint.SaveWeightsOnly));
         }
 
-        foreach (CheckpointSaver saver in allCallbacks.OfType<CheckpointSaver>())
-        {
-            saver.Bind(this);
-        }
-
         State.Callbacks = allCallbacks;
 
         // The engine and Init.
@@ -284,7 +278,7 @@ public sealed partial class Trainer : IDisposable
     }
 
     /// <summary>The second half of construction, from Init to the reseeding after AfterLoad.</summary>
-    [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(_trainMetrics), nameof(GradScaler))]
+    [System.Diagnostics.CodeAnalysis.MemberNotNull(nameof(_trainMetrics))]
     private void Initialize(
         IDataLoader? trainDataloader,
         Time? maxDuration,
@@ -332,28 +326,22 @@ public sealed partial class Trainer : IDisposable
         }
 
         State.Schedulers = (schedulers ?? Array.Empty<IScheduler>()).ToList();
-        GradScaler = prec == Precision.AmpFp16 ? gradScaler ?? new GradScaler() : new GradScaler(enabled: false);
+        State.Scaler = prec == Precision.AmpFp16 ? gradScaler ?? new GradScaler() : new GradScaler(enabled: false);
 
         // Loading.
         Engine.RunEvent(Event.BeforeLoad);
-        string? loadPath = checkpoint.LoadPath is null ? null : CheckpointFile.Format(checkpoint.LoadPath, State);
-        bool weightsOnly = checkpoint.LoadWeightsOnly;
-        IReadOnlyList<string>? exclude = checkpoint.LoadExcludeAlgorithms;
-        if (checkpoint.Autoresume)
+        string? loadPath = checkpoint.LoadPath;
+        if (checkpoint.Autoresume && Checkpoint.FindLatest(State, checkpoint, saveFolder) is { } latest)
         {
-            string? latest = FindAutoresumeCheckpoint(checkpoint, saveFolder);
-            if (latest is not null)
-            {
-                _log.LogInformation("Autoresuming from {Checkpoint}.", latest);
-                loadPath = latest;
-                weightsOnly = false;
-                exclude = null;
-            }
+            // Autoresume continues the run itself: everything is restored and no algorithm is left out.
+            _log.LogInformation("Autoresuming from {Checkpoint}.", latest);
+            loadPath = latest;
+            checkpoint = checkpoint with { LoadWeightsOnly = false, LoadExcludeAlgorithms = null };
         }
 
         if (loadPath is not null)
         {
-            LoadCheckpoint(loadPath, weightsOnly, checkpoint.LoadStrictModelWeights, exclude, checkpoint.AlgorithmResolver, checkpoint.MissingAlgorithmPolicy);
+            Checkpoint.Load(State, Logger, loadPath, checkpoint);
         }
 
         Engine.RunEvent(Event.AfterLoad);
@@ -375,8 +363,8 @@ public sealed partial class Trainer : IDisposable
     /// <summary>The logger that fans metrics out to the destinations.</summary>
     public EventsLogger Logger { get; }
 
-    /// <summary>The loss scaler (enabled only for amp_fp16).</summary>
-    public GradScaler GradScaler { get; private set; }
+    /// <summary>The loss scaler (enabled only for amp_fp16); the same object as <see cref="State.Scaler"/>.</summary>
+    public GradScaler GradScaler => State.Scaler;
 
     /// <summary>The run folder (absolute), or null when none was given.</summary>
     public string? RunFolder { get; }
@@ -409,6 +397,20 @@ public sealed partial class Trainer : IDisposable
 
             _lastLoss?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Writes a checkpoint of this run to <paramref name="path"/> (a <see cref="PathTemplate"/>); the same as
+    /// <see cref="Checkpoint.Save"/> on <see cref="State"/>, which describes the contents and the atomic write.
+    /// </summary>
+    /// <returns>The absolute path written.</returns>
+    /// <exception cref="ObjectDisposedException">The Trainer is closed.</exception>
+    /// <exception cref="CheckpointException">The write failed; the previous file, if any, is unchanged.</exception>
+    /// <exception cref="NotSupportedException">An optimizer whose state TorchSharp cannot serialise.</exception>
+    public string SaveCheckpoint(string path, bool weightsOnly = false)
+    {
+        ThrowIfClosed();
+        return Checkpoint.Save(State, path, weightsOnly);
     }
 
     /// <summary>Same as <see cref="Close"/>.</summary>
@@ -484,8 +486,8 @@ public sealed partial class Trainer : IDisposable
     {
         var hp = new Dictionary<string, object?>
         {
-            ["composersharp_version"] = LibraryVersion(typeof(Trainer).Assembly),
-            ["torchsharp_version"] = LibraryVersion(typeof(torch).Assembly),
+            ["composersharp_version"] = Checkpoint.LibraryVersion(typeof(Trainer).Assembly),
+            ["torchsharp_version"] = Checkpoint.LibraryVersion(typeof(torch).Assembly),
             ["run_name"] = State.RunName,
             ["seed"] = State.Seed,
             ["deterministic_mode"] = State.DeterministicMode,
@@ -500,11 +502,6 @@ public sealed partial class Trainer : IDisposable
 
         Logger.LogHyperparameters(hp);
     }
-
-    internal static string LibraryVersion(Assembly assembly) =>
-        assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
-        ?? assembly.GetName().Version?.ToString()
-        ?? "unknown";
 
     /// <summary>An evaluator with its metric instances and interval schedule.</summary>
     private sealed record EvaluatorRun(Evaluator Evaluator, IReadOnlyList<IMetric> Metrics, IntervalSchedule Schedule, long? SubsetNumBatches);

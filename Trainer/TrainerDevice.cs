@@ -2,7 +2,7 @@ using ComposerSharp.Events;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training;
 
 /// <summary>Device selection and precision checks done at Trainer construction (Composer's <c>get_device</c> and <c>_validate_precision</c>).</summary>
 public static class TrainerDevice

@@ -14,7 +14,7 @@ internal sealed record BenchmarkPart(string Name, string Description, Func<Setti
 /// <summary>Runs parts, prints their tables and writes the JSON.</summary>
 internal static class BenchmarkRunner
 {
-    /// <summary>The parts of issue 6, in the order <c>all</c> runs them.</summary>
+    /// <summary>The benchmark parts, in the order <c>all</c> runs them.</summary>
     public static IReadOnlyList<BenchmarkPart> Parts { get; } = new BenchmarkPart[]
     {
         new("layernorm", "(1) LayerNorm forward+backward: fp32 vs LPLayerNorm under amp_bf16/amp_fp16, with copy bandwidth.", s => new[] { LayerNormBenchmark.Run(s) }),

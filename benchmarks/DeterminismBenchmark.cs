@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
@@ -34,7 +33,7 @@ internal static class DeterminismBenchmark
         torch.set_num_threads(threads);
         var shape = new TrainingShape();
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
-        using ComposerSharp.Trainer.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision);
+        using ComposerSharp.Training.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision);
         for (int i = 0; i < warmup; i++)
         {
             TrainingSetup.FitSteps(trainer, steps);
@@ -91,30 +90,12 @@ internal static class DeterminismBenchmark
 
     private static double[] Child(Precision precision, bool deterministic, int warmup, int steps, int rounds, int threads)
     {
-        string host = Environment.ProcessPath ?? throw new InvalidOperationException("The path of the running executable is unknown, so the determinism probe cannot start a child process.");
-        var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(host) == "dotnet")
-        {
-            psi.ArgumentList.Add(typeof(DeterminismBenchmark).Assembly.Location);
-        }
-
         // MKL_CBWR would switch MKL's reproducibility mode on in the "default" child too.
-        psi.Environment.Remove("MKL_CBWR");
-        foreach (string a in new[] { Command, precision.ToComposerName(), deterministic ? "on" : "off", I(warmup), I(steps), I(rounds), "--threads", I(threads) })
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        using Process p = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start the determinism probe ({host}).");
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        string? last = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault();
-        if (p.ExitCode != 0 || last is null)
-        {
-            throw new InvalidOperationException($"The determinism probe ({precision.ToComposerName()}, {(deterministic ? "on" : "off")}) exited with code {p.ExitCode}: {output}");
-        }
-
-        return JsonSerializer.Deserialize<double[]>(last) ?? throw new InvalidOperationException($"The determinism probe printed no samples: {output}");
+        string last = ChildRun.LastLine(
+            $"determinism probe ({precision.ToComposerName()}, {(deterministic ? "on" : "off")})",
+            new[] { Command, precision.ToComposerName(), deterministic ? "on" : "off", I(warmup), I(steps), I(rounds), "--threads", I(threads) },
+            "MKL_CBWR");
+        return JsonSerializer.Deserialize<double[]>(last) ?? throw new InvalidOperationException($"The determinism probe printed no samples: {last}");
 
         static string I(int v) => v.ToString(CultureInfo.InvariantCulture);
     }

@@ -9,6 +9,7 @@ using BenchmarkDotNet.Toolchains.InProcess.NoEmit;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using TorchSharp;
 
 namespace ComposerSharp.Benchmarks;

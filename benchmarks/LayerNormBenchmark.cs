@@ -20,7 +20,7 @@ namespace ComposerSharp.Benchmarks;
 /// is timed. Bytes that must move per element: the forward reads the input and writes the output, the backward
 /// reads the output gradient and the input and writes the input gradient: 3 × input bytes + 2 × output bytes
 /// (20 for Float32, 16 for Float32 in / BFloat16 out, 10 for BFloat16 in and out); the copy moves 2 × 4 bytes.
-/// Issue 17: next to <see cref="LPLayerNorm"/> (on CPU, the affine part split off so the weight and bias gradients
+/// Next to <see cref="LPLayerNorm"/> (on CPU, the affine part split off so the weight and bias gradients
 /// accumulate in Float32) run the path it replaced (libtorch's fused low-precision <c>layer_norm</c> on the cast
 /// input, weight and bias) and the mixed-type candidate (BFloat16 input, Float32 weight and bias); every variant's
 /// weight and bias gradients are also compared once, outside the timing, with a float64 reference.
@@ -41,7 +41,7 @@ internal static class LayerNormBenchmark
 
     private static readonly long[][] Shapes = { new long[] { 8, 512, 768 }, new long[] { 32, 128, 768 }, new long[] { 4, 2048, 1024 } };
 
-    /// <summary>Runs the comparison for the three shapes of the issue.</summary>
+    /// <summary>Runs the comparison for three shapes: BERT-base-like [8,512,768] and [32,128,768], and a long-sequence [4,2048,1024].</summary>
     public static PartReport Run(Settings settings)
     {
         var meter = LoadMeter.Start();
@@ -159,8 +159,8 @@ internal static class LayerNormBenchmark
         report.Notes.Add("Ratios are medians of per-round ratios (variants interleaved in rotated order); GB/s counts the bytes that must move: 3 × input + 2 × output bytes per element.");
         report.Notes.Add("All variants run inside an amp_bf16 (or amp_fp16) autocast scope, as in a mixed-precision model; the plain LayerNorm keeps its Float32 kernel there.");
         report.Notes.Add("'bf16 in' is the same module when the residual stream already arrives in BFloat16 (post-LN blocks after an LPLayerNorm): no cast is needed.");
-        report.Notes.Add("'fused (before #17)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before issue 17; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
         report.Notes.Add("Issue 16: 'fused (#16)' is LPLayerNorm with the C# fused CPU kernel (Algorithms/Kernels), all workers or 1; its 'vs before #17' column is against the fused libtorch path, and for 'bf16 in' against the libtorch LPLayerNorm with a bf16 input.");
+        report.Notes.Add("'fused (before #17)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before its weight and bias gradients were summed in Float32; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
         report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs before #17': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
         if (!fp16Works)
         {
@@ -237,5 +237,5 @@ internal static class LayerNormBenchmark
 /// <param name="Gbps">Achieved bandwidth, GB/s (10^9 bytes).</param>
 /// <param name="PercentOfCopy">Achieved bandwidth as a percentage of the copy's.</param>
 /// <param name="GradientErrors">"dW / db / dx" max errors against float64, % of each reference's largest magnitude (null for the copy).</param>
-/// <param name="RatioVsBefore17">Per-round time ratio of LPLayerNorm against the fused path it replaced in issue 17, same precision (null for other rows).</param>
+/// <param name="RatioVsBefore17">Per-round time ratio of LPLayerNorm against the fused path it replaced (the low-precision fused kernel, whose weight and bias gradients lost accuracy), same precision (null for other rows).</param>
 internal sealed record LayerNormRow(string Shape, string Variant, Stats Ms, Stats? RatioVsFp32, int BytesPerElement, double Gbps, double PercentOfCopy, string? GradientErrors, Stats? RatioVsBefore17);

@@ -1,8 +1,8 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using TorchSharp;
 
 namespace ComposerSharp.Benchmarks;
@@ -29,7 +29,7 @@ internal static class MemoryProbe
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
         GC.Collect();
         long start = ProcessMemory.ResetPeak();
-        using ComposerSharp.Trainer.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision, lowPrecisionLayerNorm);
+        using Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision, lowPrecisionLayerNorm);
         TrainingSetup.FitSteps(trainer, steps);
         long peak = ProcessMemory.Peak();
         trainer.Model.Dispose();
@@ -40,33 +40,9 @@ internal static class MemoryProbe
     /// <summary>In the parent: runs the child for one configuration and returns (resident at start, peak) in bytes.</summary>
     public static (long Start, long Peak) Measure(Precision precision, bool lowPrecisionLayerNorm, int steps, int threads)
     {
-        string? host = Environment.ProcessPath;
-        string entry = typeof(MemoryProbe).Assembly.Location;
-        if (host is null)
-        {
-            throw new InvalidOperationException("The path of the running executable is unknown, so the memory probe cannot start a child process.");
-        }
-
-        var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(host) == "dotnet")
-        {
-            psi.ArgumentList.Add(entry);
-        }
-
-        foreach (string a in new[] { Command, precision.ToComposerName(), lowPrecisionLayerNorm ? "lp" : "plain", steps.ToString(CultureInfo.InvariantCulture), "--threads", threads.ToString(CultureInfo.InvariantCulture) })
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        using Process p = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start the memory probe ({host}).");
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        string? last = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault();
-        if (p.ExitCode != 0 || last is null)
-        {
-            throw new InvalidOperationException($"The memory probe for {precision.ToComposerName()} exited with code {p.ExitCode}: {output}");
-        }
-
+        string last = ChildRun.LastLine(
+            $"memory probe for {precision.ToComposerName()}",
+            new[] { Command, precision.ToComposerName(), lowPrecisionLayerNorm ? "lp" : "plain", steps.ToString(CultureInfo.InvariantCulture), "--threads", threads.ToString(CultureInfo.InvariantCulture) });
         JsonElement json = JsonDocument.Parse(last).RootElement;
         return (json.GetProperty("start").GetInt64(), json.GetProperty("peak").GetInt64());
     }

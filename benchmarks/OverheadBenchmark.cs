@@ -1,5 +1,6 @@
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 
 namespace ComposerSharp.Benchmarks;
 
@@ -23,8 +24,8 @@ internal static class OverheadBenchmark
         report.Columns.AddRange(new[] { "loop", "ms/step (median ±IQR/2)", "min ms/step", "ratio vs hand-written (median, P25–P75)", "ratio of minima" });
         (int warmup, int steps, int rounds) = settings.Overhead;
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
-        using ComposerSharp.Trainer.Trainer trainer = TrainingSetup.CreateTrainer(shape, data, Precision.AmpBf16);
-        using ComposerSharp.Trainer.Trainer withMetrics = TrainingSetup.CreateTrainer(shape, data, Precision.AmpBf16, computeTrainingMetrics: true);
+        using Trainer trainer = TrainingSetup.CreateTrainer(shape, data, Precision.AmpBf16);
+        using Trainer withMetrics = TrainingSetup.CreateTrainer(shape, data, Precision.AmpBf16, computeTrainingMetrics: true);
         try
         {
             var loop = new HandWrittenLoop(trainer.Model, trainer.State.Optimizers[0], Precision.AmpBf16, data.Batches);

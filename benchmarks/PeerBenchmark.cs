@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 
 namespace ComposerSharp.Benchmarks;
 
@@ -63,7 +64,7 @@ internal static class PeerBenchmark
         }
         finally
         {
-            foreach (ComposerSharp.Trainer.Trainer t in trainers.Values)
+            foreach (Trainer t in trainers.Values)
             {
                 t.Dispose();
                 t.Model.Dispose();

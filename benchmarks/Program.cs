@@ -34,7 +34,7 @@ var python = new Option<string?>("--python")
     Recursive = true,
 };
 
-var root = new RootCommand("ComposerSharp benchmarks (issue 6): LayerNorm kernel, training step, framework overhead, PyTorch peer.");
+var root = new RootCommand("ComposerSharp benchmarks: LayerNorm kernel, training step, framework overhead, PyTorch peer.");
 root.Options.Add(quick);
 root.Options.Add(threads);
 root.Options.Add(output);

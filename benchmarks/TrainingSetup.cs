@@ -2,6 +2,7 @@ using System.Diagnostics;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using ComposerSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -111,7 +112,7 @@ internal static class TrainingSetup
     /// (each timed sample calls <c>Fit(n ba)</c>), LowPrecisionLayerNorm when <paramref name="lowPrecisionLayerNorm"/>,
     /// and training metrics only when <paramref name="computeTrainingMetrics"/> (Composer's default is off).
     /// </summary>
-    public static ComposerSharp.Trainer.Trainer CreateTrainer(TrainingShape shape, InMemoryBatches data, Precision precision, bool lowPrecisionLayerNorm = false, bool computeTrainingMetrics = false)
+    public static Trainer CreateTrainer(TrainingShape shape, InMemoryBatches data, Precision precision, bool lowPrecisionLayerNorm = false, bool computeTrainingMetrics = false)
     {
         torch.manual_seed(ModelSeed);
         var model = new BertForMaskedLM(shape.Config);
@@ -121,7 +122,7 @@ internal static class TrainingSetup
             algorithms.Add(new LowPrecisionLayerNorm());
         }
 
-        return new ComposerSharp.Trainer.Trainer(
+        return new Trainer(
             model,
             trainDataloader: data,
             algorithms: algorithms,
@@ -134,7 +135,7 @@ internal static class TrainingSetup
     }
 
     /// <summary>Runs <paramref name="steps"/> batches through <c>Trainer.Fit</c> and returns milliseconds per step.</summary>
-    public static double FitSteps(ComposerSharp.Trainer.Trainer trainer, int steps)
+    public static double FitSteps(Trainer trainer, int steps)
     {
         var clock = Stopwatch.StartNew();
         trainer.Fit(Time.FromBatch(steps));

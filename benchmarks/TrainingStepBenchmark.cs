@@ -1,5 +1,6 @@
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using TorchSharp;
 
 namespace ComposerSharp.Benchmarks;
@@ -25,7 +26,7 @@ internal static class TrainingStepBenchmark
         (int warmup, int steps, int rounds) = settings.Step;
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
         var configs = new (string Name, Precision Precision, bool Lp)[] { (Fp32, Precision.Fp32, false), (Bf16, Precision.AmpBf16, false), (Lp, Precision.AmpBf16, true) };
-        var trainers = new Dictionary<string, ComposerSharp.Trainer.Trainer>();
+        var trainers = new Dictionary<string, Trainer>();
         var memory = new Dictionary<string, (long Start, long Peak)>();
         try
         {
@@ -61,7 +62,7 @@ internal static class TrainingStepBenchmark
         }
         finally
         {
-            foreach (ComposerSharp.Trainer.Trainer t in trainers.Values)
+            foreach (Trainer t in trainers.Values)
             {
                 t.Dispose();
                 t.Model.Dispose();

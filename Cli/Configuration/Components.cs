@@ -1,6 +1,9 @@
 using System.Reflection;
 using ComposerSharp.Events;
 using Microsoft.Extensions.DependencyInjection;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
 
 namespace ComposerSharp.Cli.Configuration;
 
@@ -17,6 +20,10 @@ public enum ComponentKind
     Callback,
     /// <summary>A logger destination under <c>loggers:</c>.</summary>
     Logger,
+    /// <summary>An optimizer under <c>optimizer:</c> (a factory over the model's parameters, called after the move to the device).</summary>
+    Optimizer,
+    /// <summary>A learning-rate scheduler under <c>scheduler:</c>.</summary>
+    Scheduler,
 }
 
 /// <summary>What a factory can use while building a component from its config section.</summary>
@@ -49,15 +56,38 @@ public sealed record ComponentRegistration(
 
 /// <summary>
 /// Registration of named components in Microsoft.Extensions.DependencyInjection, so that a user's algorithm is one
-/// class and one line: <c>services.AddAlgorithm&lt;MyAlgorithm&gt;("my_algorithm")</c>.
+/// class and one line: <c>services.AddAlgorithm&lt;MyAlgorithm&gt;()</c>.
 /// </summary>
 public static class ComponentServiceCollectionExtensions
 {
-    /// <summary>Registers algorithm <typeparamref name="T"/> under <paramref name="name"/>; its constructor parameters become its config keys.</summary>
-    public static IServiceCollection AddAlgorithm<T>(this IServiceCollection services, string name)
-        where T : IAlgorithm => services.AddComponent(ComponentKind.Algorithm, name, typeof(T));
+    /// <summary>
+    /// Registers algorithm <typeparamref name="T"/> under its own <see cref="IAlgorithm.Name"/>, read from an instance
+    /// built with its constructor defaults, so the name in configs, the name a checkpoint records and the name a
+    /// checkpoint is re-created by are one. Its constructor parameters become its config keys (snake_case).
+    /// </summary>
+    /// <exception cref="InvalidOperationException"><typeparamref name="T"/> cannot be built with its constructor defaults (a parameter without a default); register it with <see cref="AddAlgorithm(IServiceCollection, string, Func{ConfigSection, ComponentContext, IAlgorithm})"/>.</exception>
+    public static IServiceCollection AddAlgorithm<T>(this IServiceCollection services)
+        where T : IAlgorithm => services.AddAlgorithm(typeof(T));
 
-    /// <summary>Registers an algorithm built by <paramref name="factory"/>.</summary>
+    /// <summary>Registers the algorithm type <paramref name="type"/> under its own <see cref="IAlgorithm.Name"/> (see <see cref="AddAlgorithm{T}(IServiceCollection)"/>).</summary>
+    /// <exception cref="ArgumentException"><paramref name="type"/> does not implement <see cref="IAlgorithm"/>.</exception>
+    /// <exception cref="InvalidOperationException"><paramref name="type"/> cannot be built with its constructor defaults.</exception>
+    public static IServiceCollection AddAlgorithm(this IServiceCollection services, Type type)
+    {
+        ArgumentNullException.ThrowIfNull(type);
+        if (!typeof(IAlgorithm).IsAssignableFrom(type))
+        {
+            throw new ArgumentException($"{type.FullName} does not implement IAlgorithm.", nameof(type));
+        }
+
+        return services.AddComponent(ComponentKind.Algorithm, NameWithDefaults(type), type);
+    }
+
+    /// <summary>
+    /// Registers an algorithm built by <paramref name="factory"/> under <paramref name="name"/>, which must be the
+    /// <see cref="IAlgorithm.Name"/> of what the factory builds: building one whose name differs is refused, because a
+    /// checkpoint records the algorithm's own name and is re-created by it.
+    /// </summary>
     public static IServiceCollection AddAlgorithm(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, IAlgorithm> factory) =>
         services.AddComponent(ComponentKind.Algorithm, name, factory);
 
@@ -73,6 +103,17 @@ public static class ComponentServiceCollectionExtensions
     public static IServiceCollection AddLoggerDestination(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, ILoggerDestination> factory) =>
         services.AddComponent(ComponentKind.Logger, name, factory);
 
+    /// <summary>
+    /// Registers an optimizer: <paramref name="factory"/> reads the section (the keys besides <c>name</c>) and returns
+    /// what creates the optimizer from the model's parameters once the Trainer has moved them to the device.
+    /// </summary>
+    public static IServiceCollection AddOptimizer(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, Func<IEnumerable<Parameter>, optim.Optimizer>> factory) =>
+        services.AddComponent(ComponentKind.Optimizer, name, factory);
+
+    /// <summary>Registers scheduler <typeparamref name="T"/> under <paramref name="name"/> (Composer's scheduler names); its constructor parameters become its config keys.</summary>
+    public static IServiceCollection AddScheduler<T>(this IServiceCollection services, string name)
+        where T : IScheduler => services.AddComponent(ComponentKind.Scheduler, name, typeof(T));
+
     /// <summary>Registers a model built by <paramref name="factory"/>.</summary>
     public static IServiceCollection AddModel(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, object> factory) =>
         services.AddComponent(ComponentKind.Model, name, factory);
@@ -80,6 +121,22 @@ public static class ComponentServiceCollectionExtensions
     /// <summary>Registers a dataset built by <paramref name="factory"/>.</summary>
     public static IServiceCollection AddDataset(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, object> factory) =>
         services.AddComponent(ComponentKind.Dataset, name, factory);
+
+    private static string NameWithDefaults(Type type)
+    {
+        using ServiceProvider none = new ServiceCollection().BuildServiceProvider();
+        try
+        {
+            var algorithm = (IAlgorithm)ComponentCatalog.Bind(type, new ConfigSection("algorithms"), new ComponentContext(none, string.Empty, 0));
+            return algorithm.Name;
+        }
+        catch (Exception ex) when (ex is ConfigException or TargetInvocationException or ArgumentException)
+        {
+            throw new InvalidOperationException(
+                $"AddAlgorithm<{type.Name}>() takes the name from a {type.Name} built with its constructor defaults, which failed ({(ex as TargetInvocationException)?.InnerException?.Message ?? ex.Message}). " +
+                "Give every constructor parameter a default, or register it with AddAlgorithm(name, factory).", ex);
+        }
+    }
 
     private static IServiceCollection AddComponent(this IServiceCollection services, ComponentKind kind, string name, Type type)
     {
@@ -136,6 +193,13 @@ public sealed class ComponentCatalog
             throw new ConfigException($"Building {kind.ToString().ToLowerInvariant()} '{name}' from '{args.Path}' failed: {ex.Message}", ex);
         }
 
+        if (built is IAlgorithm algorithm && kind == ComponentKind.Algorithm && algorithm.Name != name)
+        {
+            throw new ConfigException(
+                $"The algorithm registered as '{name}' (used at '{args.Path}') is a {built.GetType().Name} whose Name is '{algorithm.Name}'; a checkpoint would record '{algorithm.Name}' and could not re-create it. " +
+                "Register it under its Name (services.AddAlgorithm<T>() does that).");
+        }
+
         return built is T typed
             ? typed
             : throw new ConfigException($"The {kind.ToString().ToLowerInvariant()} registered as '{name}' is a {built.GetType().Name}, not a {typeof(T).Name}.");
@@ -187,9 +251,5 @@ public sealed class ComponentCatalog
         Nullable.GetUnderlyingType(p.ParameterType) is not null ||
         new NullabilityInfoContext().Create(p).WriteState == NullabilityState.Nullable;
 
-    private static bool IsConfigurable(Type t)
-    {
-        Type u = Nullable.GetUnderlyingType(t) ?? t;
-        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>);
-    }
+    private static bool IsConfigurable(Type t) => OptionsBinder.IsBindable(t);
 }

@@ -55,13 +55,17 @@ public static class OptionsBinder
             : (T)typeof(object).GetMethod(nameof(MemberwiseClone), BindingFlags.NonPublic | BindingFlags.Instance)!.Invoke(seed, null)!;
     }
 
-    private static bool IsBindable(Type t)
+    /// <summary>
+    /// Whether values of <paramref name="t"/> can come from a config key (the same for option records and
+    /// constructor parameters): numbers, booleans, strings, enums, times, and lists of names or of times.
+    /// </summary>
+    public static bool IsBindable(Type t)
     {
         Type u = Nullable.GetUnderlyingType(t) ?? t;
-        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>);
+        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>) || u == typeof(IEnumerable<Time>) || u == typeof(IReadOnlyList<Time>);
     }
 
-    /// <summary>Converts the value at <paramref name="key"/> to <paramref name="target"/>: numbers, booleans, strings, enums (snake_case), times and string lists.</summary>
+    /// <summary>Converts the value at <paramref name="key"/> to <paramref name="target"/>: numbers, booleans, strings, enums (snake_case), times, and lists of names or times.</summary>
     /// <exception cref="ConfigException">The value does not have that form.</exception>
     public static object? Convert(ConfigSection section, string key, Type target)
     {
@@ -80,6 +84,18 @@ public static class OptionsBinder
                 string s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
                 _ => throw new ConfigException($"'{section.PathOf(key)}' must be a list of names."),
             };
+        }
+
+        if (u == typeof(IEnumerable<Time>) || u == typeof(IReadOnlyList<Time>))
+        {
+            if (raw is not List<object?> times)
+            {
+                throw new ConfigException($"'{section.PathOf(key)}' must be a list of times, e.g. [30ep, 60ep].");
+            }
+
+            return times.Select(m => m is string t && Time.TryParse(t, out Time time)
+                ? time
+                : throw new ConfigException($"'{section.PathOf(key)}' has '{m}', which is not a time such as 30ep.")).ToList();
         }
 
         if (u == typeof(string)) return section.GetString(key);

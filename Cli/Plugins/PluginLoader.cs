@@ -5,7 +5,7 @@ namespace ComposerSharp.Cli.Plugins;
 
 /// <summary>
 /// Entry point of a plugin assembly passed with <c>--plugin path.dll</c>: a public class with a public parameterless
-/// constructor that registers the plugin's components, e.g. <c>services.AddAlgorithm&lt;MyAlgorithm&gt;("my_algorithm")</c>.
+/// constructor that registers the plugin's components, e.g. <c>services.AddAlgorithm&lt;MyAlgorithm&gt;()</c>.
 /// </summary>
 public interface IComposerSharpPlugin
 {

@@ -40,6 +40,52 @@ public sealed class MetricHistory : ILoggerDestination
     /// <summary>The last value of every metric.</summary>
     public IReadOnlyDictionary<string, double> Latest() => new SortedDictionary<string, double>(_latest, StringComparer.Ordinal);
 
+    /// <summary>
+    /// Adds the points of a <c>metrics.jsonl</c> written by earlier processes of a run resumed at batch
+    /// <paramref name="resumedBatch"/>: those the checkpoint contains
+    /// (<see cref="ComposerSharp.Training.Loggers.JsonLinesLogger.LoggedBeforeResumeAt"/>), so the plot shows the
+    /// whole history. Lines that are not metric objects are skipped; a missing file adds nothing.
+    /// </summary>
+    /// <param name="path">The JSON-lines file (<c>{"step": N, "metrics": {...}}</c> per line).</param>
+    /// <param name="resumedBatch">The batch the run resumed at.</param>
+    public void LoadEarlier(string path, long resumedBatch)
+    {
+        if (!File.Exists(path))
+        {
+            return;
+        }
+
+        foreach (string line in File.ReadLines(path))
+        {
+            try
+            {
+                using var doc = System.Text.Json.JsonDocument.Parse(line);
+                System.Text.Json.JsonElement root = doc.RootElement;
+                if (!root.TryGetProperty("step", out var stepElement) || !stepElement.TryGetInt64(out long step) ||
+                    !root.TryGetProperty("metrics", out var metrics) || metrics.ValueKind != System.Text.Json.JsonValueKind.Object ||
+                    !ComposerSharp.Training.Loggers.JsonLinesLogger.LoggedBeforeResumeAt(step, metrics.EnumerateObject().Select(m => m.Name), resumedBatch))
+                {
+                    continue;
+                }
+
+                var values = new Dictionary<string, double>();
+                foreach (var m in metrics.EnumerateObject())
+                {
+                    if (m.Value.ValueKind == System.Text.Json.JsonValueKind.Number)
+                    {
+                        values[m.Name] = m.Value.GetDouble();
+                    }
+                }
+
+                LogMetrics(values, step);
+            }
+            catch (System.Text.Json.JsonException)
+            {
+                // A line cut short by a crash: skipped.
+            }
+        }
+    }
+
     /// <inheritdoc/>
     public void LogMetrics(IReadOnlyDictionary<string, double> metrics, long step)
     {

@@ -1,24 +1,25 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 using ComposerSharp.Events;
+using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.Logging;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Saves checkpoints at an interval and at the end of training (Composer's <c>CheckpointSaver</c>,
 /// composer/callbacks/checkpoint_saver.py): at BatchCheckpoint and EpochCheckpoint, when the
 /// <see cref="IntervalSchedule"/> says so and nothing was saved at this batch yet. After each save it updates the
-/// "latest" pointer and deletes the oldest checkpoints beyond <see cref="NumCheckpointsToKeep"/>. The Trainer binds
-/// it (whether created from <see cref="CheckpointOptions"/> or passed among the callbacks); it works only inside a
-/// ComposerSharp Trainer.
+/// "latest" pointer and deletes the oldest checkpoints of the folder beyond <see cref="NumCheckpointsToKeep"/>
+/// (counting those of earlier, resumed or crashed processes of the run too). An ordinary
+/// callback: it saves the <see cref="State"/> it is given through <see cref="Checkpoint.Save"/>, so it works in
+/// any loop that raises the events with a complete state.
 /// </summary>
 public sealed class CheckpointSaver : Callback, IStatefulCallback
 {
     private readonly IntervalSchedule _schedule;
     private readonly List<string> _saved = new();
     private readonly List<string> _allSaved = new();
-    private Trainer? _trainer;
     private long? _lastCheckpointBatch;
 
     /// <summary>Creates a saver.</summary>
@@ -27,7 +28,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <param name="latestFilename">Name of the pointer to the newest checkpoint, or null for none.</param>
     /// <param name="saveInterval">How often to save; 1 epoch by default.</param>
     /// <param name="overwrite">Replace an existing file of the same name instead of failing.</param>
-    /// <param name="numCheckpointsToKeep">Newest checkpoints of this run to keep (−1 for all; at least 1 otherwise).</param>
+    /// <param name="numCheckpointsToKeep">Newest checkpoints of this run's name pattern to keep in the folder, across resumes (−1 for all; at least 1 otherwise).</param>
     /// <param name="weightsOnly">Save only the model weights.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="numCheckpointsToKeep"/> is 0 or below −1.</exception>
     public CheckpointSaver(
@@ -86,18 +87,8 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <inheritdoc/>
     public string StateKey => "composersharp.checkpoint_saver";
 
-    internal void Bind(Trainer trainer) => _trainer = trainer;
-
     /// <inheritdoc/>
-    public override void Init(State state, Logger logger)
-    {
-        if (_trainer is null)
-        {
-            throw new InvalidOperationException("A CheckpointSaver works only among the callbacks of a ComposerSharp Trainer, which binds it.");
-        }
-
-        Directory.CreateDirectory(CheckpointFile.Format(Folder, state));
-    }
+    public override void Init(State state, Logger logger) => Directory.CreateDirectory(PathTemplate.Expand(Folder, state));
 
     /// <summary>
     /// Refuses to start when the folder already holds checkpoints this run would overwrite (files matching
@@ -105,11 +96,22 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// is Composer's check at the start of fit, so a long run fails at once rather than at its first save.
     /// Checkpoints at or before the timestamp (the ones a resumed run continues from) are not conflicts.
     /// </summary>
+    /// <remarks>
+    /// It also removes temporary files left by saves that a crash interrupted (<c>.NAME.ckpt.GUID.tmp</c>: a save
+    /// writes one and renames it over NAME when complete), logging each. Do not start two runs on one checkpoint
+    /// folder at once (the CLI's run-folder lock prevents it): one would remove the other's save in progress.
+    /// </remarks>
     /// <exception cref="CheckpointException">A conflicting checkpoint exists; the message names it and the options that allow overwriting.</exception>
     public override void FitStart(State state, Logger logger)
     {
-        string folder = CheckpointFile.Format(Folder, state);
-        if (Overwrite || !Directory.Exists(folder))
+        string folder = PathTemplate.Expand(Folder, state);
+        if (!Directory.Exists(folder))
+        {
+            return;
+        }
+
+        RemoveOrphanedTemporaryFiles(folder, state);
+        if (Overwrite)
         {
             return;
         }
@@ -133,6 +135,48 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
                     $"The checkpoint folder '{folder}' already holds '{Path.GetFileName(file)}', which this run would overwrite. " +
                     "Set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite), resume with autoresume, or use another run folder or run name.");
             }
+        }
+    }
+
+    private static void RemoveOrphanedTemporaryFiles(string folder, State state)
+    {
+        foreach (string temp in Directory.EnumerateFiles(folder, ".*.tmp"))
+        {
+            if (!Regex.IsMatch(Path.GetFileName(temp), @"^\..+\.[0-9a-f]{32}\.tmp$", RegexOptions.CultureInvariant))
+            {
+                continue;
+            }
+
+            long bytes = new FileInfo(temp).Length;
+            File.Delete(temp);
+            state.LoggerFactory.CreateLogger<CheckpointSaver>().LogWarning(
+                "Removed {Temp} ({Bytes} bytes), left by a checkpoint save that did not finish (the process ended during it).", temp, bytes);
+        }
+    }
+
+    /// <summary>
+    /// Deletes the oldest checkpoints of this run's name pattern in <paramref name="folder"/> beyond
+    /// <see cref="NumCheckpointsToKeep"/>, ordered by the batch (or epoch) in their names, so that the limit holds
+    /// for the folder across resumes and crashes, not only for the saves of this process.
+    /// </summary>
+    private void Prune(string folder, State state)
+    {
+        Regex pattern = FilenamePattern(state);
+        var checkpoints = new List<(long Order, string Path)>();
+        foreach (string file in Directory.EnumerateFiles(folder))
+        {
+            Match m = pattern.Match(Path.GetFileName(file));
+            if (m.Success && (m.Groups["batch"].Success || m.Groups["epoch"].Success))
+            {
+                long order = m.Groups["batch"].Success ? long.Parse(m.Groups["batch"].Value, CultureInfo.InvariantCulture) : long.Parse(m.Groups["epoch"].Value, CultureInfo.InvariantCulture);
+                checkpoints.Add((order, Path.GetFullPath(file)));
+            }
+        }
+
+        foreach ((_, string oldest) in checkpoints.OrderBy(c => c.Order).ThenBy(c => c.Path, StringComparer.Ordinal).SkipLast(NumCheckpointsToKeep))
+        {
+            File.Delete(oldest);
+            _saved.Remove(oldest);
         }
     }
 
@@ -186,10 +230,9 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
     private void Save(State state)
     {
-        Trainer trainer = _trainer ?? throw new InvalidOperationException("The CheckpointSaver is not bound to a Trainer.");
         _lastCheckpointBatch = state.Timestamp.Batch;
-        string folder = CheckpointFile.Format(Folder, state);
-        string path = Path.GetFullPath(Path.Combine(folder, CheckpointFile.Format(Filename, state)));
+        string folder = PathTemplate.Expand(Folder, state);
+        string path = Path.GetFullPath(Path.Combine(folder, PathTemplate.Expand(Filename, state)));
         if (!Overwrite && File.Exists(path))
         {
             throw new CheckpointException(path, $"Checkpoint '{path}' already exists; set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite or CheckpointSaver overwrite) to replace it, or use another folder.");
@@ -204,7 +247,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
         try
         {
-            trainer.SaveCheckpoint(path, WeightsOnly);
+            Checkpoint.Save(state, path, WeightsOnly);
         }
         catch
         {
@@ -220,18 +263,13 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
         _saved.Add(path);
         if (LatestFilename is not null)
         {
-            CheckpointFile.WriteLatestPointer(Path.Combine(folder, CheckpointFile.Format(LatestFilename, state)), path);
+            CheckpointFile.WriteLatestPointer(Path.Combine(folder, PathTemplate.Expand(LatestFilename, state)), path);
         }
 
         state.LoggerFactory.CreateLogger<CheckpointSaver>().LogInformation("Saved checkpoint {Checkpoint}.", path);
         if (NumCheckpointsToKeep > 0)
         {
-            while (_saved.Count > NumCheckpointsToKeep)
-            {
-                string oldest = _saved[0];
-                _saved.RemoveAt(0);
-                File.Delete(oldest);
-            }
+            Prune(folder, state);
         }
     }
 }

@@ -1,7 +1,7 @@
 using System.Globalization;
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Stops training when a metric has not improved for <see cref="Patience"/> (Composer's <c>EarlyStopper</c>).

@@ -1,7 +1,7 @@
 using ComposerSharp.Events;
 using TorchSharp;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Logs the learning rate of every parameter group at each BatchEnd as <c>lr-&lt;OptimizerType&gt;/group&lt;i&gt;</c>

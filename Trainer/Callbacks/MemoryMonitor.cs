@@ -2,7 +2,7 @@ using System.Diagnostics;
 using ComposerSharp.Events;
 using TorchSharp;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Logs memory use after every training batch (AfterTrainBatch, as Composer's <c>MemoryMonitor</c>), for the CPU

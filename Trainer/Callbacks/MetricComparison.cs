@@ -1,4 +1,4 @@
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// How stopping callbacks compare a monitored metric, with Composer's rule: explicit <c>gt</c>/<c>greater</c> or

@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Estimates the time left in training (Composer's <c>RuntimeEstimator</c>) and logs it as

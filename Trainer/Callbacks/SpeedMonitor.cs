@@ -1,7 +1,7 @@
 using System.Globalization;
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Logs training throughput over a sliding window of batches (Composer's <c>SpeedMonitor</c>). At each BatchEnd,

@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
 /// Stops training once a metric passes a threshold (Composer's <c>ThresholdStopper</c>): after each evaluation of

@@ -1,4 +1,4 @@
-namespace ComposerSharp.Trainer.Callbacks;
+namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>The wall-clock units callbacks report durations in: seconds, minutes, hours or days (as in Composer).</summary>
 internal static class TimeUnits

@@ -1,15 +1,13 @@
-using System.Globalization;
 using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using System.Text.RegularExpressions;
 using ComposerSharp.Events;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training.Checkpoints;
 
 /// <summary>A checkpoint file could not be read or written; the message names the file and what is wrong.</summary>
 public sealed class CheckpointException : IOException
@@ -50,8 +48,6 @@ public static class CheckpointFile
     internal const string ModelEntry = "model.bin";
     internal const string RngEntry = "rng/cpu.bin";
 
-    private static readonly Regex Placeholder = new(@"\{(?<name>[a-z_]+)\}", RegexOptions.Compiled | RegexOptions.CultureInvariant);
-
     internal static readonly JsonSerializerOptions Json = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
@@ -59,33 +55,6 @@ public static class CheckpointFile
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
     };
-
-    /// <summary>
-    /// Replaces the placeholders of <paramref name="pattern"/> (see <see cref="CheckpointOptions"/>) with the run
-    /// name and the state's timestamp.
-    /// </summary>
-    /// <exception cref="FormatException">An unknown placeholder; the message lists the known ones.</exception>
-    public static string Format(string pattern, State state)
-    {
-        ArgumentNullException.ThrowIfNull(pattern);
-        ArgumentNullException.ThrowIfNull(state);
-        Timestamp ts = state.Timestamp;
-        return Placeholder.Replace(pattern, m => m.Groups["name"].Value switch
-        {
-            "run_name" => state.RunName,
-            "rank" or "local_rank" or "node_rank" => "0",
-            "world_size" => "1",
-            "epoch" => ts.Epoch.ToString(CultureInfo.InvariantCulture),
-            "batch" => ts.Batch.ToString(CultureInfo.InvariantCulture),
-            "batch_in_epoch" => ts.BatchInEpoch.ToString(CultureInfo.InvariantCulture),
-            "sample" => ts.Sample.ToString(CultureInfo.InvariantCulture),
-            "sample_in_epoch" => ts.SampleInEpoch.ToString(CultureInfo.InvariantCulture),
-            "token" => ts.Token.ToString(CultureInfo.InvariantCulture),
-            "token_in_epoch" => ts.TokenInEpoch.ToString(CultureInfo.InvariantCulture),
-            string other => throw new FormatException(
-                $"Unknown placeholder '{{{other}}}' in '{pattern}'; known: {{run_name}}, {{rank}}, {{local_rank}}, {{node_rank}}, {{world_size}}, {{epoch}}, {{batch}}, {{batch_in_epoch}}, {{sample}}, {{sample_in_epoch}}, {{token}}, {{token_in_epoch}}."),
-        });
-    }
 
     /// <summary>
     /// The checkpoint a path designates: the path itself, or, when it is a "latest" pointer file, the checkpoint it
@@ -383,8 +352,6 @@ internal sealed class CheckpointReader : IDisposable
         }
     }
 
-    internal bool HasEntry(string name) => _zip.GetEntry(name) is not null;
-
     /// <summary>Runs <paramref name="read"/> over an entry, turning format errors into a <see cref="CheckpointException"/> naming the file and entry.</summary>
     internal void Read(string entryName, Action<BinaryReader> read)
     {
@@ -473,8 +440,6 @@ internal sealed class CheckpointHeader
     public Dictionary<string, string>? GradScaler { get; set; }
 
     public Dictionary<string, JsonElement> Callbacks { get; set; } = new();
-
-    public long? DeviceTrainMicrobatchSize { get; set; }
 
     public Dictionary<string, string> EntryHashes { get; set; } = new();
 }

@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer;
+namespace ComposerSharp.Training.Checkpoints;
 
 /// <summary>
 /// What to do when a checkpoint records a required-on-load algorithm (<see cref="IAlgorithm.RequiredOnLoad"/>)
@@ -24,9 +24,8 @@ public enum MissingAlgorithmPolicy
 /// <c>save_num_checkpoints_to_keep</c>, <c>load_path</c>, <c>load_weights_only</c>, <c>autoresume</c>, …).
 /// </summary>
 /// <remarks>
-/// Folder and file names may hold the placeholders <c>{run_name}</c>, <c>{rank}</c>, <c>{local_rank}</c>,
-/// <c>{node_rank}</c>, <c>{world_size}</c> (single process: 0, 0, 0, 1), <c>{epoch}</c>, <c>{batch}</c>,
-/// <c>{batch_in_epoch}</c>, <c>{sample}</c>, <c>{sample_in_epoch}</c>, <c>{token}</c>, <c>{token_in_epoch}</c>.
+/// Folder and file names are <see cref="PathTemplate"/>s: they may hold placeholders such as <c>{run_name}</c>,
+/// <c>{epoch}</c> and <c>{batch}</c>.
 /// Checkpoints are ComposerSharp files (a ZIP container of TorchSharp tensors and a JSON header), not PyTorch
 /// pickles, hence the default <c>.ckpt</c> extension.
 /// </remarks>

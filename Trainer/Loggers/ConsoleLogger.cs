@@ -3,7 +3,7 @@ using System.Text;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// Writes metrics through Microsoft.Extensions.Logging (Composer's <c>ConsoleLogger</c>, with an

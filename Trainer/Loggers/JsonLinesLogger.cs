@@ -2,19 +2,21 @@ using System.Text;
 using System.Text.Json;
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// Appends metrics to a JSON-lines file, one object per <see cref="LogMetrics"/> call:
 /// <c>{"step": 12, "time": "2025-01-01T00:00:00.000Z", "metrics": {"loss/train/total": 0.43}}</c>, and one
 /// <c>{"hyperparameters": {…}}</c> object per hyperparameter call. NaN and infinities are written as the strings
 /// <c>"NaN"</c>, <c>"Infinity"</c>, <c>"-Infinity"</c>. The file is opened for appending (a resumed run continues
-/// it) and flushed at every BatchEnd, EvalEnd, EpochEnd and FitEnd, and on close.
+/// it) and flushed at every BatchEnd, EvalEnd, EpochEnd and FitEnd, and on close. When a run resumes from a
+/// checkpoint of batch k, the lines an earlier process logged after step k (work lost with it) are removed at
+/// FitStart, so every step appears once.
 /// </summary>
 public sealed class JsonLinesLogger : LoggerDestination
 {
     private static readonly JsonSerializerOptions Options = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
-    private readonly StreamWriter _writer;
+    private StreamWriter _writer;
     private bool _closed;
 
     /// <summary>Opens (creating folders as needed) <paramref name="path"/> for appending.</summary>
@@ -55,6 +57,59 @@ public sealed class JsonLinesLogger : LoggerDestination
         }
 
         _writer.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?> { ["hyperparameters"] = hyperparameters }, Options));
+    }
+
+    /// <summary>On a resumed run (timestamp past batch 0), drops the earlier processes' lines logged after the resumed batch.</summary>
+    public override void FitStart(State state, Logger logger)
+    {
+        long resumedAt = state.Timestamp.Batch;
+        if (_closed || resumedAt == 0)
+        {
+            return;
+        }
+
+        _writer.Dispose();
+        string[] lines = File.ReadAllLines(Path);
+        string[] kept = lines.Where(l => Parse(l) is not { } entry || LoggedBeforeResumeAt(entry.Step, entry.Names, resumedAt)).ToArray();
+        if (kept.Length != lines.Length)
+        {
+            string temp = Path + ".rewrite.tmp";
+            File.WriteAllLines(temp, kept, new UTF8Encoding(false));
+            File.Move(temp, Path, overwrite: true);
+        }
+
+        _writer = new StreamWriter(new FileStream(Path, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+    }
+
+    /// <summary>
+    /// Whether metrics logged at <paramref name="step"/> belong to the part of a run that a checkpoint of batch
+    /// <paramref name="resumedBatch"/> contains. The loss and time metrics of the batch with index k are logged at
+    /// step k (before the timestamp advances), evaluations after batch k at step k: so everything before step k,
+    /// and at step k the evaluation metrics (<c>metrics/…</c> except <c>metrics/train/…</c>), which ran before the
+    /// checkpoint event; the rest of step k and everything later is redone by the resumed run.
+    /// </summary>
+    /// <param name="step">The logged step.</param>
+    /// <param name="metricNames">The names logged in that call.</param>
+    /// <param name="resumedBatch">The batch the run resumed at.</param>
+    public static bool LoggedBeforeResumeAt(long step, IEnumerable<string> metricNames, long resumedBatch) =>
+        step < resumedBatch ||
+        (step == resumedBatch && metricNames.All(n => n.StartsWith("metrics/", StringComparison.Ordinal) && !n.StartsWith("metrics/train/", StringComparison.Ordinal)));
+
+    /// <summary>The step and metric names of a metrics line, or null for a hyperparameters line or one that is not JSON.</summary>
+    private static (long Step, string[] Names)? Parse(string line)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(line);
+            JsonElement root = doc.RootElement;
+            return root.TryGetProperty("step", out JsonElement step) && step.TryGetInt64(out long value) && root.TryGetProperty("metrics", out JsonElement metrics) && metrics.ValueKind == JsonValueKind.Object
+                ? (value, metrics.EnumerateObject().Select(m => m.Name).ToArray())
+                : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
     }
 
     /// <inheritdoc/>

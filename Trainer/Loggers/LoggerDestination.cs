@@ -1,6 +1,6 @@
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// Base class for logger destinations (Composer's <c>LoggerDestination</c>): a <see cref="Callback"/> that also

@@ -2,7 +2,7 @@ using System.Globalization;
 using ComposerSharp.Events;
 using Spectre.Console;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// Progress of training and evaluation (Composer's <c>ProgressBarLogger</c>). On a terminal: a Spectre.Console bar

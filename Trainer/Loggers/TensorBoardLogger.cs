@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text;
 using TorchSharp;
 
-namespace ComposerSharp.Trainer.Loggers;
+namespace ComposerSharp.Training.Loggers;
 
 /// <summary>
 /// Writes metrics as TensorBoard scalars through TorchSharp's <c>torch.utils.tensorboard.SummaryWriter</c>

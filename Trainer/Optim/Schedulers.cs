@@ -1,7 +1,7 @@
 using System.Globalization;
 using ComposerSharp.Events;
 
-namespace ComposerSharp.Trainer.Optim;
+namespace ComposerSharp.Training.Optim;
 
 /// <summary>
 /// Conversion of a scheduler's <see cref="Time"/> lengths into counts the timestamp can be compared with, as in

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using ComposerSharp.Interop;
 
 namespace ComposerSharp.Benchmarks.Harness;
 
@@ -9,7 +9,7 @@ namespace ComposerSharp.Benchmarks.Harness;
 /// than with PASSIVE (threads sleep at barriers). The harness therefore sets PASSIVE when the variable is unset,
 /// for itself and for the PyTorch peer, and records the policy with the results.
 /// </summary>
-internal static partial class OpenMp
+internal static class OpenMp
 {
     /// <summary>The variable's name.</summary>
     public const string WaitPolicyVariable = "OMP_WAIT_POLICY";
@@ -26,16 +26,8 @@ internal static partial class OpenMp
             return existing;
         }
 
-        Environment.SetEnvironmentVariable(WaitPolicyVariable, policy);
-        if (!OperatingSystem.IsWindows())
-        {
-            // .NET keeps its own copy of the environment on Unix; native code (libgomp) reads the C library's.
-            _ = SetEnv(WaitPolicyVariable, policy, 1);
-        }
-
+        // .NET keeps its own copy of the environment on Unix; native code (libgomp) reads the C library's.
+        NativeEnvironment.Set(WaitPolicyVariable, policy);
         return policy;
     }
-
-    [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int SetEnv(string name, string value, int overwrite);
 }

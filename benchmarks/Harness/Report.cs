@@ -5,7 +5,7 @@ using Spectre.Console;
 
 namespace ComposerSharp.Benchmarks.Harness;
 
-/// <summary>A target of issue 6 checked against this run's number.</summary>
+/// <summary>A speed target (benchmarks/README.md, "Targets") checked against this run's number.</summary>
 /// <param name="Target">What is required, e.g. "LPLayerNorm fwd+bwd ≤ 0.7 × fp32 at [8,512,768]".</param>
 /// <param name="Value">The measured value (same unit as <paramref name="Limit"/>).</param>
 /// <param name="Limit">The limit the value must not exceed.</param>
@@ -41,7 +41,7 @@ internal sealed class PartReport
     /// <summary>Numbers behind the table, serialised as they are.</summary>
     public object? Data { get; set; }
 
-    /// <summary>Targets of the issue that this part checks.</summary>
+    /// <summary>The targets this part checks.</summary>
     public List<TargetCheck> Targets { get; } = new();
 
     /// <summary>Remarks printed under the table (shape, method, caveats).</summary>

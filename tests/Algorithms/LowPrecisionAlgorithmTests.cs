@@ -1,5 +1,6 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -9,12 +10,11 @@ namespace ComposerSharp.Tests.Algorithms;
 
 /// <summary>
 /// The LowPrecisionLayerNorm / LowPrecisionGroupNorm algorithms run by the Engine, their descriptions, and state-dict
-/// compatibility of surgered models ("Done when" items 8 and 10 of issue 4, and the model part of item 9).
+/// compatibility of surgered models (fp32 leaves the model alone, LayerNorms added at Init by an earlier algorithm are converted, and state dicts stay compatible).
 /// </summary>
 [TestFixture]
 public class LowPrecisionAlgorithmTests
 {
-    // Item 10.
     [Test]
     public void LayerNormsAddedAtInitByAnEarlierAlgorithmAreConvertedToo()
     {
@@ -46,7 +46,7 @@ public class LowPrecisionAlgorithmTests
         Assert.That(ModuleSurgery.CountModuleInstances(model, typeof(LPLayerNorm)), Is.EqualTo(2), "runs only at apply_at");
     }
 
-    // Item 8, through the engine.
+    // Through the engine.
     [Test]
     public void WithFp32PrecisionTheAlgorithmReplacesNothingAndWarns()
     {
@@ -132,7 +132,7 @@ public class LowPrecisionAlgorithmTests
     }
 
     /// <summary>
-    /// The model half of "Done when" item 9 (the Trainer round trip waits for the Trainer): surgery keeps every
+    /// The model half of the checkpoint round trip (the Trainer half is in LowPrecisionCheckpointTests): surgery keeps every
     /// state-dict key and tensor, and a state dict saved from a surgered model loads into a plain one and back.
     /// </summary>
     [Test]
@@ -192,7 +192,7 @@ public class LowPrecisionAlgorithmTests
         }
     }
 
-    /// <summary>An algorithm that appends a LayerNorm to a Sequential model at Init (the "X" of item 10).</summary>
+    /// <summary>An algorithm that appends a LayerNorm to a Sequential model at Init (another algorithm running before LowPrecisionLayerNorm at Init).</summary>
     private sealed class AddLayerNormAtInit : Algorithm
     {
         public override bool Match(Event e, State state) => e == Event.Init;

@@ -2,16 +2,16 @@ using ComposerSharp.Algorithms;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Trainer.Trainer;
 
 namespace ComposerSharp.Tests.Algorithms;
 
 /// <summary>
-/// Issue item 9: train 3 batches with LowPrecisionLayerNorm, save, and load into fresh Trainers with and without the
+/// Train 3 batches with LowPrecisionLayerNorm, save, and load into fresh Trainers with and without the
 /// algorithm. The Trainer re-creates the missing required-on-load algorithm with a warning, or refuses when asked to.
 /// </summary>
 [TestFixture]
@@ -34,7 +34,7 @@ public class LowPrecisionCheckpointTests
         return new BertForMaskedLM(Config);
     }
 
-    private static TrainerT Trainer(ComposerModel model, IEnumerable<IAlgorithm> algorithms, CheckpointOptions? checkpoint = null, CapturingLoggerFactory? logs = null) =>
+    private static Trainer Trainer(ComposerModel model, IEnumerable<IAlgorithm> algorithms, CheckpointOptions? checkpoint = null, CapturingLoggerFactory? logs = null) =>
         new(model, Loader(), maxDuration: "3ba", algorithms: algorithms, precision: Precision.AmpBf16, device: "cpu",
             optimizerFactory: p => optim.AdamW(p, 1e-3), checkpoint: checkpoint, progressBar: false, loggerFactory: logs);
 
@@ -61,7 +61,7 @@ public class LowPrecisionCheckpointTests
         try
         {
             BertForMaskedLM trained = Model(1);
-            using (TrainerT first = Trainer(trained, new[] { new LowPrecisionLayerNorm() }))
+            using (Trainer first = Trainer(trained, new[] { new LowPrecisionLayerNorm() }))
             {
                 first.Fit();
                 Assert.That(first.State.Timestamp.Batch, Is.EqualTo(3));
@@ -74,7 +74,7 @@ public class LowPrecisionCheckpointTests
 
             // With the algorithm: same weights, same structure.
             BertForMaskedLM withAlgorithm = Model(2);
-            using (TrainerT second = Trainer(withAlgorithm, new[] { new LowPrecisionLayerNorm() }, new CheckpointOptions { LoadPath = path }))
+            using (Trainer second = Trainer(withAlgorithm, new[] { new LowPrecisionLayerNorm() }, new CheckpointOptions { LoadPath = path }))
             {
                 AssertSameWeights(trained, withAlgorithm);
                 Assert.That(Count<LPLayerNorm>(withAlgorithm), Is.EqualTo(replaced));
@@ -83,7 +83,7 @@ public class LowPrecisionCheckpointTests
             // Without the algorithm: the Trainer re-creates it (required on load), warns, and the weights load.
             var logs = new CapturingLoggerFactory();
             BertForMaskedLM without = Model(3);
-            using (TrainerT third = Trainer(without, Array.Empty<IAlgorithm>(), new CheckpointOptions { LoadPath = path }, logs))
+            using (Trainer third = Trainer(without, Array.Empty<IAlgorithm>(), new CheckpointOptions { LoadPath = path }, logs))
             {
                 AssertSameWeights(trained, without);
                 Assert.That(third.State.Algorithms.Select(a => a.Name), Does.Contain("low_precision_layernorm"));

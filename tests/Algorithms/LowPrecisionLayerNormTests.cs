@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 
 namespace ComposerSharp.Tests.Algorithms;
 
-/// <summary>The low-precision LayerNorm module and its functional form ("Done when" items 1–4 and 8 of issue 4).</summary>
+/// <summary>The low-precision LayerNorm module and its functional form (output dtype, tolerance against Float32, absent weight or bias, gradients reaching the original parameters, fp32 leaving the model alone).</summary>
 [TestFixture]
 public class LowPrecisionLayerNormTests
 {
@@ -17,7 +17,6 @@ public class LowPrecisionLayerNormTests
     private const double Bf16MeanError = 0.01;
     private const double Fp16MaxError = 0.01;
 
-    // Item 1.
     [Test]
     public void UnderBf16TheSurgeredModelReturnsBFloat16WhereThePlainLayerNormReturnsFloat32()
     {
@@ -45,7 +44,6 @@ public class LowPrecisionLayerNormTests
         Assert.That(model.call(x).dtype, Is.EqualTo(ScalarType.Float32), "outside autocast");
     }
 
-    // Item 2 (bf16, and bitwise outside autocast).
     [Test]
     public void Bf16OutputIsWithinToleranceOfFp32AndBitwiseEqualOutsideAutocast()
     {
@@ -64,7 +62,6 @@ public class LowPrecisionLayerNormTests
         Assert.That(TestTensors.BitwiseEqual(outside, reference), Is.True, "outside autocast the output must be bitwise the original's");
     }
 
-    // Item 2 (fp16).
     [Test]
     public void Fp16OutputIsWithinToleranceOfFp32WhereTheCpuHasTheKernels()
     {
@@ -83,7 +80,6 @@ public class LowPrecisionLayerNormTests
         TestTensors.AssertClose(TestTensors.CallUnder(Precision.AmpFp16, model, x), reference, ScalarType.Float16, Fp16MaxError);
     }
 
-    // Item 3.
     [TestCase(false, true, TestName = "LayerNormWithoutElementwiseAffineIsReplacedAndMeetsTolerance")]
     [TestCase(true, false, TestName = "LayerNormWithoutBiasIsReplacedAndMeetsTolerance")]
     public void LayerNormWithAbsentParametersIsReplacedAndMeetsTolerance(bool elementwiseAffine, bool bias)
@@ -111,7 +107,6 @@ public class LowPrecisionLayerNormTests
         Assert.That(TestTensors.BitwiseEqual(model.call(x), reference), Is.True, "bitwise outside autocast");
     }
 
-    // Item 4.
     [Test]
     public void Bf16GradientsReachTheOriginalFloat32ParametersAndMatchFp32Gradients()
     {
@@ -167,7 +162,6 @@ public class LowPrecisionLayerNormTests
         }
     }
 
-    // Item 8.
     [Test]
     public void Fp32PrecisionReplacesNothingAndWarns()
     {

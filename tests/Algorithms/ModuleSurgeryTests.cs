@@ -9,13 +9,12 @@ using static TorchSharp.torch;
 
 namespace ComposerSharp.Tests.Algorithms;
 
-/// <summary>ModuleSurgery.ReplaceModuleClasses: every reference, containers, optimizers ("Done when" items 5–7 of issue 4).</summary>
+/// <summary>ModuleSurgery.ReplaceModuleClasses: every reference, containers, optimizers (optimizers built before surgery, modules held in fields, properties and containers).</summary>
 [TestFixture]
 public class ModuleSurgeryTests
 {
     private static readonly SurgeryPolicy[] LayerNormPolicy = { SurgeryPolicy.For<LayerNorm>((ln, _) => new LPLayerNorm(ln)) };
 
-    // Item 5.
     [Test]
     public void AdamBuiltBeforeSurgeryKeepsItsGroupsAndStepsTheLayerNormWeight()
     {
@@ -60,7 +59,6 @@ public class ModuleSurgeryTests
         Assert.That(lp.weight.dtype, Is.EqualTo(ScalarType.Float32));
     }
 
-    // Item 6.
     [Test]
     public void LayerNormsInFieldsAutoPropertiesAndRenamedFieldsAreReplacedEverywhere()
     {
@@ -107,7 +105,6 @@ public class ModuleSurgeryTests
         Assert.That(model.Other, Is.InstanceOf<LayerNorm>(), "the other, replaceable, LayerNorm is left alone too");
     }
 
-    // Item 7.
     [Test]
     public void ReplacementInsideSequentialModuleListAndModuleDictIsSeenByForwardAndStateDict()
     {

@@ -2,6 +2,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 
@@ -194,7 +195,7 @@ public sealed class CountBatchesAlgorithm : Algorithm
 
 public sealed class TestPlugin : IComposerSharpPlugin
 {
-    public void ConfigureServices(IServiceCollection services) => services.AddAlgorithm<CountBatchesAlgorithm>("count_batches");
+    public void ConfigureServices(IServiceCollection services) => services.AddAlgorithm<CountBatchesAlgorithm>();
 }
 
 [TestFixture]

@@ -128,22 +128,9 @@ public class RunFolderTests
         {
             using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
             {
-                var output = new StringWriter();
-                var error = new StringWriter();
-                TextWriter original = Console.Error;
-                Console.SetError(error);
-                int code;
-                try
-                {
-                    code = CliApp.Run(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false" }, output);
-                }
-                finally
-                {
-                    Console.SetError(original);
-                }
-
-                Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error.ToString());
-                Assert.That(error.ToString(), Does.Contain("is in use by process " + Environment.ProcessId));
+                (int code, _, string error) = CliRun.Captured(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false" });
+                Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+                Assert.That(error, Does.Contain("is in use by process " + Environment.ProcessId));
                 Assert.That(Directory.GetFileSystemEntries(folder).Select(Path.GetFileName), Is.EquivalentTo(new[] { RunFolderLock.FileName, RunFolderLock.FileName + ".info" }), "the refused run touched nothing");
             }
 
@@ -153,6 +140,39 @@ public class RunFolderTests
             {
                 Assert.That(log.Warnings, Has.Some.Contains("left by process 999999"));
             }
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Test]
+    public void ReRunningACommandIsRefusedBeforeAnyFileIsTouchedAndSaveOverwriteStartsAfresh()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-rerun-" + Guid.NewGuid().ToString("N"));
+        string[] args =
+        {
+            "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false",
+            "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+        };
+        try
+        {
+            Assert.That(CliRun.Captured(args).Code, Is.Zero);
+            string metrics = Path.Combine(folder, "metrics.jsonl");
+            byte[] before = File.ReadAllBytes(metrics);
+            int events = Directory.GetFiles(Path.Combine(folder, "tensorboard"), "*", SearchOption.AllDirectories).Length;
+
+            (int code, _, string error) = CliRun.Captured(args);
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("already holds").And.Contain("--autoresume true").And.Contain("--save-overwrite true"));
+            Assert.That(File.ReadAllBytes(metrics), Is.EqualTo(before), "metrics.jsonl untouched");
+            Assert.That(Directory.GetFiles(Path.Combine(folder, "tensorboard"), "*", SearchOption.AllDirectories), Has.Length.EqualTo(events), "no new TensorBoard file");
+
+            (code, _, error) = CliRun.Captured(args.Append("--save-overwrite").Append("true").ToArray());
+            Assert.That(code, Is.Zero, error);
+            Assert.That(File.ReadLines(metrics).Count(l => l.Contains("\"hyperparameters\"", StringComparison.Ordinal)), Is.EqualTo(1), "metrics.jsonl started afresh");
+            Assert.That(Directory.GetFiles(Path.Combine(folder, "tensorboard"), "events.out.tfevents*", SearchOption.AllDirectories), Has.Length.EqualTo(1));
         }
         finally
         {
@@ -205,23 +225,43 @@ public class AutoresumeCliTests
         try
         {
             Assert.That(CliApp.Run(args, new StringWriter()), Is.Zero);
-            var log = new StringWriter();
-            TextWriter original = Console.Out;
-            Console.SetOut(log);
-            int code;
             var summary = new StringWriter();
-            try
-            {
-                code = CliApp.Run(args, summary);
-            }
-            finally
-            {
-                Console.SetOut(original);
-            }
-
-            Assert.That(code, Is.Zero, log.ToString());
-            Assert.That(log.ToString(), Does.Contain("is already complete").And.Contain("nothing to train"));
+            (int code, string log, _) = CliRun.Captured(args, summary);
+            Assert.That(code, Is.Zero, log);
+            Assert.That(log, Does.Contain("is already complete").And.Contain("nothing to train"));
             Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*2\b"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+}
+
+[TestFixture]
+public class EvalCliTests
+{
+    [Test]
+    public void EvalReportsTheBatchesItEvaluatedAndLeavesNoEmptyOrFailedFolders()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-eval-" + Guid.NewGuid().ToString("N"));
+        string[] data = { "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=24", "--set", "train_loader.batch_size=8", "--set", "eval_loader.batch_size=8" };
+        try
+        {
+            Assert.That(CliApp.Run(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), new StringWriter()), Is.Zero);
+            string checkpoint = Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*-ba2-*.ckpt").Single();
+
+            var summary = new StringWriter();
+            int code = CliApp.Run(new[] { "eval", "--load-path", checkpoint, "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray(), summary);
+            Assert.That(code, Is.Zero, summary.ToString());
+            Assert.That(summary.ToString(), Does.Match(@"batches\s*[│|]?\s*3\b").And.Match(@"samples\s*[│|]?\s*24\b"), "3 eval batches of 8, not the checkpoint's training counters");
+            string evalFolder = Directory.GetDirectories(folder, "eval-*").Single();
+            Assert.That(Directory.Exists(Path.Combine(evalFolder, "checkpoints")), Is.False, "no empty checkpoints folder");
+
+            Thread.Sleep(1100); // a new eval-<time> stamp
+            (code, _, string error) = CliRun.Captured(new[] { "eval", "--load-path", Path.Combine(folder, "missing.ckpt"), "--run-folder", folder, "--progress-bar", "false" }.Concat(data).ToArray());
+            Assert.That(code, Is.Not.Zero);
+            Assert.That(Directory.GetDirectories(folder, "eval-*"), Has.Length.EqualTo(1), "the failed evaluation left no folder: " + error);
         }
         finally
         {
@@ -235,17 +275,8 @@ public class CommandLineErrorTests
 {
     private static (int Code, string Error) Run(params string[] args)
     {
-        var error = new StringWriter();
-        TextWriter original = Console.Error;
-        Console.SetError(error);
-        try
-        {
-            return (CliApp.Run(args, new StringWriter()), error.ToString());
-        }
-        finally
-        {
-            Console.SetError(original);
-        }
+        (int code, _, string error) = CliRun.Captured(args);
+        return (code, error);
     }
 
     [Test]
@@ -275,5 +306,45 @@ public class CommandLineErrorTests
                 Directory.Delete(folder, recursive: true);
             }
         }
+    }
+}
+
+/// <summary>Runs the CLI in-process with the console's output and error captured.</summary>
+internal static class CliRun
+{
+    private static readonly object Gate = new();
+
+    /// <summary>Runs <paramref name="args"/>; the summary goes to <paramref name="summary"/> (discarded when null).</summary>
+    internal static (int Code, string Out, string Err) Captured(string[] args, TextWriter? summary = null)
+    {
+        lock (Gate)
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            TextWriter originalOut = Console.Out, originalError = Console.Error;
+            Console.SetOut(output);
+            Console.SetError(error);
+            try
+            {
+                return (CliApp.Run(args, summary ?? new StringWriter()), output.ToString(), error.ToString());
+            }
+            finally
+            {
+                Console.SetOut(originalOut);
+                Console.SetError(originalError);
+            }
+        }
+    }
+}
+
+[TestFixture]
+public class HelpTests
+{
+    [Test]
+    public void HelpShowsTheDefaultConfigsValues()
+    {
+        (int code, string output, _) = CliRun.Captured(new[] { "train", "--help" });
+        Assert.That(code, Is.Zero);
+        Assert.That(output, Does.Contain("Default config: 1ep").And.Contain("Default config: amp_bf16").And.Contain("Default config: low_precision_layernorm"));
     }
 }

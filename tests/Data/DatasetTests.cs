@@ -21,6 +21,26 @@ public class DatasetTests
     [TearDown]
     public void DeleteFolder() => Directory.Delete(_dir, recursive: true);
 
+    [Test]
+    public void RandomBytesNamedTxtAreRefusedNamingTheFile()
+    {
+        var random = new Random(Environment.TickCount);
+        byte[] bytes = new byte[4096];
+        random.NextBytes(bytes);
+        bytes[10] = 0xFF; // never valid in UTF-8
+        string path = Path.Combine(_dir, "noise.txt");
+        File.WriteAllBytes(path, bytes);
+        var ex = Assert.Throws<InvalidDataException>(() => TextBlockDataset.Load(new TextCorpusOptions { Path = _dir, BlockSize = 4 }, Tokenizer));
+        Assert.That(ex!.Message, Does.Contain("noise.txt").And.Contain("not UTF-8 text"));
+
+        File.WriteAllText(path, "text\0with a NUL");
+        ex = Assert.Throws<InvalidDataException>(() => TextBlockDataset.Load(new TextCorpusOptions { Path = _dir, BlockSize = 4 }, Tokenizer));
+        Assert.That(ex!.Message, Does.Contain("NUL"));
+
+        File.WriteAllText(path, "\uFEFFplain text with a byte-order mark, long enough for a few blocks of four tokens each", new System.Text.UTF8Encoding(false));
+        Assert.That(TextBlockDataset.Load(new TextCorpusOptions { Path = _dir, BlockSize = 4 }, Tokenizer).Count, Is.Positive);
+    }
+
     private string Write(string name, string content)
     {
         string path = Path.Combine(_dir, name);

@@ -1,9 +1,10 @@
 using System.Text.RegularExpressions;
 using ComposerSharp.Cli;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using ComposerSharp.Tests.Algorithms;
 using ComposerSharp.Tests.Support;
-using ComposerSharp.Tests.Trainer;
+using ComposerSharp.Tests.Training;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 
@@ -77,7 +78,7 @@ public class ReproducibilityTests
     [Test]
     public void TwoRunsInDeterministicModeGiveBitwiseEqualWeights()
     {
-        ComposerSharp.Trainer.Trainer Run()
+        Trainer Run()
         {
             var t = TestData.Trainer(TestData.Model(initSeed: 3, dropout: 0.3), TestData.Loader(48, 8, shuffle: true, seed: 2), "2ep", deterministicMode: true);
             t.Fit();

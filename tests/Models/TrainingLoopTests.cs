@@ -1,5 +1,6 @@
 using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using ComposerSharp.Models;
 using NUnit.Framework;
 using TorchSharp;

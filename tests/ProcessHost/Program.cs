@@ -1,10 +1,10 @@
 using System.Runtime.InteropServices;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Trainer.Trainer;
 
 // Commands run by the tests in a fresh process. Exit codes: 0 success, 3 the expected exception (its message on
 // stdout), 2 unknown command.
@@ -19,7 +19,7 @@ switch (args.FirstOrDefault())
 
         try
         {
-            using var trainer = new TrainerT(new Probe(), device: "cpu", progressBar: false, deterministicMode: true);
+            using var trainer = new Trainer(new Probe(), device: "cpu", progressBar: false, deterministicMode: true);
             Console.WriteLine("no exception");
             return 0;
         }
@@ -38,7 +38,7 @@ switch (args.FirstOrDefault())
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-sigterm-" + Guid.NewGuid().ToString("N"));
         using var stop = new GracefulStop();
         var signaller = new SignalAtBatch(at, count);
-        using var trainer = new TrainerT(new Probe(), new Batches(64, 4), "16ba", callbacks: new ICallback[] { signaller }, device: "cpu", progressBar: false,
+        using var trainer = new Trainer(new Probe(), new Batches(64, 4), "16ba", callbacks: new ICallback[] { signaller }, device: "cpu", progressBar: false,
             checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "100ba" }, runName: "sigterm");
         trainer.Fit(cancellationToken: stop.Token);
         string[] checkpoints = Directory.Exists(folder) ? Directory.GetFiles(folder, "*.ckpt").Select(f => Path.GetFileName(f)).ToArray() : Array.Empty<string>();
@@ -55,7 +55,7 @@ switch (args.FirstOrDefault())
         var history = new ComposerSharp.Cli.Reporting.MetricHistory();
         var samples = new List<(long Batch, long Rss)>();
         var probe = new RssAt(new long[] { 2000, total / 2, total }, samples);
-        using (var trainer = new TrainerT(new Probe(), new Batches(4096, 4), Time.FromBatch(total), loggers: new ILoggerDestination[] { history },
+        using (var trainer = new Trainer(new Probe(), new Batches(4096, 4), Time.FromBatch(total), loggers: new ILoggerDestination[] { history },
                    callbacks: new ICallback[] { probe }, device: "cpu", progressBar: false, runFolder: folder, runName: "rss", evalInterval: 0))
         {
             trainer.Fit();

@@ -1,9 +1,10 @@
 using ComposerSharp.Events;
-using ComposerSharp.Trainer.Callbacks;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Callbacks;
 using NUnit.Framework;
 using TorchSharp;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>The stock callbacks: stoppers, monitors and the runtime estimate.</summary>
 [TestFixture]
@@ -100,7 +101,7 @@ public class CallbackTests
     {
         var logger = new MemoryLogger();
         using var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(32, 8), "4ba", callbacks: new[] { new LRMonitor() }, loggers: new[] { logger },
-            schedulers: new[] { new ComposerSharp.Trainer.Optim.LinearWithWarmupScheduler("4ba") }, optimizerFactory: p => torch.optim.SGD(p, 0.2));
+            schedulers: new[] { new ComposerSharp.Training.Optim.LinearWithWarmupScheduler("4ba") }, optimizerFactory: p => torch.optim.SGD(p, 0.2));
         trainer.Fit();
         // At BatchEnd the rate is the next batch's: 0.2 × (k + 1)/4 for k = 0..2, then 0.2 × alpha_i at the end.
         Assert.That(logger.Values("lr-SGD/group0"), Is.EqualTo(new[] { 0.05, 0.1, 0.15, 0.2 }).Within(1e-12));

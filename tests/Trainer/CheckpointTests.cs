@@ -1,14 +1,14 @@
 using System.IO.Compression;
 using ComposerSharp.Events;
-using ComposerSharp.Trainer;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Optim;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 using TorchSharp;
-using TrainerT = ComposerSharp.Trainer.Trainer;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>Checkpoint content, atomic writes, damaged files, rotation, weights-only, required-on-load algorithms and exact resume.</summary>
 [TestFixture]
@@ -20,12 +20,12 @@ public class CheckpointTests
     /// because the resume tests compare weights bit for bit, which is promised only there (without it MKL may round
     /// the same product differently for different memory alignments, as on AMD EPYC).
     /// </summary>
-    private static TrainerT ResumableRun(List<long> seenSamples, CheckpointOptions? checkpoint = null, IEnumerable<ICallback>? extra = null, string? runName = null)
+    private static Trainer ResumableRun(List<long> seenSamples, CheckpointOptions? checkpoint = null, IEnumerable<ICallback>? extra = null, string? runName = null)
     {
         var record = new ActionCallback(Event.AfterDataloader, s => seenSamples.AddRange(s.Batch!["index"].data<long>().ToArray()));
         var callbacks = new List<ICallback> { record, new SpeedMonitor(windowSize: 2) };
         callbacks.AddRange(extra ?? Array.Empty<ICallback>());
-        return new TrainerT(
+        return new Trainer(
             TestData.Model(initSeed: 21, dropout: 0.3), TestData.Loader(40, 8, shuffle: true, seed: 5), "2ep",
             callbacks: callbacks, device: "cpu", seed: 42, deviceTrainMicrobatchSize: 3, progressBar: false,
             optimizerFactory: p => torch.optim.AdamW(p, 0.01),
@@ -49,14 +49,14 @@ public class CheckpointTests
     public void ResumeIsBitwiseExact(Event stopEvent, long stopAt, string saveInterval, long batchInEpochAtResume)
     {
         var reference = new List<long>();
-        using TrainerT uninterrupted = ResumableRun(reference);
+        using Trainer uninterrupted = ResumableRun(reference);
         uninterrupted.Fit();
 
         string folder = TestData.TempFolder();
         var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = saveInterval, Autoresume = true };
         var first = new List<long>();
         long stoppedAt;
-        using (TrainerT interrupted = ResumableRun(first, options, new[] { StopAt(stopEvent, stopAt) }))
+        using (Trainer interrupted = ResumableRun(first, options, new[] { StopAt(stopEvent, stopAt) }))
         {
             interrupted.Fit();
             stoppedAt = interrupted.State.Timestamp.Batch;
@@ -64,7 +64,7 @@ public class CheckpointTests
 
         var second = new List<long>();
         var steps = new EventRecorder();
-        using TrainerT resumed = ResumableRun(second, options, new[] { steps });
+        using Trainer resumed = ResumableRun(second, options, new[] { steps });
         Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(stoppedAt), "autoresume loaded the latest checkpoint");
         Assert.That(resumed.State.Timestamp.BatchInEpoch, Is.EqualTo(batchInEpochAtResume));
         resumed.Fit();
@@ -87,7 +87,7 @@ public class CheckpointTests
     {
         string path = Path.Combine(TestData.TempFolder(), "{run_name}-ba{batch}.ckpt");
         var stopper = new EarlyStopper("Accuracy", "eval");
-        using var trainer = new TrainerT(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
+        using var trainer = new Trainer(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
             algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { stopper, new SpeedMonitor() },
             precision: Precision.AmpFp16, device: "cpu", seed: 99, optimizerFactory: p => torch.optim.AdamW(p, 0.01),
             schedulers: new[] { new LinearWithWarmupScheduler("3ba") }, evalInterval: "2ba", runName: "content", progressBar: false);
@@ -116,7 +116,7 @@ public class CheckpointTests
         var logs = new ListLoggerProvider();
         using var factory = LoggerFactory.Create(b => b.AddProvider(logs));
         var restoredStopper = new EarlyStopper("Accuracy", "eval");
-        using var restored = new TrainerT(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
+        using var restored = new Trainer(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
             algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { restoredStopper },
             precision: Precision.AmpFp16, device: "cpu", seed: 1, optimizerFactory: p => torch.optim.AdamW(p, 0.5),
             checkpoint: new CheckpointOptions { LoadPath = written }, runName: "content-2", progressBar: false, loggerFactory: factory);
@@ -204,6 +204,31 @@ public class CheckpointTests
         Assert.That(saver.SavedCheckpoints.Select(Path.GetFileName), Is.EqualTo(new[] { "ep0-ba4-rank0.ckpt", "ep0-ba5-rank0.ckpt" }));
         Assert.That(saver.AllSavedCheckpoints, Has.Count.EqualTo(5));
         Assert.Throws<ArgumentOutOfRangeException>(() => new CheckpointSaver(numCheckpointsToKeep: 0));
+    }
+
+    [Test]
+    public void RotationHoldsForTheFolderAcrossResumesAndOrphanedTemporaryFilesAreRemoved()
+    {
+        string folder = TestData.TempFolder();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = "1ba", SaveNumCheckpointsToKeep = 2, Autoresume = true };
+        using (var first = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", callbacks: new[] { StopAt(Event.BatchEnd, 3) }))
+        {
+            first.Fit();
+        }
+
+        // What a process killed during a save leaves: the temporary file of a checkpoint that was never renamed.
+        string orphan = Path.Combine(folder, $".ep0-ba4-rank0.ckpt.{Guid.NewGuid():N}.tmp");
+        File.WriteAllBytes(orphan, new byte[1000]);
+        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        using (var resumed = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", loggerFactory: log))
+        {
+            Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(3));
+            resumed.Fit();
+        }
+
+        Assert.That(Directory.GetFiles(folder).Select(Path.GetFileName),
+            Is.EquivalentTo(new[] { "ep0-ba5-rank0.ckpt", "ep1-ba6-rank0.ckpt", "latest-rank0.ckpt" }), "the first process's ba2 and ba3 are pruned too, and the orphan is gone");
+        Assert.That(log.Warnings, Has.Some.Contains("did not finish"));
     }
 
     [Test]
@@ -308,10 +333,10 @@ public class CheckpointTests
     [Test]
     public void AutoresumeNeedsARunNameAndASaveFolder()
     {
-        var noName = Assert.Throws<InvalidOperationException>(() => new TrainerT(TestData.Model(), device: "cpu", progressBar: false,
+        var noName = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), device: "cpu", progressBar: false,
             checkpoint: new CheckpointOptions { Autoresume = true, SaveFolder = TestData.TempFolder() }));
         Assert.That(noName!.Message, Does.Contain("runName"));
-        var noFolder = Assert.Throws<InvalidOperationException>(() => new TrainerT(TestData.Model(), device: "cpu", progressBar: false, runName: "x",
+        var noFolder = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), device: "cpu", progressBar: false, runName: "x",
             checkpoint: new CheckpointOptions { Autoresume = true }));
         Assert.That(noFolder!.Message, Does.Contain("save folder"));
     }
@@ -320,8 +345,8 @@ public class CheckpointTests
     public void FileNamePlaceholders()
     {
         var state = new State(TestData.Model(), runName: "abc") { Timestamp = new Timestamp { Epoch = 2, Batch = 17, Sample = 136, Token = 9 } };
-        Assert.That(CheckpointFile.Format("{run_name}/ep{epoch}-ba{batch}-sp{sample}-tok{token}-rank{rank}.ckpt", state), Is.EqualTo("abc/ep2-ba17-sp136-tok9-rank0.ckpt"));
-        var ex = Assert.Throws<FormatException>(() => CheckpointFile.Format("{step}.ckpt", state));
+        Assert.That(PathTemplate.Expand("{run_name}/ep{epoch}-ba{batch}-sp{sample}-tok{token}-rank{rank}.ckpt", state), Is.EqualTo("abc/ep2-ba17-sp136-tok9-rank0.ckpt"));
+        var ex = Assert.Throws<FormatException>(() => PathTemplate.Expand("{step}.ckpt", state));
         Assert.That(ex!.Message, Does.Contain("{step}").And.Contain("{batch}"));
     }
 

@@ -1,7 +1,8 @@
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>Max durations stop where Composer stops; bad durations and empty loaders fail clearly.</summary>
 [TestFixture]

@@ -1,9 +1,10 @@
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>The loop raises Composer's events in Composer's order and counts (tests/test_events.py).</summary>
 [TestFixture]
@@ -42,6 +43,34 @@ public class EventOrderTests
         {
             Assert.That(recorder.Count(e), Is.EqualTo(count), $"count of {e.ToComposerName()}");
         }
+    }
+
+    [Test]
+    public void WithAnIterationLengthIterationsEndAfterTheirLastEpochCheckpoint()
+    {
+        // 3 epochs of 2 batches, iterations of 2 epochs (set at Init, as a curriculum callback would): the first
+        // iteration ends after epoch 2; the third epoch starts a second iteration that the max duration cuts short.
+        var recorder = new EventRecorder();
+        var setLength = new ActionCallback(Event.Init, s => s.IterationLength = "2ep");
+        using var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "3ep", callbacks: new ICallback[] { setLength, recorder });
+        trainer.Fit();
+
+        Assert.That((recorder.Count(Event.IterationStart), recorder.Count(Event.IterationEnd), recorder.Count(Event.IterationCheckpoint)), Is.EqualTo((2, 1, 1)));
+        Assert.That(recorder.Count(Event.EpochEnd), Is.EqualTo(3));
+        int end = recorder.Events.IndexOf(Event.IterationEnd);
+        Assert.That(recorder.Events.GetRange(end - 1, 5), Is.EqualTo(new[] { Event.EpochCheckpoint, Event.IterationEnd, Event.IterationCheckpoint, Event.IterationStart, Event.EpochStart }));
+        Assert.That(recorder.Events.Take(end).Count(e => e == Event.EpochEnd), Is.EqualTo(2), "the iteration ends after its second epoch");
+        Assert.That((trainer.State.Timestamp.Iteration, trainer.State.Timestamp.EpochInIteration, trainer.State.Timestamp.Epoch), Is.EqualTo((1L, 1L, 3L)));
+    }
+
+    [TestCase("1ba")]
+    [TestCase("0ep")]
+    [TestCase("2sp")]
+    public void AnIterationLengthMustBeAPositiveNumberOfEpochs(string length)
+    {
+        var state = new State(TestData.Model());
+        var ex = Assert.Throws<ArgumentException>(() => state.IterationLength = length);
+        Assert.That(ex!.Message, Does.Contain(length).And.Contain("epochs"));
     }
 
     [Test]

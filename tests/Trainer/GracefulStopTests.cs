@@ -2,11 +2,11 @@ using System.Diagnostics;
 using System.Text.Json;
 using ComposerSharp.Events;
 using ComposerSharp.Tests.Support;
-using ComposerSharp.Trainer;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;
-using TrainerT = ComposerSharp.Trainer.Trainer;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>
 /// A graceful stop: a cancelled Fit token (what <see cref="GracefulStop"/> makes of SIGINT/SIGTERM) finishes the
@@ -39,7 +39,7 @@ public class GracefulStopTests
             }
         });
         long stoppedAt;
-        using (TrainerT interrupted = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep",
+        using (Trainer interrupted = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep",
                    callbacks: new ICallback[] { cancelAtBatch3, events }, checkpoint: options, runName: "graceful", deterministicMode: true))
         {
             interrupted.Fit(cancellationToken: cts.Token);
@@ -51,11 +51,11 @@ public class GracefulStopTests
         Assert.That(events.Count(Event.FitEnd), Is.EqualTo(1));
         Assert.That(Directory.GetFiles(folder, "*.ckpt"), Has.Some.Contains("ba3"), "the end-of-training save ran at the stopping batch");
 
-        using TrainerT resumed = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep", checkpoint: options, runName: "graceful", deterministicMode: true);
+        using Trainer resumed = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep", checkpoint: options, runName: "graceful", deterministicMode: true);
         Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(3));
         resumed.Fit();
         Assert.That(resumed.StoppedByRequest, Is.False);
-        using TrainerT uninterrupted = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep", runName: "graceful-ref", deterministicMode: true);
+        using Trainer uninterrupted = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep", runName: "graceful-ref", deterministicMode: true);
         uninterrupted.Fit();
         Assert.That(TestData.BitwiseEqual(resumed.Model, uninterrupted.Model), Is.True, "stopped + resumed = uninterrupted, bit for bit (deterministic mode)");
     }
@@ -74,7 +74,7 @@ public class GracefulStopTests
                 cts.Cancel();
             }
         });
-        using TrainerT trainer = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "3ep", eval: TestData.Loader(80, 4), evalInterval: "2ba",
+        using Trainer trainer = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "3ep", eval: TestData.Loader(80, 4), evalInterval: "2ba",
             callbacks: new ICallback[] { countEval }, loggers: new[] { logger });
         trainer.Fit(cancellationToken: cts.Token);
 
@@ -88,7 +88,7 @@ public class GracefulStopTests
     public void ATokenCancelledAfterFitReturnedChangesNothingAndTheNextFitTrainsAgain()
     {
         using var cts = new CancellationTokenSource();
-        using TrainerT trainer = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ba");
+        using Trainer trainer = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ba");
         trainer.Fit(cancellationToken: cts.Token);
         cts.Cancel();
         Assert.That(trainer.StoppedByRequest, Is.False);

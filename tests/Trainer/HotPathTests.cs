@@ -1,9 +1,9 @@
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
-using TrainerT = ComposerSharp.Trainer.Trainer;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>
 /// Work the training loop leaves out when nothing needs it (benchmarks/README.md): the per-batch host read of the
@@ -15,7 +15,7 @@ public class HotPathTests
 {
     // These tests compare two runs bit for bit, which only deterministic mode promises (without it, MKL's matrix
     // products may round differently for different memory alignments, as on AMD EPYC).
-    private static TrainerT NewTrainer(IEnumerable<ILoggerDestination>? loggers, bool computeTrainingMetrics = true) =>
+    private static Trainer NewTrainer(IEnumerable<ILoggerDestination>? loggers, bool computeTrainingMetrics = true) =>
         new(TestData.Model(dropout: 0.2), TestData.Loader(40, 8, shuffle: true), "7ba", loggers: loggers, device: "cpu",
             optimizerFactory: p => torch.optim.SGD(p, 0.05), progressBar: false, computeTrainingMetrics: computeTrainingMetrics, deterministicMode: true);
 
@@ -23,9 +23,9 @@ public class HotPathTests
     public void AnUnobservedLossIsStillTheLastBatchLossAfterFit()
     {
         var logger = new MemoryLogger();
-        using TrainerT observed = NewTrainer(new[] { logger });
+        using Trainer observed = NewTrainer(new[] { logger });
         observed.Fit();
-        using TrainerT unobserved = NewTrainer(null);
+        using Trainer unobserved = NewTrainer(null);
         unobserved.Fit();
 
         double last = logger.Values("loss/train/total").Last();
@@ -38,7 +38,7 @@ public class HotPathTests
     [Test]
     public void FitCanContinueAfterAnUnobservedRun()
     {
-        using TrainerT trainer = NewTrainer(null);
+        using Trainer trainer = NewTrainer(null);
         trainer.Fit();
         double first = trainer.State.Metrics["loss/train/total"];
         trainer.Fit("3ba");
@@ -51,9 +51,9 @@ public class HotPathTests
     {
         var with = new MemoryLogger();
         var without = new MemoryLogger();
-        using TrainerT a = NewTrainer(new[] { with });
+        using Trainer a = NewTrainer(new[] { with });
         a.Fit();
-        using TrainerT b = NewTrainer(new[] { without }, computeTrainingMetrics: false);
+        using Trainer b = NewTrainer(new[] { without }, computeTrainingMetrics: false);
         b.Fit();
 
         Assert.That(with.Values("metrics/train/Accuracy"), Is.Not.Empty);

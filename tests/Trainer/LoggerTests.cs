@@ -1,12 +1,13 @@
 using System.Text;
 using System.Text.Json;
 using ComposerSharp.Events;
-using ComposerSharp.Trainer.Loggers;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 using Spectre.Console;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>The logger destinations and the run folder.</summary>
 [TestFixture]
@@ -80,7 +81,7 @@ public class LoggerTests
     {
         var provider = new ListLoggerProvider();
         using var factory = LoggerFactory.Create(b => b.AddProvider(provider).SetMinimumLevel(LogLevel.Trace));
-        using (var trainer = new ComposerSharp.Trainer.Trainer(TestData.Model(), TestData.Loader(32, 8), "1ep", TestData.Loader(8, 8),
+        using (var trainer = new Trainer(TestData.Model(), TestData.Loader(32, 8), "1ep", TestData.Loader(8, 8),
             device: "cpu", progressBar: false, logToConsole: true, consoleLogInterval: "2ba", loggerFactory: factory))
         {
             trainer.Fit();
@@ -100,13 +101,7 @@ public class LoggerTests
         Assert.That(new ProgressBarLogger().Enabled, Is.EqualTo(!Console.IsErrorRedirected));
 
         var writer = new StringWriter();
-        IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Ansi = AnsiSupport.Yes,
-            ColorSystem = ColorSystemSupport.NoColors,
-            Interactive = InteractionSupport.Yes,
-            Out = new AnsiConsoleOutput(writer),
-        });
+        IAnsiConsole console = InteractiveConsole(writer);
         console.Profile.Width = 200;
         var bar = new ProgressBarLogger(console);
         using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(24, 8), "2ep", loggers: new[] { bar }, eval: TestData.Loader(8, 8)))
@@ -144,13 +139,7 @@ public class LoggerTests
     public void OnANarrowTerminalTheBarsDescriptionIsCutToOneLine()
     {
         var writer = new StringWriter();
-        IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Ansi = AnsiSupport.Yes,
-            ColorSystem = ColorSystemSupport.NoColors,
-            Interactive = InteractionSupport.Yes,
-            Out = new AnsiConsoleOutput(writer),
-        });
+        IAnsiConsole console = InteractiveConsole(writer);
         console.Profile.Width = 80;
         var bar = new ProgressBarLogger(console);
         using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(24, 8), "2ep", loggers: new[] { bar }, eval: TestData.Loader(8, 8)))
@@ -160,4 +149,13 @@ public class LoggerTests
 
         Assert.That(writer.ToString(), Does.Contain("…"), "the long description (epoch, loss, eval metrics) was cut to the 28 columns left beside the bar");
     }
+
+    /// <summary>An interactive, colourless console writing into <paramref name="writer"/>.</summary>
+    private static IAnsiConsole InteractiveConsole(TextWriter writer) => AnsiConsole.Create(new AnsiConsoleSettings
+    {
+        Ansi = AnsiSupport.Yes,
+        ColorSystem = ColorSystemSupport.NoColors,
+        Interactive = InteractionSupport.Yes,
+        Out = new AnsiConsoleOutput(writer),
+    });
 }

@@ -1,11 +1,12 @@
 using ComposerSharp.Events;
-using ComposerSharp.Trainer.Callbacks;
-using ComposerSharp.Trainer.Optim;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Callbacks;
+using ComposerSharp.Training.Optim;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>Every train, eval and predict step runs in a dispose scope: native tensors do not accumulate.</summary>
 [TestFixture]

@@ -1,9 +1,10 @@
 using ComposerSharp.Events;
+using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>Gradient accumulation over microbatches equals the whole batch's gradient, with one optimizer step per batch.</summary>
 [TestFixture]

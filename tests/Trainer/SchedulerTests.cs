@@ -1,9 +1,10 @@
 using ComposerSharp.Events;
-using ComposerSharp.Trainer.Optim;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Optim;
 using NUnit.Framework;
 using TorchSharp;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>Composer-style schedulers, stepped every batch; the factor in force during batch k uses timestamp k.</summary>
 [TestFixture]

@@ -1,13 +1,14 @@
 using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Models;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Trainer.Trainer;
 
-namespace ComposerSharp.Tests.Trainer;
+namespace ComposerSharp.Tests.Training;
 
 /// <summary>One labelled sample: 4 features, a class in 0..2 and its index in the dataset.</summary>
 public sealed record Sample(float[] X, long Y, long Index);
@@ -374,7 +375,7 @@ public static class TestData
     }
 
     /// <summary>A Trainer on CPU with no progress bar (its defaults otherwise).</summary>
-    public static TrainerT Trainer(
+    public static Trainer Trainer(
         ComposerModel model,
         IDataLoader? train,
         ComposerSharp.Events.Time? maxDuration,
@@ -386,13 +387,13 @@ public static class TestData
         Precision? precision = null,
         IEnumerable<IAlgorithm>? algorithms = null,
         IEnumerable<IScheduler>? schedulers = null,
-        ComposerSharp.Trainer.CheckpointOptions? checkpoint = null,
+        CheckpointOptions? checkpoint = null,
         Func<IEnumerable<Parameter>, optim.Optimizer>? optimizerFactory = null,
         int seed = 17,
         string? runName = null,
         ILoggerFactory? loggerFactory = null,
         string? runFolder = null,
-        ComposerSharp.Trainer.GradScaler? gradScaler = null,
+        GradScaler? gradScaler = null,
         bool deterministicMode = false) =>
         new(model, train, maxDuration, eval, algorithms, callbacks, loggers, precision, device: "cpu", seed: seed,
             schedulers: schedulers, deviceTrainMicrobatchSize: microbatch, evalInterval: evalInterval, checkpoint: checkpoint,

@@ -1,0 +1,40 @@
+using ComposerSharp.Interop;
+using NUnit.Framework;
+using TorchSharp;
+
+namespace ComposerSharp.Tests.Interop;
+
+/// <summary>
+/// The assumptions of the interop unit about libtorch 2.10 and TorchSharp 0.107 (symbols, enum values, non-public
+/// fields): a TorchSharp or libtorch upgrade that breaks one fails here, with the assumption named.
+/// </summary>
+[TestFixture]
+public class InteropAssumptionTests
+{
+    [Test]
+    public void EveryAssumptionAboutLibtorchAndTorchSharpHolds()
+    {
+        IReadOnlyList<string> problems = InteropAssumptions.Check();
+        Assert.That(problems, Is.Empty, string.Join(Environment.NewLine, problems));
+    }
+
+    [Test]
+    public void AMissingTorchSharpFieldIsReportedByName()
+    {
+        var ex = Assert.Throws<MissingFieldException>(() => TorchSharpInternals.Field(typeof(torch.nn.Module), "_no_such_field", typeof(object)));
+        Assert.That(ex!.Message, Does.Contain("Module._no_such_field").And.Contain("0.107"));
+        var wrongType = Assert.Throws<MissingFieldException>(() => TorchSharpInternals.Field(typeof(torch.nn.Module), "_internal_submodules", typeof(string)));
+        Assert.That(wrongType!.Message, Does.Contain("_internal_submodules").And.Contain("System.String"));
+    }
+
+    [Test]
+    public void OnlyTheInteropAssemblyMayUseUnsafeCode()
+    {
+        string root = Path.GetFullPath(Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", ".."));
+        string props = File.ReadAllText(Path.Combine(root, "Directory.Build.props"));
+        Assert.That(props, Does.Not.Contain("AllowUnsafeBlocks"));
+        string[] projects = Directory.GetFiles(root, "*.csproj", SearchOption.AllDirectories).Where(p => !p.Contains("/obj/", StringComparison.Ordinal)).ToArray();
+        Assert.That(projects.Where(p => File.ReadAllText(p).Contains("AllowUnsafeBlocks", StringComparison.Ordinal)).Select(Path.GetFileName),
+            Is.EqualTo(new[] { "ComposerSharp.Interop.csproj" }));
+    }
+}
