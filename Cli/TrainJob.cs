@@ -345,23 +345,27 @@ public sealed class TrainJob
     {
         Time time = _config.GetTime(key)
             ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
-        if (time.Value <= 0 || time.Unit is not (TimeUnit.Epoch or TimeUnit.Batch or TimeUnit.Sample or TimeUnit.Token))
+        try
         {
-            throw new ConfigException($"'{key}' is '{_config.GetString(key)}'; expected a positive number of ep, ba, sp or tok, e.g. 1ep or 100ba.");
+            return Trainer.CheckMaxDuration(time);
         }
-
-        return time;
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'{key}' is '{_config.GetString(key)}': {ex.Message}", ex);
+        }
     }
 
     private string Device()
     {
         string device = _config.GetString("device") ?? "auto";
-        if (!System.Text.RegularExpressions.Regex.IsMatch(device, "^(auto|cpu|gpu|cuda(:[0-9]+)?)$"))
+        try
         {
-            throw new ConfigException($"'device' is '{device}'; expected auto, cpu, cuda, cuda:N or gpu.");
+            return TrainerDevice.Normalize(device);
         }
-
-        return device;
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'device': {ex.Message}", ex);
+        }
     }
 
     private LoaderSettings LoaderSettingsOf(string key, int runSeed, bool shuffle)

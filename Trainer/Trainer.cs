@@ -437,13 +437,24 @@ public sealed partial class Trainer : IDisposable
     internal static bool SameDevice(Device a, Device b) =>
         a.type == b.type && (a.type == DeviceType.CPU || Math.Max(a.index, 0) == Math.Max(b.index, 0));
 
-    private static Time CheckMaxDuration(Time max, string paramName)
+    /// <summary>
+    /// Checks a max duration (or a <see cref="Fit"/> duration) the way the Trainer does, so that callers such as the
+    /// CLI report the same rule: a positive number of epochs, batches, samples or tokens.
+    /// </summary>
+    /// <returns><paramref name="max"/>.</returns>
+    /// <exception cref="ArgumentException">The unit is <c>sec</c>, <c>dur</c> or <c>iter</c>, or the value is not positive; the message quotes the value and lists what is allowed.</exception>
+    public static Time CheckMaxDuration(Time max, string? paramName = null)
     {
         if (max.Unit is TimeUnit.Second or TimeUnit.Duration or TimeUnit.Iteration)
         {
             throw new ArgumentException(
                 $"Max duration '{max}' is not allowed: '{max.Unit.Suffix()}' cannot end training; use epochs (\"2ep\" or an integer), batches (\"100ba\"), samples (\"4096sp\") or tokens (\"1e6tok\").",
                 paramName);
+        }
+
+        if (max.Value <= 0)
+        {
+            throw new ArgumentException($"Max duration '{max}' is not allowed: it must be positive, e.g. \"1ep\" or \"100ba\"; nothing would be trained.", paramName);
         }
 
         return max;

@@ -16,22 +16,13 @@ public static class TrainerDevice
     /// <exception cref="InvalidOperationException">CUDA was requested and TorchSharp reports none.</exception>
     public static Device Resolve(string spec)
     {
-        ArgumentNullException.ThrowIfNull(spec);
-        string s = spec.Trim().ToLowerInvariant();
+        string s = Normalize(spec);
         switch (s)
         {
             case "auto":
                 return torch.cuda.is_available() ? torch.CUDA : torch.CPU;
             case "cpu":
                 return torch.CPU;
-            case "gpu":
-                s = "cuda";
-                break;
-        }
-
-        if (s != "cuda" && !(s.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(s.AsSpan(5), out int index) && index >= 0))
-        {
-            throw new ArgumentException($"Unknown device '{spec}'; expected \"cpu\", \"cuda\", \"cuda:N\", \"gpu\" or \"auto\".", nameof(spec));
         }
 
         if (!torch.cuda.is_available())
@@ -43,6 +34,30 @@ public static class TrainerDevice
         }
 
         return torch.device(s);
+    }
+
+    /// <summary>
+    /// The canonical form of a device name without looking for the device: <c>auto</c>, <c>cpu</c>, <c>cuda</c> or
+    /// <c>cuda:N</c> (<c>gpu</c> means <c>cuda</c>; case and surrounding spaces are ignored). <see cref="Resolve"/>
+    /// and the CLI both check names through it.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="spec"/> is null.</exception>
+    /// <exception cref="ArgumentException"><paramref name="spec"/> is not one of those names; the message quotes it and lists them.</exception>
+    public static string Normalize(string spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        string s = spec.Trim().ToLowerInvariant();
+        if (s == "gpu")
+        {
+            return "cuda";
+        }
+
+        if (s is "auto" or "cpu" or "cuda" || (s.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(s.AsSpan(5), out int index) && index >= 0))
+        {
+            return s;
+        }
+
+        throw new ArgumentException($"Unknown device '{spec}'; expected \"cpu\", \"cuda\", \"cuda:N\", \"gpu\" or \"auto\".");
     }
 
     /// <summary>
