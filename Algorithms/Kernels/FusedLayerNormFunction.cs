@@ -1,3 +1,4 @@
+using ComposerSharp.Interop.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,4 +1,5 @@
 using ComposerSharp.Algorithms.Kernels;
+using ComposerSharp.Interop.Kernels;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -168,15 +169,7 @@ public class FusedLayerNormKernelTests
     private static ushort[] KernelRounding(float[] src, SimdPath path)
     {
         var dst = new ushort[src.Length];
-        unsafe
-        {
-            fixed (float* s = src)
-            fixed (ushort* o = dst)
-            {
-                LayerNormCpuKernel.F32ToBf16(s, o, src.Length, path);
-            }
-        }
-
+        LayerNormCpuKernel.F32ToBf16(src, dst, path);
         return dst;
     }
 

@@ -153,7 +153,13 @@ public class LowPrecisionNormGradientTests
         Tensor yFused = TestTensors.CallUnder(Precision.AmpBf16, fused, x);
         Tensor yLib = TestTensors.CallUnder(Precision.AmpBf16, libtorch, x);
         Assert.That(yFused.dtype, Is.EqualTo(ScalarType.BFloat16));
-        Assert.That(TestTensors.AbsError(yFused, yLib).Max, Is.LessThanOrEqualTo(0.05), $"output, fused vs libtorch path, seed {seed}");
+        // The libtorch path rounds x̂, the weight, w·x̂ and the sum with the bias to BFloat16, the fused one only the
+        // output: up to 5 roundings of 2⁻⁹ relative to the terms |w·x̂| + |b|, so |a − b| ≤ 2⁻⁵·(|w·x̂| + |b|) + 1e-3.
+        Tensor a64 = yFused.to(ScalarType.Float64), b64 = yLib.to(ScalarType.Float64);
+        Tensor terms = (F.layer_norm(x, new[] { hidden }, null, null, fused.eps) * fused.weight!).abs() + fused.bias!.abs();
+        Tensor allowed = terms.detach().to(ScalarType.Float64) * Math.Pow(2, -5) + 1e-3;
+        Tensor diff = (a64 - b64).abs();
+        Assert.That(diff.gt(allowed).any().item<bool>(), Is.False, $"output, fused vs libtorch path: max abs diff {diff.max().item<double>():E3}, seed {seed}");
     }
 
     [Test]

@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Algorithms.Kernels;
+namespace ComposerSharp.Interop.Kernels;
 
 /// <summary>Which instruction set the CPU LayerNorm kernel uses for its inner loops.</summary>
 public enum SimdPath
@@ -45,8 +45,10 @@ public enum SimdPath
 /// </para>
 /// <para>
 /// Threads: chunks are handed to .NET thread-pool workers (<see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/>),
-/// at most the given worker count (by default libtorch's intra-op thread count, see
-/// <see cref="FusedLayerNormOptions.Workers"/> for how these share the cores with libtorch's OpenMP threads).
+/// at most the given worker count (by default libtorch's intra-op thread count; <c>FusedLayerNormOptions.Workers</c>
+/// in Algorithms/Kernels says how these share the cores with libtorch's OpenMP threads). The unsafe code of the
+/// fused LayerNorm lives here because this is the one project allowed to use <c>unsafe</c>; the autograd function
+/// and the module wiring are in <c>Algorithms/Kernels/</c>.
 /// </para>
 /// </remarks>
 internal static unsafe class LayerNormCpuKernel
@@ -231,6 +233,22 @@ internal static unsafe class LayerNormCpuKernel
         for (; i < n; i++)
         {
             dst[i] = BitConverter.Int32BitsToSingle(src[i] << 16);
+        }
+    }
+
+    /// <summary>Rounds <paramref name="src"/> to BFloat16 bit patterns in <paramref name="dst"/> (same length) on path <paramref name="p"/>; see the pointer overload.</summary>
+    /// <exception cref="ArgumentException">The lengths differ.</exception>
+    public static void F32ToBf16(ReadOnlySpan<float> src, Span<ushort> dst, SimdPath p)
+    {
+        if (src.Length != dst.Length)
+        {
+            throw new ArgumentException($"dst has {dst.Length} elements; expected {src.Length}, as src.", nameof(dst));
+        }
+
+        fixed (float* s = src)
+        fixed (ushort* d = dst)
+        {
+            F32ToBf16(s, d, src.Length, Resolve(p));
         }
     }
 
