@@ -102,7 +102,7 @@ public static class Checkpoint
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(options);
         ILogger log = state.LoggerFactory.CreateLogger(typeof(Checkpoint));
-        using CheckpointReader reader = CheckpointFile.Open(PathTemplate.Expand(path, state));
+        using CheckpointReader reader = CheckpointFile.Open(PathTemplate.Expand(path, state), weightsOnly: options.LoadWeightsOnly);
         CheckpointHeader header = reader.Header;
         string file = reader.Path;
         if (header.WeightsOnly && !options.LoadWeightsOnly)

@@ -204,9 +204,13 @@ public static class CheckpointFile
         }
     }
 
-    /// <summary>Opens a checkpoint for reading after checking that it is a complete ComposerSharp checkpoint.</summary>
+    /// <summary>
+    /// Opens a checkpoint for reading after checking that it is a complete ComposerSharp checkpoint whose entries
+    /// match their recorded hashes. With <paramref name="weightsOnly"/> only the model weights (and the header) are
+    /// checked: a reader that needs nothing else (evaluation, fine-tuning) is not refused for damage elsewhere.
+    /// </summary>
     /// <exception cref="CheckpointException">Missing, truncated, damaged or foreign file; the message names it and the fault.</exception>
-    internal static CheckpointReader Open(string path) => CheckpointReader.Open(path);
+    internal static CheckpointReader Open(string path, bool weightsOnly = false) => CheckpointReader.Open(path, weightsOnly);
 
     /// <summary>A write-only stream that hashes what passes through it.</summary>
     internal sealed class HashingStream : Stream
@@ -276,7 +280,7 @@ internal sealed class CheckpointReader : IDisposable
 
     internal CheckpointHeader Header { get; }
 
-    internal static CheckpointReader Open(string path)
+    internal static CheckpointReader Open(string path, bool weightsOnly = false)
     {
         string resolved = CheckpointFile.Resolve(path);
         FileStream stream = File.OpenRead(resolved);
@@ -326,7 +330,7 @@ internal sealed class CheckpointReader : IDisposable
                 throw new CheckpointException(resolved, $"Checkpoint '{resolved}' has format version {header.FormatVersion}; this library reads up to version {CheckpointFile.FormatVersion}. Upgrade ComposerSharp to load it.");
             }
 
-            foreach ((string entryName, string expected) in header.EntryHashes)
+            foreach ((string entryName, string expected) in header.EntryHashes.Where(e => !weightsOnly || e.Key == CheckpointFile.ModelEntry))
             {
                 ZipArchiveEntry entry = zip.GetEntry(entryName)
                     ?? throw new CheckpointException(resolved, $"Checkpoint '{resolved}' is damaged: its header lists entry '{entryName}', which is missing.");

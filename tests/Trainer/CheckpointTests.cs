@@ -149,6 +149,40 @@ public class CheckpointTests
     }
 
     [Test]
+    public void ACheckpointDamagedOnlyInOptimizerStateIsRefusedForResumeButLoadsForWeightsOnly()
+    {
+        string folder = TestData.TempFolder();
+        using var source = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "1ba", optimizerFactory: p => torch.optim.AdamW(p, 0.01));
+        source.Fit();
+        string path = source.SaveCheckpoint(Path.Combine(folder, "optimizer-damaged.ckpt"));
+        using (var zip = ZipFile.Open(path, ZipArchiveMode.Update))
+        {
+            ZipArchiveEntry entry = zip.GetEntry("optimizers/0.bin")!;
+            byte[] content;
+            using (var ms = new MemoryStream())
+            {
+                using (Stream es = entry.Open())
+                {
+                    es.CopyTo(ms);
+                }
+
+                content = ms.ToArray();
+            }
+
+            content[content.Length / 2] ^= 0xFF;
+            entry.Delete();
+            using Stream replaced = zip.CreateEntry("optimizers/0.bin").Open();
+            replaced.Write(content);
+        }
+
+        var ex = Assert.Throws<CheckpointException>(() => TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "1ba", checkpoint: new CheckpointOptions { LoadPath = path }));
+        Assert.That(ex!.Message, Does.Contain("optimizers/0.bin").And.Contain("damaged"));
+
+        using var weights = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "1ba", checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true });
+        Assert.That(TestData.BitwiseEqual(weights.Model, source.Model), Is.True, "evaluation and fine-tuning need only the weights, which are intact");
+    }
+
+    [Test]
     public void TruncatedForeignAndDamagedFilesGiveErrorsNamingTheFile()
     {
         string folder = TestData.TempFolder();
