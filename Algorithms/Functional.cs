@@ -33,6 +33,7 @@ public static class Functional
     /// <param name="precision">The run's precision. Under <c>fp32</c> nothing is replaced and a warning says the algorithm has no effect.</param>
     /// <param name="optimizers">Optimizers built on the model; since the parameters are reused they need no change and are passed for the general surgery contract.</param>
     /// <param name="logger">Receives the warnings (no effect, no LayerNorm found, native modules that cannot be reached) and the count; none when null.</param>
+    /// <param name="kernel">The CPU kernel of the new modules under BFloat16 autocast (see <see cref="LPLayerNorm"/>); Default: fused when the CPU has AVX2.</param>
     /// <returns>The number of distinct <c>LayerNorm</c> modules replaced.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="model"/> is itself a <c>LayerNorm</c> (surgery replaces submodules only).</exception>
@@ -41,8 +42,9 @@ public static class Functional
         nn.Module model,
         Precision precision,
         IEnumerable<optim.Optimizer>? optimizers = null,
-        ILogger? logger = null) =>
-        ApplyLowPrecisionNorm<LayerNorm>(model, precision, optimizers, logger, "LowPrecisionLayerNorm", ln => new LPLayerNorm(ln), NativeModuleTypes);
+        ILogger? logger = null,
+        LayerNormKernel kernel = LayerNormKernel.Default) =>
+        ApplyLowPrecisionNorm<LayerNorm>(model, precision, optimizers, logger, "LowPrecisionLayerNorm", ln => new LPLayerNorm(ln, kernel), NativeModuleTypes);
 
     /// <summary>
     /// Replaces every TorchSharp <c>GroupNorm</c> below <paramref name="model"/> with an <see cref="LPGroupNorm"/>

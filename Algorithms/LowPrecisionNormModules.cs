@@ -1,3 +1,4 @@
+using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Events;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -124,6 +125,14 @@ public abstract class LowPrecisionNorm : nn.Module<Tensor, Tensor>
 /// <c>layer_norm</c> runs on the cast tensors, as in Composer.
 /// </para>
 /// <para>
+/// Issue 16: with <see cref="LayerNormKernel.Fused"/> (the default when the CPU has AVX2), a contiguous Float32 or
+/// BFloat16 CPU input under BFloat16 autocast with Float32 (or absent) weight and bias goes to
+/// <see cref="FusedLayerNorm"/> instead: one pass that reads the input once and writes BFloat16 once, Float32
+/// weight and bias used as they are, their gradients reduced in Float32 in a fixed order. Float16 autocast,
+/// non-contiguous inputs and other dtypes keep the path above; <see cref="LayerNormKernel.Libtorch"/> keeps it always
+/// (for comparison). CUDA always uses libtorch's kernel.
+/// </para>
+/// <para>
 /// Built from a TorchSharp <c>LayerNorm</c>, it keeps the normalized shape, eps and the original <c>Parameter</c>
 /// objects (see <see cref="LowPrecisionNorm"/>). Absent weight (<c>elementwise_affine: false</c>) or bias
 /// (<c>bias: false</c>) stay absent.
@@ -134,11 +143,24 @@ public sealed class LPLayerNorm : LowPrecisionNorm
     private readonly Func<Tensor, Tensor?, Tensor?, Tensor> _norm;
     private readonly Func<Tensor, Tensor?, Tensor?, Tensor> _autocastNorm;
 
+    private readonly FusedLayerNormOptions _fusedOptions;
+
     /// <summary>Creates the low-precision module from <paramref name="original"/>, taking over its parameters.</summary>
+    /// <param name="original">The LayerNorm replaced.</param>
+    /// <param name="kernel">Which CPU kernel runs under BFloat16 autocast; <see cref="LayerNormKernel.Default"/> picks fused when the CPU has AVX2.</param>
+    /// <param name="fusedOptions">Options of the fused kernel (SIMD path, workers); null for the defaults.</param>
     /// <exception cref="ArgumentNullException"><paramref name="original"/> is null.</exception>
-    public LPLayerNorm(LayerNorm original)
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="kernel"/> is not a defined value.</exception>
+    public LPLayerNorm(LayerNorm original, LayerNormKernel kernel = LayerNormKernel.Default, FusedLayerNormOptions? fusedOptions = null)
         : base(nameof(LPLayerNorm), original, original?.weight, original?.bias)
     {
+        Kernel = kernel switch
+        {
+            LayerNormKernel.Default => System.Runtime.Intrinsics.X86.Avx2.IsSupported ? LayerNormKernel.Fused : LayerNormKernel.Libtorch,
+            LayerNormKernel.Fused or LayerNormKernel.Libtorch => kernel,
+            _ => throw new ArgumentOutOfRangeException(nameof(kernel), kernel, "expected Default, Fused or Libtorch"),
+        };
+        _fusedOptions = fusedOptions ?? new FusedLayerNormOptions();
         normalized_shape = (long[])original!.normalized_shape.Clone();
         eps = original.eps;
         elementwise_affine = original.elementwise_affine;
@@ -157,11 +179,36 @@ public sealed class LPLayerNorm : LowPrecisionNorm
     /// <summary>Whether the original had learnable affine parameters.</summary>
     public bool elementwise_affine { get; }
 
+    /// <summary>The CPU kernel under BFloat16 autocast: <see cref="LayerNormKernel.Fused"/> or <see cref="LayerNormKernel.Libtorch"/> (never Default).</summary>
+    public LayerNormKernel Kernel { get; }
+
     /// <summary>Normalises <paramref name="input"/> (shape <c>[*, normalized_shape]</c>); see the class summary for the dtype rule.</summary>
-    public override Tensor forward(Tensor input) => RunLowPrecision(input, _norm, _autocastNorm);
+    public override Tensor forward(Tensor input)
+    {
+        if (Kernel == LayerNormKernel.Fused && input.device_type == DeviceType.CPU && Autocast.ActiveDtype(DeviceType.CPU) == ScalarType.BFloat16
+            && FusedLayerNorm.Unsupported(input, normalized_shape, weight, bias, ScalarType.BFloat16) is null)
+        {
+            return FusedLayerNorm.Apply(input, normalized_shape, weight, bias, eps, _fusedOptions);
+        }
+
+        return RunLowPrecision(input, _norm, _autocastNorm);
+    }
 
     private static bool RecordsParameterGradientsOnCpu(Tensor x, Tensor? w, Tensor? b) =>
         x.device_type == DeviceType.CPU && torch.is_grad_enabled() && (w is { requires_grad: true } || b is { requires_grad: true });
+}
+
+/// <summary>Which CPU kernel <see cref="LPLayerNorm"/> runs under BFloat16 autocast (issue 16).</summary>
+public enum LayerNormKernel
+{
+    /// <summary><see cref="Fused"/> when the CPU has AVX2, else <see cref="Libtorch"/>.</summary>
+    Default,
+
+    /// <summary>The C# fused kernel, <see cref="FusedLayerNorm"/>.</summary>
+    Fused,
+
+    /// <summary>libtorch's <c>layer_norm</c> (with the affine part split off while training, <see cref="LowPrecisionLayerNormFunction"/>).</summary>
+    Libtorch,
 }
 
 /// <summary>

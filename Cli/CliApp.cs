@@ -35,6 +35,11 @@ public static class CliApp
         root.Subcommands.Add(InferenceCommands.Generate(output));
         root.Subcommands.Add(InferenceCommands.Export(output));
         root.Subcommands.Add(EnvCommand.Build(output));
+        foreach (Command launch in LaunchCommand.Build(output))
+        {
+            root.Subcommands.Add(launch);
+        }
+
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0 && !args.Contains("--help") && !args.Contains("-h"))
         {
@@ -172,13 +177,23 @@ public static class CliApp
                 var job = new TrainJob(cfg, services);
                 if (evaluate)
                 {
-                    PrintSummary(job.Evaluate(), output);
+                    JobResult evaluated = job.Evaluate();
+                    if (evaluated.Rank == 0)
+                    {
+                        PrintSummary(evaluated, output);
+                    }
+
                     return 0;
                 }
 
                 // The first SIGINT/SIGTERM stops after the current batch with a checkpoint; a second one aborts.
                 using var stop = new GracefulStop(services.GetRequiredService<ILoggerFactory>().CreateLogger("ComposerSharp.Cli"));
                 JobResult result = job.Train(stop.Token);
+                if (result.Rank != 0)
+                {
+                    return stop.Signal is null ? 0 : stop.ExitCode; // Distributed: rank 0 prints
+                }
+
                 PrintSummary(result, output);
                 if (stop.Signal is not null)
                 {
@@ -196,7 +211,7 @@ public static class CliApp
             catch (ConfigException ex)
             {
                 err.WriteLine($"composersharp {name}: configuration error: {ex.Message}");
-                return ConfigErrorExitCode;
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(ConfigErrorExitCode);
             }
             catch (ArgumentException ex) when (ConfigKeyOf(ex) is { } key)
             {
@@ -209,7 +224,13 @@ public static class CliApp
             catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException)
             {
                 err.WriteLine($"composersharp {name}: {ex.Message}");
-                return 1;
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
+            }
+            catch (Exception ex)
+            {
+                // Any other failure of one rank ends the whole job (its peers would wait in a collective otherwise).
+                err.WriteLine($"composersharp {name}: {ex}");
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
             }
         });
         return command;

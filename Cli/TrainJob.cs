@@ -32,6 +32,9 @@ public sealed record JobResult(
     IReadOnlyDictionary<string, int> ModulesReplaced,
     string? PlotPath)
 {
+    /// <summary>The rank of this process in a data-parallel job (0 alone); only rank 0 prints the summary.</summary>
+    public int Rank { get; init; }
+
     /// <summary>Samples trained by this job (a resumed run counts only what it trained itself).</summary>
     public long SamplesThisRun { get; init; }
 
@@ -59,7 +62,7 @@ public sealed class TrainJob
         "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
         "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
         "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only",
-        "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume",
+        "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume", "dist_timeout", "dist_backend",
     };
 
     private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
@@ -123,8 +126,12 @@ public sealed class TrainJob
     /// <c>save_overwrite</c> and without <c>autoresume</c> the run starts afresh: the folder's checkpoints,
     /// <c>metrics.jsonl</c>, <c>tensorboard/</c> and <c>loss.png</c> of the earlier run are removed.
     /// </summary>
+    /// <remarks>
+    /// Distributed: every rank makes the refusal check (read-only, so all ranks of a job fail together instead of
+    /// some waiting in a collective for the others); only <paramref name="rankZero"/> removes files.
+    /// </remarks>
     /// <exception cref="ConfigException">Checkpoints of an earlier run are present and neither option is set.</exception>
-    private void PrepareRunFolder(string runFolder, CheckpointOptions checkpoint)
+    private void PrepareRunFolder(string runFolder, CheckpointOptions checkpoint, bool rankZero)
     {
         string folder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
         if (checkpoint.Autoresume || folder.Contains('{', StringComparison.Ordinal))
@@ -145,6 +152,11 @@ public sealed class TrainJob
             }
 
             return;
+        }
+
+        if (!rankZero)
+        {
+            return; // Distributed: rank 0 starts the shared run folder afresh
         }
 
         foreach (string file in checkpoints)
@@ -172,6 +184,7 @@ public sealed class TrainJob
         // Scalar settings first, so that a bad value is reported before any data is read or model built.
         int seed = (int)(_config.GetLong("seed") ?? 17);
         bool deterministicMode = _config.GetBool("deterministic_mode") ?? false;
+        ComposerSharp.Distributed.DistributedOptions distributed = DistributedSettings();
         Time? maxDuration = fit ? RequireTime("max_duration") : (Time?)null;
         Precision? precision = _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16");
         string device = Device();
@@ -188,7 +201,9 @@ public sealed class TrainJob
         }
 
         // One run per folder: the lock comes before anything else touches the folder.
-        using RunFolderLock? runLock = fit ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
+        // Distributed: the ranks of one job share the run folder, which rank 0 locks.
+        bool rankZero = ComposerSharp.Distributed.DistributedEnvironment.FromProcess().Rank == 0;
+        using RunFolderLock? runLock = fit && rankZero ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
         var context = new ComponentContext(_services, runFolder, seed);
 
         if (deterministicMode)
@@ -249,7 +264,7 @@ public sealed class TrainJob
 
         if (fit)
         {
-            PrepareRunFolder(runFolder, checkpoint);
+            PrepareRunFolder(runFolder, checkpoint, rankZero);
         }
 
         LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
@@ -278,7 +293,8 @@ public sealed class TrainJob
             progressBar: _config.GetBool("progress_bar") ?? true,
             logToConsole: _config.GetBool("log_to_console") ?? false,
             consoleLogInterval: consoleLogInterval,
-            deterministicMode: deterministicMode);
+            deterministicMode: deterministicMode,
+            distributed: distributed);
 
         Timestamp start = trainer.State.Timestamp;
         if (fit && start.Batch > 0)
@@ -298,7 +314,11 @@ public sealed class TrainJob
         else if (fit)
         {
             // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
-            File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
+            if (trainer.Distributed.IsRankZero)
+            {
+                File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
+            }
+
             trainer.Fit(cancellationToken: cancellationToken);
         }
         else
@@ -321,11 +341,31 @@ public sealed class TrainJob
         var result = new JobResult(runFolder, stopwatch.Elapsed, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
         {
             SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : trainer.State.EvalTimestamp.Sample,
+            Rank = trainer.Distributed.Rank,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
         trainer.Close();
         return result;
+    }
+
+    /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher.</summary>
+    private ComposerSharp.Distributed.DistributedOptions DistributedSettings()
+    {
+        var defaults = new ComposerSharp.Distributed.DistributedOptions();
+        double? timeout = _config.GetDouble("dist_timeout");
+        if (timeout is { } t && !(t > 0 && double.IsFinite(t)))
+        {
+            throw new ConfigException($"dist_timeout = {t.ToString(CultureInfo.InvariantCulture)} is not valid; expected a positive number of seconds (default {defaults.Timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}).");
+        }
+
+        string backend = _config.GetString("dist_backend") ?? defaults.Backend;
+        if (backend is not ("auto" or "mpi" or "nccl"))
+        {
+            throw new ConfigException($"dist_backend = '{backend}' is not known; expected auto, mpi or nccl.");
+        }
+
+        return defaults with { Timeout = timeout is { } s ? TimeSpan.FromSeconds(s) : defaults.Timeout, Backend = backend };
     }
 
     /// <summary>What module-surgery algorithms reported through the logger: <c>&lt;name&gt;/modules_replaced</c> metrics, by algorithm name.</summary>

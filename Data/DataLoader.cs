@@ -76,7 +76,7 @@ public interface ICollator<in TSample>
 /// tensors; it runs when the enumeration reaches the batch, inside whatever dispose scope is open then.
 /// </summary>
 /// <typeparam name="TSample">The dataset's sample type.</typeparam>
-public sealed class DataLoader<TSample> : IDataLoader
+public sealed class DataLoader<TSample> : IShardableDataLoader
 {
     private readonly IDataset<TSample> _dataset;
     private readonly Func<IReadOnlyList<TSample>, CollateContext, Batch> _collate;
@@ -122,6 +122,19 @@ public sealed class DataLoader<TSample> : IDataLoader
         Seed = seed;
     }
 
+    private DataLoader(DataLoader<TSample> source, DistributedSampler sampler)
+        : this(source._dataset, source.BatchSize, source._collate, source.Shuffle, source.DropLast, source.Seed) =>
+        Sampler = sampler.Validate();
+
+    /// <summary>The rank's share of each epoch (data-parallel training), or null when this loader yields every sample.</summary>
+    public DistributedSampler? Sampler { get; }
+
+    /// <inheritdoc/>
+    public IDataLoader WithSampler(DistributedSampler sampler) => new DataLoader<TSample>(this, sampler ?? throw new ArgumentNullException(nameof(sampler)));
+
+    /// <summary>Samples per epoch before batching: the dataset's, or the rank's shard of it.</summary>
+    private long EpochCount => Sampler?.NumSamples(_dataset.Count) ?? _dataset.Count;
+
     /// <summary>Samples per batch.</summary>
     public int BatchSize { get; }
 
@@ -138,10 +151,10 @@ public sealed class DataLoader<TSample> : IDataLoader
     public IDataset<TSample> Dataset => _dataset;
 
     /// <inheritdoc/>
-    public long? BatchesPerEpoch => DropLast ? _dataset.Count / BatchSize : (_dataset.Count + BatchSize - 1) / BatchSize;
+    public long? BatchesPerEpoch => DropLast ? EpochCount / BatchSize : (EpochCount + BatchSize - 1) / BatchSize;
 
     /// <inheritdoc/>
-    public long? SamplesPerEpoch => DropLast ? _dataset.Count / BatchSize * BatchSize : _dataset.Count;
+    public long? SamplesPerEpoch => DropLast ? EpochCount / BatchSize * BatchSize : EpochCount;
 
     /// <inheritdoc/>
     public IEnumerable<Batch> GetEpoch(long epoch, long skipBatches = 0)
@@ -157,6 +170,10 @@ public sealed class DataLoader<TSample> : IDataLoader
     private IEnumerable<Batch> Iterate(long epoch, long skipBatches)
     {
         long[] order = EpochSampler.Order(_dataset.Count, Seed, epoch, Shuffle);
+        if (Sampler is { } sampler && order.LongLength > 0)
+        {
+            order = sampler.Shard(order);
+        }
         long batches = BatchesPerEpoch!.Value;
         for (long b = skipBatches; b < batches; b++)
         {

@@ -152,6 +152,19 @@ public sealed class GradScaler
     }
 
     /// <summary>
+    /// Records inf/NaN gradients found elsewhere (on another rank, after an any-rank reduction of <see cref="FoundInf"/>),
+    /// so that this step is skipped and the scale backed off too; a no-op when the scaler is disabled. Public because
+    /// the scaler lives in Events (<see cref="State.Scaler"/>) and the data-parallel training loop calls it.
+    /// </summary>
+    public void MarkFoundInf()
+    {
+        if (Enabled)
+        {
+            _foundInf = true;
+        }
+    }
+
+    /// <summary>
     /// Adjusts the scale after a batch: back off if inf/NaN gradients were found (and count a skipped step), else
     /// count a good step and grow after <see cref="GrowthInterval"/> of them. Call once per batch after the steps.
     /// </summary>

@@ -135,6 +135,20 @@ public sealed class State
     /// </summary>
     public byte[]? PendingRngState { get; set; }
 
+    /// <summary>
+    /// The processes training this model together (rank, world size, a byte gather): the Trainer's data-parallel
+    /// context, or <see cref="SingleRankGroup"/> (world size 1) by default. Checkpoints gather every rank's RNG state
+    /// through it and only rank 0 writes files.
+    /// </summary>
+    /// <exception cref="ArgumentNullException">Set to null.</exception>
+    public IRankGroup ProcessGroup
+    {
+        get => _processGroup;
+        set => _processGroup = value ?? throw new ArgumentNullException(nameof(value), "The process group cannot be null; use SingleRankGroup for one process.");
+    }
+
+    private IRankGroup _processGroup = new SingleRankGroup();
+
     /// <summary>The run's algorithms, in the order given (the engine's passes decide the run order).</summary>
     public IList<IAlgorithm> Algorithms { get; set; } = new List<IAlgorithm>();
 

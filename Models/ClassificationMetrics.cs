@@ -23,7 +23,7 @@ public interface IMetricBreakdown
 /// <c>recall/NAME</c> and <c>F1/NAME</c> per class (0 where undefined). The confusion matrix is kept on the host
 /// (C × C counts).
 /// </summary>
-public sealed class MulticlassF1Score : IMetric, IMetricBreakdown
+public sealed class MulticlassF1Score : IReducibleMetric, IMetricBreakdown
 {
     private readonly long[,] _confusion;
     private readonly string[] _classNames;
@@ -50,6 +50,28 @@ public sealed class MulticlassF1Score : IMetric, IMetricBreakdown
 
     /// <summary>Number of classes C.</summary>
     public int NumClasses => _confusion.GetLength(0);
+
+    /// <summary>The confusion matrix, row-major (C·C sums).</summary>
+    public double[] GetState() => _confusion.Cast<long>().Select(v => (double)v).ToArray();
+
+    /// <summary>Replaces the confusion matrix with <paramref name="state"/> (row-major, C·C values).</summary>
+    /// <exception cref="ArgumentException"><paramref name="state"/> does not have C·C values.</exception>
+    public void SetState(double[] state)
+    {
+        int c = NumClasses;
+        if (state is null || state.Length != c * c)
+        {
+            throw new ArgumentException($"Expected {c * c} state values (a {c}×{c} confusion matrix), got {state?.Length.ToString(CultureInfo.InvariantCulture) ?? "null"}.", nameof(state));
+        }
+
+        for (int i = 0; i < c; i++)
+        {
+            for (int j = 0; j < c; j++)
+            {
+                _confusion[i, j] = (long)state[i * c + j];
+            }
+        }
+    }
 
     /// <summary>Counts since the last reset: [true class, predicted class].</summary>
     public long[,] ConfusionMatrix => (long[,])_confusion.Clone();

@@ -63,7 +63,7 @@ public static class Losses
 /// <c>LanguageCrossEntropy</c>). Works for token logits [B, T, V] with labels [B, T] and class logits [B, C] with
 /// labels [B]; labels −100 are ignored. Logits of any floating dtype are scored in Float32.
 /// </summary>
-public class CrossEntropyMetric : IMetric
+public class CrossEntropyMetric : IReducibleMetric
 {
     private double _sum;
     private long _count;
@@ -94,6 +94,19 @@ public class CrossEntropyMetric : IMetric
     public virtual double Compute() => _count == 0 ? double.NaN : _sum / _count;
 
     /// <inheritdoc/>
+    public double[] GetState() => new[] { _sum, _count };
+
+    /// <inheritdoc/>
+    public void SetState(double[] state)
+    {
+        if (state is null || state.Length != 2)
+        {
+            throw new ArgumentException($"Expected 2 state values, got {state?.Length.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "null"}.", nameof(state));
+        }
+        (_sum, _count) = (state[0], (long)state[1]);
+    }
+
+    /// <inheritdoc/>
     public void Reset()
     {
         _sum = 0;
@@ -119,7 +132,7 @@ public sealed class PerplexityMetric : CrossEntropyMetric
 /// [B, C] with labels [B] (named <c>Accuracy</c>) or token logits [B, T, V] with labels [B, T] where −100 marks
 /// positions to skip (see <see cref="MaskedAccuracy"/>).
 /// </summary>
-public class ClassificationAccuracy : IMetric
+public class ClassificationAccuracy : IReducibleMetric
 {
     private long _correct;
     private long _count;
@@ -151,6 +164,19 @@ public class ClassificationAccuracy : IMetric
     public double Compute() => _count == 0 ? double.NaN : (double)_correct / _count;
 
     /// <inheritdoc/>
+    public double[] GetState() => new double[] { _correct, _count };
+
+    /// <inheritdoc/>
+    public void SetState(double[] state)
+    {
+        if (state is null || state.Length != 2)
+        {
+            throw new ArgumentException($"Expected 2 state values, got {state?.Length.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "null"}.", nameof(state));
+        }
+        (_correct, _count) = ((long)state[0], (long)state[1]);
+    }
+
+    /// <inheritdoc/>
     public void Reset()
     {
         _correct = 0;
@@ -173,7 +199,7 @@ public sealed class MaskedAccuracy : ClassificationAccuracy
 /// predictions over everything since the last reset, for class logits [B, C] and labels [B] (labels −100 ignored).
 /// 0 when there is no true or predicted positive (scikit-learn's <c>zero_division=0</c>); NaN before any update.
 /// </summary>
-public sealed class BinaryF1Score : IMetric
+public sealed class BinaryF1Score : IReducibleMetric
 {
     private long _tp;
     private long _fp;
@@ -213,6 +239,19 @@ public sealed class BinaryF1Score : IMetric
         _fp += predictedPositive.logical_and(actualPositive.logical_not()).sum().item<long>();
         _fn += predictedPositive.logical_not().logical_and(actualPositive).sum().item<long>();
         _count += valid.sum().item<long>();
+    }
+
+    /// <inheritdoc/>
+    public double[] GetState() => new double[] { _tp, _fp, _fn, _count };
+
+    /// <inheritdoc/>
+    public void SetState(double[] state)
+    {
+        if (state is null || state.Length != 4)
+        {
+            throw new ArgumentException($"Expected 4 state values, got {state?.Length.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "null"}.", nameof(state));
+        }
+        (_tp, _fp, _fn, _count) = ((long)state[0], (long)state[1], (long)state[2], (long)state[3]);
     }
 
     /// <inheritdoc/>

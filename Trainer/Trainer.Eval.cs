@@ -126,11 +126,17 @@ public sealed partial class Trainer
         return outputs;
     }
 
+    /// <summary>
+    /// Whether a stop request cuts evaluations short. Distributed: not with several ranks, whose requests arrive at
+    /// different moments; they finish the evaluation and stop together at the next agreed boundary.
+    /// </summary>
+    private bool EvalStopRequested => !_distributed.Enabled && _fitCancellation.IsCancellationRequested;
+
     /// <summary>Runs the evaluators whose interval is due at <paramref name="e"/> (Composer's <c>_run_evaluators</c>).</summary>
     private void RunEvaluators(Event e)
     {
         var due = _evaluators.Where(run => run.Schedule.IsDue(State, e)).ToList();
-        if (due.Count == 0 || _fitCancellation.IsCancellationRequested)
+        if (due.Count == 0 || EvalStopRequested)
         {
             // A stop request (preemption) skips evaluations that have not started: time is short.
             return;
@@ -186,6 +192,7 @@ public sealed partial class Trainer
             },
             beforeEnd: () =>
             {
+                _distributed.ReduceMetrics(run.Metrics); // Distributed: metric states summed over ranks
                 foreach (IMetric metric in run.Metrics)
                 {
                     string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
@@ -247,13 +254,13 @@ public sealed partial class Trainer
             State.DataloaderLabel = label;
             Engine.RunEvent(startEvent);
             afterStart?.Invoke();
-            long done = ForEachBatchInScope(loader.GetEpoch(0), subsetNumBatches, () => _fitCancellation.IsCancellationRequested, batch =>
+            long done = ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
             {
                 State.Batch = batch.To(State.Device);
                 step(State.Batch, Lap);
                 ClearStepTensors();
             });
-            if (_fitCancellation.IsCancellationRequested)
+            if (EvalStopRequested)
             {
                 // Stopped part-way by a stop request during Fit: metrics of a partial pass would mislead, so none are computed.
                 _log.LogWarning("The '{Label}' pass was interrupted by the stop request after {Batches} batches; its metrics are not computed.", label, done);

@@ -142,11 +142,12 @@ public sealed partial class Trainer
                     State.Batch = batches.Current.To(State.Device);
                     long samples = State.Batch.NumSamples;
                     long tokens = State.Batch.NumTokens;
+                    (long globalSamples, long globalTokens) = _distributed.GlobalCounts(samples, tokens); // Distributed
                     Engine.RunEvent(Event.AfterDataloader);
                     Engine.RunEvent(Event.BatchStart);
                     LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
 
-                    Tensor loss = TrainBatch(useGradScaling);
+                    Tensor loss = TrainBatch(useGradScaling, globalSamples);
                     GradScaler.Update();
                     if (lossObserved)
                     {
@@ -166,13 +167,14 @@ public sealed partial class Trainer
                     TimeSpan batchTime = now - lastWct;
                     lastWct = now;
                     State.PreviousTimestamp = State.Timestamp;
-                    State.Timestamp = State.Timestamp.ToNextBatch(samples, tokens, batchTime);
+                    State.Timestamp = State.Timestamp.ToNextBatch(globalSamples, globalTokens, batchTime);
                     ApplySchedulers();
                     Engine.RunEvent(Event.BatchEnd);
 
                     TimeSpan beforeEval = clock.Elapsed;
                     RunEvaluators(Event.BatchEnd);
                     lastWct += clock.Elapsed - beforeEval;
+                    AgreeOnStop();
                     StopIfRequested();
                     Engine.RunEvent(Event.BatchCheckpoint);
                     ClearStepTensors();
@@ -207,6 +209,7 @@ public sealed partial class Trainer
                 TimeSpan beforeEval = clock.Elapsed;
                 RunEvaluators(Event.EpochEnd);
                 lastWct += clock.Elapsed - beforeEval;
+                AgreeOnStop();
                 StopIfRequested();
                 Engine.RunEvent(Event.EpochCheckpoint);
 
@@ -254,6 +257,32 @@ public sealed partial class Trainer
         _log.LogWarning("Stop requested: training stops after batch {Batch} (epoch {Epoch}); a checkpoint is saved now when a save folder is set.", State.Timestamp.Batch, State.Timestamp.Epoch);
     }
 
+    /// <summary>
+    /// Distributed: a stop wanted on any rank (a stopper, <see cref="ComposerSharp.Distributed.DataParallel.RequestStop"/>, a stop request on
+    /// the Fit token) stops every rank at this boundary, before the checkpoint event, so that all ranks save and
+    /// exit together. A no-op for world size 1.
+    /// </summary>
+    private void AgreeOnStop()
+    {
+        if (!_distributed.Enabled)
+        {
+            return;
+        }
+
+        bool stopHere = State.Timestamp >= State.MaxDuration!.Value;
+        if (_distributed.AgreeToStop(stopHere || _fitCancellation.IsCancellationRequested) && !stopHere)
+        {
+            if (_fitCancellation.IsCancellationRequested)
+            {
+                StopIfRequested();
+            }
+            else
+            {
+                State.StopTraining();
+            }
+        }
+    }
+
     private void LogTimeMetrics(bool withTokens)
     {
         Timestamp ts = State.Timestamp;
@@ -278,7 +307,7 @@ public sealed partial class Trainer
     /// BeforeTrainBatch, zero the gradients, each microbatch, AfterTrainBatch, then one optimizer step per optimizer.
     /// Returns the batch's loss (the sample-weighted mean of the microbatch losses), Float32 [1], detached, on the device.
     /// </summary>
-    private Tensor TrainBatch(bool useGradScaling)
+    private Tensor TrainBatch(bool useGradScaling, long globalSamples)
     {
         Batch deviceBatch = State.Batch!;
         foreach (IMetric metric in _trainMetrics)
@@ -304,11 +333,17 @@ public sealed partial class Trainer
         }
 
         State.Batch = deviceBatch;
+        _distributed.AllReduceGradients(State.Optimizers, (long)batchSamples, globalSamples); // Distributed: averaged over the global batch
         if (useGradScaling)
         {
             foreach (optim.Optimizer optimizer in State.Optimizers)
             {
                 GradScaler.Unscale(optimizer);
+            }
+
+            if (_distributed.AnyRank(GradScaler.FoundInf)) // Distributed: every rank skips the step together
+            {
+                GradScaler.MarkFoundInf();
             }
         }
 
@@ -436,6 +471,7 @@ public sealed partial class Trainer
         }
 
         var computed = new Dictionary<string, double>(metrics.Count);
+        _distributed.ReduceMetrics(metrics); // Distributed: metric states summed over ranks
         foreach (IMetric metric in metrics)
         {
             string key = $"metrics/{label}/{metric.Name}";

@@ -1,3 +1,4 @@
+using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Training.Callbacks;
@@ -47,6 +48,9 @@ public sealed partial class Trainer : IDisposable
     private bool _closed;
     private CancellationToken _fitCancellation;
 
+    // Distributed: data-parallel calls (no-ops for world size 1); the logic lives in Distributed/DataParallel.cs.
+    private readonly DataParallel _distributed;
+
     /// <summary>Creates a Trainer.</summary>
     /// <param name="model">The model; it is moved to the device.</param>
     /// <param name="trainDataloader">Training batches (may be given only for <see cref="Fit"/> use later; needed to train).</param>
@@ -93,6 +97,11 @@ public sealed partial class Trainer : IDisposable
     /// settings; see <see cref="Reproducibility.ConfigureDeterministicMode"/>). Process-wide, costs some speed, and
     /// must be switched on before the process's first MKL computation (the Trainer throws otherwise).
     /// </param>
+    /// <param name="distributed">
+    /// Data-parallel settings (<c>dist_timeout</c>, <c>dist_backend</c>, bucket size, an explicit process group). The
+    /// world size comes from the launcher's environment (<see cref="DistributedEnvironment"/>); nothing needs setting
+    /// for one process. With several, the batch size of the training loader is per rank.
+    /// </param>
     /// <exception cref="ArgumentException">Bad durations, sizes or names; the message names the value and what was expected.</exception>
     /// <exception cref="InvalidOperationException">Deterministic mode requested after MKL already computed without it; CUDA requested but unavailable, optimizers over parameters on another device, or autoresume without a run name.</exception>
     /// <exception cref="NotSupportedException">The precision cannot run on the device.</exception>
@@ -125,7 +134,8 @@ public sealed partial class Trainer : IDisposable
         IEnumerable<AlgorithmPass>? algorithmPasses = null,
         GradScaler? gradScaler = null,
         bool computeTrainingMetrics = true,
-        bool deterministicMode = false)
+        bool deterministicMode = false,
+        DistributedOptions? distributed = null)
     {
         _model = model ?? throw new ArgumentNullException(nameof(model));
         loggerFactory ??= NullLoggerFactory.Instance;
@@ -151,6 +161,7 @@ public sealed partial class Trainer : IDisposable
         Precision prec = precision ?? (dev.type == DeviceType.CUDA ? Precision.AmpBf16 : Precision.Fp32);
         TrainerDevice.CheckPrecision(prec, dev);
         SeedAll(seed);
+        _distributed = DataParallel.Create(dev, distributed, loggerFactory); // Distributed
 
         // Model to device, then optimizers.
         List<optim.Optimizer> opts = optimizers?.ToList() ?? new List<optim.Optimizer>();
@@ -208,6 +219,7 @@ public sealed partial class Trainer : IDisposable
             LoggerFactory = loggerFactory,
             DeviceTrainMicrobatchSize = deviceTrainMicrobatchSize,
             CheckpointMetadata = checkpoint.Metadata,
+            ProcessGroup = _distributed, // Distributed: checkpoints gather RNG states and write on rank 0 through it
         };
 
         List<ILoggerDestination> destinations = (loggers ?? Array.Empty<ILoggerDestination>()).ToList();
@@ -215,8 +227,12 @@ public sealed partial class Trainer : IDisposable
         {
             RunFolder = Path.GetFullPath(PathTemplate.Expand(runFolder, State));
             Directory.CreateDirectory(RunFolder);
-            destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
-            destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
+            if (_distributed.IsRankZero)
+            {
+                // Distributed: only rank 0 opens the run folder's log files (other ranks would hold them open unused).
+                destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
+                destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
+            }
         }
 
         if (progressBar && !destinations.OfType<ProgressBarLogger>().Any())
@@ -234,6 +250,7 @@ public sealed partial class Trainer : IDisposable
             _log.LogWarning("Both a progress bar and console logging are on; their lines will interleave. Consider turning one off (as Composer advises).");
         }
 
+        destinations = _distributed.OnRankZero(destinations); // Distributed: loggers and the progress bar on rank 0 only
         Logger = new EventsLogger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
         string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
@@ -295,6 +312,7 @@ public sealed partial class Trainer : IDisposable
         bool computeTrainingMetrics)
     {
         Engine.RunEvent(Event.Init);
+        _distributed.SynchronizeModel(State.Model); // Distributed: same tensors everywhere, then rank 0's values
         LogRunHyperparameters();
 
         // Metrics, evaluators, dataloader, max duration, schedulers, scaler.
@@ -316,6 +334,7 @@ public sealed partial class Trainer : IDisposable
 
         if (trainDataloader is not null)
         {
+            trainDataloader = _distributed.ShardForTraining(trainDataloader); // Distributed: this rank's shard
             State.TrainDataloader = trainDataloader;
             State.Dataloader = trainDataloader;
             State.DataloaderLabel = TrainLabel;
@@ -346,7 +365,7 @@ public sealed partial class Trainer : IDisposable
         }
 
         Engine.RunEvent(Event.AfterLoad);
-        SeedAll(State.Seed);
+        SeedAll(State.Seed + _distributed.Rank); // Distributed: each rank its own stream (Composer: rank_zero_seed + rank)
     }
 
     /// <summary>The label of the training dataloader.</summary>
@@ -369,6 +388,9 @@ public sealed partial class Trainer : IDisposable
 
     /// <summary>The run folder (absolute), or null when none was given.</summary>
     public string? RunFolder { get; }
+
+    /// <summary>The data-parallel context (world size 1 unless started by a launcher).</summary>
+    public DataParallel Distributed => _distributed;
 
     /// <summary>The model, as given (<see cref="State.Model"/> is the same object).</summary>
     public ComposerModel Model => _model;
@@ -397,6 +419,7 @@ public sealed partial class Trainer : IDisposable
             }
 
             _lastLoss?.Dispose();
+            _distributed.Dispose();
         }
     }
 
@@ -506,6 +529,7 @@ public sealed partial class Trainer : IDisposable
             ["precision"] = State.Precision.ToComposerName(),
             ["device"] = State.Device.ToString(),
             ["device_train_microbatch_size"] = State.DeviceTrainMicrobatchSize,
+            ["world_size"] = _distributed.WorldSize,
         };
         foreach (IAlgorithm algorithm in State.Algorithms)
         {

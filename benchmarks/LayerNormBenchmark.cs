@@ -28,9 +28,12 @@ namespace ComposerSharp.Benchmarks;
 internal static class LayerNormBenchmark
 {
     private const string Fp32 = "LayerNorm (fp32 kernel)";
-    private const string Bf16 = "LPLayerNorm amp_bf16";
+    private const string Bf16 = "LPLayerNorm amp_bf16 (libtorch, #17)";
+    private const string Kernel = "LPLayerNorm amp_bf16 fused (#16)";
+    private const string Kernel1 = "fused (#16), 1 worker";
+    private const string KernelBf16In = "fused (#16), bf16 in";
     private const string Fp16 = "LPLayerNorm amp_fp16";
-    private const string Bf16In = "LPLayerNorm amp_bf16, bf16 in";
+    private const string Bf16In = "LPLayerNorm amp_bf16 (libtorch), bf16 in";
     private const string FusedBf16 = "fused bf16 (before #17)";
     private const string FusedFp16 = "fused fp16 (before #17)";
     private const string MixedBf16 = "mixed bf16 x, fp32 w/b";
@@ -64,7 +67,10 @@ internal static class LayerNormBenchmark
             Tensor dyBf16 = dy32.to(ScalarType.BFloat16);
             Tensor dyFp16 = dy32.to(ScalarType.Float16);
             LayerNorm plain = nn.LayerNorm(hidden);
-            var lp = new LPLayerNorm(nn.LayerNorm(hidden));
+            LayerNorm original = nn.LayerNorm(hidden);
+            var lp = new LPLayerNorm(original, LayerNormKernel.Libtorch);
+            var lpKernel = new LPLayerNorm(original, LayerNormKernel.Fused); // the same Parameter objects
+            var lpKernel1 = new LPLayerNorm(original, LayerNormKernel.Fused, new ComposerSharp.Algorithms.Kernels.FusedLayerNormOptions { Workers = 1 });
             Tensor[] plainParams = { plain.weight!, plain.bias! };
             Tensor[] lpParams = { lp.weight!, lp.bias! };
             using (torch.no_grad())
@@ -86,6 +92,9 @@ internal static class LayerNormBenchmark
                 [FusedBf16] = (Precision.AmpBf16, fusedBf16, x, dyBf16, lpParams, ScalarType.BFloat16),
                 [MixedBf16] = (Precision.AmpBf16, mixedBf16, x, dyBf16, lpParams, ScalarType.BFloat16),
                 [Bf16In] = (Precision.AmpBf16, lp.call, xBf16, dyBf16, lpParams, ScalarType.BFloat16),
+                [Kernel] = (Precision.AmpBf16, lpKernel.call, x, dyBf16, lpParams, ScalarType.BFloat16),
+                [Kernel1] = (Precision.AmpBf16, lpKernel1.call, x, dyBf16, lpParams, ScalarType.BFloat16),
+                [KernelBf16In] = (Precision.AmpBf16, lpKernel.call, xBf16, dyBf16, lpParams, ScalarType.BFloat16),
             };
             if (fp16Works)
             {
@@ -126,12 +135,12 @@ internal static class LayerNormBenchmark
                 int bytesPerElement = v.Name switch
                 {
                     Fp32 => 3 * 4 + 2 * 4,
-                    Bf16In => 3 * 2 + 2 * 2,
+                    Bf16In or KernelBf16In => 3 * 2 + 2 * 2,
                     _ => 3 * 4 + 2 * 2,
                 };
                 double gbps = elements * bytesPerElement / (s.Median * 1e6);
                 Stats? ratio = v.Name == Fp32 ? null : run.Ratio(v.Name, Fp32);
-                string? before = v.Name switch { Bf16 => FusedBf16, Fp16 => FusedFp16, _ => null };
+                string? before = v.Name switch { Bf16 or Kernel or Kernel1 => FusedBf16, Fp16 => FusedFp16, KernelBf16In => Bf16In, _ => null };
                 Stats? vsBefore = before is null ? null : run.Ratio(v.Name, before);
                 report.Rows.Add(new[]
                 {
@@ -139,7 +148,7 @@ internal static class LayerNormBenchmark
                     Fmt.N(gbps, 1), Fmt.N(100 * gbps / copyGbps, 0), errors[v.Name], vsBefore is null ? string.Empty : Fmt.N(vsBefore.Median, 2),
                 });
                 data.Add(new LayerNormRow(shapeText, v.Name, s, ratio, bytesPerElement, gbps, 100 * gbps / copyGbps, errors[v.Name], vsBefore));
-                if (v.Name == Bf16 && shape[1] == 512)
+                if (v.Name == Kernel && shape[1] == 512)
                 {
                     report.Targets.Add(TargetCheck.AtMost("LPLayerNorm amp_bf16 fwd+bwd ≤ 0.7 × fp32 at [8,512,768]", ratio!.Median, 0.7));
                 }
@@ -150,6 +159,7 @@ internal static class LayerNormBenchmark
         report.Notes.Add("Ratios are medians of per-round ratios (variants interleaved in rotated order); GB/s counts the bytes that must move: 3 × input + 2 × output bytes per element.");
         report.Notes.Add("All variants run inside an amp_bf16 (or amp_fp16) autocast scope, as in a mixed-precision model; the plain LayerNorm keeps its Float32 kernel there.");
         report.Notes.Add("'bf16 in' is the same module when the residual stream already arrives in BFloat16 (post-LN blocks after an LPLayerNorm): no cast is needed.");
+        report.Notes.Add("Issue 16: 'fused (#16)' is LPLayerNorm with the C# fused CPU kernel (Algorithms/Kernels), all workers or 1; its 'vs before #17' column is against the fused libtorch path, and for 'bf16 in' against the libtorch LPLayerNorm with a bf16 input.");
         report.Notes.Add("'fused (before #17)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before its weight and bias gradients were summed in Float32; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
         report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs before #17': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
         if (!fp16Works)

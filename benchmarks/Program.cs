@@ -98,6 +98,20 @@ determinism.SetAction(result =>
 });
 root.Subcommands.Add(determinism);
 
+// Data-parallel benchmarks (issue 15): not part of 'all', because they start mpirun.
+var distributed = new Command("distributed", "All-reduce bandwidth against bare MPI_Allreduce, 2-rank scaling and communication time per step (needs mpirun).");
+distributed.SetAction(result => DistributedBenchmark.Run(result.GetValue(quick), result.GetValue(output)!));
+root.Subcommands.Add(distributed);
+var distPart = new Argument<string>("part");
+var distMode = new Argument<string>("mode");
+var distFolder = new Argument<string>("folder");
+var distRank = new Command(DistributedBenchmark.RankCommand, "Internal: one rank of a distributed benchmark part.") { Hidden = true };
+distRank.Arguments.Add(distPart);
+distRank.Arguments.Add(distMode);
+distRank.Arguments.Add(distFolder);
+distRank.SetAction(result => DistributedBenchmark.RunRank(result.GetValue(distPart)!, result.GetValue(distMode) == "quick", result.GetValue(distFolder)!));
+root.Subcommands.Add(distRank);
+
 root.SetAction(_ =>
 {
     Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch, peer or determinism (add --quick for a smoke run). See --help.");

@@ -99,7 +99,9 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <remarks>
     /// It also removes temporary files left by saves that a crash interrupted (<c>.NAME.ckpt.GUID.tmp</c>: a save
     /// writes one and renames it over NAME when complete), logging each. Do not start two runs on one checkpoint
-    /// folder at once (the CLI's run-folder lock prevents it): one would remove the other's save in progress.
+    /// folder at once (the CLI's run-folder lock prevents it): one would remove the other's save in progress. With
+    /// several ranks (<see cref="State.ProcessGroup"/>) only rank 0 removes them, and only rank 0 writes the
+    /// checkpoint, the latest pointer and prunes old checkpoints.
     /// </remarks>
     /// <exception cref="CheckpointException">A conflicting checkpoint exists; the message names it and the options that allow overwriting.</exception>
     public override void FitStart(State state, Logger logger)
@@ -110,7 +112,13 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
             return;
         }
 
-        RemoveOrphanedTemporaryFiles(folder, state);
+        if (state.ProcessGroup.Rank == 0)
+        {
+            // Distributed: rank 0 alone removes them (it alone writes checkpoints); the conflict check below runs
+            // on every rank, so that all ranks fail together instead of some waiting in a collective.
+            RemoveOrphanedTemporaryFiles(folder, state);
+        }
+
         if (Overwrite)
         {
             return;
@@ -261,6 +269,11 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
         _saved.Remove(path);
         _saved.Add(path);
+        if (state.ProcessGroup.Rank != 0)
+        {
+            return; // Distributed: rank 0 writes the file, its pointer and the rotation
+        }
+
         if (LatestFilename is not null)
         {
             CheckpointFile.WriteLatestPointer(Path.Combine(folder, PathTemplate.Expand(LatestFilename, state)), path);

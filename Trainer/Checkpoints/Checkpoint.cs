@@ -1,6 +1,8 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using System.Globalization;
+using ComposerSharp.Data;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
@@ -15,7 +17,9 @@ namespace ComposerSharp.Training.Checkpoints;
 /// <c>checkpoint.save_checkpoint(state, ...)</c> and <c>load_checkpoint(path, state, ...)</c>,
 /// composer/utils/checkpoint.py): the model, optimizers, loss scaler (<see cref="State.Scaler"/>), timestamp, RNG
 /// state, required-on-load algorithms and stateful callbacks all live on the state, so a callback such as
-/// <see cref="Callbacks.CheckpointSaver"/> needs nothing else.
+/// <see cref="Callbacks.CheckpointSaver"/> needs nothing else. With several processes
+/// (<see cref="State.ProcessGroup"/>), saving gathers every rank's RNG state and rank 0 alone writes the file
+/// (Composer's rank-zero checkpoint for DDP); loading gives each rank its own RNG state.
 /// </summary>
 public static class Checkpoint
 {
@@ -30,8 +34,15 @@ public static class Checkpoint
     /// and the data sampler's position, the algorithms with their descriptions, the state of every
     /// <see cref="IStatefulCallback"/>, the run name, seed and provenance (library versions, precision, device, time).
     /// With <paramref name="weightsOnly"/> only the model, algorithms and provenance are written.
+    /// <para>
+    /// With several ranks (<see cref="State.ProcessGroup"/>), every rank must call this together: a full checkpoint
+    /// gathers each rank's generator state (a collective), then rank 0 writes the file, with rank r's state as
+    /// <c>rng/rank{r}.bin</c> (rank 0's as the single-process entry) and <c>world_size</c> in the header's metadata;
+    /// the other ranks write nothing. The model and optimizers are rank 0's, equal on every rank under data
+    /// parallelism.
+    /// </para>
     /// </remarks>
-    /// <returns>The absolute path written.</returns>
+    /// <returns>The absolute path written (on ranks other than 0: the path rank 0 writes).</returns>
     /// <exception cref="ArgumentNullException"><paramref name="state"/> or <paramref name="path"/> is null.</exception>
     /// <exception cref="CheckpointException">The write failed; the previous file, if any, is unchanged.</exception>
     /// <exception cref="NotSupportedException">An optimizer whose state TorchSharp cannot serialise (not an <c>OptimizerHelper</c>, e.g. LBFGS).</exception>
@@ -51,6 +62,14 @@ public static class Checkpoint
             }
         }
 
+        // Every rank's generator state is gathered (a collective), then only rank 0 writes.
+        IRankGroup group = state.ProcessGroup;
+        byte[][] rngStates = weightsOnly ? Array.Empty<byte[]>() : group.AllGatherBytes(CurrentRngState());
+        if (group.Rank != 0)
+        {
+            return full;
+        }
+
         CheckpointFile.WriteAtomically(full, stream =>
         {
             using var writer = new CheckpointWriter(stream);
@@ -63,13 +82,15 @@ public static class Checkpoint
                     writer.Write(OptimizerEntry(i), w => helper.save_state_dict(w));
                 }
 
-                writer.Write(CheckpointFile.RngEntry, w =>
+                for (int rank = 0; rank < rngStates.Length; rank++)
                 {
-                    using var scope = torch.NewDisposeScope();
-                    byte[] rng = torch.get_rng_state().data<byte>().ToArray();
-                    w.Write(rng.Length);
-                    w.Write(rng);
-                });
+                    byte[] rng = rngStates[rank];
+                    writer.Write(RngEntry(rank), w =>
+                    {
+                        w.Write(rng.Length);
+                        w.Write(rng);
+                    });
+                }
             }
 
             writer.WriteHeader(BuildHeader(state, weightsOnly));
@@ -83,6 +104,13 @@ public static class Checkpoint
     /// <c>_apply_required_algorithms</c>), then the model's weights, then, unless
     /// <see cref="CheckpointOptions.LoadWeightsOnly"/>, optimizers, learning rates, scaler, timestamp, seed, callback
     /// state and <see cref="State.PendingRngState"/> (restored when training starts).
+    /// <para>
+    /// With several ranks each reads its own generator state (<c>rng/rank{r}.bin</c>); a rank the checkpoint has
+    /// none for (it was written by fewer ranks) keeps its seeded generator, with a warning. A checkpoint written by
+    /// another number of ranks continues from the epoch's global sample count (see
+    /// <see cref="ContinueFromSamples"/>), and the different-dataloader warning is given only for the same world
+    /// size (another world size changes the batches per epoch by design).
+    /// </para>
     /// </summary>
     /// <param name="state">The state to load into.</param>
     /// <param name="logger">The run's logger, given to a required-on-load algorithm re-created and applied at Init.</param>
@@ -130,7 +158,13 @@ public static class Checkpoint
         }
 
         Timestamp timestamp = header.Timestamp ?? throw new CheckpointException(file, $"Checkpoint '{file}' has no timestamp.");
-        CheckSampler(state, header, timestamp, file, log);
+        int savedWorldSize = SavedWorldSize(header);
+        CheckSampler(state, header, timestamp, file, log, sameWorldSize: savedWorldSize == state.ProcessGroup.WorldSize);
+        if (state.TrainDataloader is { } resumedLoader)
+        {
+            timestamp = ContinueFromSamples(timestamp, savedWorldSize, state.ProcessGroup.WorldSize, resumedLoader, file, log);
+        }
+
         WarnOnOtherSchedulers(state, header, file, log);
         state.Timestamp = timestamp;
         state.PreviousTimestamp = null;
@@ -143,17 +177,29 @@ public static class Checkpoint
             }
         }
 
-        reader.Read(CheckpointFile.RngEntry, r =>
+        // Each rank resumes its own generator; a rank the checkpoint does not know keeps its seed + rank.
+        int myRank = state.ProcessGroup.Rank;
+        string rngEntry = RngEntry(myRank);
+        if (reader.HasEntry(rngEntry))
         {
-            int length = r.ReadInt32();
-            byte[] rng = r.ReadBytes(length);
-            if (rng.Length != length)
+            reader.Read(rngEntry, r =>
             {
-                throw new EndOfStreamException($"the RNG state is {rng.Length} bytes instead of {length}");
-            }
+                int length = r.ReadInt32();
+                byte[] rng = r.ReadBytes(length);
+                if (rng.Length != length)
+                {
+                    throw new EndOfStreamException($"the RNG state is {rng.Length} bytes instead of {length}");
+                }
 
-            state.PendingRngState = rng;
-        });
+                state.PendingRngState = rng;
+            });
+        }
+        else
+        {
+            log.LogWarning("Checkpoint {Checkpoint} has no generator state for rank {Rank} (it was written by fewer ranks); this rank keeps its seeded generator, so randomness differs from an uninterrupted run.", file, myRank);
+            state.PendingRngState = null;
+        }
+
         log.LogInformation(
             "Loaded training state from {Checkpoint} (run {Run}, saved {SavedAt:u} on {Device}) at {Timestamp}.",
             file, header.RunName, header.SavedAt, header.Device, state.Timestamp.Get(TimeUnit.Batch));
@@ -197,6 +243,51 @@ public static class Checkpoint
 
     private static string OptimizerEntry(int index) => $"optimizers/{index}.bin";
 
+    /// <summary>The entry of rank <paramref name="rank"/>'s generator state: <see cref="CheckpointFile.RngEntry"/> for rank 0 (as for one process), <c>rng/rank{r}.bin</c> otherwise.</summary>
+    private static string RngEntry(int rank) => rank == 0 ? CheckpointFile.RngEntry : $"rng/rank{rank.ToString(CultureInfo.InvariantCulture)}.bin";
+
+    private static byte[] CurrentRngState()
+    {
+        using var scope = torch.NewDisposeScope();
+        return torch.get_rng_state().data<byte>().ToArray();
+    }
+
+    /// <summary>The number of ranks that wrote the checkpoint (<c>world_size</c> in its metadata; 1 when absent, as in checkpoints written before it was recorded).</summary>
+    private static int SavedWorldSize(CheckpointHeader header) =>
+        header.Metadata.TryGetValue("world_size", out string? ws) && int.TryParse(ws, NumberStyles.Integer, CultureInfo.InvariantCulture, out int w) ? w : 1;
+
+    /// <summary>
+    /// The position to resume at when a checkpoint was written by <paramref name="savedWorldSize"/> ranks and this
+    /// job has <paramref name="worldSize"/>: the epoch's global sample count is kept and the batch within the epoch
+    /// becomes that count divided by the new global batch (per-rank batch size × world size). Because shards
+    /// interleave (rank r takes positions r, r+W, …; ComposerSharp.Data's <c>DistributedSampler</c>), the samples
+    /// consumed so far are the first ones of the epoch's order for any W, so the data continues where it stopped
+    /// (exactly when the count is a multiple of the new global batch, else rounded down, with a warning). The same
+    /// world size returns <paramref name="timestamp"/>.
+    /// </summary>
+    private static Timestamp ContinueFromSamples(Timestamp timestamp, int savedWorldSize, int worldSize, IDataLoader loader, string checkpoint, ILogger log)
+    {
+        if (savedWorldSize == worldSize)
+        {
+            return timestamp;
+        }
+
+        if (loader is not IShardableDataLoader shardable)
+        {
+            log.LogWarning("Checkpoint {Checkpoint} was written by {Saved} ranks and this job has {Current}; weights and optimizer state are loaded, but the dataloader {Type} cannot be repositioned by sample count, so the data order differs from an uninterrupted run.", checkpoint, savedWorldSize, worldSize, loader.GetType().Name);
+            return timestamp;
+        }
+
+        long globalBatch = (long)shardable.BatchSize * worldSize;
+        long batchInEpoch = timestamp.SampleInEpoch / globalBatch;
+        long remainder = timestamp.SampleInEpoch % globalBatch;
+        log.LogWarning(
+            "Checkpoint {Checkpoint} was written by {Saved} ranks and this job has {Current}: weights and optimizer state are loaded and the data continues from global sample {Samples} of epoch {Epoch} (batch {Batch} of the new global batch of {GlobalBatch}){Remainder}.",
+            checkpoint, savedWorldSize, worldSize, timestamp.SampleInEpoch, timestamp.Epoch, batchInEpoch, globalBatch,
+            remainder == 0 ? "" : $"; {remainder} samples were consumed past that batch and are seen again");
+        return timestamp with { BatchInEpoch = batchInEpoch };
+    }
+
     private static CheckpointHeader BuildHeader(State state, bool weightsOnly)
     {
         var header = new CheckpointHeader
@@ -214,6 +305,7 @@ public static class Checkpoint
                 ["dotnet_version"] = Environment.Version.ToString(),
                 ["os"] = RuntimeInformation.OSDescription,
                 ["model_type"] = state.Model.GetType().FullName ?? state.Model.GetType().Name,
+                ["world_size"] = state.ProcessGroup.WorldSize.ToString(CultureInfo.InvariantCulture),
             },
             Algorithms = state.Algorithms.Select(a =>
             {
@@ -300,9 +392,10 @@ public static class Checkpoint
     /// <summary>
     /// The sampler position must agree with the timestamp (both are written from it; a disagreement means a damaged
     /// or hand-edited header), and a different training dataloader is worth a warning: resumption would not follow
-    /// the original data order.
+    /// the original data order. That warning is given only when <paramref name="sameWorldSize"/>: with another
+    /// number of ranks the batches per epoch differ by design and the position is recomputed from the sample count.
     /// </summary>
-    private static void CheckSampler(State state, CheckpointHeader header, Timestamp timestamp, string file, ILogger log)
+    private static void CheckSampler(State state, CheckpointHeader header, Timestamp timestamp, string file, ILogger log, bool sameWorldSize)
     {
         if (header.Sampler is not { } sampler)
         {
@@ -316,7 +409,7 @@ public static class Checkpoint
                 $"differs from its timestamp (epoch {timestamp.Epoch}, batch {timestamp.BatchInEpoch}, sample {timestamp.SampleInEpoch} in epoch).");
         }
 
-        if (state.TrainDataloader is not { } loader)
+        if (!sameWorldSize || state.TrainDataloader is not { } loader)
         {
             return;
         }

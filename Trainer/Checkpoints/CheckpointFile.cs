@@ -377,6 +377,9 @@ internal sealed class CheckpointReader : IDisposable
         }
     }
 
+    /// <summary>Whether the archive holds an entry named <paramref name="name"/> (e.g. a rank's RNG state that a checkpoint of fewer ranks lacks).</summary>
+    internal bool HasEntry(string name) => _zip.GetEntry(name) is not null;
+
     /// <summary>Runs <paramref name="read"/> over an entry, turning format errors into a <see cref="CheckpointException"/> naming the file and entry.</summary>
     internal void Read(string entryName, Action<BinaryReader> read)
     {

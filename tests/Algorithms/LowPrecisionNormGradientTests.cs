@@ -1,4 +1,5 @@
 using ComposerSharp.Algorithms;
+using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Events;
 using NUnit.Framework;
 using TorchSharp;
@@ -27,10 +28,12 @@ public class LowPrecisionNormGradientTests
 
     private static readonly object[] LayerNormCases =
     {
-        new object[] { new long[] { 8, 512, 768 }, "amp_bf16" },
-        new object[] { new long[] { 8, 512, 768 }, "amp_fp16" },
-        new object[] { new long[] { 4, 2048, 1024 }, "amp_bf16" },
-        new object[] { new long[] { 4, 2048, 1024 }, "amp_fp16" },
+        new object[] { new long[] { 8, 512, 768 }, "amp_bf16", LayerNormKernel.Default },
+        new object[] { new long[] { 8, 512, 768 }, "amp_fp16", LayerNormKernel.Default },
+        new object[] { new long[] { 4, 2048, 1024 }, "amp_bf16", LayerNormKernel.Default },
+        new object[] { new long[] { 4, 2048, 1024 }, "amp_fp16", LayerNormKernel.Default },
+        new object[] { new long[] { 8, 512, 768 }, "amp_bf16", LayerNormKernel.Libtorch },
+        new object[] { new long[] { 4, 2048, 1024 }, "amp_bf16", LayerNormKernel.Libtorch },
     };
 
     private static readonly object[] GroupNormCases =
@@ -40,7 +43,7 @@ public class LowPrecisionNormGradientTests
     };
 
     [TestCaseSource(nameof(LayerNormCases))]
-    public void LayerNormGradientsAtRealSizeMatchFloat64(long[] shape, string precisionName)
+    public void LayerNormGradientsAtRealSizeMatchFloat64(long[] shape, string precisionName, LayerNormKernel kernel)
     {
         Precision precision = PrecisionFromName(precisionName);
         IgnoreIfFp16Missing(precision);
@@ -50,8 +53,9 @@ public class LowPrecisionNormGradientTests
         LayerNorm original = nn.LayerNorm(hidden);
         TestTensors.RandomiseAffine(gen, original.weight, original.bias);
         Sequential model = nn.Sequential(original);
-        Assert.That(Functional.ApplyLowPrecisionLayerNorm(model, precision), Is.EqualTo(1));
+        Assert.That(Functional.ApplyLowPrecisionLayerNorm(model, precision, kernel: kernel), Is.EqualTo(1));
         var lp = (LPLayerNorm)model[0];
+        Assert.That(lp.Kernel, Is.EqualTo(kernel == LayerNormKernel.Default && System.Runtime.Intrinsics.X86.Avx2.IsSupported ? LayerNormKernel.Fused : LayerNormKernel.Libtorch).Or.EqualTo(kernel));
 
         Tensor x = TestTensors.Normal(gen, shape);
         Tensor dy = TestTensors.Normal(gen, shape);
@@ -60,7 +64,7 @@ public class LowPrecisionNormGradientTests
 
         Tensor[] low = LowPrecisionGradients(precision, lp, x, lp.weight!, lp.bias!, dy);
 
-        AssertGradients(low, reference, precision, $"LPLayerNorm [{string.Join(",", shape)}] {precisionName}, seed {seed}");
+        AssertGradients(low, reference, precision, $"LPLayerNorm [{string.Join(",", shape)}] {precisionName} kernel {lp.Kernel}, seed {seed}");
     }
 
     /// <summary>
@@ -115,6 +119,47 @@ public class LowPrecisionNormGradientTests
 
         Assert.That(low.Select(g => g.dtype), Is.All.EqualTo(ScalarType.Float32), "gradients in the Float32 dtypes of input, weight and bias");
         AssertGradients(low, reference, Precision.AmpBf16, $"LowPrecisionLayerNormFunction [16384,{hidden}] bf16, seed {seed}");
+    }
+
+    /// <summary>Issue 16: the fused kernel and the libtorch path of the same module agree (output, all three gradients).</summary>
+    [Test]
+    public void FusedAndLibtorchKernelsOfTheModuleAgree()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        {
+            Assert.Ignore("this CPU has no AVX2: LPLayerNorm's default is the libtorch path");
+        }
+
+        using var d = torch.NewDisposeScope();
+        (Generator gen, ulong seed) = NewGenerator();
+        const long hidden = 768;
+        LayerNorm original = nn.LayerNorm(hidden);
+        TestTensors.RandomiseAffine(gen, original.weight, original.bias);
+        var fused = new LPLayerNorm(original);
+        var libtorch = new LPLayerNorm(original, LayerNormKernel.Libtorch);
+        Assert.That(fused.Kernel, Is.EqualTo(LayerNormKernel.Fused), "default on an AVX2 CPU");
+        Tensor x = TestTensors.Normal(gen, 4, 256, hidden);
+        Tensor dy = TestTensors.Normal(gen, 4, 256, hidden);
+        Tensor[] a = LowPrecisionGradients(Precision.AmpBf16, fused, x, fused.weight!, fused.bias!, dy);
+        Tensor[] b = LowPrecisionGradients(Precision.AmpBf16, libtorch, x, libtorch.weight!, libtorch.bias!, dy);
+        string[] names = { "input", "weight", "bias" };
+        for (int i = 0; i < 3; i++)
+        {
+            double err = RelativeMaxError(a[i], b[i].to(ScalarType.Float64));
+            TestContext.Out.WriteLine($"fused vs libtorch {names[i]} gradient: {err:E2}");
+            Assert.That(err, Is.LessThanOrEqualTo(0.02), $"{names[i]} gradient, fused vs libtorch path, seed {seed}");
+        }
+
+        Tensor yFused = TestTensors.CallUnder(Precision.AmpBf16, fused, x);
+        Tensor yLib = TestTensors.CallUnder(Precision.AmpBf16, libtorch, x);
+        Assert.That(yFused.dtype, Is.EqualTo(ScalarType.BFloat16));
+        // The libtorch path rounds x̂, the weight, w·x̂ and the sum with the bias to BFloat16, the fused one only the
+        // output: up to 5 roundings of 2⁻⁹ relative to the terms |w·x̂| + |b|, so |a − b| ≤ 2⁻⁵·(|w·x̂| + |b|) + 1e-3.
+        Tensor a64 = yFused.to(ScalarType.Float64), b64 = yLib.to(ScalarType.Float64);
+        Tensor terms = (F.layer_norm(x, new[] { hidden }, null, null, fused.eps) * fused.weight!).abs() + fused.bias!.abs();
+        Tensor allowed = terms.detach().to(ScalarType.Float64) * Math.Pow(2, -5) + 1e-3;
+        Tensor diff = (a64 - b64).abs();
+        Assert.That(diff.gt(allowed).any().item<bool>(), Is.False, $"output, fused vs libtorch path: max abs diff {diff.max().item<double>():E3}, seed {seed}");
     }
 
     [Test]

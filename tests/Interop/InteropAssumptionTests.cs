@@ -27,14 +27,29 @@ public class InteropAssumptionTests
         Assert.That(wrongType!.Message, Does.Contain("_internal_submodules").And.Contain("System.String"));
     }
 
+    /// <summary>
+    /// Unsafe code is allowed in the interop unit and, for its MPI/NCCL bindings only, in the Distributed project
+    /// (unmanaged function pointers into libmpi/libnccl); nowhere else.
+    /// </summary>
     [Test]
-    public void OnlyTheInteropAssemblyMayUseUnsafeCode()
+    public void OnlyTheInteropAndDistributedAssembliesMayUseUnsafeCode()
     {
         string root = Path.GetFullPath(Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", ".."));
         string props = File.ReadAllText(Path.Combine(root, "Directory.Build.props"));
         Assert.That(props, Does.Not.Contain("AllowUnsafeBlocks"));
         string[] projects = Directory.GetFiles(root, "*.csproj", SearchOption.AllDirectories).Where(p => !p.Contains("/obj/", StringComparison.Ordinal)).ToArray();
-        Assert.That(projects.Where(p => File.ReadAllText(p).Contains("AllowUnsafeBlocks", StringComparison.Ordinal)).Select(Path.GetFileName),
-            Is.EqualTo(new[] { "ComposerSharp.Interop.csproj" }));
+        Assert.That(projects.Where(p => File.ReadAllText(p).Contains("<AllowUnsafeBlocks>", StringComparison.Ordinal)).Select(Path.GetFileName).Order(),
+            Is.EqualTo(new[] { "ComposerSharp.Distributed.csproj", "ComposerSharp.Interop.csproj" }));
+    }
+
+    [Test]
+    public void InTheDistributedProjectOnlyTheMpiAndNcclBindingsAreUnsafe()
+    {
+        string root = Path.GetFullPath(Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", ".."));
+        string[] unsafeFiles = Directory.GetFiles(Path.Combine(root, "Distributed"), "*.cs", SearchOption.AllDirectories)
+            .Where(p => !p.Contains("/obj/", StringComparison.Ordinal) && !p.Contains("/bin/", StringComparison.Ordinal))
+            .Where(p => System.Text.RegularExpressions.Regex.IsMatch(File.ReadAllText(p), @"\bunsafe\b"))
+            .Select(Path.GetFileName).Order().ToArray()!;
+        Assert.That(unsafeFiles, Is.EqualTo(new[] { "MpiLibrary.cs", "NcclLibrary.cs", "NcclProcessGroup.cs" }));
     }
 }

@@ -1,0 +1,53 @@
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Distributed;
+
+/// <summary>
+/// A group of processes that train one model together (PyTorch's <c>ProcessGroup</c>, Composer's
+/// <c>composer.utils.dist</c>): every rank calls the same collectives in the same order with tensors of the same
+/// shape and dtype. Collectives work in place on the given tensors, block until complete and accept
+/// non-contiguous tensors (they are staged through a contiguous copy). Calls must come from one thread at a time.
+/// </summary>
+public interface IProcessGroup : IDisposable
+{
+    /// <summary>The backend's name: <c>single</c>, <c>mpi</c> or <c>nccl</c>.</summary>
+    string Backend { get; }
+
+    /// <summary>This process's rank among all processes, 0 … <see cref="WorldSize"/> − 1.</summary>
+    int Rank { get; }
+
+    /// <summary>The number of processes.</summary>
+    int WorldSize { get; }
+
+    /// <summary>This process's rank among the processes on its node.</summary>
+    int LocalRank { get; }
+
+    /// <summary>The number of processes on this node.</summary>
+    int LocalWorldSize { get; }
+
+    /// <summary>The index of this node, 0 … nodes − 1.</summary>
+    int NodeRank { get; }
+
+    /// <summary>Combines <paramref name="tensor"/> over all ranks with <paramref name="op"/>; every rank ends with the result.</summary>
+    /// <exception cref="ArgumentException">The tensor's dtype or device is not supported by the backend.</exception>
+    void AllReduce(Tensor tensor, ReduceOp op = ReduceOp.Sum);
+
+    /// <summary>Copies rank <paramref name="root"/>'s <paramref name="tensor"/> into every other rank's.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="root"/> is not a rank.</exception>
+    void Broadcast(Tensor tensor, int root = 0);
+
+    /// <summary>
+    /// Gathers every rank's <paramref name="tensor"/>: the result has shape [<see cref="WorldSize"/>, …tensor.shape],
+    /// row r holding rank r's tensor, on the tensor's device and in its dtype.
+    /// </summary>
+    Tensor AllGather(Tensor tensor);
+
+    /// <summary>Returns when every rank has called it.</summary>
+    void Barrier();
+
+    /// <summary>
+    /// Ends every process of the job with exit code <paramref name="exitCode"/> (<c>MPI_Abort</c>); for one process,
+    /// ends it. Call it when this rank fails, so that its peers do not wait in a collective for ever.
+    /// </summary>
+    void Abort(int exitCode);
+}

@@ -1,0 +1,582 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.Interop.Kernels;
+
+/// <summary>Which instruction set the CPU LayerNorm kernel uses for its inner loops.</summary>
+public enum SimdPath
+{
+    /// <summary>The widest the CPU has: AVX-512 (F + BW), else AVX2, else scalar.</summary>
+    Auto,
+
+    /// <summary>512-bit vectors (AVX-512 F and BW); refused when the CPU lacks them.</summary>
+    Avx512,
+
+    /// <summary>256-bit vectors (AVX2); refused when the CPU lacks them.</summary>
+    Avx2,
+
+    /// <summary>Plain scalar C#, on any CPU.</summary>
+    Scalar,
+}
+
+/// <summary>
+/// The unsafe part of the fused CPU LayerNorm (issue 16, item 1): row-wise forward and backward over contiguous
+/// <c>[rows, width]</c> buffers with System.Runtime.Intrinsics, Float32 accumulation everywhere.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Forward reads each input row (Float32 or BFloat16) once from memory, computes the mean and the centred variance
+/// in Float32 (two passes over the row while it sits in L1), writes <c>(x − mean)·rstd·w + b</c> once, rounded to
+/// BFloat16 with round-to-nearest-even on the bit pattern (NaN becomes c10's quiet NaN 0x7FC0, as
+/// <c>c10::BFloat16</c>'s scalar conversion does), and saves mean and rstd per row in Float32.
+/// </para>
+/// <para>
+/// Backward (the formula of libtorch's <c>layer_norm_backward</c>): with <c>x̂ = (x − mean)·rstd</c> and
+/// <c>g = dy·w</c>, <c>dx = rstd·(g − mean(g) − x̂·mean(g·x̂))</c> in Float32, written once in the input's dtype;
+/// <c>dW = Σ_rows dy·x̂</c> and <c>db = Σ_rows dy</c> are reduced deterministically: rows are cut into chunks of
+/// <see cref="ChunkRows"/> rows, each chunk adds its rows in order into its own Float32 partial sums, and the
+/// partials are added in chunk order. The result depends on neither the worker count nor the scheduling, so it is
+/// bitwise the same for any number of workers (deterministic mode holds). The vector path (AVX-512, AVX2, scalar)
+/// changes the order of the within-row sums, so results are bitwise reproducible per path, not across paths.
+/// </para>
+/// <para>
+/// Threads: chunks are handed to .NET thread-pool workers (<see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/>),
+/// at most the given worker count (by default libtorch's intra-op thread count; <c>FusedLayerNormOptions.Workers</c>
+/// in Algorithms/Kernels says how these share the cores with libtorch's OpenMP threads). The unsafe code of the
+/// fused LayerNorm lives here because this is the one project allowed to use <c>unsafe</c>; the autograd function
+/// and the module wiring are in <c>Algorithms/Kernels/</c>.
+/// </para>
+/// </remarks>
+internal static unsafe class LayerNormCpuKernel
+{
+    /// <summary>Rows per chunk of the deterministic weight/bias reduction (fixed: changing it changes the rounding).</summary>
+    public const int ChunkRows = 16;
+
+    /// <summary>Whether <paramref name="path"/> can run on this CPU.</summary>
+    public static bool IsSupported(SimdPath path) => path switch
+    {
+        SimdPath.Auto or SimdPath.Scalar => true,
+        SimdPath.Avx512 => Avx512F.IsSupported && Avx512BW.IsSupported,
+        SimdPath.Avx2 => Avx2.IsSupported,
+        _ => false,
+    };
+
+    /// <summary>The path <see cref="SimdPath.Auto"/> picks on this CPU.</summary>
+    public static SimdPath Resolve(SimdPath path)
+    {
+        if (path != SimdPath.Auto)
+        {
+            if (!IsSupported(path))
+            {
+                throw new PlatformNotSupportedException($"SIMD path {path} is not supported by this CPU (AVX-512 F+BW: {Avx512F.IsSupported && Avx512BW.IsSupported}, AVX2: {Avx2.IsSupported}).");
+            }
+
+            return path;
+        }
+
+        return IsSupported(SimdPath.Avx512) ? SimdPath.Avx512 : Avx2.IsSupported ? SimdPath.Avx2 : SimdPath.Scalar;
+    }
+
+    /// <summary>
+    /// Forward over <paramref name="rows"/> rows of <paramref name="width"/>: <paramref name="input"/> (Float32 or
+    /// BFloat16, contiguous) to <paramref name="output"/> (BFloat16, contiguous, same element count), saving
+    /// <paramref name="mean"/> and <paramref name="rstd"/> (Float32, <paramref name="rows"/> elements).
+    /// <paramref name="weight"/> and <paramref name="bias"/>: Float32 of <paramref name="width"/> elements, or null.
+    /// </summary>
+    public static void Forward(Tensor input, Tensor? weight, Tensor? bias, double eps, Tensor output, Tensor mean, Tensor rstd, long rows, int width, SimdPath path, int workers)
+    {
+        SimdPath p = Resolve(path);
+        bool bf16In = input.dtype == ScalarType.BFloat16;
+        float epsF = (float)eps;
+        float[] ones = weight is null ? Filled(width, 1f) : Array.Empty<float>();
+        float[] zeros = bias is null ? new float[width] : Array.Empty<float>();
+        fixed (byte* xb = input.bytes, yb = output.bytes, mb = mean.bytes, rb = rstd.bytes)
+        fixed (byte* wb = weight is null ? default : weight.bytes, bb = bias is null ? default : bias.bytes)
+        fixed (float* onesP = ones, zerosP = zeros)
+        {
+            nint x = (nint)xb, y = (nint)yb, m = (nint)mb, r = (nint)rb;
+            nint w = weight is null ? (nint)onesP : (nint)wb;
+            nint b = bias is null ? (nint)zerosP : (nint)bb;
+            RunChunks(rows, workers, width * 2, (chunk, scratch) =>
+            {
+                float* row = scratch;
+                float* outRow = scratch + width;
+                long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
+                for (long i = chunk * (long)ChunkRows; i < end; i++)
+                {
+                    float* xr;
+                    if (bf16In)
+                    {
+                        Bf16ToF32((ushort*)x + i * width, row, width, p);
+                        xr = row;
+                    }
+                    else
+                    {
+                        xr = (float*)x + i * width;
+                    }
+
+                    float mu = Sum(xr, width, p) / width;
+                    float var = SumSquaredDeviation(xr, mu, width, p) / width;
+                    float rs = 1f / MathF.Sqrt(var + epsF);
+                    ((float*)m)[i] = mu;
+                    ((float*)r)[i] = rs;
+                    Normalize(xr, mu, rs, (float*)w, (float*)b, outRow, width, p);
+                    F32ToBf16(outRow, (ushort*)y + i * width, width, p);
+                }
+            });
+        }
+    }
+
+    /// <summary>
+    /// Backward: from <paramref name="gradOutput"/> (BFloat16, contiguous), the saved <paramref name="input"/>,
+    /// <paramref name="mean"/> and <paramref name="rstd"/>, writes <paramref name="gradInput"/> (the input's dtype)
+    /// and, when not null, <paramref name="gradWeight"/> and <paramref name="gradBias"/> (Float32, <paramref name="width"/>).
+    /// </summary>
+    public static void Backward(Tensor gradOutput, Tensor input, Tensor? weight, Tensor mean, Tensor rstd, Tensor gradInput, Tensor? gradWeight, Tensor? gradBias, long rows, int width, SimdPath path, int workers)
+    {
+        SimdPath p = Resolve(path);
+        bool bf16In = input.dtype == ScalarType.BFloat16;
+        int chunks = (int)((rows + ChunkRows - 1) / ChunkRows);
+        bool reduce = gradWeight is not null || gradBias is not null;
+        float[] partials = reduce ? new float[(long)chunks * 2 * width] : Array.Empty<float>();
+        float[] ones = weight is null ? Filled(width, 1f) : Array.Empty<float>();
+        fixed (byte* gb = gradOutput.bytes, xb = input.bytes, mb = mean.bytes, rb = rstd.bytes, dxb = gradInput.bytes)
+        fixed (byte* wb = weight is null ? default : weight.bytes)
+        fixed (float* onesP = ones, partialsP = partials)
+        {
+            nint g = (nint)gb, x = (nint)xb, m = (nint)mb, r = (nint)rb, dx = (nint)dxb, part = (nint)partialsP;
+            nint w = weight is null ? (nint)onesP : (nint)wb;
+            RunChunks(rows, workers, width * 3, (chunk, scratch) =>
+            {
+                float* xRow = scratch;
+                float* dyRow = scratch + width;
+                float* dxRow = scratch + (2 * width);
+                float* dW = reduce ? (float*)part + ((long)chunk * 2 * width) : null;
+                float* dB = reduce ? dW + width : null;
+                long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
+                for (long i = chunk * (long)ChunkRows; i < end; i++)
+                {
+                    float* xr;
+                    if (bf16In)
+                    {
+                        Bf16ToF32((ushort*)x + i * width, xRow, width, p);
+                        xr = xRow;
+                    }
+                    else
+                    {
+                        xr = (float*)x + i * width;
+                    }
+
+                    Bf16ToF32((ushort*)g + i * width, dyRow, width, p);
+                    float mu = ((float*)m)[i];
+                    float rs = ((float*)r)[i];
+                    (float sumG, float sumGXhat) = BackwardSums(xr, dyRow, (float*)w, mu, rs, dW, dB, width, p);
+                    float* dxr = bf16In ? dxRow : (float*)dx + i * width;
+                    InputGradient(xr, dyRow, (float*)w, mu, rs, sumG / width, sumGXhat / width, dxr, width, p);
+                    if (bf16In)
+                    {
+                        F32ToBf16(dxRow, (ushort*)dx + i * width, width, p);
+                    }
+                }
+            });
+
+            if (reduce)
+            {
+                // Partials added in chunk order: the same sums in the same order for any worker count.
+                float[] sums = new float[2 * width];
+                fixed (float* s = sums)
+                {
+                    for (int c = 0; c < chunks; c++)
+                    {
+                        Add(s, (float*)part + ((long)c * 2 * width), 2 * width, p);
+                    }
+
+                    if (gradWeight is not null)
+                    {
+                        new ReadOnlySpan<float>(s, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradWeight.bytes));
+                    }
+
+                    if (gradBias is not null)
+                    {
+                        new ReadOnlySpan<float>(s + width, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradBias.bytes));
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Converts <paramref name="n"/> BFloat16 bit patterns to Float32 (exact: a 16-bit shift).</summary>
+    public static void Bf16ToF32(ushort* src, float* dst, int n, SimdPath p)
+    {
+        int i = 0;
+        if (p == SimdPath.Avx512)
+        {
+            for (; i <= n - 16; i += 16)
+            {
+                Vector512<uint> wide = Avx512F.ConvertToVector512UInt32(Vector256.Load(src + i));
+                Vector512.ShiftLeft(wide, 16).AsSingle().Store(dst + i);
+            }
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<int> wide = Avx2.ConvertToVector256Int32(Vector128.Load(src + i));
+                Vector256.ShiftLeft(wide, 16).AsSingle().Store(dst + i);
+            }
+        }
+
+        for (; i < n; i++)
+        {
+            dst[i] = BitConverter.Int32BitsToSingle(src[i] << 16);
+        }
+    }
+
+    /// <summary>Rounds <paramref name="src"/> to BFloat16 bit patterns in <paramref name="dst"/> (same length) on path <paramref name="p"/>; see the pointer overload.</summary>
+    /// <exception cref="ArgumentException">The lengths differ.</exception>
+    public static void F32ToBf16(ReadOnlySpan<float> src, Span<ushort> dst, SimdPath p)
+    {
+        if (src.Length != dst.Length)
+        {
+            throw new ArgumentException($"dst has {dst.Length} elements; expected {src.Length}, as src.", nameof(dst));
+        }
+
+        fixed (float* s = src)
+        fixed (ushort* d = dst)
+        {
+            F32ToBf16(s, d, src.Length, Resolve(p));
+        }
+    }
+
+    /// <summary>Rounds <paramref name="n"/> Float32 values to BFloat16 (nearest, ties to even; NaN to 0x7FC0).</summary>
+    public static void F32ToBf16(float* src, ushort* dst, int n, SimdPath p)
+    {
+        int i = 0;
+        if (p == SimdPath.Avx512)
+        {
+            Vector512<uint> bias = Vector512.Create(0x7FFFu), one = Vector512.Create(1u), nan = Vector512.Create(0x7FC0_0000u);
+            for (; i <= n - 16; i += 16)
+            {
+                Vector512<float> v = Vector512.Load(src + i);
+                Vector512<uint> bits = v.AsUInt32();
+                Vector512<uint> rounded = bits + bias + (Vector512.ShiftRightLogical(bits, 16) & one);
+                Vector512<uint> ordered = Vector512.Equals(v, v).AsUInt32();
+                Vector512<uint> chosen = Vector512.ShiftRightLogical(Vector512.ConditionalSelect(ordered, rounded, nan), 16);
+                Avx512F.ConvertToVector256UInt16(chosen).Store(dst + i);
+            }
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            Vector256<uint> bias = Vector256.Create(0x7FFFu), one = Vector256.Create(1u), nan = Vector256.Create(0x7FC0_0000u);
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<float> v = Vector256.Load(src + i);
+                Vector256<uint> bits = v.AsUInt32();
+                Vector256<uint> rounded = bits + bias + (Vector256.ShiftRightLogical(bits, 16) & one);
+                Vector256<uint> ordered = Vector256.Equals(v, v).AsUInt32();
+                Vector256<uint> chosen = Vector256.ShiftRightLogical(Vector256.ConditionalSelect(ordered, rounded, nan), 16);
+                Vector128.Narrow(chosen.GetLower(), chosen.GetUpper()).Store(dst + i);
+            }
+        }
+
+        for (; i < n; i++)
+        {
+            dst[i] = ToBf16(src[i]);
+        }
+    }
+
+    /// <summary>Scalar Float32 → BFloat16 bits, round to nearest even, NaN to 0x7FC0.</summary>
+    public static ushort ToBf16(float value)
+    {
+        if (float.IsNaN(value))
+        {
+            return 0x7FC0;
+        }
+
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        return (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+
+    private static float Sum(float* x, int n, SimdPath p)
+    {
+        int i = 0;
+        float total = 0f;
+        if (p == SimdPath.Avx512)
+        {
+            Vector512<float> acc = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                acc += Vector512.Load(x + i);
+            }
+
+            total = Vector512.Sum(acc);
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            Vector256<float> acc = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                acc += Vector256.Load(x + i);
+            }
+
+            total = Vector256.Sum(acc);
+        }
+
+        for (; i < n; i++)
+        {
+            total += x[i];
+        }
+
+        return total;
+    }
+
+    private static float SumSquaredDeviation(float* x, float mu, int n, SimdPath p)
+    {
+        int i = 0;
+        float total = 0f;
+        if (p == SimdPath.Avx512)
+        {
+            Vector512<float> acc = Vector512<float>.Zero, m = Vector512.Create(mu);
+            for (; i <= n - 16; i += 16)
+            {
+                Vector512<float> d = Vector512.Load(x + i) - m;
+                acc += d * d;
+            }
+
+            total = Vector512.Sum(acc);
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            Vector256<float> acc = Vector256<float>.Zero, m = Vector256.Create(mu);
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<float> d = Vector256.Load(x + i) - m;
+                acc += d * d;
+            }
+
+            total = Vector256.Sum(acc);
+        }
+
+        for (; i < n; i++)
+        {
+            float d = x[i] - mu;
+            total += d * d;
+        }
+
+        return total;
+    }
+
+    private static void Normalize(float* x, float mu, float rs, float* w, float* b, float* y, int n, SimdPath p)
+    {
+        int i = 0;
+        if (p == SimdPath.Avx512)
+        {
+            Vector512<float> m = Vector512.Create(mu), r = Vector512.Create(rs);
+            for (; i <= n - 16; i += 16)
+            {
+                Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
+                (xhat * Vector512.Load(w + i) + Vector512.Load(b + i)).Store(y + i);
+            }
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            Vector256<float> m = Vector256.Create(mu), r = Vector256.Create(rs);
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
+                (xhat * Vector256.Load(w + i) + Vector256.Load(b + i)).Store(y + i);
+            }
+        }
+
+        for (; i < n; i++)
+        {
+            y[i] = ((x[i] - mu) * rs * w[i]) + b[i];
+        }
+    }
+
+    /// <summary>Σ dy·w and Σ dy·w·x̂ over one row; adds dy·x̂ into <paramref name="dW"/> and dy into <paramref name="dB"/> (when not null).</summary>
+    private static (float SumG, float SumGXhat) BackwardSums(float* x, float* dy, float* w, float mu, float rs, float* dW, float* dB, int n, SimdPath p)
+    {
+        int i = 0;
+        float sumG = 0f, sumGX = 0f;
+        bool reduce = dW is not null;
+        if (p == SimdPath.Avx512)
+        {
+            Vector512<float> accG = Vector512<float>.Zero, accGX = Vector512<float>.Zero, m = Vector512.Create(mu), r = Vector512.Create(rs);
+            for (; i <= n - 16; i += 16)
+            {
+                Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
+                Vector512<float> d = Vector512.Load(dy + i);
+                Vector512<float> gv = d * Vector512.Load(w + i);
+                accG += gv;
+                accGX += gv * xhat;
+                if (reduce)
+                {
+                    (Vector512.Load(dW + i) + (d * xhat)).Store(dW + i);
+                    (Vector512.Load(dB + i) + d).Store(dB + i);
+                }
+            }
+
+            sumG = Vector512.Sum(accG);
+            sumGX = Vector512.Sum(accGX);
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            Vector256<float> accG = Vector256<float>.Zero, accGX = Vector256<float>.Zero, m = Vector256.Create(mu), r = Vector256.Create(rs);
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
+                Vector256<float> d = Vector256.Load(dy + i);
+                Vector256<float> gv = d * Vector256.Load(w + i);
+                accG += gv;
+                accGX += gv * xhat;
+                if (reduce)
+                {
+                    (Vector256.Load(dW + i) + (d * xhat)).Store(dW + i);
+                    (Vector256.Load(dB + i) + d).Store(dB + i);
+                }
+            }
+
+            sumG = Vector256.Sum(accG);
+            sumGX = Vector256.Sum(accGX);
+        }
+
+        for (; i < n; i++)
+        {
+            float xhat = (x[i] - mu) * rs;
+            float gv = dy[i] * w[i];
+            sumG += gv;
+            sumGX += gv * xhat;
+            if (reduce)
+            {
+                dW[i] += dy[i] * xhat;
+                dB[i] += dy[i];
+            }
+        }
+
+        return (sumG, sumGX);
+    }
+
+    private static void InputGradient(float* x, float* dy, float* w, float mu, float rs, float meanG, float meanGX, float* dx, int n, SimdPath p)
+    {
+        int i = 0;
+        if (p == SimdPath.Avx512)
+        {
+            Vector512<float> m = Vector512.Create(mu), r = Vector512.Create(rs), mg = Vector512.Create(meanG), mgx = Vector512.Create(meanGX);
+            for (; i <= n - 16; i += 16)
+            {
+                Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
+                Vector512<float> gv = Vector512.Load(dy + i) * Vector512.Load(w + i);
+                (r * (gv - mg - (xhat * mgx))).Store(dx + i);
+            }
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            Vector256<float> m = Vector256.Create(mu), r = Vector256.Create(rs), mg = Vector256.Create(meanG), mgx = Vector256.Create(meanGX);
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
+                Vector256<float> gv = Vector256.Load(dy + i) * Vector256.Load(w + i);
+                (r * (gv - mg - (xhat * mgx))).Store(dx + i);
+            }
+        }
+
+        for (; i < n; i++)
+        {
+            float xhat = (x[i] - mu) * rs;
+            float gv = dy[i] * w[i];
+            dx[i] = rs * (gv - meanG - (xhat * meanGX));
+        }
+    }
+
+    private static void Add(float* acc, float* values, int n, SimdPath p)
+    {
+        int i = 0;
+        if (p == SimdPath.Avx512)
+        {
+            for (; i <= n - 16; i += 16)
+            {
+                (Vector512.Load(acc + i) + Vector512.Load(values + i)).Store(acc + i);
+            }
+        }
+        else if (p == SimdPath.Avx2)
+        {
+            for (; i <= n - 8; i += 8)
+            {
+                (Vector256.Load(acc + i) + Vector256.Load(values + i)).Store(acc + i);
+            }
+        }
+
+        for (; i < n; i++)
+        {
+            acc[i] += values[i];
+        }
+    }
+
+    private delegate void ChunkBody(int chunk, float* scratch);
+
+    /// <summary>Runs <paramref name="body"/> for every chunk of <see cref="ChunkRows"/> rows on at most <paramref name="workers"/> workers, each with <paramref name="scratchFloats"/> floats of scratch.</summary>
+    private static void RunChunks(long rows, int workers, int scratchFloats, ChunkBody body)
+    {
+        int chunks = checked((int)((rows + ChunkRows - 1) / ChunkRows));
+        if (chunks == 0)
+        {
+            return;
+        }
+
+        if (workers <= 1 || chunks == 1)
+        {
+            float[] scratch = ArrayPool<float>.Shared.Rent(scratchFloats);
+            try
+            {
+                fixed (float* s = scratch)
+                {
+                    for (int c = 0; c < chunks; c++)
+                    {
+                        body(c, s);
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+
+            return;
+        }
+
+        // Contiguous ranges of chunks per worker (fewer hand-offs than one task per chunk); the reduction order does not depend on it.
+        int parts = Math.Min(workers, chunks);
+        Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = parts }, part =>
+        {
+            int first = (int)((long)chunks * part / parts);
+            int last = (int)((long)chunks * (part + 1) / parts);
+            float[] scratch = ArrayPool<float>.Shared.Rent(scratchFloats);
+            try
+            {
+                fixed (float* s = scratch)
+                {
+                    for (int c = first; c < last; c++)
+                    {
+                        body(c, s);
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        });
+    }
+
+    private static float[] Filled(int n, float value)
+    {
+        float[] a = new float[n];
+        Array.Fill(a, value);
+        return a;
+    }
+}

@@ -1,0 +1,130 @@
+using ComposerSharp.Data;
+using ComposerSharp.Events;
+using ComposerSharp.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ComposerSharp.DistributedHost;
+
+/// <summary>A classifier 4 → 16 → LayerNorm → ReLU → dropout → 3 over batches {"x": [B, 4], "labels": [B]}.</summary>
+public sealed class NormMlp : ComposerModel
+{
+    private readonly Linear _fc1;
+    private nn.Module<Tensor, Tensor> _norm; // not readonly and of the base type, so LowPrecisionLayerNorm can swap it
+    private readonly Dropout _dropout;
+    private readonly Linear _fc2;
+
+    public NormMlp(double dropout = 0.0)
+        : base("norm_mlp")
+    {
+        _fc1 = nn.Linear(4, 16);
+        _norm = nn.LayerNorm(16);
+        _dropout = nn.Dropout(dropout);
+        _fc2 = nn.Linear(16, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch) => _fc2.call(_dropout.call(nn.functional.relu(_norm.call(_fc1.call(batch["x"])))));
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs.to(ScalarType.Float32), batch["labels"]);
+
+    public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => new IMetric[] { new ClassificationAccuracy(), new CrossEntropyMetric() };
+}
+
+/// <summary>The same layer names as <see cref="NormMlp"/> with fc1 of 4 → 17 (a model that differs from it).</summary>
+public sealed class WideNormMlp : ComposerModel
+{
+    private readonly Linear _fc1;
+    private readonly LayerNorm _norm;
+    private readonly Linear _fc2;
+
+    public WideNormMlp()
+        : base("norm_mlp")
+    {
+        _fc1 = nn.Linear(4, 17);
+        _norm = nn.LayerNorm(17);
+        _fc2 = nn.Linear(17, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch) => _fc2.call(_norm.call(_fc1.call(batch["x"])));
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
+}
+
+/// <summary>One sample: features and a class that depends on them (so there is something to learn).</summary>
+public sealed record HostSample(float[] X, long Label);
+
+/// <summary>Data sets and loaders of the scenarios.</summary>
+public static class HostData
+{
+    public static IReadOnlyList<HostSample> Samples(int count, ulong seed = 7)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var gen = new Generator(seed);
+        Tensor x = torch.randn(new long[] { count, 4 }, generator: gen);
+        Tensor y = (x[.., 0] + x[.., 1] * 0.5 > 0).to(ScalarType.Int64) + (x[.., 2] > 1).to(ScalarType.Int64);
+        float[] xs = x.data<float>().ToArray();
+        long[] ys = y.data<long>().ToArray();
+        return Enumerable.Range(0, count).Select(i => new HostSample(xs.AsSpan(i * 4, 4).ToArray(), ys[i])).ToList();
+    }
+
+    public static Batch Collate(IReadOnlyList<HostSample> samples) => new(new Dictionary<string, Tensor>
+    {
+        ["x"] = torch.tensor(samples.SelectMany(s => s.X).ToArray(), new long[] { samples.Count, 4 }),
+        ["labels"] = torch.tensor(samples.Select(s => s.Label).ToArray()),
+    });
+
+    public static DataLoader<HostSample> Loader(IReadOnlyList<HostSample> samples, int batchSize, bool shuffle) =>
+        new(new ListDataset<HostSample>(samples), batchSize, Collate, shuffle, seed: 11);
+
+    /// <summary>Every floating tensor of the model's state, as raw bytes in state-dict order.</summary>
+    public static byte[] StateBytes(nn.Module model)
+    {
+        using var scope = torch.NewDisposeScope();
+        var bytes = new List<byte>();
+        foreach ((string _, Tensor t) in model.state_dict())
+        {
+            bytes.AddRange(t.to(ScalarType.Float32).contiguous().data<float>().ToArray().SelectMany(BitConverter.GetBytes));
+        }
+
+        return bytes.ToArray();
+    }
+}
+
+/// <summary>A loader that is not shardable: yields one fixed batch (rank-dependent sizes in the uneven test).</summary>
+public sealed class FixedBatchLoader(IReadOnlyList<HostSample> samples) : IDataLoader
+{
+    public long? BatchesPerEpoch => 1;
+
+    public long? SamplesPerEpoch => samples.Count;
+
+    public IEnumerable<Batch> GetEpoch(long epoch, long skipBatches = 0)
+    {
+        if (skipBatches == 0)
+        {
+            yield return HostData.Collate(samples);
+        }
+    }
+}
+
+/// <summary>Runs an action at chosen events.</summary>
+public sealed class HookCallback : Callback
+{
+    public Action<State>? OnAfterTrainBatch { get; init; }
+
+    public Action<State>? OnBatchEnd { get; init; }
+
+    public Action<State>? OnFitStart { get; init; }
+
+    public Action<State>? OnAfterDataloader { get; init; }
+
+    public override void FitStart(State state, Logger logger) => OnFitStart?.Invoke(state);
+
+    public override void AfterDataloader(State state, Logger logger) => OnAfterDataloader?.Invoke(state);
+
+    public override void AfterTrainBatch(State state, Logger logger) => OnAfterTrainBatch?.Invoke(state);
+
+    public override void BatchEnd(State state, Logger logger) => OnBatchEnd?.Invoke(state);
+}

@@ -1,0 +1,225 @@
+using System.Globalization;
+using ComposerSharp.Algorithms;
+using ComposerSharp.Distributed;
+using ComposerSharp.Events;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using TrainerT = ComposerSharp.Training.Trainer;
+
+namespace ComposerSharp.DistributedHost;
+
+/// <summary>Scenarios that train with the Trainer on every rank; references run alone on rank 0 (a <see cref="SingleProcessGroup"/>).</summary>
+public static class TrainerScenarios
+{
+    private static readonly DistributedOptions Alone = new() { ProcessGroup = new SingleProcessGroup() };
+
+    /// <summary>The scenario called <paramref name="name"/>.</summary>
+    public static Action<ScenarioContext> Find(string name) => name switch
+    {
+        "grads" => Gradients,
+        "grads-uneven" => UnevenGradients,
+        "replicas" => Replicas,
+        "eval" => Evaluation,
+        "resume" => Resume,
+        "stop" => Stop,
+        "trainer-throw" => TrainerThrow,
+        "mismatch" => Mismatch,
+        "resize" => Resize,
+        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop or trainer-throw."),
+    };
+
+    private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+
+    private static NormMlp Model(double dropout = 0.0)
+    {
+        torch.manual_seed(42);
+        return new NormMlp(dropout);
+    }
+
+    /// <summary>The gradients after the all-reduce of one step (captured at AfterTrainBatch, before the optimizer step).</summary>
+    private static Tensor[] OneStepGradients(IDataLoader loader, DistributedOptions? distributed)
+    {
+        Tensor[]? grads = null;
+        NormMlp model = Model();
+        var hook = new HookCallback { OnAfterTrainBatch = s => grads = s.Model.parameters().Select(p => p.grad!.detach().clone().DetachFromDisposeScope()).ToArray() };
+        using var trainer = new TrainerT(model, loader, maxDuration: "1ba", callbacks: new[] { hook }, device: "cpu", progressBar: false,
+            optimizerFactory: ps => torch.optim.SGD(ps, 0.1), distributed: distributed, deterministicMode: true);
+        trainer.Fit();
+        return grads ?? throw new CheckFailedException("no gradients were captured");
+    }
+
+    private static double MaxError(Tensor[] a, Tensor[] b) => a.Zip(b).Max(p => (p.First.to(ScalarType.Float64) - p.Second.to(ScalarType.Float64)).abs().max().item<double>());
+
+    /// <summary>2 ranks × batch 4 (sharded loader of 8 samples) against 1 process × batch 8.</summary>
+    public static void Gradients(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(8);
+        Tensor[] distributed = OneStepGradients(HostData.Loader(data, 4, shuffle: false), null);
+        if (c.Group.Rank == 0)
+        {
+            Tensor[] reference = OneStepGradients(HostData.Loader(data, 8, shuffle: false), Alone);
+            File.WriteAllText(c.RankFile("graderr"), F(MaxError(distributed, reference)));
+        }
+    }
+
+    /// <summary>Rank 0 holds 3 samples and rank 1 holds 5: the step must equal one over all 8 (weights 3/8 and 5/8, not 1/2).</summary>
+    public static void UnevenGradients(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(8);
+        IReadOnlyList<HostSample> mine = c.Group.Rank == 0 ? data.Take(3).ToList() : data.Skip(3).ToList();
+        Tensor[] distributed = OneStepGradients(new FixedBatchLoader(mine), null);
+        if (c.Group.Rank == 0)
+        {
+            Tensor[] reference = OneStepGradients(new FixedBatchLoader(data), Alone);
+            File.WriteAllText(c.RankFile("graderr"), F(MaxError(distributed, reference)));
+        }
+    }
+
+    /// <summary>3 epochs with shuffling, dropout, AdamW, amp_bf16 and LowPrecisionLayerNorm; each rank writes its final state and losses.</summary>
+    public static void Replicas(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(64);
+        NormMlp model = Model(dropout: 0.1);
+        var losses = new List<double>();
+        var hook = new HookCallback { OnBatchEnd = s => losses.Add(s.Metrics["loss/train/total"]) };
+        using var trainer = new TrainerT(model, HostData.Loader(data, 4, shuffle: true), maxDuration: "3ep", callbacks: new[] { hook },
+            algorithms: new IAlgorithm[] { new LowPrecisionLayerNorm() }, precision: Precision.AmpBf16, device: "cpu", progressBar: false,
+            optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), deterministicMode: true);
+        trainer.Fit();
+        bool swapped = model.modules().Any(m => m is LPLayerNorm);
+        File.WriteAllBytes(c.RankFile("state"), HostData.StateBytes(model));
+        File.WriteAllText(c.RankFile("replicas"), string.Join("\n",
+            $"lpln={swapped}",
+            $"batches={trainer.State.Timestamp.Batch}",
+            $"samples={trainer.State.Timestamp.Sample}",
+            $"first={F(losses.Take(8).Average())}",
+            $"last={F(losses.TakeLast(8).Average())}"));
+    }
+
+    /// <summary>Eval of 13 samples (uneven shards) on 2 ranks against the same eval alone on rank 0.</summary>
+    public static void Evaluation(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(13, seed: 3);
+        IReadOnlyDictionary<string, double> Run(DistributedOptions? d)
+        {
+            using var trainer = new TrainerT(Model(), device: "cpu", progressBar: false, distributed: d, deterministicMode: true);
+            return trainer.Eval(HostData.Loader(data, 4, shuffle: false));
+        }
+
+        IReadOnlyDictionary<string, double> distributed = Run(null);
+        if (c.Group.Rank == 0)
+        {
+            IReadOnlyDictionary<string, double> alone = Run(Alone);
+            File.WriteAllText(c.RankFile("eval"), string.Join("\n", distributed.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}={F(kv.Value)} {F(alone[kv.Key])}")));
+        }
+    }
+
+    /// <summary>6 batches uninterrupted, against 3 batches, a checkpoint, a new Trainer that loads it and 3 more.</summary>
+    public static void Resume(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(40);
+        TrainerT Make(string max, CheckpointOptions? checkpoint) => new(Model(dropout: 0.2), HostData.Loader(data, 4, shuffle: true), maxDuration: max,
+            device: "cpu", progressBar: false, optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: checkpoint, deterministicMode: true);
+
+        byte[] uninterrupted;
+        using (TrainerT t = Make("6ba", null))
+        {
+            t.Fit();
+            uninterrupted = HostData.StateBytes(t.Model);
+        }
+
+        string folder = Path.Combine(c.Output, "checkpoints");
+        using (TrainerT t = Make("3ba", new CheckpointOptions { SaveFolder = folder, SaveInterval = "3ba" }))
+        {
+            t.Fit();
+        }
+
+        c.Group.Barrier();
+        byte[] resumed;
+        using (TrainerT t = Make("6ba", new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba3-rank0.ckpt") }))
+        {
+            t.Fit();
+            resumed = HostData.StateBytes(t.Model);
+        }
+
+        File.WriteAllText(c.RankFile("resume"), uninterrupted.AsSpan().SequenceEqual(resumed) ? "bitwise-equal" : "different");
+    }
+
+    /// <summary>Rank 1 alone asks to stop (as a preemption signal would) during batch 2; both ranks must stop after batch 2.</summary>
+    public static void Stop(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(64);
+        TrainerT? trainer = null;
+        var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { trainer!.Distributed.RequestStop(); } } };
+        trainer = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "10ba", callbacks: new[] { hook }, device: "cpu", progressBar: false, deterministicMode: true);
+        trainer.Fit();
+        File.WriteAllText(c.RankFile("stop"), trainer.State.Timestamp.Batch.ToString(CultureInfo.InvariantCulture));
+        trainer.Dispose();
+    }
+
+    /// <summary>Rank 1 builds a model without dropout but with a wider first layer: the Trainer must refuse, naming the tensor.</summary>
+    public static void Mismatch(ScenarioContext c)
+    {
+        torch.manual_seed(42);
+        ComposerSharp.Models.ComposerModel model = c.Group.Rank == 1 ? new WideNormMlp() : new NormMlp();
+        try
+        {
+            using var trainer = new TrainerT(model, device: "cpu", progressBar: false, deterministicMode: true);
+        }
+        catch (InvalidOperationException e)
+        {
+            File.WriteAllText(c.RankFile("mismatch"), e.Message);
+            return;
+        }
+
+        throw new CheckFailedException("the Trainer accepted different models on the two ranks");
+    }
+
+    /// <summary>
+    /// A checkpoint written by one process after 4 batches of 4 (16 samples) is resumed on 2 ranks: both continue at
+    /// global position 16 of the epoch's order (rank r: positions 16 + r, 18 + r, …), from the same weights.
+    /// </summary>
+    public static void Resize(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(64);
+        string folder = Path.Combine(c.Output, "checkpoints");
+        if (c.Group.Rank == 0)
+        {
+            using var alone = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "4ba", device: "cpu", progressBar: false,
+                optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "4ba" }, distributed: Alone, deterministicMode: true);
+            alone.Fit();
+        }
+
+        c.Group.Barrier();
+        float[]? firstX = null;
+        byte[]? loaded = null;
+        TrainerT? trainer = null;
+        var hook = new HookCallback { OnFitStart = s => loaded = HostData.StateBytes(s.Model), OnAfterDataloader = s => firstX ??= s.Batch!["x"].data<float>().ToArray() };
+        trainer = new TrainerT(Model(dropout: 0.0), HostData.Loader(data, 4, shuffle: true), maxDuration: "6ba", device: "cpu", progressBar: false, callbacks: new[] { hook },
+            optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba4-rank0.ckpt") }, deterministicMode: true);
+        trainer.Fit();
+        long[] order = ComposerSharp.Data.EpochSampler.Order(64, 11, 0, shuffle: true);
+        float[] expected = Enumerable.Range(0, 4).SelectMany(i => data[(int)order[16 + c.Group.Rank + 2 * i]].X).ToArray();
+        Tensor loadedState = torch.tensor(loaded!.Select(b => (float)b).ToArray());
+        Tensor allStates = c.Group.AllGather(loadedState);
+        bool sameWeights = allStates[0].equal(allStates[1]).all().item<bool>();
+        File.WriteAllText(c.RankFile("resize"), string.Join("\n",
+            $"data={(firstX!.SequenceEqual(expected) ? "continues" : "differs")}",
+            $"weights={(sameWeights ? "same" : "differ")}",
+            $"batches={trainer.State.Timestamp.Batch}",
+            $"samples={trainer.State.Timestamp.Sample}"));
+        trainer.Dispose();
+    }
+
+    /// <summary>Rank 1's callback throws at batch 2.</summary>
+    public static void TrainerThrow(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(64);
+        var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { throw new InvalidOperationException("rank 1's callback fails on purpose"); } } };
+        using var trainer = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "10ba", callbacks: new[] { hook }, device: "cpu", progressBar: false, deterministicMode: true);
+        trainer.Fit();
+    }
+}
