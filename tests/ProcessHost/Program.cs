@@ -53,7 +53,7 @@ switch (args.FirstOrDefault())
         long total = long.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-rss-" + Guid.NewGuid().ToString("N"));
         var history = new ComposerSharp.Cli.Reporting.MetricHistory();
-        var samples = new List<(long Batch, long Rss)>();
+        var samples = new List<(long Batch, long Rss, long Managed)>();
         var probe = new RssAt(new long[] { 2000, total / 2, total }, samples);
         using (var trainer = new Trainer(new Probe(), new Batches(4096, 4), Time.FromBatch(total), loggers: new ILoggerDestination[] { history },
                    callbacks: new ICallback[] { probe }, device: "cpu", progressBar: false, runFolder: folder, runName: "rss", evalInterval: 0))
@@ -65,7 +65,7 @@ switch (args.FirstOrDefault())
         Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
         {
             batches = total,
-            rss = samples.Select(s => new { batch = s.Batch, bytes = s.Rss }).ToArray(),
+            rss = samples.Select(s => new { batch = s.Batch, bytes = s.Rss, managed_bytes = s.Managed }).ToArray(),
             series_points = history.Series("loss/train/total").Count,
         }));
         return 0;
@@ -132,7 +132,7 @@ internal sealed class Batches(int samples, int batchSize) : IDataLoader
 }
 
 /// <summary>Records the resident set size (after a full GC) at BatchEnd of the given batches.</summary>
-internal sealed class RssAt(long[] batches, List<(long Batch, long Rss)> samples) : ICallback
+internal sealed class RssAt(long[] batches, List<(long Batch, long Rss, long Managed)> samples) : ICallback
 {
     public void RunEvent(Event e, State state, Logger logger)
     {
@@ -145,7 +145,7 @@ internal sealed class RssAt(long[] batches, List<(long Batch, long Rss)> samples
         GC.WaitForPendingFinalizers();
         GC.Collect();
         using var self = System.Diagnostics.Process.GetCurrentProcess();
-        samples.Add((state.Timestamp.Batch, self.WorkingSet64));
+        samples.Add((state.Timestamp.Batch, self.WorkingSet64, GC.GetTotalMemory(forceFullCollection: true)));
     }
 
     public void Close(State state, Logger logger)
