@@ -276,7 +276,9 @@ public class FusedLayerNormKernelTests
         using var d = NewDisposeScope();
         double refMax = reference.abs().max().to(ScalarType.Float64).item<double>();
         double err = (got.to(ScalarType.Float64) - reference.to(ScalarType.Float64)).abs().max().item<double>();
-        // 1e-9: the float64 reference itself is not exactly 0 where the exact gradient is (width 1: ~1e-14).
-        return err / Math.Max(Math.Max(refMax, scale), 1e-9);
+        // Floor 1e-6: where the exact gradient is 0 (width 1: x̂ = 0, so the weight gradient is 0) the Float32 kernel
+        // leaves ~1e-13 from its own x − mean, which a floor of 1e-9 turned into a "relative" error of 1e-4 for some
+        // random inputs; 1e-6 is below every gradient scale these tests use, so real errors are still seen.
+        return err / Math.Max(Math.Max(refMax, scale), 1e-6);
     }
 }
