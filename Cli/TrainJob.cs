@@ -61,7 +61,7 @@ public sealed class TrainJob
         "run_name", "run_folder", "seed", "deterministic_mode", "precision", "device", "max_duration", "eval_interval", "eval_subset_num_batches",
         "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
         "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
-        "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only",
+        "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only", "save_best",
         "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume", "dist_timeout", "dist_backend",
     };
 
@@ -119,6 +119,33 @@ public sealed class TrainJob
     }
 
     private string? _lastEvalFolder;
+
+    /// <summary><c>save_best: {monitor: CrossEntropy, comp: lt, label: eval, filename: …}</c>, or null when absent.</summary>
+    /// <exception cref="ConfigException">Not a mapping, no monitor, an unknown key or comparison.</exception>
+    private static SaveBestOptions? SaveBestOf(ConfigSection config)
+    {
+        object? value = config.Get("save_best");
+        if (value is null)
+        {
+            return null;
+        }
+
+        if (value is not ConfigSection s)
+        {
+            throw new ConfigException("'save_best' must be a mapping such as {monitor: CrossEntropy, comp: lt} (comp and label are optional).");
+        }
+
+        s.RequireKnownKeys(new[] { "monitor", "comp", "label", "filename" }, "option");
+        string monitor = s.GetString("monitor") ?? throw new ConfigException($"'{s.PathOf("monitor")}' is required: the evaluation metric to monitor, e.g. CrossEntropy or Accuracy.");
+        string? comp = s.GetString("comp");
+        if (comp is not null && comp.ToLowerInvariant() is not ("lt" or "gt" or "less" or "greater"))
+        {
+            throw new ConfigException($"'{s.PathOf("comp")}' is '{comp}'; expected lt, gt, less or greater.");
+        }
+
+        var defaults = new SaveBestOptions(monitor);
+        return new SaveBestOptions(monitor, comp, s.GetString("label") ?? defaults.Label, s.GetString("filename") ?? defaults.Filename);
+    }
 
     /// <summary>
     /// Before the Trainer touches the run folder: a run that neither resumes nor overwrites is refused when the
@@ -253,6 +280,7 @@ public sealed class TrainJob
             SaveOverwrite = _config.GetBool("save_overwrite") ?? false,
             SaveNumCheckpointsToKeep = (int)(_config.GetLong("save_num_checkpoints_to_keep") ?? -1),
             SaveWeightsOnly = _config.GetBool("save_weights_only") ?? false,
+            SaveBest = SaveBestOf(_config),
             LoadPath = _config.GetString("load_path"),
             LoadWeightsOnly = _config.GetBool("load_weights_only") ?? !fit,
             LoadStrictModelWeights = _config.GetBool("load_strict_model_weights") ?? true,

@@ -263,7 +263,8 @@ public sealed partial class Trainer : IDisposable
                 checkpoint.SaveInterval,
                 checkpoint.SaveOverwrite,
                 checkpoint.SaveNumCheckpointsToKeep,
-                checkpoint.SaveWeightsOnly));
+                checkpoint.SaveWeightsOnly,
+                checkpoint.SaveBest));
         }
 
         State.Callbacks = allCallbacks;

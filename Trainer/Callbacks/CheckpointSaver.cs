@@ -21,6 +21,8 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     private readonly List<string> _saved = new();
     private readonly List<string> _allSaved = new();
     private long? _lastCheckpointBatch;
+    private readonly Func<double, double, bool>? _better;
+    private double? _bestValue;
 
     /// <summary>Creates a saver.</summary>
     /// <param name="folder">Folder (placeholders allowed, e.g. <c>{run_name}/checkpoints</c>).</param>
@@ -30,7 +32,9 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     /// <param name="overwrite">Replace an existing file of the same name instead of failing.</param>
     /// <param name="numCheckpointsToKeep">Newest checkpoints of this run's name pattern to keep in the folder, across resumes (−1 for all; at least 1 otherwise).</param>
     /// <param name="weightsOnly">Save only the model weights.</param>
+    /// <param name="saveBest">Also keep the best checkpoint by a monitored evaluation metric, or null.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="numCheckpointsToKeep"/> is 0 or below −1.</exception>
+    /// <exception cref="ArgumentException"><paramref name="saveBest"/> has an unknown comparison or an empty monitor.</exception>
     public CheckpointSaver(
         string folder = "{run_name}/checkpoints",
         string filename = "ep{epoch}-ba{batch}-rank{rank}.ckpt",
@@ -38,8 +42,16 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
         Time? saveInterval = null,
         bool overwrite = false,
         int numCheckpointsToKeep = -1,
-        bool weightsOnly = false)
+        bool weightsOnly = false,
+        SaveBestOptions? saveBest = null)
     {
+        if (saveBest is not null)
+        {
+            ArgumentException.ThrowIfNullOrWhiteSpace(saveBest.Monitor, nameof(saveBest));
+            _better = MetricComparison.For(saveBest.Monitor, saveBest.Comp);
+        }
+
+        SaveBest = saveBest;
         ArgumentException.ThrowIfNullOrWhiteSpace(folder);
         ArgumentException.ThrowIfNullOrWhiteSpace(filename);
         if (numCheckpointsToKeep == 0 || numCheckpointsToKeep < -1)
@@ -77,6 +89,39 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
     /// <summary>Whether only weights are saved.</summary>
     public bool WeightsOnly { get; }
+
+    /// <summary>The best-checkpoint rule, or null when no best checkpoint is kept.</summary>
+    public SaveBestOptions? SaveBest { get; }
+
+    /// <summary>The monitored metric's best value so far (restored on resume), or null.</summary>
+    public double? BestValue => _bestValue;
+
+    /// <summary>
+    /// After a round of evaluation: when the monitored metric improved on the best so far, writes the best
+    /// checkpoint (same content as a regular one) over the previous best. An evaluation cut short by a stop request
+    /// computes no metrics and so changes nothing.
+    /// </summary>
+    public override void EvalAfterAll(State state, Logger logger)
+    {
+        if (SaveBest is not { } best || !state.Metrics.TryGetValue($"metrics/{best.Label}/{best.Monitor}", out double value) || double.IsNaN(value))
+        {
+            return;
+        }
+
+        if (_bestValue is { } current && !_better!(value, current))
+        {
+            return;
+        }
+
+        _bestValue = value;
+        string path = Path.GetFullPath(Path.Combine(PathTemplate.Expand(Folder, state), PathTemplate.Expand(best.Filename, state)));
+        Checkpoint.Save(state, path, WeightsOnly);
+        if (state.ProcessGroup.Rank == 0)
+        {
+            state.LoggerFactory.CreateLogger<CheckpointSaver>().LogInformation(
+                "New best metrics/{Label}/{Monitor} = {Value} at batch {Batch}: saved {Checkpoint}.", best.Label, best.Monitor, value, state.Timestamp.Batch, path);
+        }
+    }
 
     /// <summary>The checkpoints this saver wrote in this process that still exist, oldest first (absolute paths).</summary>
     public IReadOnlyList<string> SavedCheckpoints => _saved;
@@ -211,6 +256,7 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
     public IReadOnlyDictionary<string, object?> StateDict() => new Dictionary<string, object?>
     {
         ["all_saved_checkpoints"] = _allSaved.ToList(),
+        ["best_value"] = _bestValue,
     };
 
     /// <inheritdoc/>
@@ -224,6 +270,9 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
 
         _allSaved.Clear();
         _allSaved.AddRange(list.OfType<string>());
+        _bestValue = state.TryGetValue("best_value", out object? best) && best is not null
+            ? Convert.ToDouble(best, CultureInfo.InvariantCulture)
+            : null;
     }
 
     private void SaveIfDue(State state, Event e)

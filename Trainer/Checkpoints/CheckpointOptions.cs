@@ -52,6 +52,12 @@ public sealed record CheckpointOptions
     /// <summary>Keep only the newest this many checkpoints written by this run (−1 keeps all; 0 is not allowed).</summary>
     public int SaveNumCheckpointsToKeep { get; init; } = -1;
 
+    /// <summary>
+    /// Keep the best checkpoint by a monitored evaluation metric beside the latest (as PyTorch Lightning's
+    /// <c>ModelCheckpoint(monitor=…)</c> does), or null for none: see <see cref="SaveBestOptions"/>.
+    /// </summary>
+    public SaveBestOptions? SaveBest { get; init; }
+
     /// <summary>A checkpoint (or latest pointer) to load at construction, between BeforeLoad and AfterLoad; placeholders allowed.</summary>
     public string? LoadPath { get; init; }
 
@@ -93,3 +99,15 @@ public sealed record CheckpointOptions
     /// <summary>What to do with a required-on-load algorithm the Trainer lacks.</summary>
     public MissingAlgorithmPolicy MissingAlgorithmPolicy { get; init; } = MissingAlgorithmPolicy.AddWithWarning;
 }
+
+/// <summary>
+/// Which checkpoint counts as the best: the metric <c>metrics/&lt;Label&gt;/&lt;Monitor&gt;</c> after each round of
+/// evaluation, compared with Composer's rule for stoppers (<see cref="Callbacks.MetricComparison"/>: <c>lt</c>/<c>gt</c>,
+/// or by name — loss, error and perplexity are better lower). The best is written to <see cref="Filename"/> in the
+/// checkpoint folder and replaced whenever an evaluation improves on it; it is never pruned.
+/// </summary>
+/// <param name="Monitor">The metric's name, e.g. <c>CrossEntropy</c> or <c>Accuracy</c>.</param>
+/// <param name="Comp"><c>lt</c>, <c>gt</c> (or <c>less</c>, <c>greater</c>), or null for Composer's rule by name.</param>
+/// <param name="Label">The evaluator's label; <c>eval</c> by default.</param>
+/// <param name="Filename">The best checkpoint's file name pattern.</param>
+public sealed record SaveBestOptions(string Monitor, string? Comp = null, string Label = "eval", string Filename = "best-rank{rank}.ckpt");

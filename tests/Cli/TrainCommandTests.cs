@@ -181,6 +181,34 @@ public class RunFolderTests
     }
 
     [Test]
+    public void SaveBestFromTheCommandLineKeepsTheBestCheckpointAndABadComparisonIsAConfigurationError()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-best-" + Guid.NewGuid().ToString("N"));
+        string[] args =
+        {
+            "train", "--max-duration", "3ba", "--run-folder", folder, "--progress-bar", "false", "--eval-interval", "1ba",
+            "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8",
+        };
+        try
+        {
+            (int code, _, string error) = CliRun.Captured(args.Concat(new[] { "--set", "save_best={monitor: CrossEntropy, comp: sideways}" }).ToArray());
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode));
+            Assert.That(error, Does.Contain("save_best.comp").And.Contain("sideways"));
+
+            (code, _, error) = CliRun.Captured(args.Concat(new[] { "--set", "save_best={monitor: CrossEntropy}" }).ToArray());
+            Assert.That(code, Is.Zero, error);
+            Assert.That(File.Exists(Path.Combine(folder, "checkpoints", "best-rank0.ckpt")), Is.True);
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+
+    [Test]
     public void TheRunFolderHoldsTheResolvedConfigurationWhichReadsBackToTheSameValues()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-cfg-" + Guid.NewGuid().ToString("N"));

@@ -266,6 +266,32 @@ public class CheckpointTests
     }
 
     [Test]
+    public void TheBestCheckpointByAMonitoredMetricIsKeptBesideTheLatest()
+    {
+        string folder = TestData.TempFolder();
+        var logger = new MemoryLogger();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = "100ba", SaveBest = new SaveBestOptions("CrossEntropy", "lt") };
+        using (var trainer = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(40, 4, shuffle: true), "12ba", eval: TestData.Loader(16, 8), evalInterval: "1ba",
+                   checkpoint: options, loggers: new[] { logger }, optimizerFactory: p => torch.optim.SGD(p, 0.5)))
+        {
+            trainer.Fit();
+            double[] ce = logger.Values("metrics/eval/CrossEntropy").ToArray();
+            Assert.That(ce, Has.Length.GreaterThanOrEqualTo(12));
+            CheckpointSaver saver = trainer.State.Callbacks.OfType<CheckpointSaver>().Single();
+            Assert.That(saver.BestValue, Is.EqualTo(ce.Min()));
+        }
+
+        string best = Path.Combine(folder, "best-rank0.ckpt");
+        Assert.That(File.Exists(best), Is.True);
+        var reloaded = new MemoryLogger();
+        using var check = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(40, 4), "20ba", eval: TestData.Loader(16, 8), loggers: new[] { reloaded },
+            checkpoint: new CheckpointOptions { LoadPath = best, LoadWeightsOnly = true });
+        check.Eval();
+        Assert.That(reloaded.Values("metrics/eval/CrossEntropy").Last(), Is.EqualTo(logger.Values("metrics/eval/CrossEntropy").Min()).Within(1e-6), "the best file holds the weights of the best evaluation");
+        Assert.Throws<ArgumentException>(() => new CheckpointSaver(saveBest: new SaveBestOptions("Accuracy", "sideways")));
+    }
+
+    [Test]
     public void DefaultIntervalSavesEachEpochAndRefusesToOverwrite()
     {
         string folder = TestData.TempFolder();
