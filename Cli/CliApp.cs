@@ -272,7 +272,7 @@ public static class CliApp
             table.AddRow(Markup.Escape($"{name}: modules replaced"), count.ToString(CultureInfo.InvariantCulture));
         }
 
-        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal) && !m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal)))
+        foreach ((string metric, double value) in result.FinalMetrics.Where(m => !m.Key.StartsWith("time/", StringComparison.Ordinal) && !m.Key.EndsWith(ModuleSurgery.ModulesReplacedMetricSuffix, StringComparison.Ordinal) && !m.Key.Contains("/confusion/", StringComparison.Ordinal)))
         {
             table.AddRow(Markup.Escape(metric), F(value));
         }

@@ -357,6 +357,7 @@ public sealed class TrainJob
         stopwatch.Stop();
         string plotPath = Path.Combine(runFolder, "loss.png");
         bool plotted = fit && LossPlot.Save(history, plotPath);
+        ConfusionPlot.Save(history.Latest(), Path.Combine(runFolder, "confusion.png"));
         IReadOnlyDictionary<string, double> latest = history.Latest();
         string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
         if (!fit && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())

@@ -20,8 +20,8 @@ public interface IMetricBreakdown
 /// scikit-learn's <c>f1_score(average="macro", zero_division=0)</c>): the unweighted mean of the per-class
 /// F1 = 2·TP / (2·TP + FP + FN) over the classes that occur among the labels or the predictions. Class logits
 /// [B, C] (any float dtype) and labels [B] (Int64; −100 ignored). The breakdown gives <c>precision/NAME</c>,
-/// <c>recall/NAME</c> and <c>F1/NAME</c> per class (0 where undefined). The confusion matrix is kept on the host
-/// (C × C counts).
+/// <c>recall/NAME</c> and <c>F1/NAME</c> per class (0 where undefined) and the confusion-matrix counts
+/// <c>confusion/TRUE/PREDICTED</c>. The confusion matrix is kept on the host (C × C counts).
 /// </summary>
 public sealed class MulticlassF1Score : IReducibleMetric, IMetricBreakdown
 {
@@ -47,6 +47,12 @@ public sealed class MulticlassF1Score : IReducibleMetric, IMetricBreakdown
 
     /// <inheritdoc/>
     public string Name => "F1";
+
+    /// <summary>
+    /// The breakdown's prefix of the confusion-matrix counts: <c>confusion/TRUE/PREDICTED</c> with class indices
+    /// (the CLI draws them as <c>confusion.png</c>).
+    /// </summary>
+    public const string ConfusionPrefix = "confusion/";
 
     /// <summary>Number of classes C.</summary>
     public int NumClasses => _confusion.GetLength(0);
@@ -135,6 +141,14 @@ public sealed class MulticlassF1Score : IReducibleMetric, IMetricBreakdown
             result[$"precision/{_classNames[i]}"] = precision[i];
             result[$"recall/{_classNames[i]}"] = recall[i];
             result[$"F1/{_classNames[i]}"] = f1[i];
+        }
+
+        for (int i = 0; i < NumClasses; i++)
+        {
+            for (int j = 0; j < NumClasses; j++)
+            {
+                result[$"{ConfusionPrefix}{i}/{j}"] = _confusion[i, j];
+            }
         }
 
         return result;

@@ -47,3 +47,33 @@ public class MetricHistoryTests
         Assert.That(json.GetProperty("series_points").GetInt32(), Is.LessThanOrEqualTo(2048));
     }
 }
+
+public class ConfusionPlotTests
+{
+    [Test]
+    public void TheLastEvaluationsConfusionMatrixIsDrawnAndNothingIsWrittenWithoutOne()
+    {
+        string path = Path.Combine(Path.GetTempPath(), "composersharp-confusion-" + Guid.NewGuid().ToString("N") + ".png");
+        try
+        {
+            var metric = new ComposerSharp.Models.MulticlassF1Score(3);
+            using (var scope = TorchSharp.torch.NewDisposeScope())
+            {
+                metric.Update(TorchSharp.torch.eye(3).repeat(2, 1), new ComposerSharp.Events.Batch(new Dictionary<string, TorchSharp.torch.Tensor> { ["labels"] = TorchSharp.torch.tensor(new long[] { 0, 1, 2, 0, 2, 2 }) }));
+            }
+
+            var latest = metric.Breakdown().ToDictionary(kv => "metrics/eval/" + kv.Key, kv => kv.Value);
+            Assert.That(latest["metrics/eval/confusion/2/1"], Is.EqualTo(1), "the 5th input: true class 2, predicted 1");
+            Assert.That(latest["metrics/eval/confusion/2/2"], Is.EqualTo(2));
+            Assert.That(latest["metrics/eval/confusion/0/0"], Is.EqualTo(2));
+            Assert.That(ConfusionPlot.Save(latest, path), Is.True);
+            Assert.That(new FileInfo(path).Length, Is.GreaterThan(1000));
+            Assert.That(ConfusionPlot.Save(new Dictionary<string, double> { ["metrics/eval/Accuracy"] = 1 }, path + ".none.png"), Is.False);
+            Assert.That(File.Exists(path + ".none.png"), Is.False);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+}
