@@ -114,3 +114,17 @@ public class EvalIntervalTests
         Assert.Throws<ArgumentException>(() => new IntervalSchedule("10sec"));
     }
 }
+
+public class EvalIntervalZeroTests
+{
+    [Test]
+    public void AnEvalIntervalOfZeroSaysThatEvaluationDuringTrainingIsOff()
+    {
+        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        var events = new EventRecorder();
+        using var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ba", eval: TestData.Loader(8, 8), evalInterval: "0ba", loggerFactory: log, callbacks: new[] { events });
+        trainer.Fit();
+        Assert.That(log.Entries.Select(e => e.Message), Has.Some.Contains("Evaluation during training is off"));
+        Assert.That(events.Count(ComposerSharp.Events.Event.EvalStart), Is.Zero);
+    }
+}
