@@ -5,7 +5,7 @@ namespace ComposerSharp.Training;
 
 /// <summary>
 /// Turns the first SIGINT (Ctrl-C) or SIGTERM (what a cluster scheduler sends before preemption) into a graceful
-/// stop request, and lets a second one end the process at once. Pass <see cref="Token"/> to
+/// stop request, and lets a second one, sent at least <see cref="DuplicateWindow"/> later, end the process at once. Pass <see cref="Token"/> to
 /// <see cref="Trainer.Fit(ComposerSharp.Events.Time?, CancellationToken)"/>: the batch in progress finishes, a checkpoint is saved
 /// when a save folder is set, and Fit returns; the caller then writes what it reports and exits with
 /// <see cref="ExitCode"/>. The idea follows Hugging Face Trainer's checkpoint-on-SIGTERM and PyTorch Lightning's
@@ -69,10 +69,27 @@ public sealed class GracefulStop : IDisposable
         _source.Dispose();
     }
 
+    /// <summary>
+    /// A second signal this soon after the first counts as the same request, not as "abort now": launchers such as
+    /// <c>dotnet run</c> forward a signal to the program while <c>timeout</c>, a shell or a scheduler also signals the
+    /// whole process group, so one request can arrive twice within milliseconds.
+    /// </summary>
+    public static readonly TimeSpan DuplicateWindow = TimeSpan.FromSeconds(1);
+
+    private long _firstSignalTicks;
+
     private void Handle(PosixSignalContext context)
     {
+        if (Interlocked.CompareExchange(ref _signals, 0, 0) > 0 && System.Diagnostics.Stopwatch.GetElapsedTime(Interlocked.Read(ref _firstSignalTicks)) < DuplicateWindow)
+        {
+            context.Cancel = true;
+            _logger?.LogInformation("Received {Signal} again within {Window} s of the first: taken as the same stop request (a launcher forwarding it). Send it again later to abort.", context.Signal, DuplicateWindow.TotalSeconds);
+            return;
+        }
+
         if (Interlocked.Increment(ref _signals) == 1)
         {
+            Interlocked.Exchange(ref _firstSignalTicks, System.Diagnostics.Stopwatch.GetTimestamp());
             Signal = context.Signal;
             context.Cancel = true; // keep running: the stop is graceful
             _logger?.LogWarning(

@@ -29,7 +29,7 @@ switch (args.FirstOrDefault())
             return 3;
         }
 
-    case "sigterm-at-batch" when args.Length == 3:
+    case "sigterm-at-batch" when args.Length is 3 or 4:
     {
         // Trains with GracefulStop; at BatchEnd of batch N the process sends itself K real SIGTERMs (kill(2)).
         // Prints one JSON line after Fit returns and exits with GracefulStop's code.
@@ -37,7 +37,8 @@ switch (args.FirstOrDefault())
         int count = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-sigterm-" + Guid.NewGuid().ToString("N"));
         using var stop = new GracefulStop();
-        var signaller = new SignalAtBatch(at, count);
+        int gap = args.Length == 4 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 1500;
+        var signaller = new SignalAtBatch(at, count, gap);
         using var trainer = new Trainer(new Probe(), new Batches(64, 4), "16ba", callbacks: new ICallback[] { signaller }, device: "cpu", progressBar: false,
             checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "100ba" }, runName: "sigterm");
         trainer.Fit(cancellationToken: stop.Token);
@@ -72,7 +73,7 @@ switch (args.FirstOrDefault())
     }
 
     default:
-        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K | rss N");
+        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K [GAP_MS] | rss N");
         return 2;
 }
 
@@ -90,7 +91,7 @@ internal sealed class Probe : ComposerModel
 }
 
 /// <summary>Sends this process <c>count</c> SIGTERMs at BatchEnd of batch <c>at</c>, then waits briefly for the handler.</summary>
-internal sealed class SignalAtBatch(long at, int count) : ICallback
+internal sealed class SignalAtBatch(long at, int count, int gap) : ICallback
 {
     [DllImport("libc")]
     private static extern int kill(int pid, int signal);
@@ -105,7 +106,9 @@ internal sealed class SignalAtBatch(long at, int count) : ICallback
         for (int i = 0; i < count; i++)
         {
             _ = kill(Environment.ProcessId, 15);
-            Thread.Sleep(200); // the handler runs on another thread; a second signal must find the first handled
+            // The handler runs on another thread; a second signal must find the first handled, and come after
+            // GracefulStop's duplicate window (gap 1.5 s) or inside it (gap 0.05 s) as the test asks.
+            Thread.Sleep(gap);
         }
     }
 
