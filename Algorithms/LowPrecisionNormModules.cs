@@ -198,7 +198,7 @@ public sealed class LPLayerNorm : LowPrecisionNorm
         x.device_type == DeviceType.CPU && torch.is_grad_enabled() && (w is { requires_grad: true } || b is { requires_grad: true });
 }
 
-/// <summary>Which CPU kernel <see cref="LPLayerNorm"/> runs under BFloat16 autocast (issue 16).</summary>
+/// <summary>Which CPU kernel <see cref="LPLayerNorm"/> runs under BFloat16 autocast: the fused C# kernel or libtorch's.</summary>
 public enum LayerNormKernel
 {
     /// <summary><see cref="Fused"/> when the CPU has AVX2, else <see cref="Libtorch"/>.</summary>

@@ -12,7 +12,7 @@ using TrainerT = ComposerSharp.Training.Trainer;
 namespace ComposerSharp.Benchmarks;
 
 /// <summary>
-/// Data-parallel benchmarks (issue 15), in one run: (1) our all-reduce of a 100 MiB float32 buffer next to a bare
+/// Data-parallel benchmarks, in one run: (1) our all-reduce of a 100 MiB float32 buffer next to a bare
 /// <c>MPI_Allreduce</c> of the same buffer, alternating, 2 local ranks over shared memory; (2) training steps of
 /// the same global batch on 2 ranks × 1 thread against 1 rank × 1 thread (scaling); (3) the gradient all-reduce
 /// time per step. The ranks run under <c>mpirun -np 2 --mca btl self,vader</c> (loopback only).

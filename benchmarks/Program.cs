@@ -98,7 +98,7 @@ determinism.SetAction(result =>
 });
 root.Subcommands.Add(determinism);
 
-// Data-parallel benchmarks (issue 15): not part of 'all', because they start mpirun.
+// Data-parallel benchmarks: not part of 'all', because they start mpirun.
 var distributed = new Command("distributed", "All-reduce bandwidth against bare MPI_Allreduce, 2-rank scaling and communication time per step (needs mpirun).");
 distributed.SetAction(result => DistributedBenchmark.Run(result.GetValue(quick), result.GetValue(output)!));
 root.Subcommands.Add(distributed);

@@ -26,7 +26,7 @@ public sealed record FusedLayerNormOptions
 }
 
 /// <summary>
-/// Fused low-precision LayerNorm for CPU (issue 16, item 1), as a TorchSharp custom autograd function: one read of the
+/// Fused low-precision LayerNorm for CPU, as a TorchSharp custom autograd function: one read of the
 /// Float32 or BFloat16 input, one write of the BFloat16 output (the cast fused in), Float32 accumulation, mean and rstd
 /// saved; backward writes the input gradient in the input's dtype and reduces the weight and bias gradients in
 /// Float32 in a fixed order (see <see cref="LayerNormCpuKernel"/>). It keeps the contract of

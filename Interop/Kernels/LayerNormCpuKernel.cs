@@ -24,7 +24,7 @@ public enum SimdPath
 }
 
 /// <summary>
-/// The unsafe part of the fused CPU LayerNorm (issue 16, item 1): row-wise forward and backward over contiguous
+/// The unsafe part of the fused CPU LayerNorm: row-wise forward and backward over contiguous
 /// <c>[rows, width]</c> buffers with System.Runtime.Intrinsics, Float32 accumulation everywhere.
 /// </summary>
 /// <remarks>

@@ -8,7 +8,7 @@ using F = TorchSharp.torch.nn.functional;
 namespace ComposerSharp.Tests.Algorithms;
 
 /// <summary>
-/// Issue 16, item 1: the fused CPU LayerNorm kernel (<see cref="FusedLayerNorm"/>) against a float64 reference and
+/// The fused CPU LayerNorm kernel (<see cref="FusedLayerNorm"/>) against a float64 reference and
 /// against libtorch, on fresh random inputs (the seed is in every message), on every SIMD path this CPU has.
 /// </summary>
 /// <remarks>

@@ -6,28 +6,8 @@ using static TorchSharp.torch;
 namespace ComposerSharp.Tests.Distributed;
 
 [TestFixture]
-public sealed class CollectiveTests
+public sealed class CollectiveTests : MpiJobFixture
 {
-    private readonly List<string> _outputs = new();
-
-    [TearDown]
-    public void DeleteJobOutputs()
-    {
-        foreach (string folder in _outputs.Where(Directory.Exists))
-        {
-            Directory.Delete(folder, recursive: true);
-        }
-
-        _outputs.Clear();
-    }
-
-    private MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
-    {
-        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env);
-        _outputs.Add(job.Output);
-        return job;
-    }
-
     [Test]
     public void TwoRanksAllReduceBroadcastAndGatherMatchFloat64References()
     {

@@ -9,28 +9,8 @@ namespace ComposerSharp.Tests.Distributed;
 /// unless stated.
 /// </summary>
 [TestFixture]
-public sealed class DataParallelTrainingTests
+public sealed class DataParallelTrainingTests : MpiJobFixture
 {
-    private readonly List<string> _outputs = new();
-
-    [TearDown]
-    public void DeleteJobOutputs()
-    {
-        foreach (string folder in _outputs.Where(Directory.Exists))
-        {
-            Directory.Delete(folder, recursive: true);
-        }
-
-        _outputs.Clear();
-    }
-
-    private MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
-    {
-        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env);
-        _outputs.Add(job.Output);
-        return job;
-    }
-
     private MpiJobResult Run(string scenario)
     {
         MpiJobResult job = Host(scenario, timeout: TimeSpan.FromSeconds(150));

@@ -94,3 +94,28 @@ public static class MpiJob
         "--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include", "lo", "-x", "OMP_NUM_THREADS",
     };
 }
+
+/// <summary>Tests that run host scenarios under mpirun: <see cref="Host"/> runs one and its output folder is deleted after the test.</summary>
+public abstract class MpiJobFixture
+{
+    private readonly List<string> _outputs = new();
+
+    [TearDown]
+    public void DeleteJobOutputs()
+    {
+        foreach (string folder in _outputs.Where(Directory.Exists))
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+
+        _outputs.Clear();
+    }
+
+    /// <summary>Runs <paramref name="scenario"/> of the test host on <paramref name="ranks"/> ranks (see <see cref="MpiJob.RunHost"/>).</summary>
+    protected MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
+    {
+        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env);
+        _outputs.Add(job.Output);
+        return job;
+    }
+}
