@@ -142,7 +142,7 @@ public static class BuiltinComponents
             Architecture = architecture,
             Configure = config => rest.Count == 0 ? config : OptionsBinder.Bind(rest, config),
             Classification = architecture == HuggingFaceArchitecture.BertForSequenceClassification
-                ? OptionsBinder.Bind(head, new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? HuggingFaceConfig.Read(folder).Labels?.Count ?? 2 })
+                ? OptionsBinder.Bind(head, FolderHead(folder, c))
                 : null,
         };
         ILogger? logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Models.HuggingFace");
@@ -154,6 +154,22 @@ public static class BuiltinComponents
         {
             throw new ConfigException($"'{s.PathOf("pretrained")}' is '{folder}': {ex.Message}", ex);
         }
+    }
+
+    /// <summary>The classifier head a pretrained folder implies: the data's label count (else the folder's, else 2) and the folder's classifier_pooling.</summary>
+    private static SequenceClassificationOptions FolderHead(string folder, ComponentContext c)
+    {
+        HuggingFaceModelConfig source;
+        try
+        {
+            source = HuggingFaceConfig.Read(folder);
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException)
+        {
+            return new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? 2 }; // FromPretrained reports the folder's problem
+        }
+
+        return new SequenceClassificationOptions { NumLabels = c.Labels?.Count ?? source.Labels?.Count ?? 2, Pooling = source.IsClassifier ? source.Pooling : SequencePooling.ClsToken };
     }
 
     private static TransformerConfig ModelConfig(ConfigSection s, ComponentContext c, string defaultPreset, params string[] extraKeys)
@@ -215,7 +231,7 @@ public static class BuiltinComponents
     /// <summary>Loads a text dataset with the registered tokenizer; file errors become configuration errors that name the file.</summary>
     private static T LoadText<T>(ComponentContext c, Func<ITextTokenizer, ILogger?, T> load)
     {
-        var tokenizer = c.Services.GetRequiredService<ITextTokenizer>();
+        var tokenizer = c.Tokenizer ?? c.Services.GetRequiredService<ITextTokenizer>();
         var logger = c.Services.GetService<ILoggerFactory>()?.CreateLogger("ComposerSharp.Data");
         try
         {

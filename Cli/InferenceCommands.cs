@@ -1,7 +1,10 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Numerics;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using ComposerSharp.Data;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
@@ -17,6 +20,21 @@ internal static class InferenceCommands
     /// <summary>Inputs per progress line on stderr.</summary>
     private const int ProgressEvery = 256;
 
+    /// <summary>
+    /// JSON lines as people read them: <c>'</c>, <c>+</c>, <c>&lt;</c>, <c>&gt;</c>, <c>&amp;</c> and non-ASCII text stay
+    /// as they are (System.Text.Json's default escapes them for HTML); quotes, backslashes and control characters are
+    /// still escaped, so every line stays valid JSON. The output is a data file, never embedded in HTML.
+    /// </summary>
+    private static readonly JsonSerializerOptions JsonLines = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>Hugging Face model and tokenizer files that <c>export</c> writes or that would go stale beside its files; <c>--overwrite true</c> replaces these and keeps every other file.</summary>
+    private static readonly string[] ExportFileNames =
+    {
+        HuggingFaceFormat.WeightsFileName, HuggingFaceFormat.PickleWeightsFileName, HuggingFaceConfig.FileName,
+        "vocab.json", "merges.txt", BertWordPieceTokenizer.VocabFileName, BertWordPieceTokenizer.ConfigFileName,
+        BertWordPieceTokenizer.SpecialTokensFileName, "tokenizer.json", "added_tokens.json",
+    };
+
     public static Command Predict(TextWriter? output)
     {
         var load = LoadPath();
@@ -24,7 +42,8 @@ internal static class InferenceCommands
         var outputFile = new Option<string?>("--output") { Description = "Write one JSON line per input here (default: stdout)." };
         var batchSize = new Option<int>("--batch-size") { Description = "Inputs per forward pass.", DefaultValueFactory = _ => 32 };
         var topK = new Option<int>("--top-k") { Description = "MLM: candidates per [MASK] position.", DefaultValueFactory = _ => 5 };
-        var command = new Command("predict", "Classify texts (bert_classification) or fill [MASK] positions (bert_mlm) with a checkpoint.") { load, input, outputFile, batchSize, topK };
+        var tokenizerOption = new Option<string?>("--tokenizer") { Description = "Read the text with this tokenizer instead of the checkpoint's: gpt2, or a BERT folder (vocab.txt, tokenizer_config.json) or vocab.txt; needed for a checkpoint trained on token ids alone (synthetic data)." };
+        var command = new Command("predict", "Classify texts (bert_classification) or fill [MASK] positions (bert_mlm) with a checkpoint.") { load, input, outputFile, batchSize, topK, tokenizerOption };
         command.SetAction(parse => Guard("predict", () =>
         {
             string path = parse.GetValue(load)!;
@@ -32,6 +51,20 @@ internal static class InferenceCommands
             using StreamWriter? fileWriter = parse.GetValue(outputFile) is { } file ? new StreamWriter(file) : null;
             TextWriter writer = fileWriter ?? output ?? Console.Out;
             ModelDescription description = CheckpointModel.ReadDescription(path);
+            ITextTokenizer? tokenizer = null;
+            if (parse.GetValue(tokenizerOption) is { } spec)
+            {
+                try
+                {
+                    tokenizer = Tokenizers.FromSpec(spec);
+                    Tokenizers.Check(description, tokenizer);
+                }
+                catch (Exception ex) when (ex is IOException or InvalidDataException)
+                {
+                    throw new UsageException($"--tokenizer '{spec}': {ex.Message}", ex);
+                }
+            }
+
             int reported = 0;
             var progress = new Progress<int>(done =>
             {
@@ -43,7 +76,7 @@ internal static class InferenceCommands
             });
             if (description.Kind == ModelDescription.BertClassification)
             {
-                using TextClassifier classifier = TextClassifier.Load(path);
+                using TextClassifier classifier = TextClassifier.Load(path, tokenizer: tokenizer);
                 int correct = 0, scored = 0;
                 var reporter = rows.Count > ProgressEvery ? progress : null;
                 IReadOnlyList<ClassPrediction> predictions = classifier.Predict(rows.Select(r => r.Text), parse.GetValue(batchSize), reporter);
@@ -58,7 +91,7 @@ internal static class InferenceCommands
                         correct += truth == p.Label ? 1 : 0;
                     }
 
-                    writer.WriteLine(line.ToJsonString());
+                    writer.WriteLine(line.ToJsonString(JsonLines));
                 }
 
                 if (scored > 0)
@@ -68,14 +101,14 @@ internal static class InferenceCommands
             }
             else if (description.Kind == ModelDescription.BertMlm)
             {
-                using MaskFiller filler = MaskFiller.Load(path);
+                using MaskFiller filler = MaskFiller.Load(path, tokenizer: tokenizer);
                 int done = 0;
                 foreach ((string text, _) in rows)
                 {
                     ((IProgress<int>)progress).Report(++done);
                     IReadOnlyList<IReadOnlyList<MaskFill>> fills = filler.Fill(text, parse.GetValue(topK));
                     var positions = new JsonArray(fills.Select(f => (JsonNode)new JsonArray(f.Select(c => (JsonNode)new JsonObject { ["token"] = c.Token, ["token_id"] = c.TokenId, ["probability"] = c.Probability }).ToArray())).ToArray());
-                    writer.WriteLine(new JsonObject { ["text"] = text, ["fills"] = positions }.ToJsonString());
+                    writer.WriteLine(new JsonObject { ["text"] = text, ["fills"] = positions }.ToJsonString(JsonLines));
                 }
             }
             else
@@ -91,17 +124,16 @@ internal static class InferenceCommands
         var load = LoadPath();
         var prompt = new Option<string>("--prompt") { Description = "The text to continue.", Required = true };
         var defaults = new GenerationOptions();
-        var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate.", DefaultValueFactory = _ => defaults.MaxNewTokens };
-        var temperature = new Option<double>("--temperature") { Description = "Sampling temperature (0 = greedy).", DefaultValueFactory = _ => defaults.Temperature };
-        var topK = new Option<int>("--top-k") { Description = "Sample among the k most probable tokens (0 = all).", DefaultValueFactory = _ => defaults.TopK };
-        var topP = new Option<double>("--top-p") { Description = "Nucleus sampling probability mass (1 = all).", DefaultValueFactory = _ => defaults.TopP };
-        var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => defaults.Seed };
+        var maxNew = Number("--max-new-tokens", "Tokens to generate.", defaults.MaxNewTokens, NumberStyles.Integer, "a whole number of at least 1, e.g. 50");
+        var temperature = Number("--temperature", "Sampling temperature (0 = greedy).", defaults.Temperature, NumberStyles.Float, "a number ≥ 0, e.g. 0.8 (0 = greedy)");
+        var topK = Number("--top-k", "Sample among the k most probable tokens (0 = all).", defaults.TopK, NumberStyles.Integer, "a whole number ≥ 0, e.g. 50 (0 = no limit)");
+        var topP = Number("--top-p", "Nucleus sampling probability mass (1 = all).", defaults.TopP, NumberStyles.Float, "a number in (0, 1], e.g. 0.95");
+        var seed = Number("--seed", "Sampling seed.", defaults.Seed, NumberStyles.Integer, "a whole number, e.g. 17");
         var noCache = new Option<bool>("--no-cache") { Description = "Re-run the whole prefix for every token instead of using the key/value cache (slower; for comparison)." };
         var command = new Command("generate", "Generate text with a GPT checkpoint (key/value cache: each new token costs one position).") { load, prompt, maxNew, temperature, topK, topP, seed, noCache };
         command.SetAction(parse => Guard("generate", () =>
         {
-            using TextGenerator generator = TextGenerator.Load(parse.GetValue(load)!);
-            GenerationResult result = generator.Generate(parse.GetValue(prompt)!, new GenerationOptions
+            var options = new GenerationOptions
             {
                 MaxNewTokens = parse.GetValue(maxNew),
                 Temperature = parse.GetValue(temperature),
@@ -109,7 +141,24 @@ internal static class InferenceCommands
                 TopP = parse.GetValue(topP),
                 Seed = parse.GetValue(seed),
                 UseCache = !parse.GetValue(noCache),
-            });
+            };
+            if (options.FirstProblem() is { } problem)
+            {
+                // Checked before the checkpoint is read, and named as the command line spells it.
+                throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--{problem.Setting.Replace('_', '-')} is {problem.Value}; expected {problem.Expected}."));
+            }
+
+            using TextGenerator generator = TextGenerator.Load(parse.GetValue(load)!);
+            GenerationResult result;
+            try
+            {
+                result = generator.Generate(parse.GetValue(prompt)!, options);
+            }
+            catch (ArgumentException ex)
+            {
+                throw new UsageException($"--prompt: {ex.Message}", ex); // a prompt that fills the model's context
+            }
+
             TextWriter w = output ?? Console.Out;
             w.WriteLine(parse.GetValue(prompt) + result.Text);
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"generate: {result.TokenIds.Count} tokens in {result.Elapsed.TotalSeconds:F2} s ({result.TokensPerSecond:F1} tokens/s, {(parse.GetValue(noCache) ? "no cache" : "key/value cache")})"));
@@ -120,15 +169,39 @@ internal static class InferenceCommands
     public static Command Export(TextWriter? output)
     {
         var load = LoadPath();
-        var folder = new Option<string>("--output") { Description = "The Hugging Face model folder to write (model.safetensors, config.json and, for the GPT-2 tokenizer, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json).", Required = true };
-        var command = new Command("export", "Export a checkpoint's model as a Hugging Face folder (BertForMaskedLM, BertForSequenceClassification, GPT2LMHeadModel).") { load, folder };
+        var folder = new Option<string>("--output") { Description = "The Hugging Face model folder to write (model.safetensors, config.json and the tokenizer's files: vocab.json and merges.txt for GPT-2, vocab.txt for BERT WordPiece, with tokenizer_config.json and special_tokens_map.json).", Required = true };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Write into a folder that is not empty: its Hugging Face model and tokenizer files are replaced, every other file is kept. Without it a non-empty folder is refused." };
+        var command = new Command("export", "Export a checkpoint's model as a Hugging Face folder (BertForMaskedLM, BertForSequenceClassification, BertForMeanPooledSequenceClassification, GPT2LMHeadModel).") { load, folder, overwrite };
         command.SetAction(parse => Guard("export", () =>
         {
+            string target = parse.GetValue(folder)!;
+            if (File.Exists(target))
+            {
+                throw new UsageException($"--output '{target}' is a file; expected a folder (new, empty, or an earlier export with --overwrite true).");
+            }
+
+            string[] present = Directory.Exists(target) ? Directory.EnumerateFileSystemEntries(target).Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToArray() : Array.Empty<string>();
+            if (present.Length > 0 && !parse.GetValue(overwrite))
+            {
+                throw new UsageException(
+                    $"--output '{target}' is not empty ({present.Length} entries: {string.Join(", ", present.Take(5))}{(present.Length > 5 ? ", …" : string.Empty)}); nothing was written. "
+                    + "Choose a new folder, or pass --overwrite true to replace its model and tokenizer files (other files are kept).");
+            }
+
             using CheckpointModel loaded = CheckpointModel.Load(parse.GetValue(load)!);
-            IEnumerable<string> files = HuggingFaceFormat.Save(loaded.Model, parse.GetValue(folder)!, loaded.Description.Labels);
+            foreach (string stale in ExportFileNames.Select(n => Path.Combine(target, n)).Where(File.Exists))
+            {
+                File.Delete(stale); // --overwrite: no file of the earlier export survives beside the new one (e.g. GPT-2's vocab.json beside a BERT vocab.txt)
+            }
+
+            IEnumerable<string> files = HuggingFaceFormat.Save(loaded.Model, target, loaded.Description.Labels);
             if (loaded.Description.Tokenizer == Tokenizers.Gpt2)
             {
-                files = files.Concat(Gpt2TokenizerFiles.Write(parse.GetValue(folder)!, loaded.Model.Config.MaxSequenceLength));
+                files = files.Concat(Gpt2TokenizerFiles.Write(target, loaded.Model.Config.MaxSequenceLength));
+            }
+            else if (loaded.Description.Tokenizer == Tokenizers.BertWordPiece && loaded.Tokenizer is BertWordPieceTokenizer wordPiece)
+            {
+                files = files.Concat(wordPiece.WriteHuggingFaceFiles(target, loaded.Model.Config.MaxSequenceLength));
             }
 
             foreach (string written in files)
@@ -139,6 +212,30 @@ internal static class InferenceCommands
         return command;
     }
 
+    /// <summary>A numeric option parsed with the invariant culture; a bad value is a parse error (exit 2) that names the option, the value and what is expected.</summary>
+    private static Option<T> Number<T>(string name, string description, T defaultValue, NumberStyles style, string expected)
+        where T : struct, INumberBase<T> => new(name)
+    {
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        CustomParser = result =>
+        {
+            if (result.Tokens.Count == 0)
+            {
+                return defaultValue;
+            }
+
+            string text = result.Tokens[^1].Value;
+            if (T.TryParse(text, style, CultureInfo.InvariantCulture, out T value))
+            {
+                return value;
+            }
+
+            result.AddError($"{name} is '{text}'; expected {expected}.");
+            return defaultValue;
+        },
+    };
+
     private static Option<string> LoadPath() => new("--load-path") { Description = "The checkpoint (or latest pointer) to use; it describes its own model.", Required = true };
 
     private static int Guard(string name, Action action)
@@ -147,6 +244,11 @@ internal static class InferenceCommands
         {
             action();
             return 0;
+        }
+        catch (UsageException ex)
+        {
+            Console.Error.WriteLine($"composersharp {name}: {ex.Message}");
+            return CliApp.ConfigErrorExitCode;
         }
         catch (Exception ex) when (ex is IOException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException or JsonException)
         {
@@ -192,5 +294,15 @@ internal static class InferenceCommands
         }
 
         return rows.Count > 0 ? rows : throw new InvalidDataException($"The input file '{path}' has no inputs.");
+    }
+}
+
+/// <summary>A bad command-line value of predict, generate or export: printed as it is, exit code 2 (as a configuration error).</summary>
+internal sealed class UsageException : Exception
+{
+    /// <summary>An error with <paramref name="message"/>, which names the option and value.</summary>
+    public UsageException(string message, Exception? inner = null)
+        : base(message, inner)
+    {
     }
 }

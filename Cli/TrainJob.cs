@@ -63,6 +63,7 @@ public sealed class TrainJob
         "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
         "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only", "save_best",
         "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume", "dist_timeout", "dist_backend",
+        "tokenizer",
     };
 
     private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
@@ -242,13 +243,20 @@ public sealed class TrainJob
 
         torch.manual_seed(seed);
         ModelDescription? recorded = RecordedModel();
-        context = context with { Labels = recorded?.Labels };
+        context = context with { Labels = recorded?.Labels, Tokenizer = ResolveTokenizer() };
         DataSource? train = fit ? BuildData("train_loader", context, required: true) : null;
         ComponentContext modelContext = context with { Vocabulary = train?.Vocabulary, Labels = train?.Labels ?? recorded?.Labels };
         DataSource? eval = BuildData("eval_loader", modelContext, required: false);
         modelContext = modelContext with { Vocabulary = modelContext.Vocabulary ?? eval?.Vocabulary, Labels = modelContext.Labels ?? eval?.Labels };
 
         ComposerModel model = BuildModel(modelContext, recorded);
+        if (model is TransformerModel built && modelContext.Vocabulary is { } dataVocabulary && dataVocabulary.Size > built.Config.VocabSize)
+        {
+            model.Dispose();
+            string by = modelContext.Tokenizer is { } t && dataVocabulary.Equals(t.Vocabulary) ? $"tokenizer '{Tokenizers.NameOf(t)}'" : "the dataset";
+            throw new ConfigException($"The data's token ids (from {by}) go up to {dataVocabulary.Size - 1}, but the model's vocab_size is {built.Config.VocabSize}; raise model.vocab_size or use the model's own tokenizer.");
+        }
+
         IReadOnlyDictionary<string, string>? description = Describe(model, modelContext, recorded);
         var algorithms = _config.GetNamedList("algorithms").Select(a => _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, a.Name, a.Args, context)).ToList();
         var callbacks = _config.GetNamedList("callbacks").Select(c => _catalog.Create<ICallback>(ComponentKind.Callback, c.Name, c.Args, context)).ToList();
@@ -509,17 +517,65 @@ public sealed class TrainJob
         return _catalog.Create<ComposerModel>(ComponentKind.Model, name, model.Without("name"), context);
     }
 
-    /// <summary>The model description of the checkpoint at load_path, when it records one and the config's model section names no model.</summary>
-    private ModelDescription? RecordedModel()
+    /// <summary>
+    /// The tokenizer that reads the run's text: the <c>tokenizer</c> key (<c>gpt2</c>, or a BERT folder or vocab.txt);
+    /// else the vocab.txt of a <c>model.pretrained</c> folder (an imported BERT keeps its WordPiece ids); else the
+    /// tokenizer the load_path checkpoint records (fine-tuning and eval read text as the checkpoint's model did); else
+    /// the registered <see cref="ITextTokenizer"/> (GPT-2).
+    /// </summary>
+    /// <exception cref="ConfigException">A tokenizer that cannot be read; the message names the key and value.</exception>
+    private ITextTokenizer? ResolveTokenizer()
     {
-        if (_config.Section("model").GetString("name") is not null || _config.GetString("load_path") is not { } load)
+        ILogger logger = _loggerFactory.CreateLogger<TrainJob>();
+        if (_config.GetString("tokenizer") is { } spec)
         {
-            return null;
+            try
+            {
+                return Tokenizers.FromSpec(spec);
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            {
+                throw new ConfigException($"'tokenizer' is '{spec}': {ex.Message}", ex);
+            }
         }
 
-        if (!File.Exists(load))
+        if (_config.Section("model").GetString("pretrained") is { } folder && BertWordPieceTokenizer.IsBertFolder(folder))
         {
-            return null; // the Trainer reports the missing checkpoint with its own message
+            try
+            {
+                var wordPiece = BertWordPieceTokenizer.Load(folder);
+                logger.LogInformation("Tokenizer: WordPiece vocabulary of {Folder} ({Size} ids, lower case {LowerCase}).", folder, wordPiece.Vocabulary.Size, wordPiece.Options.LowerCase);
+                return wordPiece;
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            {
+                throw new ConfigException($"'model.pretrained' is '{folder}': {ex.Message}", ex);
+            }
+        }
+
+        if (LoadPathDescription() is { Tokenizer: not null } recorded)
+        {
+            try
+            {
+                ITextTokenizer fromCheckpoint = Tokenizers.Create(recorded);
+                logger.LogInformation("Tokenizer: {Name}, as recorded in the load_path checkpoint.", recorded.Tokenizer);
+                return fromCheckpoint;
+            }
+            catch (InvalidDataException ex)
+            {
+                throw new ConfigException($"'load_path' is '{_config.GetString("load_path")}': {ex.Message}", ex);
+            }
+        }
+
+        return _services.GetService<ITextTokenizer>();
+    }
+
+    /// <summary>The model description of the checkpoint at load_path, or null when there is none or it records none.</summary>
+    private ModelDescription? LoadPathDescription()
+    {
+        if (_config.GetString("load_path") is not { } load || !File.Exists(load))
+        {
+            return null; // the Trainer reports a missing checkpoint with its own message
         }
 
         string path = CheckpointFile.Resolve(load);
@@ -527,6 +583,10 @@ public sealed class TrainJob
             ? ModelDescription.FromJson(json, $"Checkpoint '{path}'")
             : null;
     }
+
+    /// <summary>The model description of the checkpoint at load_path, when it records one and the config's model section names no model.</summary>
+    private ModelDescription? RecordedModel() =>
+        _config.Section("model").GetString("name") is null ? LoadPathDescription() : null;
 
     /// <summary>The checkpoint metadata that makes checkpoints self-describing: the model's description (kind, config, labels, tokenizer).</summary>
     private IReadOnlyDictionary<string, string>? Describe(ComposerModel model, ComponentContext context, ModelDescription? recorded)
@@ -536,11 +596,23 @@ public sealed class TrainJob
             return null;
         }
 
-        ITextTokenizer? tokenizer = _services.GetService<ITextTokenizer>();
+        ITextTokenizer? tokenizer = context.Tokenizer;
         ComposerSharp.Data.TokenVocabulary? vocabulary = context.Vocabulary;
-        string? tokenizerName = recorded?.Tokenizer
-            ?? (vocabulary is not null && tokenizer is not null && vocabulary.RegularCount == tokenizer.Vocabulary.RegularCount ? Tokenizers.NameOf(tokenizer) : null);
-        var description = ModelDescription.Of(transformer, context.Labels, tokenizerName, vocabulary?.RegularCount ?? recorded?.TokenizerRegularCount);
+        var description = ModelDescription.Of(transformer, context.Labels, null, vocabulary?.RegularCount ?? recorded?.TokenizerRegularCount);
+        if (vocabulary is not null && tokenizer is not null && vocabulary.Equals(tokenizer.Vocabulary))
+        {
+            description = description.WithTokenizer(tokenizer); // the data was read with it
+        }
+        else if (vocabulary is null && recorded is not null)
+        {
+            description = description with
+            {
+                Tokenizer = recorded.Tokenizer,
+                TokenizerSha256 = recorded.TokenizerSha256,
+                TokenizerFiles = recorded.TokenizerFiles,
+            };
+        }
+
         return new Dictionary<string, string> { [ModelDescription.MetadataKey] = description.ToJson() };
     }
 

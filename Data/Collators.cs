@@ -102,7 +102,7 @@ public sealed class MlmCollator : ICollator<long[]>
             }
             else if (r < Options.MaskReplaceProbability + Options.RandomReplaceProbability)
             {
-                ids[i] = rng.NextInt(_vocabulary.RegularCount);
+                ids[i] = _vocabulary.RegularId(rng.NextInt(_vocabulary.RegularCount));
             }
         }
 

@@ -229,7 +229,7 @@ public sealed record JsonlClassificationOptions
     /// <summary>Name of the label field.</summary>
     public string LabelField { get; init; } = "label";
 
-    /// <summary>Start every sample with the vocabulary's cls id (BERT's <c>[CLS]</c>), which the classification head pools.</summary>
+    /// <summary>Start every sample with the vocabulary's cls id (BERT's <c>[CLS]</c>), which the classification head pools, and end it with the separator when the vocabulary has one (BERT's <c>[SEP]</c>; see <see cref="TokenVocabulary.ClassificationInput"/>).</summary>
     public bool PrependCls { get; init; } = true;
 }
 
@@ -293,7 +293,7 @@ public sealed class JsonlClassificationDataset : IDataset<TextClassificationSamp
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(tokenizer);
-        int reserved = options.PrependCls ? 1 : 0;
+        int reserved = options.PrependCls ? tokenizer.Vocabulary.ClassificationReserved : 0;
         if (options.MaxLength <= reserved)
         {
             throw new ArgumentException($"MaxLength {options.MaxLength} leaves no room for text tokens; it must be at least {reserved + 1}.", nameof(options));
@@ -335,17 +335,7 @@ public sealed class JsonlClassificationDataset : IDataset<TextClassificationSamp
             }
 
             int[] ids = tokenizer.Encode(text, options.MaxLength - reserved);
-            var input = new long[ids.Length + reserved];
-            if (options.PrependCls)
-            {
-                input[0] = tokenizer.Vocabulary.ClsId;
-            }
-
-            for (int t = 0; t < ids.Length; t++)
-            {
-                input[t + reserved] = ids[t];
-            }
-
+            long[] input = options.PrependCls ? tokenizer.Vocabulary.ClassificationInput(ids, options.MaxLength) : ids.Select(id => (long)id).ToArray();
             if (input.Length == 0)
             {
                 throw new InvalidDataException($"{options.Path}:{line}: the text has no tokens and no cls id is prepended, so the sample would be empty.");

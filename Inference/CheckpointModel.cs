@@ -29,19 +29,27 @@ public sealed class CheckpointModel : IDisposable
     public string Path { get; }
 
     /// <summary>The tokenizer the model was trained with, created on first use.</summary>
-    /// <exception cref="InvalidDataException">The model was trained without a text tokenizer, or with one that is not built in.</exception>
+    /// <exception cref="InvalidDataException">The model was trained without a text tokenizer and none was given, or with one that is not built in.</exception>
     public ITextTokenizer Tokenizer => _tokenizer ??= Tokenizers.Create(Description);
 
     /// <summary>Loads the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer).</summary>
     /// <param name="path">The checkpoint.</param>
     /// <param name="description">Used instead of the checkpoint's own description (needed for checkpoints written before descriptions were recorded).</param>
-    /// <param name="tokenizer">The tokenizer; by default the one the description names (only <c>gpt2</c> ships).</param>
+    /// <param name="tokenizer">
+    /// The tokenizer; by default the one the description names (<c>gpt2</c>, or the WordPiece vocabulary it records). Needed
+    /// for a model trained on token ids alone (synthetic data); checked by <see cref="Tokenizers.Check"/>.
+    /// </param>
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
-    /// <exception cref="InvalidDataException">The checkpoint records no model description and none was given, or its weights do not fit the description; the message says what to supply.</exception>
+    /// <exception cref="InvalidDataException">The checkpoint records no model description and none was given, its weights do not fit the description, or the tokenizer does not fit the model; the message says what to supply.</exception>
     public static CheckpointModel Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
     {
         ArgumentNullException.ThrowIfNull(path);
         description ??= ReadDescription(path);
+        if (tokenizer is not null)
+        {
+            Tokenizers.Check(description, tokenizer);
+        }
+
         TransformerModel model = description.CreateModel();
         try
         {
@@ -109,33 +117,5 @@ public sealed class CheckpointModel : IDisposable
                 t.Dispose();
             }
         }
-    }
-}
-
-/// <summary>The tokenizers a <see cref="ModelDescription"/> can name.</summary>
-public static class Tokenizers
-{
-    /// <summary>The name of ComposerSharp's GPT-2 BPE tokenizer (<see cref="Gpt2Tokenizer"/>).</summary>
-    public const string Gpt2 = "gpt2";
-
-    /// <summary>The name recorded for <paramref name="tokenizer"/>.</summary>
-    public static string NameOf(ITextTokenizer tokenizer) => tokenizer is Gpt2Tokenizer ? Gpt2 : tokenizer.GetType().FullName ?? tokenizer.GetType().Name;
-
-    /// <summary>The tokenizer <paramref name="description"/> names, checked against the recorded vocabulary.</summary>
-    /// <exception cref="InvalidDataException">No tokenizer recorded (trained on token ids), an unknown tokenizer, or a vocabulary of another size than recorded.</exception>
-    public static ITextTokenizer Create(ModelDescription description)
-    {
-        ArgumentNullException.ThrowIfNull(description);
-        string name = description.Tokenizer ?? throw new InvalidDataException(
-            $"The {description.Kind} model was trained on token ids without a text tokenizer (e.g. a synthetic dataset of {description.TokenizerRegularCount?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "unknown"} regular ids), so it cannot read text; pass a tokenizer (API: CheckpointModel.Load's tokenizer argument).");
-        ITextTokenizer tokenizer = name == Gpt2
-            ? new Gpt2Tokenizer()
-            : throw new InvalidDataException($"The model was trained with tokenizer '{name}', which is not built in; pass that tokenizer explicitly (API: the tokenizer argument).");
-        if (description.TokenizerRegularCount is { } count && count != tokenizer.Vocabulary.RegularCount)
-        {
-            throw new InvalidDataException($"The model's tokenizer '{name}' had {count} regular tokens; this one has {tokenizer.Vocabulary.RegularCount}.");
-        }
-
-        return tokenizer;
     }
 }

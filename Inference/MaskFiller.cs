@@ -33,9 +33,12 @@ public sealed class MaskFiller : IDisposable
 
     /// <summary>Loads an MLM checkpoint.</summary>
     /// <exception cref="InvalidDataException">Another model kind, or no description.</exception>
-    public static MaskFiller Load(string path, ModelDescription? description = null)
+    /// <param name="path">The checkpoint (or latest pointer).</param>
+    /// <param name="description">Used instead of the checkpoint's own description.</param>
+    /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>
+    public static MaskFiller Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
     {
-        CheckpointModel loaded = CheckpointModel.Load(path, description);
+        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer);
         try
         {
             return new MaskFiller(loaded);
@@ -46,6 +49,10 @@ public sealed class MaskFiller : IDisposable
             throw;
         }
     }
+
+    /// <summary>The tokenizer the text is read with.</summary>
+    /// <exception cref="InvalidDataException">The model was trained on token ids alone and no tokenizer was given.</exception>
+    public ITextTokenizer Tokenizer => _loaded.Tokenizer;
 
     /// <summary>The top-<paramref name="topK"/> fills of each masked position of <paramref name="text"/>, in position order.</summary>
     /// <exception cref="ArgumentException">The text has no mask marker, or is longer than the model's context.</exception>
@@ -73,6 +80,14 @@ public sealed class MaskFiller : IDisposable
             ids.AddRange(tokenizer.Encode(parts[i]).Select(id => (long)id));
         }
 
+        if (tokenizer.Vocabulary.SeparatorId is { } separator)
+        {
+            // A BERT vocabulary: the model reads [CLS] text [SEP], as Hugging Face's fill-mask pipeline gives it.
+            ids.Insert(0, tokenizer.Vocabulary.ClsId);
+            ids.Add(separator);
+            masked = masked.Select(position => position + 1).ToList();
+        }
+
         if (ids.Count > _model.Config.MaxSequenceLength)
         {
             throw new ArgumentException($"The text has {ids.Count} tokens; the model's context is {_model.Config.MaxSequenceLength}.", nameof(text));
@@ -81,13 +96,18 @@ public sealed class MaskFiller : IDisposable
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         Tensor logits = _model.call(TextClassifier.BatchOf(new[] { ids.ToArray() }, tokenizer.Vocabulary.PadId))[0];
-        int regular = tokenizer.Vocabulary.RegularCount;
+        TokenVocabulary vocabulary = tokenizer.Vocabulary;
+        var special = torch.tensor(vocabulary.SpecialIds.Select(id => (long)id).ToArray());
+        int candidates = vocabulary.RegularCount;
         var result = new List<IReadOnlyList<MaskFill>>();
         foreach (int position in masked)
         {
-            // Only regular tokens are candidates (as the fill-mask pipeline never proposes [PAD] or [MASK]).
-            Tensor probabilities = torch.softmax(logits[position].narrow(0, 0, regular).to(ScalarType.Float32), 0);
-            (Tensor values, Tensor indices) = probabilities.topk(Math.Min(topK, regular));
+            // Only ordinary tokens of the tokenizer's vocabulary are candidates (as the fill-mask pipeline never proposes
+            // [PAD] or [MASK]): ids past the vocabulary (the embedding's padding to a multiple of 64) and special ids are out.
+            Tensor scores = logits[position].narrow(0, 0, vocabulary.Size).to(ScalarType.Float32).clone();
+            scores.index_fill_(0, special, float.NegativeInfinity);
+            Tensor probabilities = torch.softmax(scores, 0);
+            (Tensor values, Tensor indices) = probabilities.topk(Math.Min(topK, candidates));
             float[] p = values.data<float>().ToArray();
             long[] idx = indices.data<long>().ToArray();
             result.Add(idx.Select((id, k) => new MaskFill(tokenizer.Decode(new[] { (int)id }), (int)id, p[k])).ToArray());

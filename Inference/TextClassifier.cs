@@ -37,9 +37,12 @@ public sealed class TextClassifier : IDisposable
     /// <summary>Loads a classifier checkpoint.</summary>
     /// <exception cref="InvalidDataException">The checkpoint holds another model kind or no description (see <see cref="CheckpointModel.Load"/>).</exception>
     /// <exception cref="ComposerSharp.Training.Checkpoints.CheckpointException">The file is missing or not a checkpoint.</exception>
-    public static TextClassifier Load(string path, ModelDescription? description = null)
+    /// <param name="path">The checkpoint (or latest pointer).</param>
+    /// <param name="description">Used instead of the checkpoint's own description.</param>
+    /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>
+    public static TextClassifier Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
     {
-        CheckpointModel loaded = CheckpointModel.Load(path, description);
+        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer);
         try
         {
             return new TextClassifier(loaded);
@@ -103,7 +106,7 @@ public sealed class TextClassifier : IDisposable
         long[][] rows = texts.Select(t =>
         {
             ArgumentNullException.ThrowIfNull(t, nameof(texts));
-            return new long[] { tokenizer.Vocabulary.ClsId }.Concat(tokenizer.Encode(t, max - 1).Select(id => (long)id)).ToArray();
+            return tokenizer.Vocabulary.ClassificationInput(tokenizer.Encode(t, max - tokenizer.Vocabulary.ClassificationReserved), max);
         }).ToArray();
         return BatchOf(rows, tokenizer.Vocabulary.PadId);
     }

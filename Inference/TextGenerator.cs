@@ -30,28 +30,39 @@ public sealed record GenerationOptions
     /// <summary>Stop when the end-of-text token is sampled.</summary>
     public bool StopAtEndOfText { get; init; } = true;
 
-    /// <summary>Throws when a setting is out of range.</summary>
-    /// <exception cref="ArgumentOutOfRangeException">The message names the setting and its value.</exception>
-    public void Validate()
+    /// <summary>The first out-of-range setting: its Hugging Face name (e.g. <c>top_p</c>), its value and what is expected; null when all are valid.</summary>
+    public (string Setting, object Value, string Expected)? FirstProblem()
     {
         if (MaxNewTokens < 1)
         {
-            throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), MaxNewTokens, "max_new_tokens must be at least 1.");
+            return ("max_new_tokens", MaxNewTokens, "a whole number of at least 1");
         }
 
         if (!(Temperature >= 0) || double.IsInfinity(Temperature))
         {
-            throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "temperature must be a finite number ≥ 0 (0 = greedy).");
+            return ("temperature", Temperature, "a finite number ≥ 0 (0 = greedy)");
         }
 
         if (TopK < 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "top_k must be ≥ 0 (0 = no limit).");
+            return ("top_k", TopK, "a whole number ≥ 0 (0 = no limit)");
         }
 
         if (!(TopP > 0 && TopP <= 1))
         {
-            throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "top_p must be in (0, 1].");
+            return ("top_p", TopP, "a number in (0, 1] (1 = no limit)");
+        }
+
+        return null;
+    }
+
+    /// <summary>Throws when a setting is out of range (see <see cref="FirstProblem"/>).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The message names the setting, its value and what is expected.</exception>
+    public void Validate()
+    {
+        if (FirstProblem() is { } p)
+        {
+            throw new ArgumentOutOfRangeException(p.Setting, p.Value, string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{p.Setting} is {p.Value}; expected {p.Expected}."));
         }
     }
 }
@@ -95,9 +106,12 @@ public sealed class TextGenerator : IDisposable
 
     /// <summary>Loads a GPT checkpoint.</summary>
     /// <exception cref="InvalidDataException">Another model kind, or no description.</exception>
-    public static TextGenerator Load(string path, ModelDescription? description = null)
+    /// <param name="path">The checkpoint (or latest pointer).</param>
+    /// <param name="description">Used instead of the checkpoint's own description.</param>
+    /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>
+    public static TextGenerator Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
     {
-        CheckpointModel loaded = CheckpointModel.Load(path, description);
+        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer);
         try
         {
             return new TextGenerator(loaded);
@@ -126,7 +140,8 @@ public sealed class TextGenerator : IDisposable
 
         if (promptIds.Length >= context)
         {
-            throw new ArgumentException($"The prompt has {promptIds.Length} tokens but the model's context (max_sequence_length) is {context}; shorten it to at most {context - 1} tokens.", nameof(prompt));
+            // No parameter name: the message is shown as it is (the CLI prints it for a bad --prompt).
+            throw new ArgumentException($"The prompt has {promptIds.Length} tokens but the model's context (max_sequence_length) is {context}; shorten it to at most {context - 1} tokens.");
         }
 
         int steps = Math.Min(options.MaxNewTokens, context - promptIds.Length);
@@ -173,8 +188,9 @@ public sealed class TextGenerator : IDisposable
     {
         Tensor l = logits.narrow(0, 0, Math.Min(logits.shape[0], Tokenizer.Vocabulary.Size)).to(ScalarType.Float32);
 
-        // The pad, mask and cls ids never occur in running text; exclude them.
-        l[TensorIndex.Slice(Tokenizer.Vocabulary.PadId, Tokenizer.Vocabulary.Size)] = float.NegativeInfinity;
+        // Special ids other than end-of-text (pad, mask, cls, unk) never occur in running text; exclude them.
+        long[] excluded = Tokenizer.Vocabulary.SpecialIds.Where(id => id != Tokenizer.Vocabulary.EndOfTextId).Select(id => (long)id).ToArray();
+        l = l.index_fill(0, torch.tensor(excluded), float.NegativeInfinity);
         if (options.Temperature == 0)
         {
             return (int)l.argmax().item<long>();

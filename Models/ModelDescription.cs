@@ -42,11 +42,24 @@ public sealed record ModelDescription
     /// <summary>Class names in id order (<see cref="BertClassification"/> only), or null when unknown.</summary>
     public IReadOnlyList<string>? Labels { get; init; }
 
-    /// <summary>The tokenizer's name, e.g. <c>gpt2</c> (GPT-2 byte-level BPE with ComposerSharp's pad, mask and cls ids).</summary>
+    /// <summary>
+    /// The tokenizer's name: <c>gpt2</c> (GPT-2 byte-level BPE with ComposerSharp's pad, mask and cls ids, built in) or
+    /// <c>bert_wordpiece</c> (a BERT WordPiece vocabulary, recorded in <see cref="TokenizerFiles"/>); null when the model was
+    /// trained on token ids without a text tokenizer.
+    /// </summary>
     public string? Tokenizer { get; init; }
 
-    /// <summary>The tokenizer vocabulary's identity: its regular token count (special ids follow it), e.g. 50256 for GPT-2.</summary>
+    /// <summary>The tokenizer vocabulary's identity: its count of ordinary (non-special) tokens, e.g. 50256 for GPT-2.</summary>
     public int? TokenizerRegularCount { get; init; }
+
+    /// <summary>The vocabulary's content identity, SHA-256 (lower-case hex) of its vocab.txt (<c>bert_wordpiece</c>), or null.</summary>
+    public string? TokenizerSha256 { get; init; }
+
+    /// <summary>
+    /// The files that rebuild a tokenizer which is not built in (file name → text; <c>bert_wordpiece</c>: vocab.txt and
+    /// tokenizer_config.json), so that the checkpoint alone can read text; null for <c>gpt2</c>.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? TokenizerFiles { get; init; }
 
     /// <summary>The ComposerSharp version that wrote the description.</summary>
     public string? FrameworkVersion { get; init; }

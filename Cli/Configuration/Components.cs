@@ -37,6 +37,9 @@ public sealed record ComponentContext(IServiceProvider Services, string RunFolde
 
     /// <summary>The label names of the training data for classification (an eval set reuses them), or null.</summary>
     public IReadOnlyList<string>? Labels { get; init; }
+
+    /// <summary>The tokenizer text datasets read with (the run's <c>tokenizer</c>, a pretrained folder's or a checkpoint's), or null for the registered <see cref="ComposerSharp.Data.ITextTokenizer"/>.</summary>
+    public ComposerSharp.Data.ITextTokenizer? Tokenizer { get; init; }
 }
 
 /// <summary>

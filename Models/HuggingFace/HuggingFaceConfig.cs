@@ -21,13 +21,39 @@ public enum HuggingFaceArchitecture
 
     /// <summary><c>BertForPreTraining</c> (MLM and next-sentence heads, as the published <c>bert-base-uncased</c>); read only, loaded as an MLM.</summary>
     BertForPreTraining,
+
+    /// <summary>
+    /// ComposerSharp's name for a <see cref="BertForSequenceClassification"/> with mean pooling
+    /// (<see cref="SequencePooling.Mean"/>): NOT a <c>transformers</c> class, since <c>transformers</c>' BERT classifier
+    /// pools the first token only. The folder is <c>BertForSequenceClassification</c>'s in every tensor name, shape and
+    /// config field, plus <c>"classifier_pooling": "mean"</c> (the field and values of <c>transformers</c>' ModernBERT):
+    /// <c>BertModel.from_pretrained</c> loads the encoder and pooler, and the logits are
+    /// <c>classifier(tanh(pooler.dense(Σ_t m_t h_t / Σ_t m_t)))</c> over the attention mask m. Loading it with
+    /// <c>AutoModelForSequenceClassification</c> would silently pool <c>[CLS]</c> instead.
+    /// </summary>
+    BertForMeanPooledSequenceClassification,
 }
 
 /// <summary>What a Hugging Face <c>config.json</c> says about a model: its class, sizes and label names.</summary>
 /// <param name="Architecture">The class named in <c>architectures[0]</c> (or implied by <c>model_type</c>).</param>
 /// <param name="Config">Sizes, dropout, LayerNorm epsilon, activation and token-type vocabulary.</param>
 /// <param name="Labels">Class names in id order (<c>id2label</c>), or null when the config has none.</param>
-public sealed record HuggingFaceModelConfig(HuggingFaceArchitecture Architecture, TransformerConfig Config, IReadOnlyList<string>? Labels);
+public sealed record HuggingFaceModelConfig(HuggingFaceArchitecture Architecture, TransformerConfig Config, IReadOnlyList<string>? Labels)
+{
+    /// <summary>A classifier's pooling (<c>classifier_pooling</c>; first token unless the folder says <c>mean</c>).</summary>
+    public SequencePooling Pooling { get; init; } = SequencePooling.ClsToken;
+
+    /// <summary>True for the two classifier architectures.</summary>
+    public bool IsClassifier => Architecture.IsClassifier();
+}
+
+/// <summary>Helpers over <see cref="HuggingFaceArchitecture"/>.</summary>
+public static class HuggingFaceArchitectureExtensions
+{
+    /// <summary>True for <see cref="HuggingFaceArchitecture.BertForSequenceClassification"/> and <see cref="HuggingFaceArchitecture.BertForMeanPooledSequenceClassification"/>.</summary>
+    public static bool IsClassifier(this HuggingFaceArchitecture architecture) =>
+        architecture is HuggingFaceArchitecture.BertForSequenceClassification or HuggingFaceArchitecture.BertForMeanPooledSequenceClassification;
+}
 
 /// <summary>
 /// Reads and writes the <c>config.json</c> fields of <c>transformers</c>' <c>BertConfig</c> and <c>GPT2Config</c>
@@ -41,7 +67,7 @@ public static class HuggingFaceConfig
     /// <summary>The config.json of <paramref name="model"/>.</summary>
     /// <param name="model">A <see cref="BertForMaskedLM"/>, <see cref="BertForSequenceClassification"/> or <see cref="GptForCausalLM"/>.</param>
     /// <param name="labels">Class names in id order for a classifier (<c>id2label</c>); LABEL_0, LABEL_1, … when null.</param>
-    /// <exception cref="NotSupportedException">The model has a feature Hugging Face's class lacks (pre-LN BERT, post-LN GPT, mean pooling, no token types in BERT); the message names it.</exception>
+    /// <exception cref="NotSupportedException">The model has a feature Hugging Face's class lacks (pre-LN BERT, post-LN GPT, no token types in BERT); the message names it. A mean-pooling classifier is written as <see cref="HuggingFaceArchitecture.BertForMeanPooledSequenceClassification"/>.</exception>
     /// <exception cref="ArgumentException"><paramref name="labels"/> has another count than the classifier's classes.</exception>
     public static JsonObject ToJson(TransformerModel model, IReadOnlyList<string>? labels = null)
     {
@@ -106,7 +132,6 @@ public static class HuggingFaceConfig
                 json["architectures"] = new JsonArray("BertForMaskedLM");
                 break;
             case BertForSequenceClassification cls:
-                Require(cls.Options.Pooling == SequencePooling.ClsToken, "BertForSequenceClassification pools the first ([CLS]) token; this model uses mean pooling");
                 int n = cls.Options.NumLabels;
                 if (labels is not null && labels.Count != n)
                 {
@@ -122,7 +147,9 @@ public static class HuggingFaceConfig
                     label2id[name] = i;
                 }
 
-                json["architectures"] = new JsonArray("BertForSequenceClassification");
+                bool mean = cls.Options.Pooling == SequencePooling.Mean;
+                json["architectures"] = new JsonArray(mean ? "BertForMeanPooledSequenceClassification" : "BertForSequenceClassification");
+                json["classifier_pooling"] = mean ? "mean" : "cls";
                 json["id2label"] = id2label;
                 json["label2id"] = label2id;
                 json["problem_type"] = "single_label_classification";
@@ -198,8 +225,22 @@ public static class HuggingFaceConfig
                     "BertForMaskedLM" => HuggingFaceArchitecture.BertForMaskedLM,
                     "BertForPreTraining" => HuggingFaceArchitecture.BertForPreTraining,
                     "BertForSequenceClassification" => HuggingFaceArchitecture.BertForSequenceClassification,
-                    _ => throw r.Bad("architectures", architecture, "BertModel, BertForMaskedLM, BertForPreTraining or BertForSequenceClassification"),
+                    "BertForMeanPooledSequenceClassification" => HuggingFaceArchitecture.BertForMeanPooledSequenceClassification,
+                    _ => throw r.Bad("architectures", architecture, "BertModel, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification or BertForMeanPooledSequenceClassification"),
                 };
+                bool meanArchitecture = arch == HuggingFaceArchitecture.BertForMeanPooledSequenceClassification;
+                string pooling = r.String("classifier_pooling", meanArchitecture ? "mean" : "cls");
+                if (pooling != (meanArchitecture ? "mean" : "cls") && arch.IsClassifier())
+                {
+                    throw r.Bad("classifier_pooling", pooling, meanArchitecture
+                        ? $"mean for architecture {architecture}"
+                        : $"cls for architecture {architecture}, which pools the first token (a mean-pooled classifier is BertForMeanPooledSequenceClassification)");
+                }
+
+                if (pooling is not ("cls" or "mean"))
+                {
+                    throw r.Bad("classifier_pooling", pooling, "cls or mean");
+                }
                 string positions = r.String("position_embedding_type", "absolute");
                 if (positions != "absolute")
                 {
@@ -222,7 +263,10 @@ public static class HuggingFaceConfig
                     LayerNormEps = r.Double("layer_norm_eps", 1e-12),
                     PreLayerNorm = false,
                 };
-                return new HuggingFaceModelConfig(arch, Validated(bert, path), ReadLabels(json, path));
+                return new HuggingFaceModelConfig(arch, Validated(bert, path), ReadLabels(json, path))
+                {
+                    Pooling = pooling == "mean" ? SequencePooling.Mean : SequencePooling.ClsToken,
+                };
             default:
                 throw r.Bad("model_type", modelType, "bert or gpt2");
         }

@@ -17,7 +17,7 @@ public sealed record PretrainedOptions
     /// </summary>
     public HuggingFaceArchitecture? Architecture { get; init; }
 
-    /// <summary>Classifier head; NumLabels defaults to the folder's <c>id2label</c> count (or 2). Pooling must be the first token to match Hugging Face.</summary>
+    /// <summary>Classifier head; by default NumLabels is the folder's <c>id2label</c> count (or 2) and Pooling the folder's <c>classifier_pooling</c> (first token unless <c>mean</c>).</summary>
     public SequenceClassificationOptions? Classification { get; init; }
 
     /// <summary>Changes to the folder's configuration before the model is built (e.g. dropout); null for none.</summary>
@@ -135,8 +135,8 @@ public static class HuggingFaceFormat
                 model = new BertForMaskedLM(config);
                 break;
             default:
-                IReadOnlyList<string>? folderLabels = source.Architecture == HuggingFaceArchitecture.BertForSequenceClassification ? source.Labels : null;
-                var head = options.Classification ?? new SequenceClassificationOptions { NumLabels = folderLabels?.Count ?? 2 };
+                IReadOnlyList<string>? folderLabels = source.IsClassifier ? source.Labels : null;
+                var head = options.Classification ?? new SequenceClassificationOptions { NumLabels = folderLabels?.Count ?? 2, Pooling = target == HuggingFaceArchitecture.BertForMeanPooledSequenceClassification ? SequencePooling.Mean : source.Pooling };
                 model = new BertForSequenceClassification(config, head);
                 labels = folderLabels is not null && folderLabels.Count == head.NumLabels ? folderLabels : null;
                 break;
@@ -268,6 +268,7 @@ public static class HuggingFaceFormat
         {
             GptForCausalLM => (HuggingFaceArchitecture.Gpt2LMHeadModel, WeightMap.Gpt2(layers)),
             BertForMaskedLM => (HuggingFaceArchitecture.BertForMaskedLM, WeightMap.Bert(layers, types, HuggingFaceArchitecture.BertForMaskedLM)),
+            BertForSequenceClassification { Options.Pooling: SequencePooling.Mean } => (HuggingFaceArchitecture.BertForMeanPooledSequenceClassification, WeightMap.Bert(layers, types, HuggingFaceArchitecture.BertForMeanPooledSequenceClassification)),
             BertForSequenceClassification => (HuggingFaceArchitecture.BertForSequenceClassification, WeightMap.Bert(layers, types, HuggingFaceArchitecture.BertForSequenceClassification)),
             _ => throw new NotSupportedException($"{model.GetType().Name} has no Hugging Face counterpart; expected BertForMaskedLM, BertForSequenceClassification or GptForCausalLM."),
         };

@@ -138,7 +138,7 @@ internal static class WeightMap
     public static bool MayStartFresh(string hfName, HuggingFaceArchitecture source, HuggingFaceArchitecture target) =>
         source != target && target switch
         {
-            HuggingFaceArchitecture.BertForSequenceClassification => hfName.StartsWith("bert.pooler.", StringComparison.Ordinal) || hfName.StartsWith("classifier.", StringComparison.Ordinal),
+            HuggingFaceArchitecture.BertForSequenceClassification or HuggingFaceArchitecture.BertForMeanPooledSequenceClassification => hfName.StartsWith("bert.pooler.", StringComparison.Ordinal) || hfName.StartsWith("classifier.", StringComparison.Ordinal),
             HuggingFaceArchitecture.BertForMaskedLM => hfName.StartsWith("cls.", StringComparison.Ordinal),
             _ => false,
         };

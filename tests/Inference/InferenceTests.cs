@@ -225,3 +225,148 @@ public class MaskFillerTests
         }
     }
 }
+
+/// <summary>The command-line edges of predict, generate and export: argument errors, overwriting, JSON escaping, a tokenizer for token-id checkpoints.</summary>
+[TestFixture]
+public class InferenceCommandLineTests
+{
+    private string _dir = null!;
+    private string? _gpt;
+    private string? _classifier;
+
+    [OneTimeSetUp]
+    public void CreateFolder()
+    {
+        _dir = Path.Combine(Path.GetTempPath(), "composersharp-inference-cli-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(Path.Combine(_dir, "text"));
+        File.WriteAllText(Path.Combine(_dir, "text", "a.txt"), string.Join(" ", Enumerable.Repeat("see you at lunch, it's free + cheap.", 80)));
+        File.WriteAllLines(Path.Combine(_dir, "data.jsonl"), Enumerable.Range(0, 16).Select(i => i % 2 == 0
+            ? """{"text": "it's 100% free + \"cheap\" <b>café</b>", "label": "spam"}"""
+            : """{"text": "see you at lunch", "label": "ham"}"""));
+    }
+
+    [OneTimeTearDown]
+    public void Delete() => Directory.Delete(_dir, recursive: true);
+
+    private string Train(string name, string model, string dataset)
+    {
+        string folder = Path.Combine(_dir, name);
+        string yaml = $$"""
+            run_folder: {{folder}}
+            max_duration: 1ba
+            progress_bar: false
+            model: {name: {{model}}, hidden_size: 32, num_heads: 4, intermediate_size: 64, num_layers: 1, max_sequence_length: 32}
+            train_loader: {batch_size: 8, dataset: {{dataset}} }
+            """;
+        using var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        new TrainJob(ConfigSection.Parse(yaml), services).Train();
+        return Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*.ckpt").Single();
+    }
+
+    private string Gpt() => _gpt ??= Train("gpt", "gpt", $"{{name: text_lm, path: {_dir}/text, block_size: 16}}");
+
+    private string Classifier() => _classifier ??= Train("cls", "bert_classification", $"{{name: jsonl_classification, path: {_dir}/data.jsonl, max_length: 32}}");
+
+    private static (int Code, string Error) Run(params string[] args)
+    {
+        var error = new StringWriter();
+        TextWriter original = Console.Error;
+        Console.SetError(error);
+        try
+        {
+            return (CliApp.Run(args, new StringWriter()), error.ToString());
+        }
+        finally
+        {
+            Console.SetError(original);
+        }
+    }
+
+    [TestCase("--temperature", "-1", "--temperature is -1; expected a finite number ≥ 0")]
+    [TestCase("--top-p", "1.5", "--top-p is 1.5; expected a number in (0, 1]")]
+    [TestCase("--max-new-tokens", "0", "--max-new-tokens is 0; expected a whole number of at least 1")]
+    [TestCase("--max-new-tokens", "abc", "--max-new-tokens is 'abc'; expected a whole number of at least 1")]
+    [TestCase("--temperature", "1,5", "--temperature is '1,5'; expected a number ≥ 0")]
+    [TestCase("--seed", "x", "--seed is 'x'; expected a whole number")]
+    public void GenerateArgumentErrorsAreOurMessageWithExitCode2(string option, string value, string expected)
+    {
+        (int code, string error) = Run("generate", "--load-path", Gpt(), "--prompt", "see you", option, value);
+        Assert.That(code, Is.EqualTo(2), error);
+        Assert.That(error, Does.Contain(expected));
+        Assert.That(error, Does.Not.Contain("Parameter").And.Not.Contain("System.").And.Not.Contain("Actual value"));
+    }
+
+    [Test]
+    public void APromptLongerThanTheContextIsAnArgumentError()
+    {
+        (int code, string error) = Run("generate", "--load-path", Gpt(), "--prompt", string.Join(" ", Enumerable.Repeat("lunch", 40)));
+        Assert.That(code, Is.EqualTo(2), error);
+        Assert.That(error, Does.Contain("--prompt: The prompt has 41 tokens but the model's context (max_sequence_length) is 32").And.Not.Contain("Parameter"), "GPT-2 BPE: 'lunch' at the start is 2 tokens, ' lunch' 1");
+    }
+
+    [Test]
+    public void ExportRefusesANonEmptyFolderAndOverwriteKeepsOtherFiles()
+    {
+        string folder = Path.Combine(_dir, "export");
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "notes.md"), "mine");
+        File.WriteAllText(Path.Combine(folder, "vocab.txt"), "stale");
+        (int code, string error) = Run("export", "--load-path", Classifier(), "--output", folder);
+        Assert.That(code, Is.EqualTo(2), error);
+        Assert.That(error, Does.Contain($"--output '{folder}' is not empty (2 entries: notes.md, vocab.txt)").And.Contain("--overwrite true"));
+        Assert.That(Directory.GetFiles(folder).Select(Path.GetFileName), Is.EquivalentTo(new[] { "notes.md", "vocab.txt" }), "nothing written");
+
+        (code, error) = Run("export", "--load-path", Classifier(), "--output", folder, "--overwrite", "true");
+        Assert.That(code, Is.Zero, error);
+        Assert.That(File.ReadAllText(Path.Combine(folder, "notes.md")), Is.EqualTo("mine"), "files that are not export's are kept");
+        Assert.That(File.Exists(Path.Combine(folder, "model.safetensors")) && File.Exists(Path.Combine(folder, "vocab.json")), Is.True);
+        Assert.That(File.Exists(Path.Combine(folder, "vocab.txt")), Is.False, "a stale tokenizer file of another kind is removed, not left beside the new ones");
+
+        string file = Path.Combine(_dir, "a-file");
+        File.WriteAllText(file, "x");
+        (code, error) = Run("export", "--load-path", Classifier(), "--output", file);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(error, Does.Contain("is a file"));
+    }
+
+    [Test]
+    public void PredictionsKeepApostrophesAndPlusSignsAndStayValidJson()
+    {
+        string output = Path.Combine(_dir, "predictions.jsonl");
+        (int code, string error) = Run("predict", "--load-path", Classifier(), "--input", Path.Combine(_dir, "data.jsonl"), "--output", output);
+        Assert.That(code, Is.Zero, error);
+        string first = File.ReadLines(output).First();
+        Assert.That(first, Does.Contain("it's 100% free + \\\"cheap\\\" <b>café</b>"), "only the quotes are escaped");
+        Assert.That(first, Does.Not.Contain("\\u0027").And.Not.Contain("\\u002B"));
+        foreach (string line in File.ReadLines(output))
+        {
+            var parsed = System.Text.Json.Nodes.JsonNode.Parse(line)!;
+            Assert.That(parsed["text"]!.GetValue<string>(), Is.AnyOf("it's 100% free + \"cheap\" <b>café</b>", "see you at lunch"));
+        }
+    }
+
+    [Test]
+    public void PredictReadsATokenIdCheckpointWithTheTokenizerGiven()
+    {
+        string ckpt = Train("synthetic-mlm", "bert_mlm", "{name: synthetic_mlm, num_samples: 16, sequence_length: 16, regular_vocab_size: 60}");
+        string vocab = ComposerSharp.Tests.Data.SmallBertVocabulary.WriteFolder(_dir);
+        string input = Path.Combine(_dir, "masked.txt");
+        File.WriteAllLines(input, new[] { "see you at [MASK]." });
+
+        (int code, string error) = Run("predict", "--load-path", ckpt, "--input", input);
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(error, Does.Contain("without a text tokenizer").And.Contain("--tokenizer"));
+
+        var output = new StringWriter();
+        Assert.That(CliApp.Run(new[] { "predict", "--load-path", ckpt, "--input", input, "--tokenizer", vocab, "--top-k", "2" }, output), Is.Zero);
+        Assert.That(output.ToString(), Does.Contain("\"fills\":[[{\"token\""));
+
+        (code, error) = Run("predict", "--load-path", ckpt, "--input", input, "--tokenizer", "gpt2");
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(error, Does.Contain("--tokenizer 'gpt2': Tokenizer 'gpt2' has 50260 ids, more than the model's vocab_size 64"));
+
+        (code, error) = Run("predict", "--load-path", ckpt, "--input", input, "--tokenizer", Path.Combine(_dir, "nowhere"));
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(error, Does.Contain("nowhere").And.Contain("neither 'gpt2' nor a WordPiece vocab.txt"));
+    }
+}

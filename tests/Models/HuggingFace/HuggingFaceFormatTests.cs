@@ -153,11 +153,43 @@ public sealed class HuggingFaceFormatTests
     }
 
     [Test]
-    public void AMeanPoolingClassifierCannotBeExported()
+    public void AMeanPoolingClassifierExportsUnderItsOwnArchitectureAndComesBackWithTheSameLogits()
     {
-        using var model = new BertForSequenceClassification(Config("bert-tiny"), new SequenceClassificationOptions { Pooling = SequencePooling.Mean });
-        var ex = Assert.Throws<NotSupportedException>(() => HuggingFaceFormat.Save(model, _dir));
-        Assert.That(ex!.Message, Does.Contain("mean pooling"));
+        using TransformerModel model = Create("bert_cls_mean");
+        Perturb(model);
+        HuggingFaceFormat.Save(model, _dir, new[] { "a", "b", "c" });
+        JsonElement config = JsonDocument.Parse(File.ReadAllText(Path.Combine(_dir, "config.json"))).RootElement;
+        Assert.That(config.GetProperty("architectures")[0].GetString(), Is.EqualTo("BertForMeanPooledSequenceClassification"));
+        Assert.That(config.GetProperty("classifier_pooling").GetString(), Is.EqualTo("mean"));
+        Assert.That(config.GetProperty("model_type").GetString(), Is.EqualTo("bert"), "BertModel.from_pretrained reads the encoder");
+        JsonElement header = Header(Path.Combine(_dir, "model.safetensors"));
+        AssertTensor(header, "bert.pooler.dense.weight", 32, 32);
+        AssertTensor(header, "classifier.weight", 3, 32);
+
+        var inputs = Inputs(pad: true);
+        Tensor ours = Logits(model, inputs);
+        PretrainedModel back = HuggingFaceFormat.FromPretrained(_dir);
+        using TransformerModel loaded = back.Model;
+        Assert.That(((BertForSequenceClassification)loaded).Options.Pooling, Is.EqualTo(SequencePooling.Mean));
+        Assert.That(back.Labels, Is.EqualTo(new[] { "a", "b", "c" }));
+        Tensor again = Logits(loaded, inputs);
+        Assert.That((again - ours).abs().max().item<float>(), Is.LessThan(1e-6f), "export → import gives the same fp32 logits");
+
+        // The comparison is not trivially true: the same weights pooled at [CLS] give other logits.
+        using var cls = new BertForSequenceClassification(loaded.Config, new SequenceClassificationOptions { NumLabels = 3 });
+        cls.load_state_dict(loaded.state_dict());
+        Assert.That((Logits(cls, inputs) - ours).abs().max().item<float>(), Is.GreaterThan(1e-3f));
+    }
+
+    [Test]
+    public void APoolingThatContradictsTheArchitectureIsAnErrorNamingTheField()
+    {
+        using TransformerModel model = Create("bert_cls");
+        HuggingFaceFormat.Save(model, _dir);
+        string path = Path.Combine(_dir, "config.json");
+        File.WriteAllText(path, File.ReadAllText(path).Replace("\"classifier_pooling\": \"cls\"", "\"classifier_pooling\": \"mean\"", StringComparison.Ordinal));
+        var ex = Assert.Throws<InvalidDataException>(() => HuggingFaceFormat.FromPretrained(_dir));
+        Assert.That(ex!.Message, Does.Contain("classifier_pooling is 'mean'").And.Contain("expected cls for architecture BertForSequenceClassification"));
     }
 
     private static void AssertTensor(JsonElement header, string name, params long[] shape)

@@ -40,6 +40,7 @@ public sealed class HuggingFaceReferenceTests
 
     [TestCase("bert_mlm")]
     [TestCase("bert_cls")]
+    [TestCase("bert_cls_mean")]
     [TestCase("gpt2")]
     public void PythonReferenceReadsOurExportAndAgreesWithOurLogits(string kind)
     {

@@ -29,8 +29,9 @@ internal static class HuggingFaceTestSupport
     {
         "bert_mlm" => new BertForMaskedLM(Config("bert-tiny")),
         "bert_cls" => new BertForSequenceClassification(Config("bert-tiny"), new SequenceClassificationOptions { NumLabels = 3 }),
+        "bert_cls_mean" => new BertForSequenceClassification(Config("bert-tiny"), new SequenceClassificationOptions { NumLabels = 3, Pooling = SequencePooling.Mean }),
         "gpt2" => new GptForCausalLM(Config("gpt-tiny")),
-        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "bert_mlm, bert_cls or gpt2"),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "bert_mlm, bert_cls, bert_cls_mean or gpt2"),
     };
 
     /// <summary>Adds N(0, 0.1²) noise to every parameter, so that biases and LayerNorm affine parameters are not their trivial init and a mix-up shows.</summary>

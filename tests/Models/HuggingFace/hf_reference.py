@@ -109,7 +109,14 @@ def bert(cfg, w, ids, mask, types, arch):
         x = f(linear(h, w["cls.predictions.transform.dense.weight"], w["cls.predictions.transform.dense.bias"]))
         x = layer_norm(x, w["cls.predictions.transform.LayerNorm.weight"], w["cls.predictions.transform.LayerNorm.bias"], eps)
         return x @ w["bert.embeddings.word_embeddings.weight"].T + w["cls.predictions.bias"]
-    pooled = torch.tanh(linear(h[:, 0], w["bert.pooler.dense.weight"], w["bert.pooler.dense.bias"]))
+    if cfg.get("classifier_pooling", "cls") == "mean":
+        # BertForMeanPooledSequenceClassification (ComposerSharp's, not a transformers class): the attention-masked
+        # mean of the last hidden states takes the place of h[:, 0] before BERT's pooler.
+        m = mask.double()[:, :, None]
+        first = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    else:
+        first = h[:, 0]
+    pooled = torch.tanh(linear(first, w["bert.pooler.dense.weight"], w["bert.pooler.dense.bias"]))
     return linear(pooled, w["classifier.weight"], w["classifier.bias"])
 
 
