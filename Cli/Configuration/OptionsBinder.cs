@@ -20,10 +20,7 @@ public static class OptionsBinder
         where T : class
     {
         T target = seed is null ? CreateNew<T>() : Clone(seed);
-        Dictionary<string, PropertyInfo> properties = typeof(T)
-            .GetProperties(BindingFlags.Public | BindingFlags.Instance)
-            .Where(p => p.SetMethod is { IsPublic: true } && IsBindable(p.PropertyType))
-            .ToDictionary(p => Algorithm.ToSnakeCase(p.Name), p => p);
+        Dictionary<string, PropertyInfo> properties = BindableProperties(typeof(T)).ToDictionary(p => Algorithm.ToSnakeCase(p.Name), p => p);
         section.RequireKnownKeys(properties.Keys.Concat(ignoredKeys), "option");
         foreach (string key in section.Keys)
         {
@@ -37,6 +34,14 @@ public static class OptionsBinder
 
         return target;
     }
+
+    /// <summary>The config keys <see cref="Bind{T}"/> accepts for <typeparamref name="T"/>: the snake_case names of its public settable properties of bindable types, in declaration order.</summary>
+    public static IEnumerable<string> KeysOf<T>()
+        where T : class =>
+        BindableProperties(typeof(T)).Select(p => Algorithm.ToSnakeCase(p.Name));
+
+    private static IEnumerable<PropertyInfo> BindableProperties(Type t) =>
+        t.GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.SetMethod is { IsPublic: true } && IsBindable(p.PropertyType));
 
     private static T CreateNew<T>()
         where T : class
