@@ -7,7 +7,7 @@ namespace ComposerSharp.Training.Optim;
 
 /// <summary>
 /// The settings of an optimizer, checked once, here, and turned into a TorchSharp optimizer over given parameters.
-/// Property names are PyTorch's <c>torch.optim</c> argument names in camel case (<c>lr</c> → <see cref="AdamWOptions.Lr"/>),
+/// Property names are PyTorch's <c>torch.optim</c> argument names in camel case (<c>lr</c> → <see cref="AdamFamilyOptions.Lr"/>),
 /// so the YAML's <c>optimizer: {name: adamw, lr: …, betas: […], eps: …, weight_decay: …}</c> binds to them by name.
 /// </summary>
 public interface IOptimizerOptions
@@ -22,11 +22,10 @@ public interface IOptimizerOptions
 }
 
 /// <summary>
-/// AdamW: Adam with decoupled weight decay (Loshchilov &amp; Hutter 2019, "Decoupled Weight Decay Regularization";
-/// <c>torch.optim.AdamW</c>), PyTorch's defaults (<c>lr</c> 1e-3, <c>betas</c> (0.9, 0.999), <c>eps</c> 1e-8,
-/// <c>weight_decay</c> 0.01). The default optimizer of <c>composersharp train</c>.
+/// The settings Adam and AdamW share (Kingma &amp; Ba 2015, "Adam: A Method for Stochastic Optimization"), with
+/// PyTorch's defaults: <c>lr</c> 1e-3, <c>betas</c> (0.9, 0.999), <c>eps</c> 1e-8.
 /// </summary>
-public sealed record AdamWOptions : IOptimizerOptions
+public abstract record AdamFamilyOptions : IOptimizerOptions
 {
     /// <summary>Learning rate, &gt; 0.</summary>
     public double Lr { get; init; } = 1e-3;
@@ -37,43 +36,51 @@ public sealed record AdamWOptions : IOptimizerOptions
     /// <summary>Term added to the denominator for numerical stability, &gt; 0.</summary>
     public double Eps { get; init; } = 1e-8;
 
-    /// <summary>Decoupled weight decay coefficient, ≥ 0.</summary>
-    public double WeightDecay { get; init; } = 0.01;
+    /// <summary>Weight decay coefficient, ≥ 0 (decoupled for AdamW, an L2 penalty added to the gradient for Adam).</summary>
+    public double WeightDecay { get; init; }
 
     /// <inheritdoc/>
-    public void Validate() => OptimizerChecks.Adam(Lr, Betas, Eps, WeightDecay);
+    public void Validate()
+    {
+        OptimizerChecks.Range(nameof(Lr), "lr", Lr, min: 0, exclusive: true);
+        if (Betas is not { Count: 2 })
+        {
+            throw new ArgumentException($"betas has {Betas?.Count ?? 0} values; expected two numbers, e.g. [0.9, 0.98].", nameof(Betas));
+        }
+
+        OptimizerChecks.Range(nameof(Betas), "betas", Betas[0], min: 0, max: 1);
+        OptimizerChecks.Range(nameof(Betas), "betas", Betas[1], min: 0, max: 1);
+        OptimizerChecks.Range(nameof(Eps), "eps", Eps, min: 0, exclusive: true);
+        OptimizerChecks.Range(nameof(WeightDecay), "weight_decay", WeightDecay, min: 0);
+    }
 
     /// <inheritdoc/>
-    public optim.Optimizer Create(IEnumerable<Parameter> parameters)
+    public abstract optim.Optimizer Create(IEnumerable<Parameter> parameters);
+}
+
+/// <summary>
+/// AdamW: Adam with decoupled weight decay (Loshchilov &amp; Hutter 2019, "Decoupled Weight Decay Regularization";
+/// <c>torch.optim.AdamW</c>), <c>weight_decay</c> 0.01 by default as in PyTorch. The default optimizer of
+/// <c>composersharp train</c>.
+/// </summary>
+public sealed record AdamWOptions : AdamFamilyOptions
+{
+    /// <summary>PyTorch's defaults, <c>weight_decay</c> 0.01.</summary>
+    public AdamWOptions() => WeightDecay = 0.01;
+
+    /// <inheritdoc/>
+    public override optim.Optimizer Create(IEnumerable<Parameter> parameters)
     {
         Validate();
         return torch.optim.AdamW(parameters, Lr, Betas[0], Betas[1], Eps, WeightDecay);
     }
 }
 
-/// <summary>
-/// Adam (Kingma &amp; Ba 2015; <c>torch.optim.Adam</c>, L2 weight decay added to the gradient), PyTorch's defaults
-/// (<c>lr</c> 1e-3, <c>betas</c> (0.9, 0.999), <c>eps</c> 1e-8, <c>weight_decay</c> 0).
-/// </summary>
-public sealed record AdamOptions : IOptimizerOptions
+/// <summary>Adam (<c>torch.optim.Adam</c>, an L2 penalty added to the gradient), <c>weight_decay</c> 0 by default as in PyTorch.</summary>
+public sealed record AdamOptions : AdamFamilyOptions
 {
-    /// <summary>Learning rate, &gt; 0.</summary>
-    public double Lr { get; init; } = 1e-3;
-
-    /// <summary>The two decay rates of the moment estimates, each in [0, 1).</summary>
-    public IReadOnlyList<double> Betas { get; init; } = new[] { 0.9, 0.999 };
-
-    /// <summary>Term added to the denominator for numerical stability, &gt; 0.</summary>
-    public double Eps { get; init; } = 1e-8;
-
-    /// <summary>L2 penalty coefficient, ≥ 0.</summary>
-    public double WeightDecay { get; init; }
-
     /// <inheritdoc/>
-    public void Validate() => OptimizerChecks.Adam(Lr, Betas, Eps, WeightDecay);
-
-    /// <inheritdoc/>
-    public optim.Optimizer Create(IEnumerable<Parameter> parameters)
+    public override optim.Optimizer Create(IEnumerable<Parameter> parameters)
     {
         Validate();
         return torch.optim.Adam(parameters, Lr, Betas[0], Betas[1], Eps, WeightDecay);
@@ -111,20 +118,6 @@ public sealed record SgdOptions : IOptimizerOptions
 /// <summary>The range checks PyTorch's optimizers make, with messages that quote the value and the range.</summary>
 internal static class OptimizerChecks
 {
-    public static void Adam(double lr, IReadOnlyList<double> betas, double eps, double weightDecay)
-    {
-        Range("Lr", "lr", lr, min: 0, exclusive: true);
-        if (betas is not { Count: 2 })
-        {
-            throw new ArgumentException($"betas has {betas?.Count ?? 0} values; expected two numbers, e.g. [0.9, 0.98].", "Betas");
-        }
-
-        Range("Betas", "betas", betas[0], min: 0, max: 1);
-        Range("Betas", "betas", betas[1], min: 0, max: 1);
-        Range("Eps", "eps", eps, min: 0, exclusive: true);
-        Range("WeightDecay", "weight_decay", weightDecay, min: 0);
-    }
-
     public static void Range(string property, string name, double value, double min, double max = double.PositiveInfinity, bool exclusive = false)
     {
         bool ok = (exclusive ? value > min : value >= min) && value < max;
