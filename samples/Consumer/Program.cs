@@ -15,8 +15,8 @@ TransformerConfig config = TransformerConfig.Preset("bert-tiny") with { VocabSiz
 
 using var model = new BertForMaskedLM(config);
 var lowPrecisionLayerNorm = new LowPrecisionLayerNorm();
-using var trainer = new Trainer(model, loader, Time.FromBatch(batches),
-    algorithms: new[] { lowPrecisionLayerNorm }, precision: Precision.AmpBf16, device: "cpu", progressBar: false);
+var options = new TrainerOptions { MaxDuration = Time.FromBatch(batches), Precision = Precision.AmpBf16, Device = "cpu", ProgressBar = false };
+using var trainer = new Trainer(model, options, trainDataloader: loader, algorithms: new[] { lowPrecisionLayerNorm });
 trainer.Fit();
 
 long trained = trainer.State.Timestamp.Batch;
