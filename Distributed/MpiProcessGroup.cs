@@ -151,6 +151,36 @@ public sealed class MpiProcessGroup : IProcessGroup
         });
     }
 
+    /// <summary>
+    /// Starts an in-place <c>MPI_Iallreduce</c> of <paramref name="tensor"/> (one request per chunk of at most
+    /// <see cref="int.MaxValue"/> elements). A tensor that would need staging (not contiguous, or a dtype MPI lacks
+    /// such as Float16/BFloat16) and <see cref="ReduceOp.Avg"/> are reduced at once by the blocking path instead.
+    /// Open MPI progresses the collective inside MPI calls, so <see cref="ICollectiveWork.Test"/> should be called
+    /// now and then while other work runs. <see cref="ICollectiveWork.Wait"/> is watched by the timeout.
+    /// </summary>
+    public ICollectiveWork StartAllReduce(Tensor tensor, ReduceOp op = ReduceOp.Sum)
+    {
+        ScalarType wire = Check(tensor, nameof(tensor));
+        if (op == ReduceOp.Avg || wire != tensor.dtype || !tensor.is_contiguous())
+        {
+            AllReduce(tensor, op);
+            return CompletedWork.Instance;
+        }
+
+        IntPtr mpiOp = op switch
+        {
+            ReduceOp.Sum => _sum,
+            ReduceOp.Max => _max,
+            ReduceOp.Min => _min,
+            _ => throw new ArgumentOutOfRangeException(nameof(op), op, "Expected Sum, Avg, Max or Min."),
+        };
+        IntPtr type = _types[wire];
+        var requests = new List<IntPtr>();
+        TensorMemory.ForEachChunk(TensorMemory.DataPointer(tensor), tensor.numel(), TensorMemory.ElementSize(wire), (address, count) =>
+            requests.Add(_mpi.Iallreduce(MpiLibrary.InPlace, address, count, type, mpiOp, _comm)), MaxChunk);
+        return new MpiWork(this, requests.ToArray(), $"all_reduce({op}) of {tensor.numel()} {tensor.dtype} elements (non-blocking)");
+    }
+
     /// <inheritdoc/>
     public void Broadcast(Tensor tensor, int root = 0)
     {
@@ -238,6 +268,45 @@ public sealed class MpiProcessGroup : IProcessGroup
         _log.LogCritical("Rank {Rank}: {Message} Aborting the job.", Rank, message);
         Console.Error.WriteLine($"[rank {Rank}] {message} Aborting the job.");
         Abort(DistributedDefaults.TimeoutExitCode);
+    }
+
+    /// <summary>The requests of one <see cref="StartAllReduce"/>; each is tested or waited for until complete.</summary>
+    private sealed class MpiWork(MpiProcessGroup group, IntPtr[] requests, string description) : ICollectiveWork
+    {
+        private readonly bool[] _done = new bool[requests.Length];
+
+        public bool Test()
+        {
+            bool all = true;
+            for (int i = 0; i < requests.Length; i++)
+            {
+                if (!_done[i])
+                {
+                    _done[i] = group._mpi.Test(ref requests[i]);
+                    all &= _done[i];
+                }
+            }
+
+            return all;
+        }
+
+        public void Wait()
+        {
+            if (_done.All(d => d))
+            {
+                return;
+            }
+
+            using CollectiveWatchdog.Scope watch = group._watchdog.Enter(description);
+            for (int i = 0; i < requests.Length; i++)
+            {
+                if (!_done[i])
+                {
+                    group._mpi.Wait(ref requests[i]);
+                    _done[i] = true;
+                }
+            }
+        }
     }
 
     private ScalarType Check(Tensor tensor, string paramName)
