@@ -29,9 +29,14 @@ internal sealed class GradientBuckets : IDisposable
     /// <summary>The parameters, in the order they were given.</summary>
     public IReadOnlyList<Parameter> Parameters { get; private init; } = Array.Empty<Parameter>();
 
-    /// <summary>Plans buckets for <paramref name="parameters"/> (in model order; they are bucketed in reverse).</summary>
+    /// <summary>
+    /// Plans buckets for <paramref name="parameters"/> (in model order; they are bucketed in reverse), the first of at
+    /// most min(<see cref="DistributedDefaults.FirstBucketBytes"/>, <paramref name="bucketBytes"/>) bytes, the others of
+    /// at most <paramref name="bucketBytes"/> (a parameter larger than the cap gets a bucket of its own).
+    /// </summary>
     public static GradientBuckets Build(IReadOnlyList<Parameter> parameters, long bucketBytes)
     {
+        long firstCap = Math.Min(DistributedDefaults.FirstBucketBytes, bucketBytes);
         var buckets = new List<Bucket>();
         var current = new List<int>();
         long bytes = 0;
@@ -55,7 +60,7 @@ internal sealed class GradientBuckets : IDisposable
             Parameter p = parameters[i];
             long size = p.numel() * TensorMemory.ElementSize(p.dtype);
             Parameter? head = current.Count > 0 ? parameters[current[0]] : null;
-            if (head is not null && (head.dtype != p.dtype || !SameDevice(head.device, p.device) || bytes + size > bucketBytes))
+            if (head is not null && (head.dtype != p.dtype || !SameDevice(head.device, p.device) || bytes + size > (buckets.Count == 0 ? firstCap : bucketBytes)))
             {
                 Close();
             }

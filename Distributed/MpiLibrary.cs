@@ -40,6 +40,7 @@ internal sealed unsafe class MpiLibrary
     private readonly delegate* unmanaged<IntPtr, IntPtr, int, IntPtr, IntPtr, IntPtr, IntPtr*, int> _iallreduce;
     private readonly delegate* unmanaged<IntPtr*, int*, IntPtr, int> _test;
     private readonly delegate* unmanaged<IntPtr*, IntPtr, int> _wait;
+    private readonly delegate* unmanaged<int*, int> _queryThread;
 
     private MpiLibrary(IntPtr handle, string name)
     {
@@ -64,6 +65,7 @@ internal sealed unsafe class MpiLibrary
         _iallreduce = (delegate* unmanaged<IntPtr, IntPtr, int, IntPtr, IntPtr, IntPtr, IntPtr*, int>)F("MPI_Iallreduce");
         _test = (delegate* unmanaged<IntPtr*, int*, IntPtr, int>)F("MPI_Test");
         _wait = (delegate* unmanaged<IntPtr*, IntPtr, int>)F("MPI_Wait");
+        _queryThread = (delegate* unmanaged<int*, int>)F("MPI_Query_thread");
         CommWorld = F("ompi_mpi_comm_world");
         ErrorsReturn = F("ompi_mpi_errors_return");
     }
@@ -130,6 +132,14 @@ internal sealed unsafe class MpiLibrary
     {
         int provided;
         Check(_initThread(IntPtr.Zero, IntPtr.Zero, required, &provided), "MPI_Init_thread");
+        return provided;
+    }
+
+    /// <summary><c>MPI_Query_thread</c>: the thread level MPI was initialised with.</summary>
+    public int QueryThread()
+    {
+        int provided;
+        Check(_queryThread(&provided), "MPI_Query_thread");
         return provided;
     }
 

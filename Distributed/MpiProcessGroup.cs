@@ -22,6 +22,10 @@ public sealed class MpiProcessGroup : IProcessGroup
     private readonly IntPtr _max;
     private readonly IntPtr _min;
     private readonly Dictionary<ScalarType, IntPtr> _types;
+    private readonly object _requestGate = new();
+    private readonly List<MpiWork> _inFlight = new();
+    private readonly bool _threadMultiple;
+    private Thread? _progress;
     private bool _disposed;
 
     private MpiProcessGroup(MpiLibrary mpi, DistributedEnvironment env, TimeSpan timeout, ILogger log)
@@ -48,6 +52,7 @@ public sealed class MpiProcessGroup : IProcessGroup
             [ScalarType.Byte] = mpi.Symbol("ompi_mpi_uint8_t"),
         };
         _watchdog = new CollectiveWatchdog(timeout, OnTimeout);
+        _threadMultiple = mpi.QueryThread() >= MpiLibrary.ThreadMultiple;
     }
 
     /// <summary>
@@ -176,9 +181,54 @@ public sealed class MpiProcessGroup : IProcessGroup
         };
         IntPtr type = _types[wire];
         var requests = new List<IntPtr>();
-        TensorMemory.ForEachChunk(TensorMemory.DataPointer(tensor), tensor.numel(), TensorMemory.ElementSize(wire), (address, count) =>
-            requests.Add(_mpi.Iallreduce(MpiLibrary.InPlace, address, count, type, mpiOp, _comm)), MaxChunk);
-        return new MpiWork(this, requests.ToArray(), $"all_reduce({op}) of {tensor.numel()} {tensor.dtype} elements (non-blocking)");
+        lock (_requestGate)
+        {
+            TensorMemory.ForEachChunk(TensorMemory.DataPointer(tensor), tensor.numel(), TensorMemory.ElementSize(wire), (address, count) =>
+                requests.Add(_mpi.Iallreduce(MpiLibrary.InPlace, address, count, type, mpiOp, _comm)), MaxChunk);
+            var work = new MpiWork(this, requests.ToArray(), $"all_reduce({op}) of {tensor.numel()} {tensor.dtype} elements (non-blocking)");
+            if (_threadMultiple)
+            {
+                _inFlight.Add(work);
+                _progress ??= StartProgressThread();
+                Monitor.PulseAll(_requestGate);
+            }
+
+            return work;
+        }
+    }
+
+    /// <summary>
+    /// Open MPI advances a non-blocking collective only inside MPI calls, and backward makes none between two
+    /// buckets; this thread tests the requests in flight every millisecond (sleeping in between, so it takes little
+    /// of the core it shares with the rank's compute thread). Only with <c>MPI_THREAD_MULTIPLE</c>.
+    /// </summary>
+    private Thread StartProgressThread()
+    {
+        var thread = new Thread(() =>
+        {
+            while (true)
+            {
+                lock (_requestGate)
+                {
+                    while (_inFlight.Count == 0 && !_disposed)
+                    {
+                        Monitor.Wait(_requestGate);
+                    }
+
+                    if (_disposed)
+                    {
+                        return;
+                    }
+
+                    _inFlight.RemoveAll(w => w.TestLocked());
+                }
+
+                Thread.Sleep(1);
+            }
+        })
+        { IsBackground = true, Name = "mpi-progress" };
+        thread.Start();
+        return thread;
     }
 
     /// <inheritdoc/>
@@ -255,7 +305,13 @@ public sealed class MpiProcessGroup : IProcessGroup
             return;
         }
 
-        _disposed = true;
+        lock (_requestGate)
+        {
+            _disposed = true;
+            Monitor.PulseAll(_requestGate);
+        }
+
+        _progress?.Join();
         _watchdog.Dispose();
         if (!_mpi.IsFinalized())
         {
@@ -276,6 +332,15 @@ public sealed class MpiProcessGroup : IProcessGroup
         private readonly bool[] _done = new bool[requests.Length];
 
         public bool Test()
+        {
+            lock (group._requestGate)
+            {
+                return TestLocked();
+            }
+        }
+
+        /// <summary><see cref="Test"/> with the request gate held.</summary>
+        public bool TestLocked()
         {
             bool all = true;
             for (int i = 0; i < requests.Length; i++)
@@ -298,13 +363,18 @@ public sealed class MpiProcessGroup : IProcessGroup
             }
 
             using CollectiveWatchdog.Scope watch = group._watchdog.Enter(description);
-            for (int i = 0; i < requests.Length; i++)
+            lock (group._requestGate)
             {
-                if (!_done[i])
+                for (int i = 0; i < requests.Length; i++)
                 {
-                    group._mpi.Wait(ref requests[i]);
-                    _done[i] = true;
+                    if (!_done[i])
+                    {
+                        group._mpi.Wait(ref requests[i]);
+                        _done[i] = true;
+                    }
                 }
+
+                group._inFlight.Remove(this);
             }
         }
     }

@@ -23,6 +23,16 @@ public sealed class GradientBucketTests
     }
 
     [Test]
+    public void TheFirstBucketIsCappedAtOneMebibyteAsInDdp()
+    {
+        using var scope = torch.NewDisposeScope();
+        const long quarter = 1024 * 1024 / 4 / 4 * 3; // 0.75 MiB of float32
+        Parameter[] ps = Enumerable.Range(0, 3).Select(_ => new Parameter(torch.zeros(quarter))).ToArray();
+        using var buckets = GradientBuckets.Build(ps, bucketBytes: DistributedDefaults.BucketBytes);
+        Assert.That(buckets.BucketElements, Is.EqualTo(new[] { quarter, 2 * quarter }), "the last parameter alone (1.5 MiB would pass 1 MiB), then the other two");
+    }
+
+    [Test]
     public void TheReduceAppliesTheWeightsAndLeavesMissingGradientsMissing()
     {
         using var scope = torch.NewDisposeScope();

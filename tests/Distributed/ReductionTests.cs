@@ -79,4 +79,12 @@ public sealed class ReductionTests : MpiJobFixture
         Assert.That(int.Parse(v["early"], CultureInfo.InvariantCulture), Is.EqualTo(5), string.Join("; ", v));
         Assert.That(v["early_off"], Is.EqualTo("0"));
     }
+
+    [Test]
+    public void AWeightCompletedAfterItsBucketStartedSwitchesTheOverlapOffAndTheStepIsRedone()
+    {
+        Dictionary<string, string> v = Run("tied");
+        Assert.That(v["active"], Is.EqualTo("False"), "the first-step check did not notice the bucket copied before the weight's gradient was complete");
+        Assert.That(v["equal"], Is.EqualTo("True"), "the redone step differs from the blocking run");
+    }
 }

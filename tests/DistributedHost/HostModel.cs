@@ -222,3 +222,34 @@ public sealed class MaskedBatchLoader(IReadOnlyList<HostSample> samples, float[]
         }
     }
 }
+
+/// <summary>
+/// 4 → 64, then <c>shared</c>'s weight used twice: first functionally (no bias), then by calling <c>shared</c>, then
+/// 64 → 3. <c>shared</c>'s backward (where the overlap sees its parameters ready) runs before the functional use's,
+/// which adds the rest of the weight's gradient later.
+/// </summary>
+public sealed class TiedMlp : ComposerModel
+{
+    private readonly Linear _fc0;
+    private readonly Linear _shared;
+    private readonly Linear _head;
+
+    public TiedMlp()
+        : base("tied_mlp")
+    {
+        _fc0 = nn.Linear(4, 64);
+        _shared = nn.Linear(64, 64);
+        _head = nn.Linear(64, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch)
+    {
+        Tensor h = nn.functional.relu(_fc0.call(batch["x"]));
+        h = nn.functional.relu(nn.functional.linear(h, _shared.weight!));
+        h = nn.functional.relu(_shared.call(h));
+        return _head.call(h);
+    }
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
+}

@@ -159,6 +159,29 @@ public static class ReductionScenarios
         }
     }
 
+    /// <summary>
+    /// A weight also used by a module whose backward runs after the one that owns it: the first-step check must find
+    /// the bucket copied too early, every rank must redo that step without overlap and keep it off, and the weights
+    /// must equal the blocking run's bit for bit.
+    /// </summary>
+    public static void Tied(ScenarioContext c)
+    {
+        IReadOnlyList<HostSample> data = HostData.Samples(32, seed: 17);
+        (byte[] State, bool Active) Run(bool overlap)
+        {
+            torch.manual_seed(42);
+            var model = new TiedMlp();
+            using var trainer = new TrainerT(model, HostData.Loader(data, 4, shuffle: true), maxDuration: "3ba", device: "cpu", progressBar: false,
+                optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), distributed: new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }, deterministicMode: true);
+            trainer.Fit();
+            return (HostData.StateBytes(model), trainer.Distributed.OverlapActive);
+        }
+
+        (byte[] overlapped, bool active) = Run(true);
+        (byte[] blocking, bool _) = Run(false);
+        File.WriteAllText(c.RankFile("tied"), string.Join("\n", $"equal={overlapped.AsSpan().SequenceEqual(blocking)}", $"active={active}"));
+    }
+
     /// <summary>Final weights after 4 steps (microbatches of 2 out of 4 per rank, AdamW), and the buckets started during the last backward.</summary>
     private static (byte[] State, int Early, bool Active) DeepRun(IReadOnlyList<HostSample> data, bool overlap)
     {

@@ -31,7 +31,8 @@ public static class TrainerScenarios
         "logged" => ReductionScenarios.Logged,
         "unused" => ReductionScenarios.Unused,
         "overlap" => ReductionScenarios.Overlap,
-        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused or overlap."),
+        "tied" => ReductionScenarios.Tied,
+        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused, overlap or tied."),
     };
 
     private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
