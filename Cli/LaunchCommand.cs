@@ -189,6 +189,21 @@ public static class LaunchCommand
         return vars;
     }
 
+    /// <summary>
+    /// libtorch's intra-op threads for one rank: <c>OMP_NUM_THREADS</c> when it is set to a positive integer, else the
+    /// machine's cores divided among its <paramref name="localWorldSize"/> ranks (at least 1), so that the ranks of a
+    /// machine do not oversubscribe its cores (torchrun sets <c>OMP_NUM_THREADS=1</c> for the same reason).
+    /// </summary>
+    public static int ThreadsPerRank(string? ompNumThreads, int cores, int localWorldSize)
+    {
+        if (int.TryParse(ompNumThreads, NumberStyles.None, CultureInfo.InvariantCulture, out int fromEnv) && fromEnv > 0)
+        {
+            return fromEnv;
+        }
+
+        return Math.Max(1, cores / Math.Max(1, localWorldSize));
+    }
+
     /// <summary>Fills a per-rank output pattern.</summary>
     public static string FormatRankPath(string pattern, IReadOnlyDictionary<string, string> vars) => pattern
         .Replace("{rank}", vars["RANK"], StringComparison.Ordinal)
@@ -235,6 +250,10 @@ public static class LaunchCommand
         {
             Environment.SetEnvironmentVariable(key, value);
         }
+
+        // The ranks of one machine share its cores: without this every rank would start one libtorch thread per core.
+        int threads = ThreadsPerRank(Environment.GetEnvironmentVariable("OMP_NUM_THREADS"), Environment.ProcessorCount, int.Parse(vars["LOCAL_WORLD_SIZE"], CultureInfo.InvariantCulture));
+        TorchSharp.torch.set_num_threads(threads);
 
         if (Environment.GetEnvironmentVariable("COMPOSERSHARP_STDOUT") is { Length: > 0 } outPattern)
         {

@@ -18,9 +18,12 @@ namespace ComposerSharp.Distributed;
 /// then a broadcast of rank 0's values;</item>
 /// <item>loaders sharded by rank (<see cref="DistributedSampler"/>; padded for training, unpadded for evaluation);</item>
 /// <item>per batch: the global sample and token counts (a SUM all-reduce), the gradients all-reduced in buckets and
-/// weighted by each rank's share of the global batch, the gradient scaler's found-inf and the stop decision agreed
-/// (any rank decides for all);</item>
-/// <item>metric states summed over ranks before <c>Compute</c>; loggers only on rank 0; per-rank RNG states gathered
+/// weighted by each rank's share of the global batch (started during the last microbatch's backward when
+/// <see cref="DistributedOptions.OverlapGradientReduce"/> is on; a parameter without a gradient on some ranks counts
+/// as zeros there), the logged loss averaged the same way, the gradient scaler's found-inf and the stop decision
+/// agreed (any rank decides for all);</item>
+/// <item>metric states summed over ranks for <c>Compute</c> and restored afterwards (torchmetrics' sync and unsync);
+/// loggers only on rank 0; per-rank RNG states gathered
 /// (as <see cref="State.ProcessGroup"/>, through which the checkpoint unit gathers them and rank 0 writes).</item>
 /// </list>
 /// </summary>
@@ -30,7 +33,10 @@ public sealed class DataParallel : IRankGroup, IDisposable
     private readonly ILogger _log;
     private readonly long _bucketBytes;
     private readonly HashSet<string> _warnedMetrics = new();
+    private readonly bool _overlapRequested;
     private GradientBuckets? _buckets;
+    private OverlappedGradientReduce? _overlap;
+    private bool _overlapOff;
     private volatile bool _stopRequested;
     private bool _warnedUnsharded;
 
@@ -39,12 +45,14 @@ public sealed class DataParallel : IRankGroup, IDisposable
     /// <param name="ownsGroup">Dispose the group with this object.</param>
     /// <param name="bucketBytes">Bytes per gradient bucket.</param>
     /// <param name="logger">Diagnostics.</param>
-    public DataParallel(IProcessGroup group, bool ownsGroup = false, long bucketBytes = DistributedDefaults.BucketBytes, ILogger? logger = null)
+    /// <param name="overlapGradientReduce">Start the bucket all-reduces during backward (see <see cref="PrepareGradientReduce"/>).</param>
+    public DataParallel(IProcessGroup group, bool ownsGroup = false, long bucketBytes = DistributedDefaults.BucketBytes, ILogger? logger = null, bool overlapGradientReduce = false)
     {
         Group = group ?? throw new ArgumentNullException(nameof(group));
         _ownsGroup = ownsGroup;
         _bucketBytes = bucketBytes;
         _log = logger ?? NullLogger.Instance;
+        _overlapRequested = overlapGradientReduce;
     }
 
     /// <summary>
@@ -57,10 +65,10 @@ public sealed class DataParallel : IRankGroup, IDisposable
         ILogger log = loggerFactory.CreateLogger<DataParallel>();
         if (options.ProcessGroup is { } given)
         {
-            return new DataParallel(given, ownsGroup: false, options.BucketBytes, log);
+            return new DataParallel(given, ownsGroup: false, options.BucketBytes, log, options.OverlapGradientReduce);
         }
 
-        return new DataParallel(ProcessGroupFactory.Create(device, options, logger: log), ownsGroup: true, options.BucketBytes, log);
+        return new DataParallel(ProcessGroupFactory.Create(device, options, logger: log), ownsGroup: true, options.BucketBytes, log, options.OverlapGradientReduce);
     }
 
     /// <summary>The ranks.</summary>
@@ -78,8 +86,18 @@ public sealed class DataParallel : IRankGroup, IDisposable
     /// <summary>Whether there is more than one process.</summary>
     public bool Enabled => Group.WorldSize > 1;
 
-    /// <summary>Total seconds spent in the gradient all-reduce (for benchmarks).</summary>
+    /// <summary>
+    /// Total seconds spent in the gradient all-reduce after backward (for benchmarks): with overlap, the time from the
+    /// end of backward to the reduced gradients (starting the remaining buckets and waiting), not the copies and
+    /// starts made during backward.
+    /// </summary>
     public double GradientReduceSeconds { get; private set; }
+
+    /// <summary>Whether the gradient all-reduce is overlapped with backward (requested and not switched off by the first-step check).</summary>
+    public bool OverlapActive => _overlapRequested && !_overlapOff;
+
+    /// <summary>The number of buckets whose all-reduce started during the last backward (0 without overlap).</summary>
+    public int LastEarlyBuckets => _overlap?.LastEarlyBuckets ?? 0;
 
     /// <summary>
     /// Asks every rank to stop at the next step boundary. A stop request on the Fit token (the CLI's SIGINT/SIGTERM
@@ -152,10 +170,41 @@ public sealed class DataParallel : IRankGroup, IDisposable
     }
 
     /// <summary>
+    /// Before the forward of a step's last microbatch: plans the buckets for the optimizers' parameters and, with
+    /// overlap on, arms the hooks on <paramref name="model"/> so that each bucket's all-reduce starts during that
+    /// microbatch's backward as soon as its gradients are complete. <see cref="AllReduceGradients"/> finishes it.
+    /// </summary>
+    /// <param name="model">The model whose modules are watched (hooked once, at the first call).</param>
+    /// <param name="optimizers">The optimizers whose parameters with <c>requires_grad</c> are reduced.</param>
+    /// <param name="localSamples">Samples of this rank's batch.</param>
+    /// <param name="globalSamples">Samples of the global batch.</param>
+    public void PrepareGradientReduce(nn.Module model, IEnumerable<optim.Optimizer> optimizers, long localSamples, long globalSamples)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (!Enabled || !OverlapActive)
+        {
+            return;
+        }
+
+        (double pre, double post) = Scales(localSamples, globalSamples);
+        if (EnsureBuckets(optimizers) || _overlap is null)
+        {
+            _overlap?.Dispose();
+            _overlap = new OverlappedGradientReduce(model, _buckets!, Group, _log);
+            _log.LogInformation("Gradient all-reduce overlapped with backward: {Modules} modules hooked.", _overlap.HookedModules);
+        }
+
+        _overlap.Arm(pre, post);
+    }
+
+    /// <summary>
     /// Replaces each rank's gradients (of its local mean loss over <paramref name="localSamples"/> samples) by the
     /// gradient of the global mean loss: Σ_r n_r g_r / N with N = <paramref name="globalSamples"/>, which is the plain
-    /// average when every rank holds the same number of samples.
+    /// average when every rank holds the same number of samples. A parameter with a gradient on some ranks only is
+    /// treated as zeros on the others, which then receive the reduced gradient too; one with a gradient on no rank is
+    /// left without. Finishes the overlapped reduce armed by <see cref="PrepareGradientReduce"/>, else reduces now.
     /// </summary>
+    /// <exception cref="InvalidOperationException">The global batch holds no sample.</exception>
     public void AllReduceGradients(IEnumerable<optim.Optimizer> optimizers, long localSamples, long globalSamples)
     {
         if (!Enabled)
@@ -163,23 +212,44 @@ public sealed class DataParallel : IRankGroup, IDisposable
             return;
         }
 
-        if (globalSamples <= 0)
+        (double pre, double post) = Scales(localSamples, globalSamples);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        if (_overlap is { Armed: true } overlap)
         {
-            throw new InvalidOperationException($"The global batch has {globalSamples} samples; every step needs at least one sample on some rank.");
+            overlap.Finish(GloballyUsed, AnyRank);
+            if (!overlap.Active)
+            {
+                _overlapOff = true;
+                _overlap = null;
+            }
+        }
+        else
+        {
+            EnsureBuckets(optimizers);
+            _buckets!.AllReduce(Group, pre, post, GloballyUsed(_buckets.LocalUsed()));
         }
 
-        Parameter[] parameters = optimizers.SelectMany(o => o.parameters()).Where(p => p.requires_grad).Distinct().ToArray();
-        if (_buckets is null || !_buckets.Parameters.SequenceEqual(parameters))
+        GradientReduceSeconds += clock.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>
+    /// The loss of the global batch from each rank's mean loss over its <paramref name="localSamples"/>:
+    /// Σ_r n_r·loss_r / N (Composer all-reduces the sample-weighted loss and divides by the world size), which is the
+    /// mean of the ranks' losses when they hold the same number of samples. One SUM all-reduce (Float64).
+    /// </summary>
+    public double GlobalLoss(double localLoss, long localSamples, long globalSamples)
+    {
+        if (!Enabled)
         {
-            _buckets?.Dispose();
-            _buckets = GradientBuckets.Build(parameters, _bucketBytes);
-            _log.LogInformation("Gradient all-reduce: {Parameters} parameters in {Buckets} buckets of up to {MiB:0.#} MiB.", parameters.Length, _buckets.BucketElements.Count, _bucketBytes / 1048576.0);
+            return localLoss;
         }
 
         bool even = localSamples * WorldSize == globalSamples;
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        _buckets.AllReduce(Group, even ? 1.0 : localSamples, even ? 1.0 / WorldSize : 1.0 / globalSamples);
-        GradientReduceSeconds += clock.Elapsed.TotalSeconds;
+        using var scope = torch.NewDisposeScope();
+        Tensor t = torch.tensor(new[] { even ? localLoss : localLoss * localSamples });
+        Group.AllReduce(t, ReduceOp.Sum);
+        double sum = t.item<double>();
+        return even ? sum / WorldSize : sum / globalSamples;
     }
 
     /// <summary>True on every rank when <paramref name="flag"/> is true on any rank (a MAX all-reduce).</summary>
@@ -204,13 +274,16 @@ public sealed class DataParallel : IRankGroup, IDisposable
 
     /// <summary>
     /// Sums the states of <paramref name="metrics"/> over all ranks (so <c>Compute</c> gives the value over every
-    /// rank's data). Metrics that are not <see cref="IReducibleMetric"/> keep their local value, with a warning.
+    /// rank's data) until the returned scope is disposed, which puts each rank's local state back (torchmetrics'
+    /// <c>sync_context</c> with unsync), so a later synchronisation of the same metrics does not count twice.
+    /// Metrics that are not <see cref="IReducibleMetric"/> keep their local value, with a warning.
     /// </summary>
-    public void ReduceMetrics(IEnumerable<IMetric> metrics)
+    public IDisposable SynchronizeMetrics(IEnumerable<IMetric> metrics)
     {
+        ArgumentNullException.ThrowIfNull(metrics);
         if (!Enabled)
         {
-            return;
+            return new LocalStates(Array.Empty<(IReducibleMetric, double[])>());
         }
 
         var reducible = new List<IReducibleMetric>();
@@ -226,12 +299,13 @@ public sealed class DataParallel : IRankGroup, IDisposable
             }
         }
 
+        double[][] states = reducible.Select(m => m.GetState()).ToArray();
+        var local = new LocalStates(reducible.Zip(states).ToArray());
         if (reducible.Count == 0)
         {
-            return;
+            return local;
         }
 
-        double[][] states = reducible.Select(m => m.GetState()).ToArray();
         using var scope = torch.NewDisposeScope();
         Tensor flat = torch.tensor(states.SelectMany(s => s).ToArray(), dtype: ScalarType.Float64);
         Group.AllReduce(flat, ReduceOp.Sum);
@@ -242,6 +316,8 @@ public sealed class DataParallel : IRankGroup, IDisposable
             reducible[i].SetState(summed.AsSpan(offset, states[i].Length).ToArray());
             offset += states[i].Length;
         }
+
+        return local;
     }
 
     /// <summary>Every rank's <paramref name="local"/> bytes (all ranks must pass the same length), indexed by rank.</summary>
@@ -261,14 +337,64 @@ public sealed class DataParallel : IRankGroup, IDisposable
     /// <summary><paramref name="items"/> on rank 0, nothing on the other ranks (loggers and the progress bar run on rank 0).</summary>
     public List<T> OnRankZero<T>(List<T> items) => IsRankZero ? items : new List<T>();
 
-    /// <summary>Frees the gradient buckets and, when owned, the process group.</summary>
+    /// <summary>Frees the gradient buckets, removes the overlap hooks and, when owned, disposes the process group.</summary>
     public void Dispose()
     {
+        _overlap?.Dispose();
+        _overlap = null;
         _buckets?.Dispose();
         _buckets = null;
         if (_ownsGroup)
         {
             Group.Dispose();
+        }
+    }
+
+    /// <summary>This rank's weight and the normaliser of the sum: (1, 1/W) for equal shares, else (n_r, 1/N).</summary>
+    private (double Pre, double Post) Scales(long localSamples, long globalSamples)
+    {
+        if (globalSamples <= 0)
+        {
+            throw new InvalidOperationException($"The global batch has {globalSamples} samples; every step needs at least one sample on some rank.");
+        }
+
+        bool even = localSamples * WorldSize == globalSamples;
+        return even ? (1.0, 1.0 / WorldSize) : (localSamples, 1.0 / globalSamples);
+    }
+
+    /// <summary>Plans the buckets when the optimizers' parameters changed; true when it did.</summary>
+    private bool EnsureBuckets(IEnumerable<optim.Optimizer> optimizers)
+    {
+        Parameter[] parameters = optimizers.SelectMany(o => o.parameters()).Where(p => p.requires_grad).Distinct().ToArray();
+        if (_buckets is not null && _buckets.Parameters.SequenceEqual(parameters))
+        {
+            return false;
+        }
+
+        _buckets?.Dispose();
+        _buckets = GradientBuckets.Build(parameters, _bucketBytes);
+        _log.LogInformation("Gradient all-reduce: {Parameters} parameters in {Buckets} buckets of up to {MiB:0.#} MiB.", parameters.Length, _buckets.BucketElements.Count, _bucketBytes / 1048576.0);
+        return true;
+    }
+
+    /// <summary>Per parameter, whether any rank has a gradient for it (a MAX all-reduce of the ranks' flags).</summary>
+    private bool[] GloballyUsed(bool[] local)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor flags = torch.tensor(local.Select(u => u ? 1 : 0).ToArray());
+        Group.AllReduce(flags, ReduceOp.Max);
+        return flags.data<int>().ToArray().Select(f => f != 0).ToArray();
+    }
+
+    /// <summary>Puts the metrics' local states back when disposed.</summary>
+    private sealed class LocalStates((IReducibleMetric Metric, double[] State)[] states) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach ((IReducibleMetric metric, double[] state) in states)
+            {
+                metric.SetState(state);
+            }
         }
     }
 

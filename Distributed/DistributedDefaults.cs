@@ -11,4 +11,10 @@ public static class DistributedDefaults
 
     /// <summary>Bucket size of the gradient all-reduce: 25 MiB, PyTorch DDP's <c>bucket_cap_mb</c> default.</summary>
     public const long BucketBytes = 25L * 1024 * 1024;
+
+    /// <summary>
+    /// Cap of the first bucket (the last layers' gradients, ready first in backward): 1 MiB, PyTorch DDP's
+    /// <c>_DEFAULT_FIRST_BUCKET_BYTES</c>, so that communication starts early; the bucket cap when that is smaller.
+    /// </summary>
+    public const long FirstBucketBytes = 1024L * 1024;
 }

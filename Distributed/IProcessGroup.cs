@@ -32,6 +32,18 @@ public interface IProcessGroup : IDisposable
     /// <exception cref="ArgumentException">The tensor's dtype or device is not supported by the backend.</exception>
     void AllReduce(Tensor tensor, ReduceOp op = ReduceOp.Sum);
 
+    /// <summary>
+    /// Starts combining <paramref name="tensor"/> over all ranks with <paramref name="op"/> and returns at once
+    /// (<c>MPI_Iallreduce</c>); the result is in <paramref name="tensor"/> after <see cref="ICollectiveWork.Wait"/>.
+    /// The default runs the blocking <see cref="AllReduce"/> and returns completed work.
+    /// </summary>
+    /// <exception cref="ArgumentException">The tensor's dtype or device is not supported by the backend.</exception>
+    ICollectiveWork StartAllReduce(Tensor tensor, ReduceOp op = ReduceOp.Sum)
+    {
+        AllReduce(tensor, op);
+        return CompletedWork.Instance;
+    }
+
     /// <summary>Copies rank <paramref name="root"/>'s <paramref name="tensor"/> into every other rank's.</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="root"/> is not a rank.</exception>
     void Broadcast(Tensor tensor, int root = 0);

@@ -37,6 +37,10 @@ internal sealed unsafe class MpiLibrary
     private readonly delegate* unmanaged<IntPtr, int> _barrier;
     private readonly delegate* unmanaged<IntPtr, int, int> _abort;
     private readonly delegate* unmanaged<int, byte*, int*, int> _errorString;
+    private readonly delegate* unmanaged<IntPtr, IntPtr, int, IntPtr, IntPtr, IntPtr, IntPtr*, int> _iallreduce;
+    private readonly delegate* unmanaged<IntPtr*, int*, IntPtr, int> _test;
+    private readonly delegate* unmanaged<IntPtr*, IntPtr, int> _wait;
+    private readonly delegate* unmanaged<int*, int> _queryThread;
 
     private MpiLibrary(IntPtr handle, string name)
     {
@@ -58,6 +62,10 @@ internal sealed unsafe class MpiLibrary
         _barrier = (delegate* unmanaged<IntPtr, int>)F("MPI_Barrier");
         _abort = (delegate* unmanaged<IntPtr, int, int>)F("MPI_Abort");
         _errorString = (delegate* unmanaged<int, byte*, int*, int>)F("MPI_Error_string");
+        _iallreduce = (delegate* unmanaged<IntPtr, IntPtr, int, IntPtr, IntPtr, IntPtr, IntPtr*, int>)F("MPI_Iallreduce");
+        _test = (delegate* unmanaged<IntPtr*, int*, IntPtr, int>)F("MPI_Test");
+        _wait = (delegate* unmanaged<IntPtr*, IntPtr, int>)F("MPI_Wait");
+        _queryThread = (delegate* unmanaged<int*, int>)F("MPI_Query_thread");
         CommWorld = F("ompi_mpi_comm_world");
         ErrorsReturn = F("ompi_mpi_errors_return");
     }
@@ -127,6 +135,14 @@ internal sealed unsafe class MpiLibrary
         return provided;
     }
 
+    /// <summary><c>MPI_Query_thread</c>: the thread level MPI was initialised with.</summary>
+    public int QueryThread()
+    {
+        int provided;
+        Check(_queryThread(&provided), "MPI_Query_thread");
+        return provided;
+    }
+
     /// <summary><c>MPI_Finalize</c>.</summary>
     public void FinalizeMpi() => Check(_finalize(), "MPI_Finalize");
 
@@ -161,6 +177,32 @@ internal sealed unsafe class MpiLibrary
     /// <summary><c>MPI_Allreduce</c>.</summary>
     public void Allreduce(IntPtr send, IntPtr recv, int count, IntPtr datatype, IntPtr op, IntPtr comm) =>
         Check(_allreduce(send, recv, count, datatype, op, comm), "MPI_Allreduce");
+
+    /// <summary><c>MPI_Iallreduce</c>: starts the all-reduce and returns its request handle (an <c>ompi_request_t*</c>).</summary>
+    public IntPtr Iallreduce(IntPtr send, IntPtr recv, int count, IntPtr datatype, IntPtr op, IntPtr comm)
+    {
+        IntPtr request;
+        Check(_iallreduce(send, recv, count, datatype, op, comm, &request), "MPI_Iallreduce");
+        return request;
+    }
+
+    /// <summary><c>MPI_Test(&amp;request, &amp;flag, MPI_STATUS_IGNORE)</c>: progresses the request; true when it is complete.</summary>
+    public bool Test(ref IntPtr request)
+    {
+        int flag;
+        IntPtr r = request;
+        Check(_test(&r, &flag, IntPtr.Zero), "MPI_Test");
+        request = r;
+        return flag != 0;
+    }
+
+    /// <summary><c>MPI_Wait(&amp;request, MPI_STATUS_IGNORE)</c>: blocks until the request is complete.</summary>
+    public void Wait(ref IntPtr request)
+    {
+        IntPtr r = request;
+        Check(_wait(&r, IntPtr.Zero), "MPI_Wait");
+        request = r;
+    }
 
     /// <summary><c>MPI_Bcast</c>.</summary>
     public void Bcast(IntPtr buffer, int count, IntPtr datatype, int root, IntPtr comm) =>

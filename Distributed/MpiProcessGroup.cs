@@ -22,6 +22,10 @@ public sealed class MpiProcessGroup : IProcessGroup
     private readonly IntPtr _max;
     private readonly IntPtr _min;
     private readonly Dictionary<ScalarType, IntPtr> _types;
+    private readonly object _requestGate = new();
+    private readonly List<MpiWork> _inFlight = new();
+    private readonly bool _threadMultiple;
+    private Thread? _progress;
     private bool _disposed;
 
     private MpiProcessGroup(MpiLibrary mpi, DistributedEnvironment env, TimeSpan timeout, ILogger log)
@@ -48,6 +52,7 @@ public sealed class MpiProcessGroup : IProcessGroup
             [ScalarType.Byte] = mpi.Symbol("ompi_mpi_uint8_t"),
         };
         _watchdog = new CollectiveWatchdog(timeout, OnTimeout);
+        _threadMultiple = mpi.QueryThread() >= MpiLibrary.ThreadMultiple;
     }
 
     /// <summary>
@@ -151,6 +156,81 @@ public sealed class MpiProcessGroup : IProcessGroup
         });
     }
 
+    /// <summary>
+    /// Starts an in-place <c>MPI_Iallreduce</c> of <paramref name="tensor"/> (one request per chunk of at most
+    /// <see cref="int.MaxValue"/> elements). A tensor that would need staging (not contiguous, or a dtype MPI lacks
+    /// such as Float16/BFloat16) and <see cref="ReduceOp.Avg"/> are reduced at once by the blocking path instead.
+    /// Open MPI progresses the collective inside MPI calls, so <see cref="ICollectiveWork.Test"/> should be called
+    /// now and then while other work runs. <see cref="ICollectiveWork.Wait"/> is watched by the timeout.
+    /// </summary>
+    public ICollectiveWork StartAllReduce(Tensor tensor, ReduceOp op = ReduceOp.Sum)
+    {
+        ScalarType wire = Check(tensor, nameof(tensor));
+        if (op == ReduceOp.Avg || wire != tensor.dtype || !tensor.is_contiguous())
+        {
+            AllReduce(tensor, op);
+            return CompletedWork.Instance;
+        }
+
+        IntPtr mpiOp = op switch
+        {
+            ReduceOp.Sum => _sum,
+            ReduceOp.Max => _max,
+            ReduceOp.Min => _min,
+            _ => throw new ArgumentOutOfRangeException(nameof(op), op, "Expected Sum, Avg, Max or Min."),
+        };
+        IntPtr type = _types[wire];
+        var requests = new List<IntPtr>();
+        lock (_requestGate)
+        {
+            TensorMemory.ForEachChunk(TensorMemory.DataPointer(tensor), tensor.numel(), TensorMemory.ElementSize(wire), (address, count) =>
+                requests.Add(_mpi.Iallreduce(MpiLibrary.InPlace, address, count, type, mpiOp, _comm)), MaxChunk);
+            var work = new MpiWork(this, requests.ToArray(), $"all_reduce({op}) of {tensor.numel()} {tensor.dtype} elements (non-blocking)");
+            if (_threadMultiple)
+            {
+                _inFlight.Add(work);
+                _progress ??= StartProgressThread();
+                Monitor.PulseAll(_requestGate);
+            }
+
+            return work;
+        }
+    }
+
+    /// <summary>
+    /// Open MPI advances a non-blocking collective only inside MPI calls, and backward makes none between two
+    /// buckets; this thread tests the requests in flight every millisecond (sleeping in between, so it takes little
+    /// of the core it shares with the rank's compute thread). Only with <c>MPI_THREAD_MULTIPLE</c>.
+    /// </summary>
+    private Thread StartProgressThread()
+    {
+        var thread = new Thread(() =>
+        {
+            while (true)
+            {
+                lock (_requestGate)
+                {
+                    while (_inFlight.Count == 0 && !_disposed)
+                    {
+                        Monitor.Wait(_requestGate);
+                    }
+
+                    if (_disposed)
+                    {
+                        return;
+                    }
+
+                    _inFlight.RemoveAll(w => w.TestLocked());
+                }
+
+                Thread.Sleep(1);
+            }
+        })
+        { IsBackground = true, Name = "mpi-progress" };
+        thread.Start();
+        return thread;
+    }
+
     /// <inheritdoc/>
     public void Broadcast(Tensor tensor, int root = 0)
     {
@@ -225,7 +305,13 @@ public sealed class MpiProcessGroup : IProcessGroup
             return;
         }
 
-        _disposed = true;
+        lock (_requestGate)
+        {
+            _disposed = true;
+            Monitor.PulseAll(_requestGate);
+        }
+
+        _progress?.Join();
         _watchdog.Dispose();
         if (!_mpi.IsFinalized())
         {
@@ -238,6 +324,59 @@ public sealed class MpiProcessGroup : IProcessGroup
         _log.LogCritical("Rank {Rank}: {Message} Aborting the job.", Rank, message);
         Console.Error.WriteLine($"[rank {Rank}] {message} Aborting the job.");
         Abort(DistributedDefaults.TimeoutExitCode);
+    }
+
+    /// <summary>The requests of one <see cref="StartAllReduce"/>; each is tested or waited for until complete.</summary>
+    private sealed class MpiWork(MpiProcessGroup group, IntPtr[] requests, string description) : ICollectiveWork
+    {
+        private readonly bool[] _done = new bool[requests.Length];
+
+        public bool Test()
+        {
+            lock (group._requestGate)
+            {
+                return TestLocked();
+            }
+        }
+
+        /// <summary><see cref="Test"/> with the request gate held.</summary>
+        public bool TestLocked()
+        {
+            bool all = true;
+            for (int i = 0; i < requests.Length; i++)
+            {
+                if (!_done[i])
+                {
+                    _done[i] = group._mpi.Test(ref requests[i]);
+                    all &= _done[i];
+                }
+            }
+
+            return all;
+        }
+
+        public void Wait()
+        {
+            if (_done.All(d => d))
+            {
+                return;
+            }
+
+            using CollectiveWatchdog.Scope watch = group._watchdog.Enter(description);
+            lock (group._requestGate)
+            {
+                for (int i = 0; i < requests.Length; i++)
+                {
+                    if (!_done[i])
+                    {
+                        group._mpi.Wait(ref requests[i]);
+                        _done[i] = true;
+                    }
+                }
+
+                group._inFlight.Remove(this);
+            }
+        }
     }
 
     private ScalarType Check(Tensor tensor, string paramName)

@@ -197,19 +197,21 @@ public sealed partial class Trainer
             },
             beforeEnd: () =>
             {
-                _distributed.ReduceMetrics(run.Metrics); // Distributed: metric states summed over ranks
-                foreach (IMetric metric in run.Metrics)
+                using (_distributed.SynchronizeMetrics(run.Metrics)) // Distributed: metric states summed over ranks, then restored
                 {
-                    string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
-                    double value = metric.Compute();
-                    computed[key] = value;
-                    State.Metrics[key] = value;
-                    if (metric is IMetricBreakdown breakdown)
+                    foreach (IMetric metric in run.Metrics)
                     {
-                        foreach ((string part, double partValue) in breakdown.Breakdown())
+                        string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
+                        double value = metric.Compute();
+                        computed[key] = value;
+                        State.Metrics[key] = value;
+                        if (metric is IMetricBreakdown breakdown)
                         {
-                            computed[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
-                            State.Metrics[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                            foreach ((string part, double partValue) in breakdown.Breakdown())
+                            {
+                                computed[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                                State.Metrics[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
+                            }
                         }
                     }
                 }

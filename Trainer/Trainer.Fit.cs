@@ -109,7 +109,8 @@ public sealed partial class Trainer
 
         // The batch loss is read back to the host (item(), a device synchronisation on CUDA) only when something can
         // see it during training; otherwise it is copied on the device and the last one is read once, after the loop.
-        bool lossObserved = Logger.Destinations.Count > 0 || State.Callbacks.Count > 0 || State.Algorithms.Count > 0;
+        // Distributed: always read, as every rank joins the loss all-reduce (loggers exist on rank 0 only).
+        bool lossObserved = _distributed.Enabled || Logger.Destinations.Count > 0 || State.Callbacks.Count > 0 || State.Algorithms.Count > 0;
         bool lossUnread = false;
         while (State.Timestamp < State.MaxDuration!.Value)
         {
@@ -151,7 +152,7 @@ public sealed partial class Trainer
                     GradScaler.Update();
                     if (lossObserved)
                     {
-                        double l = loss.item<float>();
+                        double l = _distributed.GlobalLoss(loss.item<float>(), samples, globalSamples); // Distributed: the global batch's loss
                         State.Metrics["loss/train/total"] = l;
                         Logger.LogMetric("loss/train/total", l);
                     }
@@ -325,9 +326,16 @@ public sealed partial class Trainer
 
         double batchSamples = microbatches.Sum(mb => mb.NumSamples);
         Tensor totalLoss = torch.zeros(1, dtype: ScalarType.Float32, device: State.Device);
-        foreach (Batch microbatch in microbatches)
+        for (int i = 0; i < microbatches.Count; i++)
         {
+            Batch microbatch = microbatches[i];
             State.Batch = microbatch;
+            if (i == microbatches.Count - 1)
+            {
+                // Distributed: the gradient all-reduce of this step may start during the last microbatch's backward.
+                _distributed.PrepareGradientReduce(State.Model, State.Optimizers, (long)batchSamples, globalSamples);
+            }
+
             Tensor microbatchLoss = TrainMicrobatch(useGradScaling, microbatch.NumSamples / batchSamples);
             totalLoss.add_(microbatchLoss);
         }
@@ -456,13 +464,15 @@ public sealed partial class Trainer
         }
 
         var computed = new Dictionary<string, double>(metrics.Count);
-        _distributed.ReduceMetrics(metrics); // Distributed: metric states summed over ranks
-        foreach (IMetric metric in metrics)
+        using (_distributed.SynchronizeMetrics(metrics)) // Distributed: metric states summed over ranks, then restored
         {
-            string key = $"metrics/{label}/{metric.Name}";
-            double value = metric.Compute();
-            computed[key] = value;
-            State.Metrics[key] = value;
+            foreach (IMetric metric in metrics)
+            {
+                string key = $"metrics/{label}/{metric.Name}";
+                double value = metric.Compute();
+                computed[key] = value;
+                State.Metrics[key] = value;
+            }
         }
 
         Logger.LogMetrics(computed);

@@ -15,8 +15,9 @@ namespace ComposerSharp.Benchmarks;
 /// <summary>
 /// Data-parallel benchmarks, in one run: (1) our all-reduce of a 100 MiB float32 buffer next to a bare
 /// <c>MPI_Allreduce</c> of the same buffer, alternating, 2 local ranks over shared memory; (2) training steps of
-/// the same global batch on 2 ranks × 1 thread against 1 rank × 1 thread (scaling); (3) the gradient all-reduce
-/// time per step. The ranks run under <c>mpirun -np 2 --mca btl self,vader</c> (loopback only).
+/// the same global batch on 2 ranks × 1 thread against 1 rank × 1 thread (scaling), on 2 ranks both with the
+/// gradient all-reduce overlapped with backward and without; (3) the gradient all-reduce time per step after
+/// backward, with and without overlap. The ranks run under <c>mpirun -np 2 --mca btl self,vader</c> (loopback only).
 /// Run: <c>dotnet run --project benchmarks -c Release -- distributed</c>.
 /// </summary>
 public static class DistributedBenchmark
@@ -34,7 +35,8 @@ public static class DistributedBenchmark
         Directory.CreateDirectory(folder);
         string q = quick ? "quick" : "full";
         double load = MachineLoad();
-        if (Spawn(true, prefix, "allreduce", q, folder) != 0 || Spawn(true, prefix, "train", q, folder) != 0 || Spawn(false, prefix, "train", q, folder) != 0)
+        if (Spawn(true, prefix, "allreduce", q, folder) != 0 || Spawn(true, prefix, "train", q, folder) != 0 || Spawn(true, prefix, "train-blocking", q, folder) != 0
+            || Spawn(false, prefix, "train", q, folder) != 0)
         {
             Console.Error.WriteLine("A distributed benchmark part failed (see above).");
             return 1;
@@ -43,19 +45,22 @@ public static class DistributedBenchmark
         JsonElement ar = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "allreduce-2.json"))).RootElement;
         JsonElement t2 = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "train-2.json"))).RootElement;
         JsonElement t1 = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "train-1.json"))).RootElement;
+        JsonElement t2b = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "train-blocking-2.json"))).RootElement;
+        double step2b = t2b.GetProperty("step_ms").GetDouble();
+        double loadEnd = MachineLoad();
         double ours = ar.GetProperty("ours_gbps").GetDouble();
         double raw = ar.GetProperty("raw_gbps").GetDouble();
         double step1 = t1.GetProperty("step_ms").GetDouble();
         double step2 = t2.GetProperty("step_ms").GetDouble();
         string cpu = MachineInfo();
         string report = string.Join('\n',
-            $"Distributed benchmarks ({(quick ? "QUICK, numbers not meaningful" : "full")}), {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {cpu}, load average at start {load:0.00}",
+            $"Distributed benchmarks ({(quick ? "QUICK, numbers not meaningful" : "full")}), {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {cpu}, load average (1 min) at start {load:0.00}, at end {loadEnd:0.00}",
             $"all-reduce of {ar.GetProperty("mib").GetDouble():0} MiB float32, 2 local ranks (shared memory), median of {ar.GetProperty("repeats").GetInt32()} alternating repeats:",
             $"  ours (MpiProcessGroup.AllReduce): {ours:0.000} GB/s   bare MPI_Allreduce: {raw:0.000} GB/s   ratio {ours / raw:P1} (target >= 90%)",
             $"training step, MLP {t1.GetProperty("model").GetString()}, fp32, global batch {t1.GetProperty("global_batch").GetInt32()}, 1 libtorch thread per rank, median of {t1.GetProperty("steps").GetInt32()} steps:",
-            $"  1 rank: {step1:0.0} ms/step   2 ranks: {step2:0.0} ms/step   speed-up {step1 / step2:0.00}x (target >= 1.8x)",
-            $"  gradient all-reduce on 2 ranks: {t2.GetProperty("comm_ms").GetDouble():0.0} ms/step ({t2.GetProperty("grad_mib").GetDouble():0.0} MiB of gradients, {t2.GetProperty("buckets").GetInt32()} bucket(s)); " +
-            "no overlap with backward is implemented, so there is no 'with overlap' number");
+            $"  1 rank: {step1:0.0} ms/step   2 ranks, overlapped: {step2:0.0} ms/step (speed-up {step1 / step2:0.00}x, target >= 1.8x)   2 ranks, blocking: {step2b:0.0} ms/step ({step1 / step2b:0.00}x)",
+            $"  gradient all-reduce after backward on 2 ranks ({t2.GetProperty("grad_mib").GetDouble():0.0} MiB of gradients, {t2.GetProperty("buckets").GetInt32()} buckets): " +
+            $"overlapped {t2.GetProperty("comm_ms").GetDouble():0.0} ms/step ({t2.GetProperty("early").GetInt32()} bucket(s) started during backward), blocking {t2b.GetProperty("comm_ms").GetDouble():0.0} ms/step");
         Console.WriteLine(report);
         Directory.CreateDirectory(outputFolder);
         string path = Path.Combine(outputFolder, $"distributed-{DateTime.UtcNow:yyyyMMdd-HHmmss}{(quick ? "-quick" : "")}.txt");
@@ -103,8 +108,9 @@ public static class DistributedBenchmark
         Dictionary<string, object> result = part switch
         {
             "allreduce" => AllReduce(group, quick),
-            "train" => Train(group, quick),
-            _ => throw new ArgumentException($"Unknown part '{part}'; expected allreduce or train."),
+            "train" => Train(group, quick, overlap: true),
+            "train-blocking" => Train(group, quick, overlap: false),
+            _ => throw new ArgumentException($"Unknown part '{part}'; expected allreduce, train or train-blocking."),
         };
         if (group.Rank == 0)
         {
@@ -150,7 +156,7 @@ public static class DistributedBenchmark
         };
     }
 
-    private static Dictionary<string, object> Train(IProcessGroup group, bool quick)
+    private static Dictionary<string, object> Train(IProcessGroup group, bool quick, bool overlap)
     {
         const int globalBatch = 128;
         int perRank = globalBatch / group.WorldSize;
@@ -164,7 +170,11 @@ public static class DistributedBenchmark
         var loader = new RepeatLoader(new Batch(new Dictionary<string, Tensor> { ["x"] = x, ["labels"] = y }));
         var times = new List<double>();
         var timer = new StepTimer(times);
-        using var trainer = new TrainerT(model, new TrainerOptions { MaxDuration = Time.FromBatch(warmup), Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = false },
+        using var trainer = new TrainerT(model, new TrainerOptions
+            {
+                MaxDuration = Time.FromBatch(warmup), Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = false,
+                Distributed = new DistributedOptions { OverlapGradientReduce = overlap },
+            },
             loader, optimizerFactory: ps => torch.optim.SGD(ps, 0.01), callbacks: new[] { timer });
         trainer.Fit();
         times.Clear();
@@ -172,15 +182,17 @@ public static class DistributedBenchmark
         trainer.Fit(Time.FromBatch(steps));
         double comm = (trainer.Distributed.GradientReduceSeconds - commBefore) / steps;
         double gradMiB = model.parameters().Sum(p => p.numel()) * 4.0 / 1048576;
+        int early = trainer.Distributed.LastEarlyBuckets;
         return new Dictionary<string, object>
         {
-            ["model"] = $"{WideMlp.In}-{WideMlp.Hidden}-{WideMlp.Hidden}-{WideMlp.Out}",
+            ["model"] = $"{WideMlp.In}-{WideMlp.Hidden}-{WideMlp.Hidden}-{WideMlp.Hidden}-{WideMlp.Out}",
             ["global_batch"] = globalBatch,
             ["steps"] = steps,
             ["step_ms"] = Median(times) * 1000,
             ["comm_ms"] = comm * 1000,
             ["grad_mib"] = gradMiB,
-            ["buckets"] = (int)Math.Ceiling(gradMiB / 25.0),
+            ["buckets"] = WideMlp.Buckets,
+            ["early"] = early,
         };
     }
 
@@ -208,18 +220,24 @@ public static class DistributedBenchmark
         return $"{model ?? "unknown CPU"}, {Environment.ProcessorCount} logical cores";
     }
 
-    /// <summary>An MLP big enough that a step is mostly compute: 512 → 2048 → 2048 → 10 (5.2 M parameters, 20 MiB of fp32 gradients).</summary>
+    /// <summary>
+    /// An MLP big enough that a step is mostly compute: 512 → 2048 → 2048 → 2048 → 10 (9.4 M parameters, 36 MiB of fp32
+    /// gradients). With DDP's bucket caps (1 MiB first, then 25 MiB) the gradients fall into 3 buckets: {fc4, fc3's
+    /// bias}, {fc3's weight, fc2's bias} (16 MiB, ready after fc2's backward, so it can overlap fc1's) and
+    /// {fc2's weight, fc1} (ready only at the end: fc1's input needs no gradient, so its backward is not observed).
+    /// </summary>
     private sealed class WideMlp : ComposerModel
     {
         public const int In = 512;
         public const int Hidden = 2048;
         public const int Out = 10;
+        public const int Buckets = 3;
         private readonly Sequential _net;
 
         public WideMlp()
             : base("wide_mlp")
         {
-            _net = nn.Sequential(nn.Linear(In, Hidden), nn.ReLU(), nn.Linear(Hidden, Hidden), nn.ReLU(), nn.Linear(Hidden, Out));
+            _net = nn.Sequential(nn.Linear(In, Hidden), nn.ReLU(), nn.Linear(Hidden, Hidden), nn.ReLU(), nn.Linear(Hidden, Hidden), nn.ReLU(), nn.Linear(Hidden, Out));
             RegisterComponents();
         }
 

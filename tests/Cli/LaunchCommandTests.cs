@@ -37,6 +37,17 @@ public class LaunchCommandTests
     }
 
     [Test]
+    public void EachRankGetsItsShareOfTheCoresAsLibtorchThreadsUnlessOmpNumThreadsIsSet()
+    {
+        Assert.That(LaunchCommand.ThreadsPerRank(null, cores: 2, localWorldSize: 2), Is.EqualTo(1));
+        Assert.That(LaunchCommand.ThreadsPerRank(null, cores: 16, localWorldSize: 4), Is.EqualTo(4));
+        Assert.That(LaunchCommand.ThreadsPerRank(null, cores: 2, localWorldSize: 8), Is.EqualTo(1));
+        Assert.That(LaunchCommand.ThreadsPerRank("3", cores: 16, localWorldSize: 4), Is.EqualTo(3));
+        Assert.That(LaunchCommand.ThreadsPerRank("zero", cores: 16, localWorldSize: 4), Is.EqualTo(4));
+        Assert.That(LaunchCommand.ThreadsPerRank("0", cores: 16, localWorldSize: 4), Is.EqualTo(4));
+    }
+
+    [Test]
     public void EachRankGetsComposersContractFromMpirunsVariables()
     {
         var ompi = new Dictionary<string, string>

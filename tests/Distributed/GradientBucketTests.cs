@@ -23,6 +23,16 @@ public sealed class GradientBucketTests
     }
 
     [Test]
+    public void TheFirstBucketIsCappedAtOneMebibyteAsInDdp()
+    {
+        using var scope = torch.NewDisposeScope();
+        const long quarter = 1024 * 1024 / 4 / 4 * 3; // 0.75 MiB of float32
+        Parameter[] ps = Enumerable.Range(0, 3).Select(_ => new Parameter(torch.zeros(quarter))).ToArray();
+        using var buckets = GradientBuckets.Build(ps, bucketBytes: DistributedDefaults.BucketBytes);
+        Assert.That(buckets.BucketElements, Is.EqualTo(new[] { quarter, 2 * quarter }), "the last parameter alone (1.5 MiB would pass 1 MiB), then the other two");
+    }
+
+    [Test]
     public void TheReduceAppliesTheWeightsAndLeavesMissingGradientsMissing()
     {
         using var scope = torch.NewDisposeScope();
@@ -34,10 +44,28 @@ public sealed class GradientBucketTests
         using var buckets = GradientBuckets.Build(new[] { a, b, c }, bucketBytes: 1024);
 
         // World size 1: the sum over ranks is the rank's own value, so g ← 0.25 · (3 · g).
-        buckets.AllReduce(new SingleProcessGroup(), preScale: 3, postScale: 0.25);
+        Assert.That(buckets.LocalUsed(), Is.EqualTo(new[] { true, true, false }));
+        buckets.AllReduce(new SingleProcessGroup(), preScale: 3, postScale: 0.25, buckets.LocalUsed());
         Assert.That(a.grad!.data<float>().ToArray(), Is.EqualTo(new[] { 0f, 0.75f, 1.5f, 2.25f, 3f, 3.75f }));
         Assert.That(b.grad!.data<float>().ToArray(), Is.All.EqualTo(1.5f));
         Assert.That(c.grad is null, Is.True);
+    }
+
+    [Test]
+    public void AParameterWithoutAGradientHereReceivesTheReducedOneWhenAnotherRankHadOne()
+    {
+        using var scope = torch.NewDisposeScope();
+        var a = new Parameter(torch.zeros(3));
+        var c = new Parameter(torch.zeros(2));
+        torch.sum(a * 2).backward();
+        using var buckets = GradientBuckets.Build(new[] { a, c }, bucketBytes: 1024);
+
+        // As if another rank had used c: its (zero) contribution here is reduced and it gets a gradient like a.
+        buckets.AllReduce(new SingleProcessGroup(), preScale: 1, postScale: 0.5, globallyUsed: new[] { true, true });
+        Assert.That(a.grad!.data<float>().ToArray(), Is.All.EqualTo(1f));
+        Assert.That(c.grad, Is.Not.Null);
+        Assert.That(c.grad!.data<float>().ToArray(), Is.EqualTo(new[] { 0f, 0f }));
+        Assert.That(c.grad!.shape, Is.EqualTo(new long[] { 2 }));
     }
 
     [Test]

@@ -128,3 +128,128 @@ public sealed class HookCallback : Callback
 
     public override void BatchEnd(State state, Logger logger) => OnBatchEnd?.Invoke(state);
 }
+
+/// <summary>Keeps every metric logged (a logger destination; the Trainer gives destinations to rank 0 only).</summary>
+public sealed class RecordingLogger : ILoggerDestination
+{
+    public List<(string Name, double Value)> Metrics { get; } = new();
+
+    public double Last(string name) => Metrics.Last(m => m.Name == name).Value;
+
+    public void LogMetrics(IReadOnlyDictionary<string, double> metrics, long step)
+    {
+        foreach ((string k, double v) in metrics)
+        {
+            Metrics.Add((k, v));
+        }
+    }
+
+    public void LogHyperparameters(IReadOnlyDictionary<string, object?> hyperparameters)
+    {
+    }
+
+    public void RunEvent(Event e, State state, Logger logger)
+    {
+    }
+
+    public void Close(State state, Logger logger)
+    {
+    }
+}
+
+/// <summary>
+/// 4 → 16 → 3 plus a branch <c>extra</c> (4 → 3) added for the samples whose <c>mask</c> is 1, computed only when
+/// some sample of the batch has it; and a layer <c>never</c> that no forward uses.
+/// </summary>
+public sealed class BranchMlp : ComposerModel
+{
+    private readonly Linear _fc1;
+    private readonly Linear _fc2;
+    private readonly Linear _extra;
+    private readonly Linear _never;
+
+    public BranchMlp()
+        : base("branch_mlp")
+    {
+        _fc1 = nn.Linear(4, 16);
+        _fc2 = nn.Linear(16, 3);
+        _extra = nn.Linear(4, 3);
+        _never = nn.Linear(4, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch)
+    {
+        Tensor x = batch["x"];
+        Tensor main = _fc2.call(nn.functional.relu(_fc1.call(x)));
+        Tensor mask = batch["mask"];
+        return mask.sum().item<float>() > 0 ? main + _extra.call(x) * mask.unsqueeze(1) : main;
+    }
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
+}
+
+/// <summary>4 → 64 → 64 → 64 → LayerNorm → 3 with ReLUs: with a small bucket cap, one bucket per parameter.</summary>
+public sealed class DeepMlp : ComposerModel
+{
+    private readonly Sequential _net;
+
+    public DeepMlp()
+        : base("deep_mlp")
+    {
+        _net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.LayerNorm(64), nn.ReLU(), nn.Linear(64, 3));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch) => _net.call(batch["x"]);
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
+}
+
+/// <summary>One fixed batch per epoch with a per-sample <c>mask</c> (see <see cref="BranchMlp"/>).</summary>
+public sealed class MaskedBatchLoader(IReadOnlyList<HostSample> samples, float[] mask) : IDataLoader
+{
+    public long? BatchesPerEpoch => 1;
+
+    public long? SamplesPerEpoch => samples.Count;
+
+    public IEnumerable<Batch> GetEpoch(long epoch, long skipBatches = 0)
+    {
+        if (skipBatches == 0)
+        {
+            Batch b = HostData.Collate(samples);
+            yield return new Batch(new Dictionary<string, Tensor> { ["x"] = b["x"], ["labels"] = b["labels"], ["mask"] = torch.tensor(mask) });
+        }
+    }
+}
+
+/// <summary>
+/// 4 → 64, then <c>shared</c>'s weight used twice: first functionally (no bias), then by calling <c>shared</c>, then
+/// 64 → 3. <c>shared</c>'s backward (where the overlap sees its parameters ready) runs before the functional use's,
+/// which adds the rest of the weight's gradient later.
+/// </summary>
+public sealed class TiedMlp : ComposerModel
+{
+    private readonly Linear _fc0;
+    private readonly Linear _shared;
+    private readonly Linear _head;
+
+    public TiedMlp()
+        : base("tied_mlp")
+    {
+        _fc0 = nn.Linear(4, 64);
+        _shared = nn.Linear(64, 64);
+        _head = nn.Linear(64, 3);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Batch batch)
+    {
+        Tensor h = nn.functional.relu(_fc0.call(batch["x"]));
+        h = nn.functional.relu(nn.functional.linear(h, _shared.weight!));
+        h = nn.functional.relu(_shared.call(h));
+        return _head.call(h);
+    }
+
+    public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
+}

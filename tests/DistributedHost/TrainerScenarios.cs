@@ -32,7 +32,11 @@ public static class TrainerScenarios
         "trainer-throw" => TrainerThrow,
         "mismatch" => Mismatch,
         "resize" => Resize,
-        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop or trainer-throw."),
+        "logged" => ReductionScenarios.Logged,
+        "unused" => ReductionScenarios.Unused,
+        "overlap" => ReductionScenarios.Overlap,
+        "tied" => ReductionScenarios.Tied,
+        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused, overlap or tied."),
     };
 
     private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
