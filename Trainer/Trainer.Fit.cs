@@ -139,7 +139,7 @@ public sealed partial class Trainer
                     }
 
                     anyBatch = true;
-                    State.Batch = batches.Current.To(State.Device);
+                    State.Batch = ToDevice(batches.Current);
                     long samples = State.Batch.NumSamples;
                     long tokens = State.Batch.NumTokens;
                     (long globalSamples, long globalTokens) = _distributed.GlobalCounts(samples, tokens); // Distributed
@@ -455,6 +455,21 @@ public sealed partial class Trainer
         _ => throw new InvalidOperationException(
             $"State.Model is a {State.Model.GetType().Name}, which does not map a Batch to a Tensor; an algorithm may replace submodules but the root must stay a ComposerModel."),
     };
+
+    /// <summary>
+    /// The batch on the Trainer's device. Before it leaves the CPU for an accelerator the model checks its values there
+    /// (<see cref="ComposerModel.ValidateBatch"/>), where reading them costs no device synchronisation; on the CPU the
+    /// model's own forward reports bad values without a separate pass.
+    /// </summary>
+    private Batch ToDevice(Batch batch)
+    {
+        if (State.Device.type != DeviceType.CPU)
+        {
+            _model.ValidateBatch(batch);
+        }
+
+        return batch.To(State.Device);
+    }
 
     private void ClearStepTensors()
     {
