@@ -73,9 +73,12 @@ public abstract class LowPrecisionNormAlgorithm : Algorithm
     protected abstract int ApplySurgery(State state, ILogger log);
 
     /// <summary>Reads <c>apply_at</c> from <paramref name="description"/> after checking its name and keys.</summary>
+    /// <param name="description">The stored description.</param>
+    /// <param name="name">The algorithm's name.</param>
+    /// <param name="otherKeys">Hyperparameters besides <c>apply_at</c> the subclass reads itself.</param>
     /// <exception cref="ArgumentNullException"><paramref name="description"/> is null.</exception>
     /// <exception cref="ArgumentException">The name is not <paramref name="name"/>, a hyperparameter is unknown, or <c>apply_at</c> is not an event name.</exception>
-    protected static Event ReadApplyAt(AlgorithmDescription description, string name)
+    protected static Event ReadApplyAt(AlgorithmDescription description, string name, params string[] otherKeys)
     {
         ArgumentNullException.ThrowIfNull(description);
         if (description.Name != name)
@@ -85,9 +88,10 @@ public abstract class LowPrecisionNormAlgorithm : Algorithm
 
         foreach (string key in description.Hyperparameters.Keys)
         {
-            if (key != ApplyAtKey)
+            if (key != ApplyAtKey && Array.IndexOf(otherKeys, key) < 0)
             {
-                throw new ArgumentException($"Unknown hyperparameter '{key}' for {name}; expected only '{ApplyAtKey}'.", nameof(description));
+                throw new ArgumentException(
+                    $"Unknown hyperparameter '{key}' for {name}; expected only {string.Join(" or ", otherKeys.Prepend(ApplyAtKey).Select(k => $"'{k}'"))}.", nameof(description));
             }
         }
 
@@ -122,27 +126,78 @@ public abstract class LowPrecisionNormAlgorithm : Algorithm
 /// </remarks>
 public sealed class LowPrecisionLayerNorm : LowPrecisionNormAlgorithm
 {
+    /// <summary>The <see cref="AlgorithmDescription"/> hyperparameter (and config key) holding <see cref="Kernel"/>: <c>default</c>, <c>fused</c> or <c>libtorch</c>.</summary>
+    public const string KernelKey = "kernel";
+
     /// <summary>Creates the algorithm.</summary>
     /// <param name="applyAt">Init (default), BeforeLoad or AfterLoad.</param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="applyAt"/> is another event.</exception>
-    public LowPrecisionLayerNorm(Event applyAt = Event.Init)
+    /// <param name="kernel">
+    /// The CPU kernel of the <see cref="LPLayerNorm"/>s under BFloat16 autocast (config key <c>kernel</c>): Default (the
+    /// fused C# kernel when the CPU has AVX2), Fused, or Libtorch (libtorch's <c>layer_norm</c>, for comparison).
+    /// ComposerSharp's addition; Composer has no such choice (its GPU path is PyTorch's kernel).
+    /// </param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="applyAt"/> is another event, or <paramref name="kernel"/> is not a defined value.</exception>
+    public LowPrecisionLayerNorm(Event applyAt = Event.Init, LayerNormKernel kernel = LayerNormKernel.Default)
         : base(applyAt)
     {
+        if (!Enum.IsDefined(kernel))
+        {
+            throw new ArgumentOutOfRangeException(nameof(kernel), kernel, "Expected default, fused or libtorch.");
+        }
+
+        Kernel = kernel;
     }
 
     /// <summary><c>low_precision_layernorm</c>.</summary>
     public override string Name => AlgorithmPasses.LowPrecisionLayerNormName;
 
-    /// <summary>Re-creates the algorithm from what <see cref="LowPrecisionNormAlgorithm.Describe"/> stored in a checkpoint.</summary>
+    /// <summary>The CPU kernel the replacements use under BFloat16 autocast.</summary>
+    public LayerNormKernel Kernel { get; }
+
+    /// <summary><c>apply_at</c>, and <c>kernel</c> when it is not the default.</summary>
+    public override AlgorithmDescription Describe()
+    {
+        AlgorithmDescription d = base.Describe();
+        if (Kernel == LayerNormKernel.Default)
+        {
+            return d;
+        }
+
+        var hyperparameters = d.Hyperparameters.ToDictionary(kv => kv.Key, kv => kv.Value);
+        hyperparameters[KernelKey] = Algorithm.ToSnakeCase(Kernel.ToString());
+        return new AlgorithmDescription(d.Name, hyperparameters);
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => Kernel == LayerNormKernel.Default
+        ? base.ToString()
+        : $"{Name}(apply_at={ApplyAt.ToComposerName()}, kernel={Algorithm.ToSnakeCase(Kernel.ToString())})";
+
+    /// <summary>Re-creates the algorithm from what <see cref="Describe"/> stored in a checkpoint.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="description"/> is null.</exception>
-    /// <exception cref="ArgumentException">Wrong name, unknown hyperparameter, or a bad <c>apply_at</c>.</exception>
+    /// <exception cref="ArgumentException">Wrong name, unknown hyperparameter, a bad <c>apply_at</c> or <c>kernel</c>.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><c>apply_at</c> is not init, before_load or after_load.</exception>
-    public static LowPrecisionLayerNorm FromDescription(AlgorithmDescription description) =>
-        new(ReadApplyAt(description, AlgorithmPasses.LowPrecisionLayerNormName));
+    public static LowPrecisionLayerNorm FromDescription(AlgorithmDescription description)
+    {
+        Event applyAt = ReadApplyAt(description, AlgorithmPasses.LowPrecisionLayerNormName, KernelKey);
+        LayerNormKernel kernel = LayerNormKernel.Default;
+        if (description.Hyperparameters.TryGetValue(KernelKey, out string? value))
+        {
+            kernel = value.Trim().ToLowerInvariant() switch
+            {
+                "default" => LayerNormKernel.Default,
+                "fused" => LayerNormKernel.Fused,
+                "libtorch" => LayerNormKernel.Libtorch,
+                _ => throw new ArgumentException($"'{KernelKey}' of {AlgorithmPasses.LowPrecisionLayerNormName} is '{value}'; expected default, fused or libtorch.", nameof(description)),
+            };
+        }
+
+        return new LowPrecisionLayerNorm(applyAt, kernel);
+    }
 
     /// <inheritdoc/>
     protected override int ApplySurgery(State state, ILogger log) =>
-        Functional.ApplyLowPrecisionLayerNorm(state.Model, state.Precision, state.Optimizers, log);
+        Functional.ApplyLowPrecisionLayerNorm(state.Model, state.Precision, state.Optimizers, log, Kernel);
 }
 
 /// <summary>

@@ -41,6 +41,16 @@ public abstract class ComposerModel : nn.Module<Batch, Tensor>
     /// <summary>Outputs used for evaluation metrics; the forward outputs by default (<paramref name="outputs"/> when given).</summary>
     public virtual Tensor EvalForward(Batch batch, Tensor? outputs = null) => outputs ?? forward(batch);
 
+    /// <summary>
+    /// Checks a batch's contents on the host, where reading values costs no device synchronisation: the Trainer calls
+    /// it on each batch before moving the batch to a non-CPU device, so the forward can skip checks that would read
+    /// device values (ComposerSharp's addition; Composer has no such hook). Does nothing by default.
+    /// </summary>
+    /// <exception cref="ArgumentException">The batch holds values the model cannot take; the message names them.</exception>
+    public virtual void ValidateBatch(Batch batch)
+    {
+    }
+
     /// <summary>New metric instances for training (<paramref name="isTrain"/>) or evaluation.</summary>
     public virtual IReadOnlyList<IMetric> GetMetrics(bool isTrain) => Array.Empty<IMetric>();
 

@@ -382,9 +382,45 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         return h.MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Throws when <paramref name="inputIds"/> holds an id outside [0, VocabSize). Reads the minimum and maximum to the
+    /// host, so call it where the ids are still on the CPU (the Trainer does, before it moves a batch to an
+    /// accelerator), not in a step on a device.
+    /// </summary>
+    /// <param name="inputIds">Int64 ids of any shape.</param>
+    /// <exception cref="ArgumentException">An id is negative or not below VocabSize; the message gives the ids' range and VocabSize.</exception>
+    public void CheckInputIds(Tensor inputIds)
+    {
+        ArgumentNullException.ThrowIfNull(inputIds);
+        if (inputIds.numel() == 0)
+        {
+            return;
+        }
+
+        using var scope = torch.NewDisposeScope();
+        long min = inputIds.min().item<long>(), max = inputIds.max().item<long>();
+        if (min < 0 || max >= Config.VocabSize)
+        {
+            throw new ArgumentException(
+                $"input_ids holds ids in [{min}, {max}] but the model's VocabSize is {Config.VocabSize}; set VocabSize to at least the tokenizer vocabulary's size.", nameof(inputIds));
+        }
+    }
+
     private Tensor Embed(Tensor inputIds, Tensor positions, Tensor? tokenTypeIds)
     {
-        Tensor h = wte.call(inputIds) + wpe.call(positions);
+        Tensor tokens;
+        try
+        {
+            tokens = wte.call(inputIds);
+        }
+        catch (System.Runtime.InteropServices.ExternalException)
+        {
+            // libtorch's CPU lookup rejects ids outside the table ("index out of range in self"): say which and why.
+            CheckInputIds(inputIds);
+            throw;
+        }
+
+        Tensor h = tokens + wpe.call(positions);
         if (wtt is null)
         {
             return h;
@@ -437,17 +473,9 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             throw new ArgumentException($"input_ids has {inputIds.shape[1]} tokens per sample; the model's MaxSequenceLength is {Config.MaxSequenceLength}.", nameof(inputIds));
         }
 
-        if (inputIds.numel() > 0)
-        {
-            using var scope = torch.NewDisposeScope();
-            long min = inputIds.min().item<long>(), max = inputIds.max().item<long>();
-            if (min < 0 || max >= Config.VocabSize)
-            {
-                throw new ArgumentException(
-                    $"input_ids holds ids in [{min}, {max}] but the model's VocabSize is {Config.VocabSize}; set VocabSize to at least the tokenizer vocabulary's size.", nameof(inputIds));
-            }
-        }
-
+        // No id range check here: it would read min/max to the host in every forward (a device synchronisation on
+        // CUDA). On the CPU the embedding lookup checks the range itself and Embed turns its error into the message
+        // below; for accelerators the Trainer checks the batch on the host before moving it (CheckInputIds).
         if (attentionMask is not null && !attentionMask.shape.SequenceEqual(inputIds.shape))
         {
             throw new ArgumentException(
@@ -511,6 +539,20 @@ public abstract class TransformerModel : ComposerModel
 
     /// <summary>The batch's <c>attention_mask</c>, or null when it has none.</summary>
     protected static Tensor? AttentionMask(Batch batch) => batch.TryGetValue("attention_mask", out Tensor mask) ? mask : null;
+
+    /// <summary>
+    /// Checks the batch's <c>input_ids</c> against the vocabulary (<see cref="TransformerBackbone.CheckInputIds"/>) when
+    /// they are on the CPU; the forward itself does not read ids to the host.
+    /// </summary>
+    /// <exception cref="ArgumentException">An id is outside [0, VocabSize).</exception>
+    public override void ValidateBatch(Batch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        if (batch.TryGetValue("input_ids", out Tensor ids) && ids.device_type == DeviceType.CPU)
+        {
+            backbone.CheckInputIds(ids);
+        }
+    }
 
     /// <summary>Hidden states [B, T, hidden] (Float32) of the batch's <c>input_ids</c>, owned by the dispose scope open at the call.</summary>
     /// <exception cref="KeyNotFoundException">The batch has no <c>input_ids</c>.</exception>

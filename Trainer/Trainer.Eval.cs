@@ -263,7 +263,7 @@ public sealed partial class Trainer
             afterStart?.Invoke();
             long done = ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
             {
-                State.Batch = batch.To(State.Device);
+                State.Batch = ToDevice(batch);
                 step(State.Batch, Lap);
                 ClearStepTensors();
             });

@@ -140,7 +140,7 @@ public sealed partial class Trainer
                     }
 
                     anyBatch = true;
-                    State.Batch = batches.Current.To(State.Device);
+                    State.Batch = ToDevice(batches.Current);
                     long samples = State.Batch.NumSamples;
                     long tokens = State.Batch.NumTokens;
                     (long globalSamples, long globalTokens) = _distributed.GlobalCounts(samples, tokens); // Distributed

@@ -1,4 +1,5 @@
 using ComposerSharp.Events;
+using ComposerSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -16,6 +17,21 @@ public sealed partial class Trainer
     };
 
     /// <summary>Drops the state's references to the step's batch, outputs and loss (their tensors die with the step's dispose scope).</summary>
+    /// <summary>
+    /// The batch on the Trainer's device. Before it leaves the CPU for an accelerator the model checks its values there
+    /// (<see cref="ComposerModel.ValidateBatch"/>), where reading them costs no device synchronisation; on the CPU the
+    /// model's own forward reports bad values without a separate pass.
+    /// </summary>
+    private Batch ToDevice(Batch batch)
+    {
+        if (State.Device.type != DeviceType.CPU)
+        {
+            _model.ValidateBatch(batch);
+        }
+
+        return batch.To(State.Device);
+    }
+
     private void ClearStepTensors()
     {
         State.Batch = null;

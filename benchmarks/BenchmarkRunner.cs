@@ -19,6 +19,7 @@ internal static class BenchmarkRunner
     {
         new("layernorm", "(1) LayerNorm forward+backward: fp32 vs LPLayerNorm under amp_bf16/amp_fp16, with copy bandwidth.", s => new[] { LayerNormBenchmark.Run(s) }),
         new("step", "(2) BERT MLM training step: fp32, amp_bf16, amp_bf16 + LowPrecisionLayerNorm.", s => new[] { TrainingStepBenchmark.Run(s) }),
+        new("vocab", "(2b) MLM step with a GPT-2 vocabulary: dense vs sparse head, glibc default vs tuned malloc (fresh process each).", s => new[] { VocabularyBenchmark.Run(s) }),
         new("overhead", "(3a) Trainer.Fit vs a hand-written TorchSharp loop doing the same work.", s => new[] { OverheadBenchmark.Run(s) }),
         new("dispatch", "(3b) Event dispatch cost per batch with ten no-op algorithms and ten no-op callbacks (BenchmarkDotNet).", s => new[] { DispatchBenchmark.Run(s) }),
         new("peer", "(4) The same training step in PyTorch eager (python3 with torch), fp32 and bf16 autocast.", s => new[] { PeerBenchmark.Run(s) }),
@@ -27,7 +28,7 @@ internal static class BenchmarkRunner
     };
 
     /// <summary>Every part.</summary>
-    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, step, overhead, dispatch, peer, determinism.", null);
+    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, step, vocab, overhead, dispatch, peer, determinism, generate.", null);
 
     /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
     public static string DefaultResultsFolder()

@@ -31,7 +31,7 @@ internal static class PeerBenchmark
         var shape = new TrainingShape();
         (int warmup, int steps, int rounds) = settings.Peer;
         using PeerProcess peer = PeerProcess.Start(python, script, shape, settings.Threads, settings.OmpWaitPolicy);
-        report.Columns.AddRange(new[] { "precision", "ComposerSharp ms/step", "PyTorch ms/step", "ratio ours / PyTorch (median, P25–P75)" });
+        report.Columns.AddRange(new[] { "precision", "ComposerSharp ms/step (sparse head)", "PyTorch ms/step, sparse head", "ratio ours / PyTorch sparse (median, P25–P75)", "PyTorch ms/step, dense head", "ratio ours / PyTorch dense" });
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
         var precisions = new[] { Precision.Fp32, Precision.AmpBf16 };
         var trainers = precisions.ToDictionary(p => p, p => TrainingSetup.CreateTrainer(shape, data, p));
@@ -41,7 +41,8 @@ internal static class PeerBenchmark
             foreach (Precision p in precisions)
             {
                 variants.Add(new Variant("ours " + p.ToComposerName(), () => TrainingSetup.FitSteps(trainers[p], steps)));
-                variants.Add(new Variant("pytorch " + p.ToComposerName(), () => peer.Run(p.ToComposerName(), steps)));
+                variants.Add(new Variant("pytorch " + p.ToComposerName(), () => peer.Run(p.ToComposerName(), steps, sparse: true)));
+                variants.Add(new Variant("pytorch dense " + p.ToComposerName(), () => peer.Run(p.ToComposerName(), steps, sparse: false)));
             }
 
             Interleaved run = Interleaved.Run(variants, warmup, rounds);
@@ -51,8 +52,13 @@ internal static class PeerBenchmark
                 string name = p.ToComposerName();
                 Stats ours = run.StatsOf("ours " + name), theirs = run.StatsOf("pytorch " + name);
                 Stats ratio = run.Ratio("ours " + name, "pytorch " + name);
-                report.Rows.Add(new[] { name, Fmt.Ms(ours, 1), Fmt.Ms(theirs, 1), $"{Fmt.N(ratio.Median, 3)} ({Fmt.N(ratio.P25, 3)}–{Fmt.N(ratio.P75, 3)})" });
-                rows.Add(new PeerRow(name, ours, theirs, ratio));
+                Stats dense = run.StatsOf("pytorch dense " + name), denseRatio = run.Ratio("ours " + name, "pytorch dense " + name);
+                report.Rows.Add(new[]
+                {
+                    name, Fmt.Ms(ours, 1), Fmt.Ms(theirs, 1), $"{Fmt.N(ratio.Median, 3)} ({Fmt.N(ratio.P25, 3)}–{Fmt.N(ratio.P75, 3)})",
+                    Fmt.Ms(dense, 1), $"{Fmt.N(denseRatio.Median, 3)} ({Fmt.N(denseRatio.P25, 3)}–{Fmt.N(denseRatio.P75, 3)})",
+                });
+                rows.Add(new PeerRow(name, ours, theirs, ratio, dense, denseRatio));
                 report.Targets.Add(TargetCheck.AtMost($"our step time ≤ 1.0 × PyTorch eager ({name})", ratio.Median, 1.0));
             }
 
@@ -60,7 +66,7 @@ internal static class PeerBenchmark
             report.Notes.Add($"PyTorch {peer.Info.GetProperty("torch_version").GetString()} (python {peer.Info.GetProperty("python").GetString()} at {python}{DebianPackageVersion()}), " +
                              $"threads {peer.Info.GetProperty("threads").GetInt32()}, BLAS {peer.Info.GetProperty("blas").GetString()}, fused SDPA: {peer.Info.GetProperty("sdpa").GetBoolean()}, " +
                              $"{peer.Info.GetProperty("parameters").GetInt64():N0} parameters.");
-            report.Notes.Add($"Model: {shape.Describe()}. Both sides: AdamW, dropout on, data in memory; ours through Trainer.Fit.");
+            report.Notes.Add($"Model: {shape.Describe()}. Both sides: AdamW, dropout on, data in memory; ours through Trainer.Fit. Ours computes the MLM head on the masked positions only (sparse prediction, the default); the like-for-like peer does the same (gather before the head), the dense peer column is the previous comparison's peer.");
         }
         finally
         {
@@ -184,10 +190,10 @@ internal static class PeerBenchmark
             return new PeerProcess(process, JsonDocument.Parse(ready).RootElement.Clone());
         }
 
-        /// <summary>Runs <paramref name="steps"/> PyTorch steps and returns their mean milliseconds per step.</summary>
-        public double Run(string precision, int steps)
+        /// <summary>Runs <paramref name="steps"/> PyTorch steps (the MLM head on every token, or only on the masked ones when <paramref name="sparse"/>) and returns their mean milliseconds per step.</summary>
+        public double Run(string precision, int steps, bool sparse = false)
         {
-            _process.StandardInput.WriteLine($"run {precision} {steps}");
+            _process.StandardInput.WriteLine($"run {precision} {steps} {(sparse ? "sparse" : "dense")}");
             _process.StandardInput.Flush();
             string line = _process.StandardOutput.ReadLine() ?? throw new InvalidOperationException("The PyTorch peer exited during a run.");
             JsonElement reply = JsonDocument.Parse(line).RootElement;
@@ -239,6 +245,8 @@ internal static class PeerBenchmark
 /// <summary>One row of part 4.</summary>
 /// <param name="Precision">fp32 or amp_bf16.</param>
 /// <param name="Ours">Trainer.Fit step time statistics (ms).</param>
-/// <param name="PyTorch">PyTorch eager step time statistics (ms).</param>
-/// <param name="Ratio">Per-round ratio ours / PyTorch.</param>
-internal sealed record PeerRow(string Precision, Stats Ours, Stats PyTorch, Stats Ratio);
+/// <param name="PyTorch">PyTorch eager step time statistics (ms), MLM head on the masked positions only (as ours).</param>
+/// <param name="Ratio">Per-round ratio ours / PyTorch (sparse head).</param>
+/// <param name="PyTorchDense">PyTorch eager step time with the MLM head on every token (ms).</param>
+/// <param name="RatioDense">Per-round ratio ours / PyTorch (dense head).</param>
+internal sealed record PeerRow(string Precision, Stats Ours, Stats PyTorch, Stats Ratio, Stats PyTorchDense, Stats RatioDense);

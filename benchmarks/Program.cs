@@ -2,6 +2,12 @@ using System.CommandLine;
 using ComposerSharp.Benchmarks;
 using ComposerSharp.Benchmarks.Harness;
 
+// Before anything allocates tensors (see NativeAllocator), except in the vocab part's children that measure glibc's defaults.
+if (!VocabularyBenchmark.WantsGlibcDefaults(args))
+{
+    ComposerSharp.Interop.NativeAllocator.Tune();
+}
+
 // One command runs every part: dotnet run --project benchmarks -c Release -- all
 // Each part is also a subcommand; --quick makes a smoke run. See benchmarks/README.md.
 var quick = new Option<bool>("--quick")
@@ -97,6 +103,21 @@ determinism.SetAction(result =>
         result.GetValue(detWarmup), result.GetValue(detSteps), result.GetValue(detRounds), result.GetValue(threads));
 });
 root.Subcommands.Add(determinism);
+
+// Hidden: the GPT-2-vocabulary MLM step, dense or sparse head, default or tuned malloc, in a fresh process (started by the vocab part).
+var vocabHead = new Argument<string>("head");
+var vocabMalloc = new Argument<string>("malloc");
+var vocabSteps = new Argument<int>("steps");
+var vocabProbe = new Command(VocabularyBenchmark.Command, "Internal: GPT-2-vocabulary MLM step with a dense or sparse head and default or tuned malloc.") { Hidden = true };
+vocabProbe.Arguments.Add(vocabHead);
+vocabProbe.Arguments.Add(vocabMalloc);
+vocabProbe.Arguments.Add(vocabSteps);
+vocabProbe.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return VocabularyBenchmark.RunChild(result.GetValue(vocabHead) == "sparse", result.GetValue(vocabMalloc) == "tuned", result.GetValue(vocabSteps), result.GetValue(threads));
+});
+root.Subcommands.Add(vocabProbe);
 
 // Data-parallel benchmarks: not part of 'all', because they start mpirun.
 var distributed = new Command("distributed", "All-reduce bandwidth against bare MPI_Allreduce, 2-rank scaling and communication time per step (needs mpirun).");

@@ -84,13 +84,16 @@ class BertForMaskedLM(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, labels=None):
+        """MLM logits [B, T, V]; with labels, only at the positions whose label is not -100, [N, V] (Mosaic BERT's sparse prediction)."""
         t = input_ids.shape[1]
         h = self.wte(input_ids) + self.wpe(torch.arange(t, device=input_ids.device))
         h = self.emb_dropout(self.emb_ln(h))
         mask = attention_mask.ne(0).view(attention_mask.shape[0], 1, 1, t)
         for layer in self.layers:
             h = layer(h, mask)
+        if labels is not None:
+            h = h.reshape(-1, h.shape[-1]).index_select(0, labels.reshape(-1).ne(IGNORE_INDEX).nonzero().squeeze(1))
         h = F.gelu(self.mlm_transform(h))
         if h.dtype != self.mlm_ln.weight.dtype:
             # bf16 activations under autocast: libtorch >= 2.1 normalises them with the float32 weight directly (a
@@ -103,6 +106,8 @@ class BertForMaskedLM(nn.Module):
 def mlm_loss(logits, labels):
     flat = logits.reshape(-1, logits.shape[-1]).float()
     flat_labels = labels.reshape(-1)
+    if flat.shape[0] != flat_labels.shape[0]:  # sparse logits: the selected labels, in the same row-major order
+        flat_labels = flat_labels[flat_labels.ne(IGNORE_INDEX)]
     total = F.cross_entropy(flat, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / flat_labels.ne(IGNORE_INDEX).sum().clamp_min(1).float()
 
@@ -134,14 +139,14 @@ class Peer:
         self.batches = make_batches(args, 8)
         self.next = 0
 
-    def step(self, precision):
+    def step(self, precision, sparse=False):
         ids, attention_mask, labels = self.batches[self.next]
         self.next = (self.next + 1) % len(self.batches)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp_bf16" else contextlib.nullcontext()
         with ctx:
-            loss = mlm_loss(self.model(ids, attention_mask), labels)
+            loss = mlm_loss(self.model(ids, attention_mask, labels if sparse else None), labels)
         loss.backward()
         self.optimizer.step()
         return (time.perf_counter() - start) * 1000.0
@@ -198,10 +203,11 @@ def main():
                 continue
             if parts[0] == "quit":
                 break
-            if parts[0] != "run" or len(parts) != 3 or parts[1] not in ("fp32", "amp_bf16"):
-                print(json.dumps({"error": f"unknown command: {line.strip()!r}; expected 'run fp32|amp_bf16 N' or 'quit'"}), flush=True)
+            if parts[0] != "run" or len(parts) not in (3, 4) or parts[1] not in ("fp32", "amp_bf16") or parts[3:] not in ([], ["dense"], ["sparse"]):
+                print(json.dumps({"error": f"unknown command: {line.strip()!r}; expected 'run fp32|amp_bf16 N [dense|sparse]' or 'quit'"}), flush=True)
                 continue
-            ms = [peer.step(parts[1]) for _ in range(int(parts[2]))]
+            sparse = parts[3:] == ["sparse"]
+            ms = [peer.step(parts[1], sparse) for _ in range(int(parts[2]))]
             print(json.dumps({"precision": parts[1], "ms": ms}), flush=True)
         return
 

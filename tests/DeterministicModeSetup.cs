@@ -1,4 +1,5 @@
 using ComposerSharp.Events;
+using ComposerSharp.Interop;
 using NUnit.Framework;
 
 /// <summary>
@@ -14,5 +15,10 @@ using NUnit.Framework;
 public sealed class DeterministicModeSetup
 {
     [OneTimeSetUp]
-    public void SwitchOnDeterministicMode() => Reproducibility.ConfigureDeterministicMode();
+    public void SwitchOnDeterministicMode()
+    {
+        // The allocator settings every entry point applies (the Trainer's too, but many tests use no Trainer).
+        NativeAllocator.Tune();
+        Reproducibility.ConfigureDeterministicMode();
+    }
 }

@@ -81,6 +81,22 @@ public class LowPrecisionAlgorithmTests
         Assert.That(recreated.Describe(), Is.EqualTo(description));
     }
 
+    [TestCase(LayerNormKernel.Libtorch, LayerNormKernel.Libtorch)]
+    [TestCase(LayerNormKernel.Fused, LayerNormKernel.Fused)]
+    public void TheKernelChoiceReachesEveryReplacement(LayerNormKernel chosen, LayerNormKernel expected)
+    {
+        using var d = torch.NewDisposeScope();
+        Sequential model = nn.Sequential(("a", nn.LayerNorm(8)), ("fc", nn.Linear(8, 8)), ("b", nn.LayerNorm(8)));
+        var state = new State(model, precision: Precision.AmpBf16);
+        state.Algorithms.Add(new LowPrecisionLayerNorm(kernel: chosen));
+        using var engine = new Engine(state, new Logger(state));
+        engine.RunEvent(Event.Init);
+        var replaced = model.modules().OfType<LPLayerNorm>().ToList();
+        Assert.That(replaced, Has.Count.EqualTo(2));
+        Assert.That(replaced.Select(m => m.Kernel), Is.All.EqualTo(expected));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LowPrecisionLayerNorm(kernel: (LayerNormKernel)7));
+    }
+
     [TestCase(Event.FitStart)]
     [TestCase(Event.BeforeForward)]
     public void ApplyAtAnyOtherEventThrows(Event applyAt)

@@ -1,6 +1,7 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
+using ComposerSharp.Algorithms;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using Microsoft.Extensions.DependencyInjection;
@@ -90,6 +91,18 @@ public class ConfigTests
         var badKey = ConfigSection.Parse("apply: init");
         ex = Assert.Throws<ConfigException>(() => catalog.Create<IAlgorithm>(ComponentKind.Algorithm, "low_precision_layernorm", badKey, context));
         Assert.That(ex!.Message, Does.Contain("'apply'").And.Contain("apply_at"));
+
+        // The LayerNorm kernel under bf16 autocast is a key too, described (so a checkpoint re-creates it) unless default.
+        var kernel = (LowPrecisionLayerNorm)catalog.Create<IAlgorithm>(ComponentKind.Algorithm, "low_precision_layernorm", ConfigSection.Parse("kernel: libtorch"), context);
+        Assert.That(kernel.Kernel, Is.EqualTo(LayerNormKernel.Libtorch));
+        Assert.That(kernel.Describe().Hyperparameters["kernel"], Is.EqualTo("libtorch"));
+        Assert.That(((LowPrecisionLayerNorm)AlgorithmCatalog.Create(kernel.Describe())).Kernel, Is.EqualTo(LayerNormKernel.Libtorch));
+        Assert.That(algorithm.Describe().Hyperparameters.ContainsKey("kernel"), Is.False, "the default kernel is not described");
+        var badKernel = ConfigSection.Parse("kernel: cuda");
+        ex = Assert.Throws<ConfigException>(() => catalog.Create<IAlgorithm>(ComponentKind.Algorithm, "low_precision_layernorm", badKernel, context));
+        Assert.That(ex!.Message, Does.Contain("kernel").And.Contain("cuda").And.Contain("libtorch"));
+        var badStored = new AlgorithmDescription("low_precision_layernorm", new Dictionary<string, string> { ["kernel"] = "apex" });
+        Assert.That(Assert.Throws<ArgumentException>(() => AlgorithmCatalog.Create(badStored))!.Message, Does.Contain("'apex'").And.Contain("fused"));
 
         // An event outside Init/BeforeLoad/AfterLoad is refused by the algorithm itself and reported with the key path.
         var wrongEvent = ConfigSection.Parse("apply_at: fit_start");

@@ -12,6 +12,7 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        ComposerSharp.Interop.NativeAllocator.Tune();
         if (args.Length < 2)
         {
             Console.Error.WriteLine("usage: host <scenario> <output folder> [arguments]");

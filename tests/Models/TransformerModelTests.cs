@@ -76,6 +76,38 @@ public class TransformerModelTests
         Assert.That(Assert.Throws<ArgumentException>(() => mlm.call(badId))!.Message, Does.Contain("VocabSize is 64"));
     }
 
+    [Test]
+    public void IdsOutsideTheVocabularyAreNamedWithoutACheckInTheForward()
+    {
+        // The forward reads no ids to the host: the CPU embedding lookup rejects the id and the model names the range.
+        using var d = torch.NewDisposeScope();
+        var mlm = new BertForMaskedLM(Tiny());
+        var gpt = new GptForCausalLM(Tiny("gpt-tiny"));
+        Tensor negative = torch.tensor(new long[] { 3, -1, 5, 2 }).view(1, 4);
+        Tensor tooLarge = torch.tensor(new long[] { 3, 1, 70, 2 }).view(1, 4);
+        foreach ((Tensor ids, string range) in new[] { (negative, "[-1, 5]"), (tooLarge, "[1, 70]") })
+        {
+            var batch = new Batch(new Dictionary<string, Tensor> { ["input_ids"] = ids });
+            foreach (TransformerModel model in new TransformerModel[] { mlm, gpt })
+            {
+                var ex = Assert.Throws<ArgumentException>(() => model.call(batch), model.GetName())!;
+                Assert.That(ex.Message, Does.Contain($"input_ids holds ids in {range}").And.Contain("VocabSize is 64"), model.GetName());
+
+                // The host-side check the Trainer runs before moving a batch to an accelerator gives the same message.
+                ex = Assert.Throws<ArgumentException>(() => model.ValidateBatch(batch), model.GetName())!;
+                Assert.That(ex.Message, Does.Contain($"input_ids holds ids in {range}"), model.GetName());
+            }
+
+            using var cache = gpt.NewCache();
+            using (torch.no_grad())
+            {
+                Assert.That(Assert.Throws<ArgumentException>(() => gpt.ForwardCached(ids, cache))!.Message, Does.Contain("VocabSize is 64"), "cached decoding");
+            }
+        }
+
+        Assert.DoesNotThrow(() => mlm.ValidateBatch(RandomBatch(2, 5)));
+    }
+
     [TestCase(false)]
     [TestCase(true)]
     public void AttentionMatchesAFloat64Reference(bool causal)

@@ -7,7 +7,8 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 // Commands run by the tests in a fresh process. Exit codes: 0 success, 3 the expected exception (its message on
-// stdout), 2 unknown command.
+// stdout), 2 unknown command. The commands construct Trainers, whose static constructor tunes glibc's malloc
+// (NativeAllocator), so this host does not tune it itself: "allocator-by-trainer" checks that.
 switch (args.FirstOrDefault())
 {
     case "late-deterministic-mode":
@@ -78,9 +79,61 @@ switch (args.FirstOrDefault())
         return 0;
     }
 
+    case "allocator-by-trainer":
+    {
+        // A library user's process: nothing tunes malloc before the first Trainer is built.
+        bool before = ComposerSharp.Interop.NativeAllocator.IsTuned;
+        using var trainer = new Trainer(new Probe(), new TrainerOptions { Device = "cpu", ProgressBar = false });
+        Console.WriteLine($"tuned before: {before}, after: {ComposerSharp.Interop.NativeAllocator.IsTuned}, reason: {ComposerSharp.Interop.NativeAllocator.Tune().Reason ?? "none"}");
+        return 0;
+    }
+
+    case "allocator-faults":
+    {
+        // On the process's first thread (the main arena, where the CLI trains): where a 40 MiB tensor comes from and the
+        // median minor faults of allocating, filling and freeing it, with a low threshold (the control), then tuned.
+        // The control first: a block freed in the heap would serve a later request whatever the threshold.
+        bool lowered = ComposerSharp.Interop.NativeAllocator.SetMmapThreshold(128 << 10);
+        bool lowInHeap = InHeap();
+        long withLowThreshold = FaultsPerAllocation();
+        bool tuned = ComposerSharp.Interop.NativeAllocator.Tune().Applied;
+        bool tunedInHeap = InHeap();
+        long withTuning = FaultsPerAllocation();
+        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { tuned, lowered, tuned_in_heap = tunedInHeap, low_threshold_in_heap = lowInHeap, tuned_faults = withTuning, low_threshold_faults = withLowThreshold }));
+        return 0;
+    }
+
     default:
-        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K [GAP_MS] | rss N");
+        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K [GAP_MS] | rss N | allocator-by-trainer | allocator-faults");
         return 2;
+}
+
+static bool InHeap()
+{
+    using Tensor t = torch.empty(10L << 20, dtype: ScalarType.Float32);
+    return ComposerSharp.Interop.NativeAllocator.IsInBrkHeap(t);
+}
+
+// 40 MiB (10 Mi floats): above glibc's adaptive mmap threshold limit (32 MiB); median of 5 after a warm-up.
+static long FaultsPerAllocation()
+{
+    var faults = new List<long>();
+    for (int i = 0; i < 6; i++)
+    {
+        long before = ComposerSharp.Interop.NativeAllocator.MinorPageFaults();
+        using (Tensor t = torch.empty(10L << 20, dtype: ScalarType.Float32))
+        {
+            t.fill_(i);
+        }
+
+        if (i > 0)
+        {
+            faults.Add(ComposerSharp.Interop.NativeAllocator.MinorPageFaults() - before);
+        }
+    }
+
+    faults.Sort();
+    return faults[faults.Count / 2];
 }
 
 /// <summary>A one-parameter model, enough to construct a Trainer.</summary>
