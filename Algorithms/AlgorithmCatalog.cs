@@ -16,6 +16,7 @@ public static class AlgorithmCatalog
         (() => new LowPrecisionLayerNorm(), LowPrecisionLayerNorm.FromDescription),
         (() => new LowPrecisionGroupNorm(), LowPrecisionGroupNorm.FromDescription),
         (() => new GradientClipping(), GradientClipping.FromDescription),
+        (() => new EMA(), EMA.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

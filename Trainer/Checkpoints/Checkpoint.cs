@@ -32,7 +32,7 @@ public static class Checkpoint
     /// A full checkpoint holds the model's state dict, each optimizer's state, each parameter group's initial and
     /// current learning rate, the schedulers' descriptions, the loss scaler, the timestamp, the CPU generator's state
     /// and the data sampler's position, the algorithms with their descriptions, the state of every
-    /// <see cref="IStatefulCallback"/>, the run name, seed and provenance (library versions, precision, device, time).
+    /// <see cref="IStatefulCallback"/> and <see cref="IStatefulAlgorithm"/>, the run name, seed and provenance (library versions, precision, device, time).
     /// With <paramref name="weightsOnly"/> only the model, algorithms and provenance are written.
     /// <para>
     /// With several ranks (<see cref="State.ProcessGroup"/>), every rank must call this together: a full checkpoint
@@ -93,7 +93,13 @@ public static class Checkpoint
                 }
             }
 
-            writer.WriteHeader(BuildHeader(state, weightsOnly));
+            CheckpointHeader header = BuildHeader(state, weightsOnly);
+            if (!weightsOnly)
+            {
+                AlgorithmStates.Write(state.Algorithms, writer, header);
+            }
+
+            writer.WriteHeader(header);
         });
         return full;
     }
@@ -103,7 +109,7 @@ public static class Checkpoint
     /// <see cref="PathTemplate"/>) into <paramref name="state"/>: required-on-load algorithms first (Composer's
     /// <c>_apply_required_algorithms</c>), then the model's weights, then, unless
     /// <see cref="CheckpointOptions.LoadWeightsOnly"/>, optimizers, learning rates, scaler, timestamp, seed, callback
-    /// state and <see cref="State.PendingRngState"/> (restored when training starts).
+    /// and algorithm state (<see cref="IStatefulAlgorithm"/>) and <see cref="State.PendingRngState"/> (restored when training starts).
     /// <para>
     /// With several ranks each reads its own generator state (<c>rng/rank{r}.bin</c>); a rank the checkpoint has
     /// none for (it was written by fewer ranks) keeps its seeded generator, with a warning. A checkpoint written by
@@ -176,6 +182,8 @@ public static class Checkpoint
                 callback.LoadStateDict(JsonValues.ToDictionary(element));
             }
         }
+
+        AlgorithmStates.Read(state.Algorithms, reader, log);
 
         // Each rank resumes its own generator; a rank the checkpoint does not know keeps its seed + rank.
         int myRank = state.ProcessGroup.Rank;
