@@ -17,6 +17,7 @@ public static class AlgorithmCatalog
         (() => new LowPrecisionGroupNorm(), LowPrecisionGroupNorm.FromDescription),
         (() => new GradientClipping(), GradientClipping.FromDescription),
         (() => new EMA(), EMA.FromDescription),
+        (() => new LabelSmoothing(), LabelSmoothing.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =
