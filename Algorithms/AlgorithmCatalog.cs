@@ -18,6 +18,7 @@ public static class AlgorithmCatalog
         (() => new GradientClipping(), GradientClipping.FromDescription),
         (() => new EMA(), EMA.FromDescription),
         (() => new LabelSmoothing(), LabelSmoothing.FromDescription),
+        (() => new LayerFreezing(), LayerFreezing.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

@@ -34,8 +34,12 @@ public interface IStatefulAlgorithm : IAlgorithm
     /// <summary>
     /// Restores what <see cref="StateDict"/> returned. Values arrive after a JSON round trip (numbers as <c>double</c>
     /// or <c>long</c>); tensors arrive on the CPU and are disposed after the call, so keep copies (e.g. moved to the
-    /// model's device), not the tensors themselves.
+    /// model's device), not the tensors themselves. Called after the model's weights and <em>before</em> the
+    /// optimizers' state are loaded, with the run's <paramref name="state"/>, so that an algorithm whose state shapes
+    /// the model or the optimizers (LayerFreezing's frozen layers) can re-apply it and the optimizer state then fits.
     /// </summary>
+    /// <param name="saved">What <see cref="StateDict"/> returned when the checkpoint was written.</param>
+    /// <param name="state">The run's state being loaded into.</param>
     /// <exception cref="ArgumentException">The state is not one this algorithm wrote (missing or extra entries, other shapes).</exception>
-    void LoadStateDict(AlgorithmState state);
+    void LoadStateDict(AlgorithmState saved, State state);
 }

@@ -262,14 +262,16 @@ public sealed class EMA : Algorithm, IStatefulAlgorithm, IDisposable
     }
 
     /// <summary>Restores what <see cref="StateDict"/> wrote; the tensors are copied (to the CPU; moved to the model's device at the first use).</summary>
+    /// <param name="saved">The saved state.</param>
+    /// <param name="state">The run's state (unused: the averaged tensors move to the model's device when first used).</param>
     /// <exception cref="ArgumentException">A value is missing or not a bool, or a tensor name has neither prefix.</exception>
-    public void LoadStateDict(AlgorithmState state)
+    public void LoadStateDict(AlgorithmState saved, State state)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        bool started = ReadBool(state, "ema_started");
-        bool active = ReadBool(state, "ema_weights_active");
+        ArgumentNullException.ThrowIfNull(saved);
+        bool started = ReadBool(saved, "ema_started");
+        bool active = ReadBool(saved, "ema_weights_active");
         ClearTensors();
-        foreach ((string name, Tensor t) in state.Tensors)
+        foreach ((string name, Tensor t) in saved.Tensors)
         {
             Tensor copy = t.detach().clone().DetachFromDisposeScope();
             if (name.StartsWith(ParameterPrefix, StringComparison.Ordinal))
@@ -283,13 +285,13 @@ public sealed class EMA : Algorithm, IStatefulAlgorithm, IDisposable
             else
             {
                 copy.Dispose();
-                throw new ArgumentException($"EMA state tensor '{name}' is neither '{ParameterPrefix}NAME' nor '{BufferPrefix}NAME'.", nameof(state));
+                throw new ArgumentException($"EMA state tensor '{name}' is neither '{ParameterPrefix}NAME' nor '{BufferPrefix}NAME'.", nameof(saved));
             }
         }
 
         if (started && _parameters.Count == 0 && _buffers.Count == 0)
         {
-            throw new ArgumentException("The EMA state says averaging started but holds no averaged tensors.", nameof(state));
+            throw new ArgumentException("The EMA state says averaging started but holds no averaged tensors.", nameof(saved));
         }
 
         EmaStarted = started;
@@ -436,10 +438,10 @@ public sealed class EMA : Algorithm, IStatefulAlgorithm, IDisposable
         _buffers.Clear();
     }
 
-    private static bool ReadBool(AlgorithmState state, string key) =>
-        state.Values.TryGetValue(key, out object? v) && v is bool b
+    private static bool ReadBool(AlgorithmState saved, string key) =>
+        saved.Values.TryGetValue(key, out object? v) && v is bool b
             ? b
-            : throw new ArgumentException($"The EMA state has no boolean '{key}' (got {v ?? "nothing"}).", nameof(state));
+            : throw new ArgumentException($"The EMA state has no boolean '{key}' (got {v ?? "nothing"}).", nameof(saved));
 
     private static Time ParseTime(string text, string parameter) =>
         Time.TryParse(text, out Time t) ? t : throw new ArgumentException($"'{text}' is not a time string such as 1000ba, 1ep or 0.5dur.", parameter);

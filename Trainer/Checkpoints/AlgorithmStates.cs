@@ -35,11 +35,11 @@ internal static class AlgorithmStates
         }
     }
 
-    /// <summary>Restores every stateful algorithm of <paramref name="algorithms"/> that the checkpoint has state for.</summary>
+    /// <summary>Restores every stateful algorithm of <paramref name="state"/> that the checkpoint has state for (call before the optimizers are loaded).</summary>
     /// <exception cref="CheckpointException">The header names a state whose tensor entry is missing or unreadable, or the algorithm refuses the state.</exception>
-    internal static void Read(IEnumerable<IAlgorithm> algorithms, CheckpointReader reader, ILogger log)
+    internal static void Read(State state, CheckpointReader reader, ILogger log)
     {
-        foreach (IStatefulAlgorithm algorithm in algorithms.OfType<IStatefulAlgorithm>())
+        foreach (IStatefulAlgorithm algorithm in state.Algorithms.OfType<IStatefulAlgorithm>())
         {
             string key = algorithm.StateKey;
             if (!reader.Header.AlgorithmStates.TryGetValue(key, out JsonElement values))
@@ -52,7 +52,7 @@ internal static class AlgorithmStates
             try
             {
                 reader.Read(Entry(key), r => CheckpointFile.ReadTensors(r, (name, t) => tensors[name] = t.clone().DetachFromDisposeScope()));
-                algorithm.LoadStateDict(new AlgorithmState(JsonValues.ToDictionary(values), tensors));
+                algorithm.LoadStateDict(new AlgorithmState(JsonValues.ToDictionary(values), tensors), state);
             }
             catch (ArgumentException ex)
             {

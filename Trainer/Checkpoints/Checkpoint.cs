@@ -153,6 +153,7 @@ public static class Checkpoint
             return;
         }
 
+        AlgorithmStates.Read(state, reader, log); // before the optimizers: an algorithm may re-shape their parameter groups
         LoadOptimizers(state, reader, header);
         if (header.GradScaler is { } scaler && state.Scaler.Enabled)
         {
@@ -182,8 +183,6 @@ public static class Checkpoint
                 callback.LoadStateDict(JsonValues.ToDictionary(element));
             }
         }
-
-        AlgorithmStates.Read(state.Algorithms, reader, log);
 
         // Each rank resumes its own generator; a rank the checkpoint does not know keeps its seed + rank.
         int myRank = state.ProcessGroup.Rank;
