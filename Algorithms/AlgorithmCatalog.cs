@@ -19,6 +19,7 @@ public static class AlgorithmCatalog
         (() => new EMA(), EMA.FromDescription),
         (() => new LabelSmoothing(), LabelSmoothing.FromDescription),
         (() => new LayerFreezing(), LayerFreezing.FromDescription),
+        (() => new SAM(), SAM.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

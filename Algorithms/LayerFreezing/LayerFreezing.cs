@@ -233,8 +233,9 @@ public sealed class LayerFreezing : Algorithm, IStatefulAlgorithm
     /// <summary>Removes <paramref name="p"/> from every parameter group and disposes its per-parameter optimizer state (Composer's <c>_remove_param_from_optimizers</c>).</summary>
     private static void RemoveFromOptimizers(Parameter p, IList<optim.Optimizer> optimizers)
     {
-        foreach (optim.Optimizer optimizer in optimizers)
+        foreach (optim.Optimizer wrapper in optimizers)
         {
+            optim.Optimizer optimizer = wrapper is IClosureOptimizer closure ? closure.BaseOptimizer : wrapper;
             if (optimizer is not OptimizerHelper helper)
             {
                 if (optimizer.parameters().Any(q => q.Handle == p.Handle))

@@ -57,7 +57,7 @@ public static class Checkpoint
         {
             foreach (optim.Optimizer optimizer in state.Optimizers)
             {
-                helpers.Add(optimizer as OptimizerHelper
+                helpers.Add(Unwrap(optimizer) as OptimizerHelper
                     ?? throw new NotSupportedException($"Optimizer {optimizer.GetType().Name} keeps its state in native code, which TorchSharp cannot serialise; use SGD, Adam, AdamW or another managed optimizer, or save weights only."));
             }
         }
@@ -250,6 +250,9 @@ public static class Checkpoint
 
     private static string OptimizerEntry(int index) => $"optimizers/{index}.bin";
 
+    /// <summary>The optimizer whose state is saved: the wrapped one of an <see cref="IClosureOptimizer"/> (SAM), else the optimizer itself.</summary>
+    private static optim.Optimizer Unwrap(optim.Optimizer optimizer) => optimizer is IClosureOptimizer wrapper ? wrapper.BaseOptimizer : optimizer;
+
     /// <summary>The entry of rank <paramref name="rank"/>'s generator state: <see cref="CheckpointFile.RngEntry"/> for rank 0 (as for one process), <c>rng/rank{r}.bin</c> otherwise.</summary>
     private static string RngEntry(int rank) => rank == 0 ? CheckpointFile.RngEntry : $"rng/rank{rank.ToString(CultureInfo.InvariantCulture)}.bin";
 
@@ -344,7 +347,7 @@ public static class Checkpoint
         header.Schedulers = SchedulerDescriptions(state);
         header.Optimizers = state.Optimizers.Select(o => new OptimizerRecord
         {
-            Type = o.GetType().FullName ?? o.GetType().Name,
+            Type = Unwrap(o).GetType().FullName ?? Unwrap(o).GetType().Name,
             InitialLearningRates = o.ParamGroups.Select(g => g.InitialLearningRate).ToList(),
             LearningRates = o.ParamGroups.Select(g => g.LearningRate).ToList(),
         }).ToList();
@@ -375,15 +378,15 @@ public static class Checkpoint
 
         for (int i = 0; i < state.Optimizers.Count; i++)
         {
-            OptimizerHelper helper = state.Optimizers[i] as OptimizerHelper
-                ?? throw new NotSupportedException($"Optimizer {state.Optimizers[i].GetType().Name} keeps its state in native code, which TorchSharp cannot restore.");
+            OptimizerHelper helper = Unwrap(state.Optimizers[i]) as OptimizerHelper
+                ?? throw new NotSupportedException($"Optimizer {Unwrap(state.Optimizers[i]).GetType().Name} keeps its state in native code, which TorchSharp cannot restore.");
             try
             {
                 reader.Read(OptimizerEntry(i), r => helper.load_state_dict(r));
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidDataException && ex is not CheckpointException)
             {
-                throw new CheckpointException(file, $"Checkpoint '{file}': optimizer {i} ({header.Optimizers[i].Type}) does not match this Trainer's {state.Optimizers[i].GetType().FullName}: {ex.Message}", ex);
+                throw new CheckpointException(file, $"Checkpoint '{file}': optimizer {i} ({header.Optimizers[i].Type}) does not match this Trainer's {Unwrap(state.Optimizers[i]).GetType().FullName}: {ex.Message}", ex);
             }
 
             List<optim.ILearningRateController> groups = state.Optimizers[i].ParamGroups.ToList();
