@@ -20,6 +20,7 @@ public static class AlgorithmCatalog
         (() => new LabelSmoothing(), LabelSmoothing.FromDescription),
         (() => new LayerFreezing(), LayerFreezing.FromDescription),
         (() => new SAM(), SAM.FromDescription),
+        (() => new SelectiveBackprop(), SelectiveBackprop.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

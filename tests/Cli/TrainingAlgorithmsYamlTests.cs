@@ -31,6 +31,7 @@ public class TrainingAlgorithmsYamlTests
     [TestCase("label_smoothing", "smoothing: 0.15", "smoothing", "0.15")]
     [TestCase("layer_freezing", "freeze_start: 0.0\n    freeze_level: 0.5", "freeze_level", "0.5")]
     [TestCase("sam", "rho: 0.1\n    interval: 2", "interval", "2")]
+    [TestCase("selective_backprop", "start: 0.0\n    end: 1.0\n    keep: 0.5\n    interrupt: 0", "keep", "0.5")]
     [TestCase("gradient_clipping", "clipping_type: adaptive\n    clipping_threshold: 0.05", "clipping_type", "adaptive")]
     public void TheAlgorithmTrainsFromYamlAndTheCheckpointRecordsIt(string name, string options, string key, string value)
     {
