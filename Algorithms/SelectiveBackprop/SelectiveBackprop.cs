@@ -104,7 +104,7 @@ public sealed class SelectiveBackprop : Algorithm
             ShouldSelectiveBackprop(elapsed.Value, state.Timestamp.BatchInEpoch, Start, End, Interrupt);
     }
 
-    /// <summary>Replaces <c>state.Batch</c> by the kept samples. Returns null.</summary>
+    /// <summary>Replaces <c>state.Batch</c> by the kept samples (a batch too small to keep any stays whole). Returns null.</summary>
     /// <exception cref="InvalidOperationException">No batch, or a model that is not a <see cref="ComposerModel"/>.</exception>
     /// <exception cref="ArgumentException">A <see cref="ScaleFactor"/> below 1 for a batch without image inputs.</exception>
     public override int? Apply(Event e, State state, Logger logger)
@@ -123,11 +123,22 @@ public sealed class SelectiveBackprop : Algorithm
             }
 
             Tensor selected = SelectUsingLoss(losses, Keep);
-            state.Batch = Subset(batch, selected);
-            foreach (Tensor t in state.Batch.Values)
+            if (selected.shape[0] == 0)
             {
-                t.MoveToOuterDisposeScope();
+                return null; // ⌊keep · N⌋ = 0 (a tiny last batch): train on it whole rather than on nothing
             }
+
+            Batch kept = Subset(batch, selected);
+            foreach ((string key, Tensor t) in kept)
+            {
+                // Only the new (indexed) tensors belong to this scope; they join the training step's scope.
+                if (!ReferenceEquals(t, batch[key]))
+                {
+                    t.MoveToOuterDisposeScope();
+                }
+            }
+
+            state.Batch = kept;
         }
 
         return null;
