@@ -15,6 +15,12 @@ public static class AlgorithmCatalog
     {
         (() => new LowPrecisionLayerNorm(), LowPrecisionLayerNorm.FromDescription),
         (() => new LowPrecisionGroupNorm(), LowPrecisionGroupNorm.FromDescription),
+        (() => new GradientClipping(), GradientClipping.FromDescription),
+        (() => new EMA(), EMA.FromDescription),
+        (() => new LabelSmoothing(), LabelSmoothing.FromDescription),
+        (() => new LayerFreezing(), LayerFreezing.FromDescription),
+        (() => new SAM(), SAM.FromDescription),
+        (() => new SelectiveBackprop(), SelectiveBackprop.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

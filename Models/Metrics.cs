@@ -16,12 +16,24 @@ public static class Losses
     /// over the positions whose label is not <see cref="IgnoreIndex"/>. The logits are cast to Float32 first, so
     /// BFloat16/Float16 logits from autocast give a Float32 loss. When every label is ignored the loss is 0 (with zero
     /// gradients) rather than PyTorch's NaN, so a batch without masked tokens cannot poison training.
+    /// <para>
+    /// <paramref name="labels"/> may instead be target distributions of the logits' shape [..., C] (any floating
+    /// dtype), as label smoothing makes them: the loss is then −Σ_c q_c log softmax(x)_c averaged over the positions
+    /// whose distribution is not all zero (an all-zero row marks an ignored position, where the hard label was −100).
+    /// </para>
     /// </summary>
     /// <returns>A Float32 scalar.</returns>
-    /// <exception cref="ArgumentException">The shapes do not match as [..., C] and [...], or labels are not Int64.</exception>
+    /// <exception cref="ArgumentException">The shapes do not match as [..., C] and [...] (or [..., C] for distributions), or hard labels are not Int64.</exception>
     public static Tensor CrossEntropy(Tensor logits, Tensor labels)
     {
+        ArgumentNullException.ThrowIfNull(logits);
+        ArgumentNullException.ThrowIfNull(labels);
         using var scope = torch.NewDisposeScope();
+        if (labels.is_floating_point())
+        {
+            return SoftCrossEntropy(logits, labels).MoveToOuterDisposeScope();
+        }
+
         (Tensor flatLogits, Tensor flatLabels) = Flatten(logits, labels);
         Tensor sum = F.cross_entropy(flatLogits, flatLabels, ignore_index: IgnoreIndex, reduction: nn.Reduction.Sum);
         Tensor count = flatLabels.ne(IgnoreIndex).sum().clamp_min(1).to(ScalarType.Float32);
@@ -50,6 +62,22 @@ public static class Losses
 
         long classes = logits.shape[^1];
         return (logits.reshape(-1, classes).to(ScalarType.Float32), labels.reshape(-1));
+    }
+
+    private static Tensor SoftCrossEntropy(Tensor logits, Tensor targets)
+    {
+        if (!logits.shape.SequenceEqual(targets.shape))
+        {
+            throw new ArgumentException(
+                $"logits [{string.Join(", ", logits.shape)}] and target distributions [{string.Join(", ", targets.shape)}] do not match; distributions must have the logits' shape [..., C].");
+        }
+
+        long classes = logits.shape[^1];
+        Tensor flatLogits = logits.reshape(-1, classes).to(ScalarType.Float32);
+        Tensor flatTargets = targets.reshape(-1, classes).to(ScalarType.Float32);
+        Tensor sum = -(flatTargets * F.log_softmax(flatLogits, 1)).sum();
+        Tensor count = flatTargets.ne(0).any(1).sum().clamp_min(1).to(ScalarType.Float32);
+        return sum / count;
     }
 
     /// <summary>The batch's <c>labels</c> tensor.</summary>

@@ -306,8 +306,11 @@ public sealed partial class Trainer
     /// <summary>
     /// Trains on <see cref="State.Batch"/> (Composer's <c>_train_batch</c> and <c>_train_microbatches</c>):
     /// BeforeTrainBatch, zero the gradients, each microbatch, AfterTrainBatch, then one optimizer step per optimizer.
+    /// An <see cref="IClosureOptimizer"/> (SAM) is instead stepped with a closure that does all but BeforeTrainBatch
+    /// (and may be called more than once; train metrics and the returned loss come from its first call).
     /// Returns the batch's loss (the sample-weighted mean of the microbatch losses), Float32 [1], detached, on the device.
     /// </summary>
+    /// <exception cref="InvalidOperationException">Closure optimizers mixed with others, or with amp_fp16's loss scaling.</exception>
     private Tensor TrainBatch(bool useGradScaling, long globalSamples)
     {
         Batch deviceBatch = State.Batch!;
@@ -319,6 +322,52 @@ public sealed partial class Trainer
         long? microbatchSize = State.DeviceTrainMicrobatchSize;
         IReadOnlyList<Batch> microbatches = microbatchSize is { } size ? deviceBatch.Split(size) : new[] { deviceBatch };
         Engine.RunEvent(Event.BeforeTrainBatch);
+        int closureOptimizers = State.Optimizers.Count(o => o is IClosureOptimizer);
+        if (closureOptimizers == 0)
+        {
+            Tensor totalLoss = TrainMicrobatches(microbatches, deviceBatch, useGradScaling, globalSamples, updateMetrics: true);
+            foreach (optim.Optimizer optimizer in State.Optimizers)
+            {
+                if (useGradScaling)
+                {
+                    GradScaler.Step(optimizer);
+                }
+                else
+                {
+                    optimizer.step();
+                }
+            }
+
+            return totalLoss;
+        }
+
+        if (closureOptimizers != State.Optimizers.Count || useGradScaling)
+        {
+            throw new InvalidOperationException(
+                $"{closureOptimizers} of the {State.Optimizers.Count} optimizers step with a closure (e.g. SAM); all must, and amp_fp16's loss scaling is not supported with them (precision is {State.Precision.ToComposerName()}).");
+        }
+
+        Tensor? firstLoss = null;
+        foreach (optim.Optimizer optimizer in State.Optimizers)
+        {
+            optimizer.step(() =>
+            {
+                Tensor loss = TrainMicrobatches(microbatches, deviceBatch, useGradScaling, globalSamples, updateMetrics: firstLoss is null);
+                firstLoss ??= loss;
+                return loss;
+            });
+        }
+
+        return firstLoss ?? throw new InvalidOperationException("A closure optimizer stepped without evaluating the batch's loss.");
+    }
+
+    /// <summary>
+    /// Zeroes the gradients, runs every microbatch (forward, loss, backward), averages the gradients over ranks,
+    /// unscales them under amp_fp16, and raises AfterTrainBatch (Composer's <c>_train_microbatches</c>). Returns the
+    /// batch's loss, Float32 [1].
+    /// </summary>
+    private Tensor TrainMicrobatches(IReadOnlyList<Batch> microbatches, Batch deviceBatch, bool useGradScaling, long globalSamples, bool updateMetrics)
+    {
         foreach (optim.Optimizer optimizer in State.Optimizers)
         {
             optimizer.zero_grad();
@@ -336,7 +385,7 @@ public sealed partial class Trainer
                 _distributed.PrepareGradientReduce(State.Model, State.Optimizers, (long)batchSamples, globalSamples);
             }
 
-            Tensor microbatchLoss = TrainMicrobatch(useGradScaling, microbatch.NumSamples / batchSamples);
+            Tensor microbatchLoss = TrainMicrobatch(useGradScaling, microbatch.NumSamples / batchSamples, updateMetrics);
             totalLoss.add_(microbatchLoss);
         }
 
@@ -356,18 +405,6 @@ public sealed partial class Trainer
         }
 
         Engine.RunEvent(Event.AfterTrainBatch);
-        foreach (optim.Optimizer optimizer in State.Optimizers)
-        {
-            if (useGradScaling)
-            {
-                GradScaler.Step(optimizer);
-            }
-            else
-            {
-                optimizer.step();
-            }
-        }
-
         return totalLoss;
     }
 
@@ -377,7 +414,7 @@ public sealed partial class Trainer
     /// amp_fp16), so that the accumulated gradient equals the whole batch's gradient. Returns the microbatch's
     /// weighted loss (Float32 [1], detached) for logging.
     /// </summary>
-    private Tensor TrainMicrobatch(bool useGradScaling, double share)
+    private Tensor TrainMicrobatch(bool useGradScaling, double share, bool updateMetrics)
     {
         DeviceType deviceType = State.Device.type;
         Engine.RunEvent(Event.BeforeForward);
@@ -408,7 +445,7 @@ public sealed partial class Trainer
         toBackward.backward();
         Engine.RunEvent(Event.AfterBackward);
 
-        if (_trainMetrics.Count > 0)
+        if (updateMetrics && _trainMetrics.Count > 0)
         {
             using var noGrad = torch.no_grad();
             using (State.Precision.Enter(deviceType))

@@ -32,7 +32,7 @@ public static class Checkpoint
     /// A full checkpoint holds the model's state dict, each optimizer's state, each parameter group's initial and
     /// current learning rate, the schedulers' descriptions, the loss scaler, the timestamp, the CPU generator's state
     /// and the data sampler's position, the algorithms with their descriptions, the state of every
-    /// <see cref="IStatefulCallback"/>, the run name, seed and provenance (library versions, precision, device, time).
+    /// <see cref="IStatefulCallback"/> and <see cref="IStatefulAlgorithm"/>, the run name, seed and provenance (library versions, precision, device, time).
     /// With <paramref name="weightsOnly"/> only the model, algorithms and provenance are written.
     /// <para>
     /// With several ranks (<see cref="State.ProcessGroup"/>), every rank must call this together: a full checkpoint
@@ -57,7 +57,7 @@ public static class Checkpoint
         {
             foreach (optim.Optimizer optimizer in state.Optimizers)
             {
-                helpers.Add(optimizer as OptimizerHelper
+                helpers.Add(Unwrap(optimizer) as OptimizerHelper
                     ?? throw new NotSupportedException($"Optimizer {optimizer.GetType().Name} keeps its state in native code, which TorchSharp cannot serialise; use SGD, Adam, AdamW or another managed optimizer, or save weights only."));
             }
         }
@@ -93,7 +93,13 @@ public static class Checkpoint
                 }
             }
 
-            writer.WriteHeader(BuildHeader(state, weightsOnly));
+            CheckpointHeader header = BuildHeader(state, weightsOnly);
+            if (!weightsOnly)
+            {
+                AlgorithmStates.Write(state.Algorithms, writer, header);
+            }
+
+            writer.WriteHeader(header);
         });
         return full;
     }
@@ -103,7 +109,7 @@ public static class Checkpoint
     /// <see cref="PathTemplate"/>) into <paramref name="state"/>: required-on-load algorithms first (Composer's
     /// <c>_apply_required_algorithms</c>), then the model's weights, then, unless
     /// <see cref="CheckpointOptions.LoadWeightsOnly"/>, optimizers, learning rates, scaler, timestamp, seed, callback
-    /// state and <see cref="State.PendingRngState"/> (restored when training starts).
+    /// and algorithm state (<see cref="IStatefulAlgorithm"/>) and <see cref="State.PendingRngState"/> (restored when training starts).
     /// <para>
     /// With several ranks each reads its own generator state (<c>rng/rank{r}.bin</c>); a rank the checkpoint has
     /// none for (it was written by fewer ranks) keeps its seeded generator, with a warning. A checkpoint written by
@@ -147,6 +153,7 @@ public static class Checkpoint
             return;
         }
 
+        AlgorithmStates.Read(state, reader, log); // before the optimizers: an algorithm may re-shape their parameter groups
         LoadOptimizers(state, reader, header);
         if (header.GradScaler is { } scaler && state.Scaler.Enabled)
         {
@@ -243,6 +250,9 @@ public static class Checkpoint
 
     private static string OptimizerEntry(int index) => $"optimizers/{index}.bin";
 
+    /// <summary>The optimizer whose state is saved: the wrapped one of an <see cref="IClosureOptimizer"/> (SAM), else the optimizer itself.</summary>
+    private static optim.Optimizer Unwrap(optim.Optimizer optimizer) => optimizer is IClosureOptimizer wrapper ? wrapper.BaseOptimizer : optimizer;
+
     /// <summary>The entry of rank <paramref name="rank"/>'s generator state: <see cref="CheckpointFile.RngEntry"/> for rank 0 (as for one process), <c>rng/rank{r}.bin</c> otherwise.</summary>
     private static string RngEntry(int rank) => rank == 0 ? CheckpointFile.RngEntry : $"rng/rank{rank.ToString(CultureInfo.InvariantCulture)}.bin";
 
@@ -337,7 +347,7 @@ public static class Checkpoint
         header.Schedulers = SchedulerDescriptions(state);
         header.Optimizers = state.Optimizers.Select(o => new OptimizerRecord
         {
-            Type = o.GetType().FullName ?? o.GetType().Name,
+            Type = Unwrap(o).GetType().FullName ?? Unwrap(o).GetType().Name,
             InitialLearningRates = o.ParamGroups.Select(g => g.InitialLearningRate).ToList(),
             LearningRates = o.ParamGroups.Select(g => g.LearningRate).ToList(),
         }).ToList();
@@ -368,15 +378,15 @@ public static class Checkpoint
 
         for (int i = 0; i < state.Optimizers.Count; i++)
         {
-            OptimizerHelper helper = state.Optimizers[i] as OptimizerHelper
-                ?? throw new NotSupportedException($"Optimizer {state.Optimizers[i].GetType().Name} keeps its state in native code, which TorchSharp cannot restore.");
+            OptimizerHelper helper = Unwrap(state.Optimizers[i]) as OptimizerHelper
+                ?? throw new NotSupportedException($"Optimizer {Unwrap(state.Optimizers[i]).GetType().Name} keeps its state in native code, which TorchSharp cannot restore.");
             try
             {
                 reader.Read(OptimizerEntry(i), r => helper.load_state_dict(r));
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidDataException && ex is not CheckpointException)
             {
-                throw new CheckpointException(file, $"Checkpoint '{file}': optimizer {i} ({header.Optimizers[i].Type}) does not match this Trainer's {state.Optimizers[i].GetType().FullName}: {ex.Message}", ex);
+                throw new CheckpointException(file, $"Checkpoint '{file}': optimizer {i} ({header.Optimizers[i].Type}) does not match this Trainer's {Unwrap(state.Optimizers[i]).GetType().FullName}: {ex.Message}", ex);
             }
 
             List<optim.ILearningRateController> groups = state.Optimizers[i].ParamGroups.ToList();

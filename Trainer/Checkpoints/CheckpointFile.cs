@@ -469,6 +469,8 @@ internal sealed class CheckpointHeader
 
     public Dictionary<string, JsonElement> Callbacks { get; set; } = new();
 
+    public Dictionary<string, JsonElement> AlgorithmStates { get; set; } = new();
+
     public Dictionary<string, string> EntryHashes { get; set; } = new();
 }
 
