@@ -110,6 +110,9 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
     /// <summary>The output Linear (its weight gets GPT-2's depth-scaled initialization).</summary>
     public Linear OutProjection => fc_out;
 
+    /// <summary>The activation between the two Linears.</summary>
+    public HiddenActivation Activation => _activation;
+
     /// <summary>[B, T, hidden] → [B, T, hidden].</summary>
     public override Tensor forward(Tensor x)
     {
@@ -143,7 +146,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 #pragma warning disable IDE1006
     private readonly MultiHeadSelfAttention attn;
     private readonly nn.Module<Tensor, Tensor> ln_1;
-    private readonly FeedForward mlp;
+    private readonly nn.Module<Tensor, Tensor> mlp;
     private readonly nn.Module<Tensor, Tensor> ln_2;
     private readonly Dropout dropout;
 #pragma warning restore IDE1006
@@ -170,8 +173,14 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     /// <summary>The self-attention.</summary>
     public MultiHeadSelfAttention Attention => attn;
 
-    /// <summary>The feed-forward block.</summary>
-    public FeedForward Mlp => mlp;
+    /// <summary>Whether the block is pre-LN (LayerNorm at each sublayer's input) rather than post-LN (after each residual add).</summary>
+    public bool PreLayerNorm => _preLayerNorm;
+
+    /// <summary>
+    /// The feed-forward block [B, T, hidden] → [B, T, hidden]: a <see cref="FeedForward"/> as built, or what module
+    /// surgery put in its place (e.g. the gated feed-forward of the GatedLinearUnits algorithm).
+    /// </summary>
+    public nn.Module<Tensor, Tensor> Mlp => mlp;
 
     /// <summary>The first LayerNorm: before attention (pre-LN) or after the attention residual add (post-LN). It may have been replaced by module surgery.</summary>
     public nn.Module<Tensor, Tensor> LayerNorm1 => ln_1;
@@ -483,7 +492,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             foreach (TransformerBlock block in layers)
             {
                 nn.init.normal_(block.Attention.OutProjection.weight, 0.0, scaled);
-                nn.init.normal_(block.Mlp.OutProjection.weight, 0.0, scaled);
+                nn.init.normal_(((FeedForward)block.Mlp).OutProjection.weight, 0.0, scaled); // a fresh block holds a FeedForward
             }
         }
     }
