@@ -16,6 +16,7 @@ public static class AlgorithmCatalog
         (() => new LowPrecisionLayerNorm(), LowPrecisionLayerNorm.FromDescription),
         (() => new LowPrecisionGroupNorm(), LowPrecisionGroupNorm.FromDescription),
         (() => new GatedLinearUnits(), GatedLinearUnits.FromDescription),
+        (() => new Alibi(), Alibi.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =
