@@ -17,6 +17,7 @@ public static class AlgorithmCatalog
         (() => new LowPrecisionGroupNorm(), LowPrecisionGroupNorm.FromDescription),
         (() => new GatedLinearUnits(), GatedLinearUnits.FromDescription),
         (() => new Alibi(), Alibi.FromDescription),
+        (() => new SeqLengthWarmup(), SeqLengthWarmup.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =
