@@ -18,6 +18,7 @@ public static class AlgorithmCatalog
         (() => new GatedLinearUnits(), GatedLinearUnits.FromDescription),
         (() => new Alibi(), Alibi.FromDescription),
         (() => new SeqLengthWarmup(), SeqLengthWarmup.FromDescription),
+        (() => new StochasticDepth(), StochasticDepth.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

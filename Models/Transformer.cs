@@ -162,6 +162,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     private readonly Dropout dropout;
 #pragma warning restore IDE1006
     private readonly bool _preLayerNorm;
+    private double _layerDropRate;
 
     /// <summary>Creates a block.</summary>
     /// <param name="config">Sizes, dropout and LayerNorm epsilon.</param>
@@ -188,6 +189,27 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     public bool PreLayerNorm => _preLayerNorm;
 
     /// <summary>
+    /// Stochastic depth / layer drop (Huang et al. 2016; Fan et al. 2019) at the block level, Composer's
+    /// <c>stochastic_method: block</c>: in training mode the whole block is skipped (the input is returned) with this
+    /// probability, drawn from libtorch's global generator once per forward; in eval mode both residual branches are
+    /// scaled by 1 − rate, the expected value in training. 0 (default) changes nothing. Set by the StochasticDepth algorithm.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Set outside [0, 1].</exception>
+    public double LayerDropRate
+    {
+        get => _layerDropRate;
+        set
+        {
+            if (!(value >= 0 && value <= 1))
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "The layer drop rate must be a probability in [0, 1].");
+            }
+
+            _layerDropRate = value;
+        }
+    }
+
+    /// <summary>
     /// The feed-forward block [B, T, hidden] → [B, T, hidden]: a <see cref="FeedForward"/> as built, or what module
     /// surgery put in its place (e.g. the gated feed-forward of the GatedLinearUnits algorithm).
     /// </summary>
@@ -204,35 +226,44 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     public override Tensor forward(Tensor x, Tensor? mask)
     {
         using var scope = torch.NewDisposeScope();
+        if (training && _layerDropRate > 0 && torch.rand(1).item<float>() < _layerDropRate)
+        {
+            return x.alias().MoveToOuterDisposeScope();
+        }
+
+        double keep = training ? 1.0 : 1.0 - _layerDropRate;
         Tensor h;
         if (_preLayerNorm)
         {
-            h = x + dropout.call(attn.call(ln_1.call(x), mask));
-            h = h + dropout.call(mlp.call(ln_2.call(h)));
+            h = x + Scaled(dropout.call(attn.call(ln_1.call(x), mask)), keep);
+            h = h + Scaled(dropout.call(mlp.call(ln_2.call(h))), keep);
         }
         else
         {
-            h = ln_1.call(x + dropout.call(attn.call(x, mask)));
-            h = ln_2.call(h + dropout.call(mlp.call(h)));
+            h = ln_1.call(x + Scaled(dropout.call(attn.call(x, mask)), keep));
+            h = ln_2.call(h + Scaled(dropout.call(mlp.call(h)), keep));
         }
 
         return h.MoveToOuterDisposeScope();
     }
+
+    private static Tensor Scaled(Tensor branch, double keep) => keep == 1.0 ? branch : branch * keep;
 
     /// <summary>The block on new positions with a key/value cache (see <see cref="MultiHeadSelfAttention.ForwardCached"/>); no dropout.</summary>
     internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer, Tensor? bias = null)
     {
         using var scope = torch.NewDisposeScope();
         Tensor h;
+        double keep = 1.0 - _layerDropRate;
         if (_preLayerNorm)
         {
-            h = x + attn.ForwardCached(ln_1.call(x), cache, layer, bias);
-            h = h + mlp.call(ln_2.call(h));
+            h = x + Scaled(attn.ForwardCached(ln_1.call(x), cache, layer, bias), keep);
+            h = h + Scaled(mlp.call(ln_2.call(h)), keep);
         }
         else
         {
-            h = ln_1.call(x + attn.ForwardCached(x, cache, layer, bias));
-            h = ln_2.call(h + mlp.call(h));
+            h = ln_1.call(x + Scaled(attn.ForwardCached(x, cache, layer, bias), keep));
+            h = ln_2.call(h + Scaled(mlp.call(h), keep));
         }
 
         return h.MoveToOuterDisposeScope();

@@ -15,6 +15,7 @@ public class TransformerAlgorithmYamlTests
     [TestCase("bert_mlm", "synthetic_mlm", "gated_linear_units:\n    act_fn: silu\n    gated_layer_bias: true", "gated_linear_units/modules_replaced", 2.0, true)]
     [TestCase("bert_mlm", "synthetic_mlm", "alibi:\n    max_sequence_length: 64\n    train_sequence_length_scaling: 0.5", "alibi/modules_replaced", 1.0, true)]
     [TestCase("bert_mlm", "synthetic_mlm", "seq_length_warmup:\n    duration: 0.5\n    min_seq_length: 8\n    max_seq_length: 16\n    step_size: 8\n    truncate: false", "seq_length_warmup/curr_seq_len", 16.0, false)]
+    [TestCase("bert_mlm", "synthetic_mlm", "stochastic_depth:\n    drop_rate: 0.1\n    drop_distribution: uniform\n    drop_warmup: 0.5", "stochastic_depth/drop_rate", 0.1, false)]
     public void TheAlgorithmTrainsFromYamlByName(string model, string dataset, string algorithmYaml, string metric, double expected, bool requiredOnLoad)
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-algo-yaml-" + Guid.NewGuid().ToString("N"));
