@@ -55,15 +55,24 @@ public sealed record JobResult(
 /// </summary>
 public sealed class TrainJob
 {
-    /// <summary>The accepted top-level keys.</summary>
-    public static readonly IReadOnlyList<string> TopLevelKeys = new[]
+    /// <summary>The top-level keys that describe components (each a section or a list of named components).</summary>
+    public static readonly IReadOnlyList<string> ComponentKeys = new[]
     {
-        "run_name", "run_folder", "seed", "deterministic_mode", "precision", "device", "max_duration", "eval_interval", "eval_subset_num_batches",
-        "device_train_microbatch_size", "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms",
-        "callbacks", "loggers", "progress_bar", "log_to_console", "console_log_interval", "save_folder", "save_interval",
-        "save_filename", "save_latest_filename", "save_overwrite", "save_num_checkpoints_to_keep", "save_weights_only", "save_best",
-        "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume", "dist_timeout", "dist_backend",
+        "model", "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms", "callbacks", "loggers",
     };
+
+    /// <summary>
+    /// The accepted top-level keys: <see cref="ComponentKeys"/>, then the snake_case names of the bindable properties
+    /// of <see cref="TrainerOptions"/> and <see cref="CheckpointOptions"/> (so a new option is a new key with no list
+    /// to update), then <c>save_best</c> (a mapping) and the data-parallel <c>dist_timeout</c> (seconds) and
+    /// <c>dist_backend</c>.
+    /// </summary>
+    public static readonly IReadOnlyList<string> TopLevelKeys = ComponentKeys
+        .Concat(OptionsBinder.KeysOf<TrainerOptions>())
+        .Concat(OptionsBinder.KeysOf<CheckpointOptions>())
+        .Concat(new[] { "save_best", "dist_timeout", "dist_backend" })
+        .Distinct()
+        .ToArray();
 
     private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
 
@@ -208,18 +217,26 @@ public sealed class TrainJob
 
     private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
-        // Scalar settings first, so that a bad value is reported before any data is read or model built.
-        int seed = (int)(_config.GetLong("seed") ?? 17);
-        bool deterministicMode = _config.GetBool("deterministic_mode") ?? false;
-        ComposerSharp.Distributed.DistributedOptions distributed = DistributedSettings();
-        Time? maxDuration = fit ? RequireTime("max_duration") : (Time?)null;
-        Precision? precision = _config.GetValue<Precision?>("precision", p => PrecisionExtensions.Parse(p), "fp32, amp_bf16 or amp_fp16");
-        string device = Device();
-        Time? evalInterval = _config.GetTime("eval_interval");
-        Time? consoleLogInterval = _config.GetTime("console_log_interval");
+        // Scalar settings first, so that a bad value is reported before any data is read or model built: the
+        // top-level keys bound to the options records, each value checked once by the library.
+        var checkpointDefaults = new CheckpointOptions { LoadWeightsOnly = !fit };
+        CheckpointOptions boundCheckpoint = OptionsBinder.Bind(_config, checkpointDefaults, TopLevelKeys.ToArray()) with { SaveBest = SaveBestOf(_config) };
+        TrainerOptions options = OptionsBinder.Bind<TrainerOptions>(_config, null, TopLevelKeys.ToArray()) with
+        {
+            Checkpoint = boundCheckpoint,
+            Distributed = DistributedSettings(),
+        };
+        if (fit && options.MaxDuration is null)
+        {
+            throw new ConfigException("'max_duration' is required for train, e.g. 'max_duration: 1ep'.");
+        }
+
+        options = Validated(fit ? options : options with { MaxDuration = null }); // eval trains nothing
+        int seed = options.Seed;
+        bool deterministicMode = options.DeterministicMode;
         string stamp = DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
-        string runName = _config.GetString("run_name") ?? $"{_config.Section("model").GetString("name") ?? "model"}-{stamp}";
-        string runFolder = Path.GetFullPath(_config.GetString("run_folder") ?? Path.Combine("runs", runName));
+        string runName = options.RunName ?? $"{_config.Section("model").GetString("name") ?? "model"}-{stamp}";
+        string runFolder = Path.GetFullPath(options.RunFolder ?? Path.Combine("runs", runName));
         if (!fit)
         {
             // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
@@ -270,25 +287,7 @@ public sealed class TrainJob
             ? Array.Empty<IScheduler>()
             : new[] { _catalog.Create<IScheduler>(ComponentKind.Scheduler, schedulerName, scheduler.Without("name"), context) };
 
-        var defaults = new CheckpointOptions();
-        var checkpoint = new CheckpointOptions
-        {
-            SaveFolder = _config.GetString("save_folder"),
-            SaveInterval = _config.GetTime("save_interval") ?? defaults.SaveInterval,
-            SaveFilename = _config.GetString("save_filename") ?? defaults.SaveFilename,
-            SaveLatestFilename = _config.GetString("save_latest_filename", defaults.SaveLatestFilename),
-            SaveOverwrite = _config.GetBool("save_overwrite") ?? false,
-            SaveNumCheckpointsToKeep = (int)(_config.GetLong("save_num_checkpoints_to_keep") ?? -1),
-            SaveWeightsOnly = _config.GetBool("save_weights_only") ?? false,
-            SaveBest = SaveBestOf(_config),
-            LoadPath = _config.GetString("load_path"),
-            LoadWeightsOnly = _config.GetBool("load_weights_only") ?? !fit,
-            LoadStrictModelWeights = _config.GetBool("load_strict_model_weights") ?? true,
-            LoadIgnoreKeys = StringList("load_ignore_keys"),
-            Autoresume = _config.GetBool("autoresume") ?? false,
-            AlgorithmResolver = ResolveAlgorithm,
-            Metadata = description,
-        };
+        CheckpointOptions checkpoint = options.Checkpoint with { AlgorithmResolver = ResolveAlgorithm, Metadata = description };
 
         if (fit)
         {
@@ -300,29 +299,15 @@ public sealed class TrainJob
         var stopwatch = Stopwatch.StartNew();
         using var trainer = new Trainer(
             model,
+            options with { RunName = runName, RunFolder = runFolder, Checkpoint = checkpoint },
             trainDataloader: train?.CreateLoader(trainSettings!),
-            maxDuration: maxDuration,
             evalDataloader: eval?.CreateLoader(evalSettings!),
             algorithms: algorithms,
             callbacks: callbacks,
             loggers: loggers,
-            precision: precision,
-            device: device,
-            seed: seed,
             optimizerFactory: optimizerFactory,
             schedulers: schedulers,
-            deviceTrainMicrobatchSize: (int?)_config.GetLong("device_train_microbatch_size"),
-            evalInterval: evalInterval,
-            evalSubsetNumBatches: _config.GetLong("eval_subset_num_batches"),
-            checkpoint: checkpoint,
-            loggerFactory: _loggerFactory,
-            runName: runName,
-            runFolder: runFolder,
-            progressBar: _config.GetBool("progress_bar") ?? true,
-            logToConsole: _config.GetBool("log_to_console") ?? false,
-            consoleLogInterval: consoleLogInterval,
-            deterministicMode: deterministicMode,
-            distributed: distributed);
+            loggerFactory: _loggerFactory);
 
         Timestamp start = trainer.State.Timestamp;
         if (fit && start.Batch > 0)
@@ -378,23 +363,43 @@ public sealed class TrainJob
         return result;
     }
 
-    /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher.</summary>
+    /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher. Ranges are checked by <see cref="TrainerOptions.Validate"/>.</summary>
     private ComposerSharp.Distributed.DistributedOptions DistributedSettings()
     {
         var defaults = new ComposerSharp.Distributed.DistributedOptions();
         double? timeout = _config.GetDouble("dist_timeout");
-        if (timeout is { } t && !(t > 0 && double.IsFinite(t)))
+        if (timeout is { } t && !double.IsFinite(t))
         {
-            throw new ConfigException($"dist_timeout = {t.ToString(CultureInfo.InvariantCulture)} is not valid; expected a positive number of seconds (default {defaults.Timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}).");
+            throw new ConfigException($"'dist_timeout' is {t.ToString(CultureInfo.InvariantCulture)}; expected a positive number of seconds (default {defaults.Timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)}).");
         }
 
-        string backend = _config.GetString("dist_backend") ?? defaults.Backend;
-        if (backend is not ("auto" or "mpi" or "nccl"))
-        {
-            throw new ConfigException($"dist_backend = '{backend}' is not known; expected auto, mpi or nccl.");
-        }
+        return defaults with { Timeout = timeout is { } s ? TimeSpan.FromSeconds(s) : defaults.Timeout, Backend = _config.GetString("dist_backend") ?? defaults.Backend };
+    }
 
-        return defaults with { Timeout = timeout is { } s ? TimeSpan.FromSeconds(s) : defaults.Timeout, Backend = backend };
+    /// <summary>
+    /// <paramref name="options"/> checked by the library (<see cref="TrainerOptions.Validate"/>); a refused value is
+    /// reported as the configuration key it came from, with the library's message.
+    /// </summary>
+    /// <exception cref="ConfigException">A value the library refused.</exception>
+    private TrainerOptions Validated(TrainerOptions options)
+    {
+        try
+        {
+            return options.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            string key = ex.ParamName switch
+            {
+                nameof(ComposerSharp.Distributed.DistributedOptions.Timeout) => "dist_timeout",
+                nameof(ComposerSharp.Distributed.DistributedOptions.Backend) => "dist_backend",
+                { Length: > 0 } p => Algorithm.ToSnakeCase(p),
+                _ => "configuration",
+            };
+            string value = _config.Get(key) is string v ? $" is '{v}'" : string.Empty;
+            string actual = ex is ArgumentOutOfRangeException { ActualValue: { } a } ? $" (got {Convert.ToString(a, CultureInfo.InvariantCulture)})" : string.Empty;
+            throw new ConfigException($"'{key}'{value}: {ex.Message.Split(Environment.NewLine, 2)[0].Split(" (Parameter '", 2)[0]}{actual}", ex);
+        }
     }
 
     /// <summary>What module-surgery algorithms reported through the logger: <c>&lt;name&gt;/modules_replaced</c> metrics, by algorithm name.</summary>
@@ -416,43 +421,6 @@ public sealed class TrainJob
         }
 
         return _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, description.Name, args, new ComponentContext(_services, string.Empty, 0));
-    }
-
-    /// <summary>A list of strings under <paramref name="key"/>: a YAML list, or one comma-separated string (as given on the command line).</summary>
-    private IReadOnlyList<string>? StringList(string key) => _config.Get(key) switch
-    {
-        null => null,
-        string text => text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
-        List<object?> list => list.Select(item => item as string
-            ?? throw new ConfigException($"'{key}' has '{item}', which is not a string; expected glob patterns such as 'classifier.*'.")).ToArray(),
-        _ => throw new ConfigException($"'{key}' must be a list of glob patterns, e.g. [classifier.*, pooler.*]."),
-    };
-
-    private Time RequireTime(string key)
-    {
-        Time time = _config.GetTime(key)
-            ?? throw new ConfigException($"'{key}' is required for train, e.g. 'max_duration: 1ep'.");
-        try
-        {
-            return Trainer.CheckMaxDuration(time);
-        }
-        catch (ArgumentException ex)
-        {
-            throw new ConfigException($"'{key}' is '{_config.GetString(key)}': {ex.Message}", ex);
-        }
-    }
-
-    private string Device()
-    {
-        string device = _config.GetString("device") ?? "auto";
-        try
-        {
-            return TrainerDevice.Normalize(device);
-        }
-        catch (ArgumentException ex)
-        {
-            throw new ConfigException($"'device': {ex.Message}", ex);
-        }
     }
 
     private LoaderSettings LoaderSettingsOf(string key, int runSeed, bool shuffle)

@@ -30,7 +30,7 @@ public sealed record DistributedOptions
     {
         if (Timeout <= TimeSpan.Zero)
         {
-            throw new ArgumentException($"dist_timeout = {Timeout.TotalSeconds} s is not valid; expected a positive number of seconds.", nameof(Timeout));
+            throw new ArgumentException($"dist_timeout = {Timeout.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)} is not valid; expected a positive number of seconds.", nameof(Timeout));
         }
 
         if (Backend is not ("auto" or "mpi" or "nccl"))

@@ -9,6 +9,11 @@ namespace ComposerSharp.Training;
 
 public sealed partial class Trainer
 {
+    private readonly List<EvaluatorRun> _evaluators = new();
+
+    /// <summary>The evaluators, in the order they run.</summary>
+    public IReadOnlyList<Evaluator> Evaluators => _evaluators.Select(e => e.Evaluator).ToList();
+
     /// <summary>
     /// Evaluates outside of <see cref="Fit"/> (Composer's <c>eval</c>): EvalStandaloneStart, then for each evaluator
     /// (or only <paramref name="evalDataloader"/>, under <paramref name="label"/>) EvalStart, per batch
@@ -303,4 +308,40 @@ public sealed partial class Trainer
 
         return i;
     }
+
+    private void AddEvaluator(Evaluator evaluator, Time defaultInterval, long? defaultSubset)
+    {
+        if (_evaluators.Any(e => e.Evaluator.Label == evaluator.Label) || evaluator.Label == TrainLabel)
+        {
+            throw new ArgumentException($"Evaluator label '{evaluator.Label}' is already used; give each evaluator a unique label other than '{TrainLabel}'.", nameof(evaluator));
+        }
+
+        if (evaluator.SubsetNumBatches is null && defaultSubset is null && evaluator.Dataloader.BatchesPerEpoch is null)
+        {
+            throw new ArgumentException(
+                $"Evaluator '{evaluator.Label}' has a dataloader of unknown length; set its subsetNumBatches (or evalSubsetNumBatches) so evaluation ends.", nameof(evaluator));
+        }
+
+        IReadOnlyList<IMetric> all = _model.GetMetrics(isTrain: false);
+        IReadOnlyList<IMetric> metrics = all;
+        if (evaluator.MetricNames is { } names)
+        {
+            string[] unknown = names.Where(n => all.All(m => m.Name != n)).ToArray();
+            if (unknown.Length > 0)
+            {
+                throw new ArgumentException(
+                    $"Evaluator '{evaluator.Label}' asks for metrics {string.Join(", ", unknown)}, which the model does not provide (it has: {string.Join(", ", all.Select(m => m.Name))}).",
+                    nameof(evaluator));
+            }
+
+            metrics = all.Where(m => names.Contains(m.Name)).ToList();
+        }
+
+        var schedule = new IntervalSchedule(evaluator.EvalInterval ?? defaultInterval, checkpointEvents: false, finalEvents: new[] { Event.FitEnd });
+        _evaluators.Add(new EvaluatorRun(evaluator, metrics, schedule, evaluator.SubsetNumBatches ?? defaultSubset));
+        State.EvalDataloaders[evaluator.Label] = evaluator.Dataloader;
+    }
+
+    /// <summary>An evaluator with its metric instances and interval schedule.</summary>
+    private sealed record EvaluatorRun(Evaluator Evaluator, IReadOnlyList<IMetric> Metrics, IntervalSchedule Schedule, long? SubsetNumBatches);
 }

@@ -46,7 +46,7 @@ public sealed partial class Trainer
             ?? throw new InvalidOperationException("No training dataloader: pass trainDataloader to the Trainer.");
         if (duration is { } d)
         {
-            d = CheckMaxDuration(d, nameof(duration));
+            d = TrainerOptions.CheckMaxDuration(d, nameof(duration));
             State.MaxDuration = d + State.Timestamp.Get(d.Unit);
         }
 
@@ -450,21 +450,6 @@ public sealed partial class Trainer
                 group.LearningRate = group.InitialLearningRate * factor;
             }
         }
-    }
-
-    /// <summary>Runs <see cref="State.Model"/> (the model, or what an algorithm put in its place) on <paramref name="batch"/>.</summary>
-    private Tensor Forward(Batch batch) => State.Model switch
-    {
-        nn.Module<Batch, Tensor> module => module.call(batch),
-        _ => throw new InvalidOperationException(
-            $"State.Model is a {State.Model.GetType().Name}, which does not map a Batch to a Tensor; an algorithm may replace submodules but the root must stay a ComposerModel."),
-    };
-
-    private void ClearStepTensors()
-    {
-        State.Batch = null;
-        State.Outputs = null;
-        State.Loss = null;
     }
 
     private void ComputeAndLogMetrics(string label, IReadOnlyList<IMetric> metrics)

@@ -42,8 +42,10 @@ public static class TrainerDevice
     /// and the CLI both check names through it.
     /// </summary>
     /// <exception cref="ArgumentNullException"><paramref name="spec"/> is null.</exception>
+    /// <param name="spec">The device name.</param>
+    /// <param name="paramName">The name reported as <see cref="ArgumentException.ParamName"/> (the caller's setting), or null.</param>
     /// <exception cref="ArgumentException"><paramref name="spec"/> is not one of those names; the message quotes it and lists them.</exception>
-    public static string Normalize(string spec)
+    public static string Normalize(string spec, string? paramName = null)
     {
         ArgumentNullException.ThrowIfNull(spec);
         string s = spec.Trim().ToLowerInvariant();
@@ -57,7 +59,7 @@ public static class TrainerDevice
             return s;
         }
 
-        throw new ArgumentException($"Unknown device '{spec}'; expected \"cpu\", \"cuda\", \"cuda:N\", \"gpu\" or \"auto\".");
+        throw new ArgumentException($"Unknown device '{spec}'; expected \"cpu\", \"cuda\", \"cuda:N\", \"gpu\" or \"auto\".", paramName);
     }
 
     /// <summary>

@@ -7,6 +7,7 @@ using ComposerSharp.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using ComposerSharp.Training;
 using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.Benchmarks;
@@ -163,8 +164,8 @@ public static class DistributedBenchmark
         var loader = new RepeatLoader(new Batch(new Dictionary<string, Tensor> { ["x"] = x, ["labels"] = y }));
         var times = new List<double>();
         var timer = new StepTimer(times);
-        using var trainer = new TrainerT(model, loader, maxDuration: Time.FromBatch(warmup), device: "cpu", progressBar: false,
-            optimizerFactory: ps => torch.optim.SGD(ps, 0.01), callbacks: new[] { timer }, computeTrainingMetrics: false);
+        using var trainer = new TrainerT(model, new TrainerOptions { MaxDuration = Time.FromBatch(warmup), Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = false },
+            loader, optimizerFactory: ps => torch.optim.SGD(ps, 0.01), callbacks: new[] { timer });
         trainer.Fit();
         times.Clear();
         double commBefore = trainer.Distributed.GradientReduceSeconds;

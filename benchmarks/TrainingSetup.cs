@@ -124,14 +124,10 @@ internal static class TrainingSetup
 
         return new Trainer(
             model,
+            new TrainerOptions { Precision = precision, Device = "cpu", Seed = ModelSeed, ProgressBar = false, ComputeTrainingMetrics = computeTrainingMetrics },
             trainDataloader: data,
             algorithms: algorithms,
-            precision: precision,
-            device: "cpu",
-            seed: ModelSeed,
-            optimizerFactory: p => torch.optim.AdamW(p, lr: shape.LearningRate),
-            progressBar: false,
-            computeTrainingMetrics: computeTrainingMetrics);
+            optimizerFactory: p => torch.optim.AdamW(p, lr: shape.LearningRate));
     }
 
     /// <summary>Runs <paramref name="steps"/> batches through <c>Trainer.Fit</c> and returns milliseconds per step.</summary>

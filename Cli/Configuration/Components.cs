@@ -1,5 +1,6 @@
 using System.Reflection;
 using ComposerSharp.Events;
+using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.DependencyInjection;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -109,6 +110,29 @@ public static class ComponentServiceCollectionExtensions
     /// </summary>
     public static IServiceCollection AddOptimizer(this IServiceCollection services, string name, Func<ConfigSection, ComponentContext, Func<IEnumerable<Parameter>, optim.Optimizer>> factory) =>
         services.AddComponent(ComponentKind.Optimizer, name, factory);
+
+    /// <summary>
+    /// Registers the optimizer whose settings record is <typeparamref name="TOptions"/> under <paramref name="name"/>:
+    /// the section's keys bind to its properties by snake_case name, the record checks its values
+    /// (<see cref="IOptimizerOptions.Validate"/>) and the CLI reports a refusal with the key.
+    /// </summary>
+    public static IServiceCollection AddOptimizer<TOptions>(this IServiceCollection services, string name)
+        where TOptions : class, IOptimizerOptions, new() =>
+        services.AddOptimizer(name, (s, _) =>
+        {
+            TOptions options = OptionsBinder.Bind<TOptions>(s, null, "name");
+            try
+            {
+                options.Validate();
+            }
+            catch (ArgumentException ex)
+            {
+                string key = ex.ParamName is { Length: > 0 } p ? s.PathOf(Algorithm.ToSnakeCase(p)) : s.Path;
+                throw new ConfigException($"'{key}': {ex.Message.Split(" (Parameter '", 2)[0]}", ex);
+            }
+
+            return options.Create;
+        });
 
     /// <summary>Registers scheduler <typeparamref name="T"/> under <paramref name="name"/> (Composer's scheduler names); its constructor parameters become its config keys.</summary>
     public static IServiceCollection AddScheduler<T>(this IServiceCollection services, string name)

@@ -20,10 +20,7 @@ public static class OptionsBinder
         where T : class
     {
         T target = seed is null ? CreateNew<T>() : Clone(seed);
-        Dictionary<string, PropertyInfo> properties = typeof(T)
-            .GetProperties(BindingFlags.Public | BindingFlags.Instance)
-            .Where(p => p.SetMethod is { IsPublic: true } && IsBindable(p.PropertyType))
-            .ToDictionary(p => Algorithm.ToSnakeCase(p.Name), p => p);
+        Dictionary<string, PropertyInfo> properties = BindableProperties(typeof(T)).ToDictionary(p => Algorithm.ToSnakeCase(p.Name), p => p);
         section.RequireKnownKeys(properties.Keys.Concat(ignoredKeys), "option");
         foreach (string key in section.Keys)
         {
@@ -37,6 +34,14 @@ public static class OptionsBinder
 
         return target;
     }
+
+    /// <summary>The config keys <see cref="Bind{T}"/> accepts for <typeparamref name="T"/>: the snake_case names of its public settable properties of bindable types, in declaration order.</summary>
+    public static IEnumerable<string> KeysOf<T>()
+        where T : class =>
+        BindableProperties(typeof(T)).Select(p => Algorithm.ToSnakeCase(p.Name));
+
+    private static IEnumerable<PropertyInfo> BindableProperties(Type t) =>
+        t.GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.SetMethod is { IsPublic: true } && IsBindable(p.PropertyType));
 
     private static T CreateNew<T>()
         where T : class
@@ -57,12 +62,13 @@ public static class OptionsBinder
 
     /// <summary>
     /// Whether values of <paramref name="t"/> can come from a config key (the same for option records and
-    /// constructor parameters): numbers, booleans, strings, enums, times, and lists of names or of times.
+    /// constructor parameters): numbers, booleans, strings, enums, times, and lists of names, numbers or times.
     /// </summary>
     public static bool IsBindable(Type t)
     {
         Type u = Nullable.GetUnderlyingType(t) ?? t;
-        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>) || u == typeof(IEnumerable<Time>) || u == typeof(IReadOnlyList<Time>);
+        return u.IsPrimitive || u.IsEnum || u == typeof(string) || u == typeof(Time) || u == typeof(IReadOnlyList<string>) || u == typeof(IReadOnlyList<double>) ||
+            u == typeof(IEnumerable<Time>) || u == typeof(IReadOnlyList<Time>);
     }
 
     /// <summary>Converts the value at <paramref name="key"/> to <paramref name="target"/>: numbers, booleans, strings, enums (snake_case), times, and lists of names or times.</summary>
@@ -84,6 +90,18 @@ public static class OptionsBinder
                 string s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList(),
                 _ => throw new ConfigException($"'{section.PathOf(key)}' must be a list of names."),
             };
+        }
+
+        if (u == typeof(IReadOnlyList<double>))
+        {
+            if (raw is not List<object?> numbers)
+            {
+                throw new ConfigException($"'{section.PathOf(key)}' must be a list of numbers, e.g. [0.9, 0.98].");
+            }
+
+            return numbers.Select(n => n is string text && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double d)
+                ? d
+                : throw new ConfigException($"'{section.PathOf(key)}' has '{n}', which is not a number; expected a list of numbers, e.g. [0.9, 0.98].")).ToList();
         }
 
         if (u == typeof(IEnumerable<Time>) || u == typeof(IReadOnlyList<Time>))

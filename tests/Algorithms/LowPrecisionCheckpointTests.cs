@@ -35,8 +35,9 @@ public class LowPrecisionCheckpointTests
     }
 
     private static Trainer Trainer(ComposerModel model, IEnumerable<IAlgorithm> algorithms, CheckpointOptions? checkpoint = null, CapturingLoggerFactory? logs = null) =>
-        new(model, Loader(), maxDuration: "3ba", algorithms: algorithms, precision: Precision.AmpBf16, device: "cpu",
-            optimizerFactory: p => optim.AdamW(p, 1e-3), checkpoint: checkpoint, progressBar: false, loggerFactory: logs);
+        new(model,
+            new TrainerOptions { MaxDuration = "3ba", Precision = Precision.AmpBf16, Device = "cpu", ProgressBar = false, Checkpoint = checkpoint ?? new CheckpointOptions() },
+            Loader(), algorithms: algorithms, optimizerFactory: p => optim.AdamW(p, 1e-3), loggerFactory: logs);
 
     private static void AssertSameWeights(nn.Module expected, nn.Module actual)
     {

@@ -17,7 +17,7 @@ public class ValidationOnceTests
     {
         string library = key == "device"
             ? Assert.Throws<ArgumentException>(() => TrainerDevice.Normalize(value))!.Message
-            : Assert.Throws<ArgumentException>(() => Trainer.CheckMaxDuration(ComposerSharp.Events.Time.Parse(value)))!.Message;
+            : Assert.Throws<ArgumentException>(() => TrainerOptions.CheckMaxDuration(ComposerSharp.Events.Time.Parse(value)))!.Message;
         ConfigSection config = CliApp.LoadConfig(null, new[] { "train_loader.dataset.num_samples=64" }, new[] { new KeyValuePair<string, string>(key, value) });
         using ServiceProvider services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
         var ex = Assert.Throws<ConfigException>(() => new TrainJob(config, services).Train());

@@ -14,6 +14,10 @@ namespace ComposerSharp.DistributedHost;
 /// <summary>Scenarios that train with the Trainer on every rank; references run alone on rank 0 (a <see cref="SingleProcessGroup"/>).</summary>
 public static class TrainerScenarios
 {
+    /// <summary>The scenarios' common settings: CPU, no progress bar, deterministic mode, and <paramref name="maxDuration"/>.</summary>
+    private static TrainerOptions Options(Time? maxDuration) =>
+        new() { MaxDuration = maxDuration, Device = "cpu", ProgressBar = false, DeterministicMode = true };
+
     private static readonly DistributedOptions Alone = new() { ProcessGroup = new SingleProcessGroup() };
 
     /// <summary>The scenario called <paramref name="name"/>.</summary>
@@ -45,8 +49,8 @@ public static class TrainerScenarios
         Tensor[]? grads = null;
         NormMlp model = Model();
         var hook = new HookCallback { OnAfterTrainBatch = s => grads = s.Model.parameters().Select(p => p.grad!.detach().clone().DetachFromDisposeScope()).ToArray() };
-        using var trainer = new TrainerT(model, loader, maxDuration: "1ba", callbacks: new[] { hook }, device: "cpu", progressBar: false,
-            optimizerFactory: ps => torch.optim.SGD(ps, 0.1), distributed: distributed, deterministicMode: true);
+        using var trainer = new TrainerT(model, Options("1ba") with { Distributed = distributed ?? new DistributedOptions() }, loader, callbacks: new[] { hook },
+            optimizerFactory: ps => torch.optim.SGD(ps, 0.1));
         trainer.Fit();
         return grads ?? throw new CheckFailedException("no gradients were captured");
     }
@@ -85,9 +89,8 @@ public static class TrainerScenarios
         NormMlp model = Model(dropout: 0.1);
         var losses = new List<double>();
         var hook = new HookCallback { OnBatchEnd = s => losses.Add(s.Metrics["loss/train/total"]) };
-        using var trainer = new TrainerT(model, HostData.Loader(data, 4, shuffle: true), maxDuration: "3ep", callbacks: new[] { hook },
-            algorithms: new IAlgorithm[] { new LowPrecisionLayerNorm() }, precision: Precision.AmpBf16, device: "cpu", progressBar: false,
-            optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), deterministicMode: true);
+        using var trainer = new TrainerT(model, Options("3ep") with { Precision = Precision.AmpBf16 }, HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook },
+            algorithms: new IAlgorithm[] { new LowPrecisionLayerNorm() }, optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
         bool swapped = model.modules().Any(m => m is LPLayerNorm);
         File.WriteAllBytes(c.RankFile("state"), HostData.StateBytes(model));
@@ -105,7 +108,7 @@ public static class TrainerScenarios
         IReadOnlyList<HostSample> data = HostData.Samples(13, seed: 3);
         IReadOnlyDictionary<string, double> Run(DistributedOptions? d)
         {
-            using var trainer = new TrainerT(Model(), device: "cpu", progressBar: false, distributed: d, deterministicMode: true);
+            using var trainer = new TrainerT(Model(), Options(null) with { Distributed = d ?? new DistributedOptions() });
             return trainer.Eval(HostData.Loader(data, 4, shuffle: false));
         }
 
@@ -121,8 +124,8 @@ public static class TrainerScenarios
     public static void Resume(ScenarioContext c)
     {
         IReadOnlyList<HostSample> data = HostData.Samples(40);
-        TrainerT Make(string max, CheckpointOptions? checkpoint) => new(Model(dropout: 0.2), HostData.Loader(data, 4, shuffle: true), maxDuration: max,
-            device: "cpu", progressBar: false, optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: checkpoint, deterministicMode: true);
+        TrainerT Make(string max, CheckpointOptions? checkpoint) => new(Model(dropout: 0.2), Options(max) with { Checkpoint = checkpoint ?? new CheckpointOptions() }, HostData.Loader(data, 4, shuffle: true),
+            optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
 
         byte[] uninterrupted;
         using (TrainerT t = Make("6ba", null))
@@ -154,7 +157,7 @@ public static class TrainerScenarios
         IReadOnlyList<HostSample> data = HostData.Samples(64);
         TrainerT? trainer = null;
         var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { trainer!.Distributed.RequestStop(); } } };
-        trainer = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "10ba", callbacks: new[] { hook }, device: "cpu", progressBar: false, deterministicMode: true);
+        trainer = new TrainerT(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
         trainer.Fit();
         File.WriteAllText(c.RankFile("stop"), trainer.State.Timestamp.Batch.ToString(CultureInfo.InvariantCulture));
         trainer.Dispose();
@@ -167,7 +170,7 @@ public static class TrainerScenarios
         ComposerSharp.Models.ComposerModel model = c.Group.Rank == 1 ? new WideNormMlp() : new NormMlp();
         try
         {
-            using var trainer = new TrainerT(model, device: "cpu", progressBar: false, deterministicMode: true);
+            using var trainer = new TrainerT(model, Options(null));
         }
         catch (InvalidOperationException e)
         {
@@ -188,8 +191,8 @@ public static class TrainerScenarios
         string folder = Path.Combine(c.Output, "checkpoints");
         if (c.Group.Rank == 0)
         {
-            using var alone = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "4ba", device: "cpu", progressBar: false,
-                optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "4ba" }, distributed: Alone, deterministicMode: true);
+            using var alone = new TrainerT(Model(), Options("4ba") with { Checkpoint = new CheckpointOptions { SaveFolder = folder, SaveInterval = "4ba" }, Distributed = Alone },
+                HostData.Loader(data, 4, shuffle: true), optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
             alone.Fit();
         }
 
@@ -198,8 +201,8 @@ public static class TrainerScenarios
         byte[]? loaded = null;
         TrainerT? trainer = null;
         var hook = new HookCallback { OnFitStart = s => loaded = HostData.StateBytes(s.Model), OnAfterDataloader = s => firstX ??= s.Batch!["x"].data<float>().ToArray() };
-        trainer = new TrainerT(Model(dropout: 0.0), HostData.Loader(data, 4, shuffle: true), maxDuration: "6ba", device: "cpu", progressBar: false, callbacks: new[] { hook },
-            optimizerFactory: ps => torch.optim.AdamW(ps, 0.01), checkpoint: new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba4-rank0.ckpt") }, deterministicMode: true);
+        trainer = new TrainerT(Model(dropout: 0.0), Options("6ba") with { Checkpoint = new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba4-rank0.ckpt") } },
+            HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
         long[] order = ComposerSharp.Data.EpochSampler.Order(64, 11, 0, shuffle: true);
         float[] expected = Enumerable.Range(0, 4).SelectMany(i => data[(int)order[16 + c.Group.Rank + 2 * i]].X).ToArray();
@@ -219,7 +222,7 @@ public static class TrainerScenarios
     {
         IReadOnlyList<HostSample> data = HostData.Samples(64);
         var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { throw new InvalidOperationException("rank 1's callback fails on purpose"); } } };
-        using var trainer = new TrainerT(Model(), HostData.Loader(data, 4, shuffle: true), maxDuration: "10ba", callbacks: new[] { hook }, device: "cpu", progressBar: false, deterministicMode: true);
+        using var trainer = new TrainerT(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
         trainer.Fit();
     }
 }

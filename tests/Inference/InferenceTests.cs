@@ -165,7 +165,7 @@ public class InferenceTests
     {
         string ckpt = Path.Combine(_dir, "old.ckpt");
         var model = new BertForSequenceClassification(TransformerConfig.Preset("bert-tiny") with { HiddenSize = 32, NumHeads = 4, IntermediateSize = 64, VocabSize = 128 });
-        using (var trainer = new ComposerSharp.Training.Trainer(model, device: "cpu", progressBar: false))
+        using (var trainer = new ComposerSharp.Training.Trainer(model, new ComposerSharp.Training.TrainerOptions { Device = "cpu", ProgressBar = false }))
         {
             trainer.SaveCheckpoint(ckpt, weightsOnly: true);
         }

@@ -19,7 +19,7 @@ switch (args.FirstOrDefault())
 
         try
         {
-            using var trainer = new Trainer(new Probe(), device: "cpu", progressBar: false, deterministicMode: true);
+            using var trainer = new Trainer(new Probe(), new TrainerOptions { Device = "cpu", ProgressBar = false, DeterministicMode = true });
             Console.WriteLine("no exception");
             return 0;
         }
@@ -39,8 +39,13 @@ switch (args.FirstOrDefault())
         using var stop = new GracefulStop();
         int gap = args.Length == 4 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 1500;
         var signaller = new SignalAtBatch(at, count, gap);
-        using var trainer = new Trainer(new Probe(), new Batches(64, 4), "16ba", callbacks: new ICallback[] { signaller }, device: "cpu", progressBar: false,
-            checkpoint: new CheckpointOptions { SaveFolder = folder, SaveInterval = "100ba" }, runName: "sigterm");
+        using var trainer = new Trainer(new Probe(),
+            new TrainerOptions
+            {
+                MaxDuration = "16ba", Device = "cpu", ProgressBar = false, RunName = "sigterm",
+                Checkpoint = new CheckpointOptions { SaveFolder = folder, SaveInterval = "100ba" },
+            },
+            new Batches(64, 4), callbacks: new ICallback[] { signaller });
         trainer.Fit(cancellationToken: stop.Token);
         string[] checkpoints = Directory.Exists(folder) ? Directory.GetFiles(folder, "*.ckpt").Select(f => Path.GetFileName(f)).ToArray() : Array.Empty<string>();
         Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { stopped_by_request = trainer.StoppedByRequest, batch = trainer.State.Timestamp.Batch, checkpoints, signal = stop.SignalName }));
@@ -56,8 +61,9 @@ switch (args.FirstOrDefault())
         var history = new ComposerSharp.Cli.Reporting.MetricHistory();
         var samples = new List<(long Batch, long Rss, long Managed)>();
         var probe = new RssAt(new long[] { 2000, total / 2, total }, samples);
-        using (var trainer = new Trainer(new Probe(), new Batches(4096, 4), Time.FromBatch(total), loggers: new ILoggerDestination[] { history },
-                   callbacks: new ICallback[] { probe }, device: "cpu", progressBar: false, runFolder: folder, runName: "rss", evalInterval: 0))
+        using (var trainer = new Trainer(new Probe(),
+                   new TrainerOptions { MaxDuration = Time.FromBatch(total), Device = "cpu", ProgressBar = false, RunFolder = folder, RunName = "rss", EvalInterval = 0 },
+                   new Batches(4096, 4), loggers: new ILoggerDestination[] { history }, callbacks: new ICallback[] { probe }))
         {
             trainer.Fit();
         }

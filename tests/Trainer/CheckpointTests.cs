@@ -26,11 +26,16 @@ public class CheckpointTests
         var callbacks = new List<ICallback> { record, new SpeedMonitor(windowSize: 2) };
         callbacks.AddRange(extra ?? Array.Empty<ICallback>());
         return new Trainer(
-            TestData.Model(initSeed: 21, dropout: 0.3), TestData.Loader(40, 8, shuffle: true, seed: 5), "2ep",
-            callbacks: callbacks, device: "cpu", seed: 42, deviceTrainMicrobatchSize: 3, progressBar: false,
+            TestData.Model(initSeed: 21, dropout: 0.3),
+            new TrainerOptions
+            {
+                MaxDuration = "2ep", Device = "cpu", Seed = 42, DeviceTrainMicrobatchSize = 3, ProgressBar = false,
+                Checkpoint = checkpoint ?? new CheckpointOptions(), RunName = runName ?? "resume-test", DeterministicMode = true,
+            },
+            TestData.Loader(40, 8, shuffle: true, seed: 5),
+            callbacks: callbacks,
             optimizerFactory: p => torch.optim.AdamW(p, 0.01),
-            schedulers: new[] { new CosineAnnealingWithWarmupScheduler("2ba", alphaF: 0.1) },
-            checkpoint: checkpoint, runName: runName ?? "resume-test", deterministicMode: true);
+            schedulers: new[] { new CosineAnnealingWithWarmupScheduler("2ba", alphaF: 0.1) });
     }
 
     private static ActionCallback StopAt(Event e, long count) => new(e, s =>
@@ -87,10 +92,11 @@ public class CheckpointTests
     {
         string path = Path.Combine(TestData.TempFolder(), "{run_name}-ba{batch}.ckpt");
         var stopper = new EarlyStopper("Accuracy", "eval");
-        using var trainer = new Trainer(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
+        using var trainer = new Trainer(TestData.Model(),
+            new TrainerOptions { MaxDuration = "2ep", Precision = Precision.AmpFp16, Device = "cpu", Seed = 99, EvalInterval = "2ba", RunName = "content", ProgressBar = false },
+            TestData.Loader(32, 8, shuffle: true), TestData.Loader(8, 8),
             algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { stopper, new SpeedMonitor() },
-            precision: Precision.AmpFp16, device: "cpu", seed: 99, optimizerFactory: p => torch.optim.AdamW(p, 0.01),
-            schedulers: new[] { new LinearWithWarmupScheduler("3ba") }, evalInterval: "2ba", runName: "content", progressBar: false);
+            optimizerFactory: p => torch.optim.AdamW(p, 0.01), schedulers: new[] { new LinearWithWarmupScheduler("3ba") });
         trainer.Fit("3ba");
         string written = trainer.SaveCheckpoint(path);
         Assert.That(Path.GetFileName(written), Is.EqualTo("content-ba3.ckpt"));
@@ -116,10 +122,15 @@ public class CheckpointTests
         var logs = new ListLoggerProvider();
         using var factory = LoggerFactory.Create(b => b.AddProvider(logs));
         var restoredStopper = new EarlyStopper("Accuracy", "eval");
-        using var restored = new Trainer(TestData.Model(), TestData.Loader(32, 8, shuffle: true), "2ep", TestData.Loader(8, 8),
+        using var restored = new Trainer(TestData.Model(),
+            new TrainerOptions
+            {
+                MaxDuration = "2ep", Precision = Precision.AmpFp16, Device = "cpu", Seed = 1, RunName = "content-2", ProgressBar = false,
+                Checkpoint = new CheckpointOptions { LoadPath = written },
+            },
+            TestData.Loader(32, 8, shuffle: true), TestData.Loader(8, 8),
             algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { restoredStopper },
-            precision: Precision.AmpFp16, device: "cpu", seed: 1, optimizerFactory: p => torch.optim.AdamW(p, 0.5),
-            checkpoint: new CheckpointOptions { LoadPath = written }, runName: "content-2", progressBar: false, loggerFactory: factory);
+            optimizerFactory: p => torch.optim.AdamW(p, 0.5), loggerFactory: factory);
         Assert.That(restored.GradScaler.Scale, Is.EqualTo(trainer.GradScaler.Scale));
         Assert.That(restored.State.Seed, Is.EqualTo(99));
         Assert.That(restoredStopper.Best, Is.EqualTo(stopper.Best), "callback state restored");
@@ -393,11 +404,15 @@ public class CheckpointTests
     [Test]
     public void AutoresumeNeedsARunNameAndASaveFolder()
     {
-        var noName = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), device: "cpu", progressBar: false,
-            checkpoint: new CheckpointOptions { Autoresume = true, SaveFolder = TestData.TempFolder() }));
-        Assert.That(noName!.Message, Does.Contain("runName"));
-        var noFolder = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), device: "cpu", progressBar: false, runName: "x",
-            checkpoint: new CheckpointOptions { Autoresume = true }));
+        var noName = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), new TrainerOptions
+        {
+            Device = "cpu", ProgressBar = false, Checkpoint = new CheckpointOptions { Autoresume = true, SaveFolder = TestData.TempFolder() },
+        }));
+        Assert.That(noName!.Message, Does.Contain("RunName"));
+        var noFolder = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), new TrainerOptions
+        {
+            Device = "cpu", ProgressBar = false, RunName = "x", Checkpoint = new CheckpointOptions { Autoresume = true },
+        }));
         Assert.That(noFolder!.Message, Does.Contain("save folder"));
     }
 

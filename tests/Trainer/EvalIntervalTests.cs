@@ -83,8 +83,8 @@ public class EvalIntervalTests
         var logger = new MemoryLogger();
         var labels = new List<(string, long)>();
         var probe = new ActionCallback(Event.EvalEnd, s => labels.Add((s.DataloaderLabel!, s.Timestamp.Batch)));
-        using var trainer = new Trainer(TestData.Model(), TestData.Loader(32, 8), "2ep", callbacks: new[] { probe },
-            loggers: new[] { logger }, device: "cpu", progressBar: false,
+        using var trainer = new Trainer(TestData.Model(), new TrainerOptions { MaxDuration = "2ep", Device = "cpu", ProgressBar = false },
+            TestData.Loader(32, 8), callbacks: new[] { probe }, loggers: new[] { logger },
             evaluators: new[]
             {
                 new Evaluator("val", TestData.Loader(8, 4), metricNames: new[] { "Accuracy" }, evalInterval: "2ba", subsetNumBatches: 1),
@@ -94,7 +94,7 @@ public class EvalIntervalTests
         Assert.That(labels, Is.EqualTo(new[] { ("val", 2L), ("val", 4L), ("test", 4L), ("val", 6L), ("val", 8L), ("test", 8L) }));
         Assert.That(logger.Values("metrics/val/CrossEntropy"), Is.Empty);
         Assert.That(logger.Values("metrics/test/CrossEntropy").Count(), Is.EqualTo(2));
-        var bad = Assert.Throws<ArgumentException>(() => new Trainer(TestData.Model(), device: "cpu", progressBar: false,
+        var bad = Assert.Throws<ArgumentException>(() => new Trainer(TestData.Model(), new TrainerOptions { Device = "cpu", ProgressBar = false },
             evaluators: new[] { new Evaluator("x", TestData.Loader(8, 4), metricNames: new[] { "F1" }) }));
         Assert.That(bad!.Message, Does.Contain("F1").And.Contain("Accuracy"));
     }

@@ -13,6 +13,8 @@ namespace ComposerSharp.Tests.Training;
 [TestFixture]
 public class FineTuningLoadTests
 {
+    private static readonly TrainerOptions Cpu = new() { Device = "cpu", ProgressBar = false };
+
     private static TransformerConfig Config => TransformerConfig.Preset("bert-tiny") with { HiddenSize = 32, NumHeads = 4, IntermediateSize = 64, MaxSequenceLength = 16, VocabSize = 64 };
 
     private static string SaveMlm(out Dictionary<string, Tensor> weights)
@@ -28,7 +30,7 @@ public class FineTuningLoadTests
         }
 
         string path = Path.Combine(TestData.TempFolder(), "mlm.ckpt");
-        using (var trainer = new TrainerT(mlm, device: "cpu", progressBar: false))
+        using (var trainer = new TrainerT(mlm, Cpu))
         {
             trainer.SaveCheckpoint(path, weightsOnly: true);
         }
@@ -49,8 +51,8 @@ public class FineTuningLoadTests
         var cls = new BertForSequenceClassification(Config);
         Dictionary<string, Tensor> fresh = Snapshot(cls);
         var logs = new CapturingLoggerFactory();
-        using var trainer = new TrainerT(cls, device: "cpu", progressBar: false, loggerFactory: logs,
-            checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadStrictModelWeights = false });
+        using var trainer = new TrainerT(cls, Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadStrictModelWeights = false } },
+            loggerFactory: logs);
 
         Dictionary<string, Tensor> after = cls.state_dict();
         List<string> encoder = after.Keys.Where(k => k.StartsWith("backbone.", StringComparison.Ordinal)).ToList();
@@ -77,8 +79,7 @@ public class FineTuningLoadTests
     {
         string path = SaveMlm(out _);
         var cls = new BertForSequenceClassification(Config);
-        var ex = Assert.Throws<CheckpointException>(() => new TrainerT(cls, device: "cpu", progressBar: false,
-            checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true }));
+        var ex = Assert.Throws<CheckpointException>(() => new TrainerT(cls, Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true } }));
         Assert.That(ex!.Message, Does.Contain("classifier.weight").And.Contain("mlm_bias").And.Contain("load_strict_model_weights").And.Contain("load_ignore_keys"));
         Assert.That(ex.Message, Does.Not.Contain("required-on-load algorithm"), "no algorithm was involved, so the hint must not blame one");
     }
@@ -88,8 +89,10 @@ public class FineTuningLoadTests
     {
         string path = SaveMlm(out Dictionary<string, Tensor> mlm);
         var cls = new BertForSequenceClassification(Config);
-        using var trainer = new TrainerT(cls, device: "cpu", progressBar: false,
-            checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadIgnoreKeys = new[] { "mlm_*", "pooler.*", "classifier.*" } });
+        using var trainer = new TrainerT(cls, Cpu with
+        {
+            Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadIgnoreKeys = new[] { "mlm_*", "pooler.*", "classifier.*" } },
+        });
         Assert.That(Same(cls.state_dict()["backbone.layers.1.attn.qkv.weight"], mlm["backbone.layers.1.attn.qkv.weight"]), Is.True);
     }
 

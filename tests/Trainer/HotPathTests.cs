@@ -16,8 +16,9 @@ public class HotPathTests
     // These tests compare two runs bit for bit, which only deterministic mode promises (without it, MKL's matrix
     // products may round differently for different memory alignments, as on AMD EPYC).
     private static Trainer NewTrainer(IEnumerable<ILoggerDestination>? loggers, bool computeTrainingMetrics = true) =>
-        new(TestData.Model(dropout: 0.2), TestData.Loader(40, 8, shuffle: true), "7ba", loggers: loggers, device: "cpu",
-            optimizerFactory: p => torch.optim.SGD(p, 0.05), progressBar: false, computeTrainingMetrics: computeTrainingMetrics, deterministicMode: true);
+        new(TestData.Model(dropout: 0.2),
+            new TrainerOptions { MaxDuration = "7ba", Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = computeTrainingMetrics, DeterministicMode = true },
+            TestData.Loader(40, 8, shuffle: true), loggers: loggers, optimizerFactory: p => torch.optim.SGD(p, 0.05));
 
     [Test]
     public void AnUnobservedLossIsStillTheLastBatchLossAfterFit()

@@ -81,8 +81,9 @@ public class LoggerTests
     {
         var provider = new ListLoggerProvider();
         using var factory = LoggerFactory.Create(b => b.AddProvider(provider).SetMinimumLevel(LogLevel.Trace));
-        using (var trainer = new Trainer(TestData.Model(), TestData.Loader(32, 8), "1ep", TestData.Loader(8, 8),
-            device: "cpu", progressBar: false, logToConsole: true, consoleLogInterval: "2ba", loggerFactory: factory))
+        using (var trainer = new Trainer(TestData.Model(),
+            new TrainerOptions { MaxDuration = "1ep", Device = "cpu", ProgressBar = false, LogToConsole = true, ConsoleLogInterval = "2ba" },
+            TestData.Loader(32, 8), TestData.Loader(8, 8), loggerFactory: factory))
         {
             trainer.Fit();
         }

@@ -151,13 +151,13 @@ public class PrecisionDeviceTests
             Assert.Ignore("A CUDA device is present; this test covers the CPU-only case.");
         }
 
-        var ex = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), TestData.Loader(8, 4), "1ep", device: "cuda", progressBar: false));
+        var ex = Assert.Throws<InvalidOperationException>(() => new Trainer(TestData.Model(), new TrainerOptions { MaxDuration = "1ep", Device = "cuda", ProgressBar = false }, TestData.Loader(8, 4)));
         Assert.That(ex!.Message, Does.Contain("'cuda'").And.Contain("torch.cuda.is_available()"));
         Assert.That(TrainerDevice.Resolve("auto").type, Is.EqualTo(DeviceType.CPU));
         Assert.That(TrainerDevice.Resolve("CPU").type, Is.EqualTo(DeviceType.CPU));
         var bad = Assert.Throws<ArgumentException>(() => TrainerDevice.Resolve("tpu"));
         Assert.That(bad!.Message, Does.Contain("'tpu'"));
-        using var auto = new Trainer(TestData.Model(), progressBar: false);
+        using var auto = new Trainer(TestData.Model(), new TrainerOptions { ProgressBar = false });
         Assert.That(auto.State.Device.type, Is.EqualTo(DeviceType.CPU));
         Assert.That(auto.State.Precision, Is.EqualTo(Precision.Fp32));
     }

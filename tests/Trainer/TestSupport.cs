@@ -395,10 +395,15 @@ public static class TestData
         string? runFolder = null,
         GradScaler? gradScaler = null,
         bool deterministicMode = false) =>
-        new(model, train, maxDuration, eval, algorithms, callbacks, loggers, precision, device: "cpu", seed: seed,
-            schedulers: schedulers, deviceTrainMicrobatchSize: microbatch, evalInterval: evalInterval, checkpoint: checkpoint,
-            loggerFactory: loggerFactory, runName: runName, optimizerFactory: optimizerFactory ?? (p => torch.optim.SGD(p, 0.05)),
-            runFolder: runFolder, progressBar: false, gradScaler: gradScaler, deterministicMode: deterministicMode);
+        new(model,
+            new TrainerOptions
+            {
+                MaxDuration = maxDuration, Precision = precision, Device = "cpu", Seed = seed, DeviceTrainMicrobatchSize = microbatch,
+                EvalInterval = evalInterval, Checkpoint = checkpoint ?? new CheckpointOptions(), RunName = runName, RunFolder = runFolder,
+                ProgressBar = false, DeterministicMode = deterministicMode,
+            },
+            train, eval, algorithms, callbacks, loggers, schedulers: schedulers, gradScaler: gradScaler, loggerFactory: loggerFactory,
+            optimizerFactory: optimizerFactory ?? (p => torch.optim.SGD(p, 0.05)));
 
     /// <summary>A fresh empty temporary folder under the test output.</summary>
     public static string TempFolder()
