@@ -81,8 +81,9 @@ public class SeqLengthWarmupTests
         var perBatch = new List<(long Length, long Tokens)>();
         var callback = new ActionCallback(Event.BatchEnd, s => perBatch.Add((warmup.CurrentSequenceLength!.Value, s.Timestamp.Token)));
 
-        using (var trainer = new ComposerSharp.Training.Trainer(model, loader, "12ba", algorithms: new IAlgorithm[] { warmup }, callbacks: new ICallback[] { callback },
-                   device: "cpu", progressBar: false, optimizerFactory: p => torch.optim.AdamW(p, 1e-3)))
+        var options = new ComposerSharp.Training.TrainerOptions { MaxDuration = Time.Parse("12ba"), Device = "cpu", ProgressBar = false };
+        using (var trainer = new ComposerSharp.Training.Trainer(model, options, loader, algorithms: new IAlgorithm[] { warmup }, callbacks: new ICallback[] { callback },
+                   optimizerFactory: p => torch.optim.AdamW(p, 1e-3)))
         {
             trainer.Fit();
         }
