@@ -21,6 +21,10 @@ public static class AlgorithmCatalog
         (() => new LayerFreezing(), LayerFreezing.FromDescription),
         (() => new SAM(), SAM.FromDescription),
         (() => new SelectiveBackprop(), SelectiveBackprop.FromDescription),
+        (() => new GatedLinearUnits(), GatedLinearUnits.FromDescription),
+        (() => new Alibi(), Alibi.FromDescription),
+        (() => new SeqLengthWarmup(), SeqLengthWarmup.FromDescription),
+        (() => new StochasticDepth(), StochasticDepth.FromDescription),
     };
 
     private static readonly FrozenDictionary<string, Func<AlgorithmDescription, IAlgorithm>> Factories =

@@ -13,7 +13,7 @@ namespace ComposerSharp.Algorithms;
 /// <c>composer.functional</c>). Use them with the autocast scope of the event core, e.g.
 /// <c>using (Precision.AmpBf16.Enter(DeviceType.CPU)) { loss = ...; }</c>.
 /// </summary>
-public static class Functional
+public static partial class Functional
 {
     /// <summary>
     /// TorchSharp's built-in modules that run in libtorch's C++ code, so their internal modules (the LayerNorms of the

@@ -42,8 +42,10 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
     /// <summary>Attends over <paramref name="x"/> [B, T, hidden].</summary>
     /// <param name="x">Hidden states [B, T, hidden].</param>
     /// <param name="mask">
-    /// Bool [B, 1, 1, T] or [B, 1, T, T], true where a query may attend to a key; it must already include the causal
-    /// constraint when the attention is causal. Null: no padding (and, if causal, the causal mask is applied).
+    /// Bool [B, 1, 1, T] or [B, 1, T, T], true where a query may attend to a key; or a floating additive bias
+    /// broadcastable to [B, heads, T, T] (−∞ where a query may not attend; ALiBi's linear biases), cast to the query
+    /// dtype. Either must already include the causal constraint when the attention is causal. Null: no padding (and,
+    /// if causal, the causal mask is applied).
     /// </param>
     /// <returns>[B, T, hidden], the dtype of the projections.</returns>
     public override Tensor forward(Tensor x, Tensor? mask)
@@ -53,6 +55,7 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
 
         // [B, T, 3·hidden] → [3, B, heads, T, head_dim]
         Tensor[] qkvParts = qkv.call(x).view(b, t, 3, _heads, hidden / _heads).permute(2, 0, 3, 1, 4).unbind(0);
+        mask = InQueryDtype(mask, qkvParts[0]);
         Tensor attended = F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, training ? _dropout : 0.0, _causal && mask is null);
         return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();
     }
@@ -63,23 +66,31 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
     /// values to the cache (the key/value cache of incremental decoding, as Hugging Face's <c>past_key_values</c>).
     /// Causal: new position i sees every cached position and new positions ≤ i. No dropout.
     /// </summary>
+    /// <param name="x">New positions [B, T_new, hidden].</param>
+    /// <param name="cache">Keys and values of the earlier positions.</param>
+    /// <param name="layer">This block's index in the cache.</param>
+    /// <param name="bias">Null, or an additive bias [1, heads, T_new, past + T_new] that already holds the causal −∞ (ALiBi).</param>
     /// <returns>[B, T_new, hidden].</returns>
-    internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer)
+    internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer, Tensor? bias = null)
     {
         long b = x.shape[0], t = x.shape[1], hidden = x.shape[2];
         using var scope = torch.NewDisposeScope();
         Tensor[] qkvParts = qkv.call(x).view(b, t, 3, _heads, hidden / _heads).permute(2, 0, 3, 1, 4).unbind(0);
         (Tensor keys, Tensor values, long past) = cache.Append(layer, qkvParts[1], qkvParts[2]);
-        Tensor? mask = null;
-        if (t > 1 && past > 0)
+        Tensor? mask = InQueryDtype(bias, qkvParts[0]);
+        if (bias is null && t > 1 && past > 0)
         {
             Tensor query = torch.arange(past, past + t, dtype: ScalarType.Int64, device: x.device).unsqueeze(1);
             mask = torch.arange(past + t, dtype: ScalarType.Int64, device: x.device).unsqueeze(0).le(query);
         }
 
-        Tensor attended = F.scaled_dot_product_attention(qkvParts[0], keys, values, mask, 0.0, t > 1 && past == 0);
+        Tensor attended = F.scaled_dot_product_attention(qkvParts[0], keys, values, mask, 0.0, bias is null && t > 1 && past == 0);
         return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>A floating mask in the query's dtype (scaled_dot_product_attention wants them equal; under autocast the query is BFloat16/Float16); bool masks and null unchanged.</summary>
+    private static Tensor? InQueryDtype(Tensor? mask, Tensor query) =>
+        mask is not null && mask.is_floating_point() && mask.dtype != query.dtype ? mask.to(query.dtype) : mask;
 }
 
 /// <summary>The position-wise feed-forward block: Linear(hidden → intermediate), GELU (exact as BERT, or the tanh approximation as GPT-2; see <see cref="HiddenActivation"/>), Linear(intermediate → hidden).</summary>
@@ -109,6 +120,9 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
 
     /// <summary>The output Linear (its weight gets GPT-2's depth-scaled initialization).</summary>
     public Linear OutProjection => fc_out;
+
+    /// <summary>The activation between the two Linears.</summary>
+    public HiddenActivation Activation => _activation;
 
     /// <summary>[B, T, hidden] → [B, T, hidden].</summary>
     public override Tensor forward(Tensor x)
@@ -143,11 +157,12 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 #pragma warning disable IDE1006
     private readonly MultiHeadSelfAttention attn;
     private readonly nn.Module<Tensor, Tensor> ln_1;
-    private readonly FeedForward mlp;
+    private readonly nn.Module<Tensor, Tensor> mlp;
     private readonly nn.Module<Tensor, Tensor> ln_2;
     private readonly Dropout dropout;
 #pragma warning restore IDE1006
     private readonly bool _preLayerNorm;
+    private double _layerDropRate;
 
     /// <summary>Creates a block.</summary>
     /// <param name="config">Sizes, dropout and LayerNorm epsilon.</param>
@@ -170,8 +185,35 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     /// <summary>The self-attention.</summary>
     public MultiHeadSelfAttention Attention => attn;
 
-    /// <summary>The feed-forward block.</summary>
-    public FeedForward Mlp => mlp;
+    /// <summary>Whether the block is pre-LN (LayerNorm at each sublayer's input) rather than post-LN (after each residual add).</summary>
+    public bool PreLayerNorm => _preLayerNorm;
+
+    /// <summary>
+    /// Stochastic depth / layer drop (Huang et al. 2016; Fan et al. 2019) at the block level, Composer's
+    /// <c>stochastic_method: block</c>: in training mode the whole block is skipped (the input is returned) with this
+    /// probability, drawn from libtorch's global generator once per forward; in eval mode both residual branches are
+    /// scaled by 1 − rate, the expected value in training. 0 (default) changes nothing. Set by the StochasticDepth algorithm.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Set outside [0, 1].</exception>
+    public double LayerDropRate
+    {
+        get => _layerDropRate;
+        set
+        {
+            if (!(value >= 0 && value <= 1))
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "The layer drop rate must be a probability in [0, 1].");
+            }
+
+            _layerDropRate = value;
+        }
+    }
+
+    /// <summary>
+    /// The feed-forward block [B, T, hidden] → [B, T, hidden]: a <see cref="FeedForward"/> as built, or what module
+    /// surgery put in its place (e.g. the gated feed-forward of the GatedLinearUnits algorithm).
+    /// </summary>
+    public nn.Module<Tensor, Tensor> Mlp => mlp;
 
     /// <summary>The first LayerNorm: before attention (pre-LN) or after the attention residual add (post-LN). It may have been replaced by module surgery.</summary>
     public nn.Module<Tensor, Tensor> LayerNorm1 => ln_1;
@@ -184,35 +226,44 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     public override Tensor forward(Tensor x, Tensor? mask)
     {
         using var scope = torch.NewDisposeScope();
+        if (training && _layerDropRate > 0 && torch.rand(1).item<float>() < _layerDropRate)
+        {
+            return x.alias().MoveToOuterDisposeScope();
+        }
+
+        double keep = training ? 1.0 : 1.0 - _layerDropRate;
         Tensor h;
         if (_preLayerNorm)
         {
-            h = x + dropout.call(attn.call(ln_1.call(x), mask));
-            h = h + dropout.call(mlp.call(ln_2.call(h)));
+            h = x + Scaled(dropout.call(attn.call(ln_1.call(x), mask)), keep);
+            h = h + Scaled(dropout.call(mlp.call(ln_2.call(h))), keep);
         }
         else
         {
-            h = ln_1.call(x + dropout.call(attn.call(x, mask)));
-            h = ln_2.call(h + dropout.call(mlp.call(h)));
+            h = ln_1.call(x + Scaled(dropout.call(attn.call(x, mask)), keep));
+            h = ln_2.call(h + Scaled(dropout.call(mlp.call(h)), keep));
         }
 
         return h.MoveToOuterDisposeScope();
     }
 
+    private static Tensor Scaled(Tensor branch, double keep) => keep == 1.0 ? branch : branch * keep;
+
     /// <summary>The block on new positions with a key/value cache (see <see cref="MultiHeadSelfAttention.ForwardCached"/>); no dropout.</summary>
-    internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer)
+    internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer, Tensor? bias = null)
     {
         using var scope = torch.NewDisposeScope();
         Tensor h;
+        double keep = 1.0 - _layerDropRate;
         if (_preLayerNorm)
         {
-            h = x + attn.ForwardCached(ln_1.call(x), cache, layer);
-            h = h + mlp.call(ln_2.call(h));
+            h = x + Scaled(attn.ForwardCached(ln_1.call(x), cache, layer, bias), keep);
+            h = h + Scaled(mlp.call(ln_2.call(h)), keep);
         }
         else
         {
-            h = ln_1.call(x + attn.ForwardCached(x, cache, layer));
-            h = ln_2.call(h + mlp.call(h));
+            h = ln_1.call(x + Scaled(attn.ForwardCached(x, cache, layer, bias), keep));
+            h = ln_2.call(h + Scaled(mlp.call(h), keep));
         }
 
         return h.MoveToOuterDisposeScope();
@@ -239,6 +290,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     private readonly ModuleList<TransformerBlock> layers;
     private readonly nn.Module<Tensor, Tensor>? ln_f;
 #pragma warning restore IDE1006
+    private double[]? _alibiSlopes;
 
     /// <summary>Creates the trunk and initializes it as BERT and GPT-2 do: Linear and Embedding weights ~ N(0, InitializerRange²), biases 0, LayerNorm weight 1 and bias 0; with <paramref name="scaleResidualInit"/>, the output Linears of attention and feed-forward get std InitializerRange/√(2·NumLayers) (GPT-2, Radford et al. 2019, §2.3).</summary>
     /// <param name="config">Sizes; validated.</param>
@@ -270,8 +322,11 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         Initialize(scaleResidualInit);
     }
 
-    /// <summary>The configuration.</summary>
-    public TransformerConfig Config { get; }
+    /// <summary>The configuration; after <see cref="EnableAlibi"/> its <see cref="TransformerConfig.MaxSequenceLength"/> is ALiBi's maximum.</summary>
+    public TransformerConfig Config { get; private set; }
+
+    /// <summary>ALiBi's head slopes once <see cref="EnableAlibi"/> ran (the position embedding is then unused), else null.</summary>
+    public IReadOnlyList<double>? AlibiSlopes => _alibiSlopes;
 
     /// <summary>Whether the blocks are pre-LN.</summary>
     public bool PreLayerNorm { get; }
@@ -290,6 +345,30 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
 
     /// <summary>The blocks.</summary>
     public IReadOnlyList<TransformerBlock> Layers => layers.ToArray();
+
+    /// <summary>
+    /// Switches the trunk to ALiBi (Press et al. 2021): the learned position embedding <c>wpe</c> is zeroed, frozen
+    /// (<c>requires_grad</c> false) and no longer added, and every self-attention adds the linear biases of
+    /// <see cref="AlibiBias"/> (with the padding and causal masks folded in) to its scores. Sequences up to
+    /// <paramref name="maxSequenceLength"/> tokens are accepted from then on, longer than the position embedding's
+    /// rows if wanted: <see cref="Config"/> reports it as <see cref="TransformerConfig.MaxSequenceLength"/>. The same
+    /// as Composer's <c>apply_alibi</c> surgery of Hugging Face's BERT and GPT-2 (composer/algorithms/alibi). Calling it
+    /// again only changes the maximum length.
+    /// </summary>
+    /// <param name="maxSequenceLength">The longest sequence the model will accept, at least 1.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxSequenceLength"/> is below 1.</exception>
+    public void EnableAlibi(int maxSequenceLength)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxSequenceLength, 1);
+        using (torch.no_grad())
+        {
+            wpe.weight!.zero_();
+        }
+
+        wpe.weight!.requires_grad = false;
+        _alibiSlopes = AlibiBias.Slopes(Config.NumHeads);
+        Config = Config with { MaxSequenceLength = maxSequenceLength };
+    }
 
     /// <summary>Hidden states of <paramref name="inputIds"/>.</summary>
     /// <param name="inputIds">Int64 [B, T], ids in [0, VocabSize), T ≤ MaxSequenceLength.</param>
@@ -317,7 +396,9 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         }
 
         h = emb_dropout.call(h);
-        Tensor? mask = BuildMask(attentionMask, t);
+        Tensor? mask = _alibiSlopes is null
+            ? BuildMask(attentionMask, t)
+            : AlibiBias.Build(_alibiSlopes, 0, t, t, Causal, attentionMask, inputIds.device);
         foreach (TransformerBlock layer in layers)
         {
             h = layer.call(h, mask);
@@ -369,9 +450,10 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             h = emb_ln.call(h);
         }
 
+        Tensor? bias = _alibiSlopes is null ? null : AlibiBias.Build(_alibiSlopes, past, t, past + t, causal: true, null, inputIds.device);
         for (int i = 0; i < layers.Count; i++)
         {
-            h = layers[i].ForwardCached(h, cache, i);
+            h = layers[i].ForwardCached(h, cache, i, bias);
         }
 
         if (ln_f is not null)
@@ -420,7 +502,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             throw;
         }
 
-        Tensor h = tokens + wpe.call(positions);
+        Tensor h = _alibiSlopes is null ? tokens + wpe.call(positions) : tokens;
         if (wtt is null)
         {
             return h;
@@ -511,7 +593,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             foreach (TransformerBlock block in layers)
             {
                 nn.init.normal_(block.Attention.OutProjection.weight, 0.0, scaled);
-                nn.init.normal_(block.Mlp.OutProjection.weight, 0.0, scaled);
+                nn.init.normal_(((FeedForward)block.Mlp).OutProjection.weight, 0.0, scaled); // a fresh block holds a FeedForward
             }
         }
     }

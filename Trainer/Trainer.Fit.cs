@@ -142,9 +142,13 @@ public sealed partial class Trainer
                     anyBatch = true;
                     State.Batch = ToDevice(batches.Current);
                     long samples = State.Batch.NumSamples;
+                    Engine.RunEvent(Event.AfterDataloader);
+
+                    // Samples are the dataloader's (an algorithm that reshapes the batch, e.g. SeqLengthWarmup with
+                    // truncate: false, does not change how far through the data the run is, as in Composer); tokens
+                    // are counted after AfterDataloader, so the timestamp holds the tokens trained on.
                     long tokens = State.Batch.NumTokens;
                     (long globalSamples, long globalTokens) = _distributed.GlobalCounts(samples, tokens); // Distributed
-                    Engine.RunEvent(Event.AfterDataloader);
                     Engine.RunEvent(Event.BatchStart);
                     LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
 

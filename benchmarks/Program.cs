@@ -133,6 +133,28 @@ distRank.Arguments.Add(distFolder);
 distRank.SetAction(result => DistributedBenchmark.RunRank(result.GetValue(distPart)!, result.GetValue(distMode) == "quick", result.GetValue(distFolder)!));
 root.Subcommands.Add(distRank);
 
+// Time to quality (issue 12): not part of 'all', because it trains two models for minutes each.
+var ttqData = new Option<string>("--data") { Description = "Folder of .txt files.", DefaultValueFactory = _ => "../shared/data/moby-dick" };
+var ttqBudget = new Option<string>("--max-duration") { Description = "Budget of both runs (Composer time string, e.g. 1ep or 32ba).", DefaultValueFactory = _ => "1ep" };
+var ttqSubset = new Option<int>("--eval-subset-batches") { Description = "Batches (of 32 blocks) per evaluation; 0 = the whole eval split.", DefaultValueFactory = _ => 0 };
+var ttqEvalEvery = new Option<int>("--eval-every") { Description = "Evaluation interval in batches.", DefaultValueFactory = _ => 16 };
+var ttqTarget = new Option<double?>("--target-ce") { Description = "Eval cross-entropy to reach (default: the plain run's final value)." };
+var ttqSeed = new Option<int>("--seed") { Description = "Seed of both runs.", DefaultValueFactory = _ => 17 };
+var ttq = new Command("time-to-quality", "BERT MLM on a text folder, plain vs a recipe of algorithms: time and samples to an eval cross-entropy, one PNG.");
+foreach (Option option in new Option[] { ttqData, ttqBudget, ttqEvalEvery, ttqSubset, ttqTarget, ttqSeed })
+{
+    ttq.Options.Add(option);
+}
+
+ttq.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return TimeToQualityBenchmark.Run(new TimeToQualityOptions(
+        Path.GetFullPath(result.GetValue(ttqData)!), result.GetValue(ttqBudget)!, result.GetValue(ttqEvalEvery), result.GetValue(ttqSubset), result.GetValue(ttqTarget),
+        Path.GetFullPath(result.GetValue(output)!), result.GetValue(ttqSeed), result.GetValue(threads)));
+});
+root.Subcommands.Add(ttq);
+
 root.SetAction(_ =>
 {
     Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch, peer or determinism (add --quick for a smoke run). See --help.");
