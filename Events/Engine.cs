@@ -340,6 +340,12 @@ public sealed class Engine : IDisposable
             }
         }
 
+        if (_log.IsEnabled(LogLevel.Debug))
+        {
+            // Composer's engine logs each event's trace at debug level too; here one line an event, in run order.
+            _log.LogDebug("Algorithms at {Event}: {Order}", e.ToComposerName(), string.Join(", ", order.Select(a => a.Name)));
+        }
+
         return traces ?? plan.NullExitTraceList;
     }
 
