@@ -8,9 +8,9 @@
 // VER_FLG_WEAK (0x2) on that Vernaux entry makes the loader accept its absence.
 //
 // The task rewrites only copies inside build/publish output folders (never the NuGet cache: it writes a
-// new file and renames it over the old one, which also breaks any hard link), only on Linux, only when
-// the host libstdc++ lacks the version, and only after checking that no dynamic symbol other than
-// ios_base_library_init is bound to it. Running it again is a no-op.
+// new file and renames it over the old one, which also breaks any hard link), only on Linux and only when
+// the host libstdc++ lacks the version (a packed tool's copy always: EvenIfHostHasVersion), and only after
+// checking that no dynamic symbol other than ios_base_library_init is bound to it. Running it again is a no-op.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -38,24 +38,37 @@ public class WeakenGlibcxxVersionNeed : Task
     /// <summary>Optional explicit path of the host libstdc++ (for testing); found with ldconfig otherwise.</summary>
     public string HostLibStdCxx { get; set; } = "";
 
+    /// <summary>
+    /// Patch even when the host libstdc++ defines the version: for files that are packed and run elsewhere (the
+    /// dotnet tool package), whose target machine's libstdc++ is unknown. The weak need is harmless where the version exists.
+    /// </summary>
+    public bool EvenIfHostHasVersion { get; set; }
+
     public override bool Execute()
     {
-        if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux))
+        if (EvenIfHostHasVersion)
         {
-            return true;
+            Log.LogMessage(MessageImportance.Low, "ComposerSharp: patching regardless of the host (EvenIfHostHasVersion).");
         }
-
-        string host = string.IsNullOrEmpty(HostLibStdCxx) ? FindHostLibStdCxx() : HostLibStdCxx;
-        if (host == null || !File.Exists(host))
+        else
         {
-            Log.LogWarning("ComposerSharp: could not locate the host libstdc++.so.6; libLibTorchSharp.so left unpatched.");
-            return true;
-        }
+            if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux))
+            {
+                return true;
+            }
 
-        if (DefinesVersion(File.ReadAllBytes(host), NeededVersion))
-        {
-            Log.LogMessage(MessageImportance.Low, "ComposerSharp: host {0} defines {1}; no patch needed.", host, NeededVersion);
-            return true;
+            string host = string.IsNullOrEmpty(HostLibStdCxx) ? FindHostLibStdCxx() : HostLibStdCxx;
+            if (host == null || !File.Exists(host))
+            {
+                Log.LogWarning("ComposerSharp: could not locate the host libstdc++.so.6; libLibTorchSharp.so left unpatched.");
+                return true;
+            }
+
+            if (DefinesVersion(File.ReadAllBytes(host), NeededVersion))
+            {
+                Log.LogMessage(MessageImportance.Low, "ComposerSharp: host {0} defines {1}; no patch needed.", host, NeededVersion);
+                return true;
+            }
         }
 
         foreach (ITaskItem item in Libraries)
