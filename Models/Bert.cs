@@ -36,7 +36,7 @@ public sealed class BertForMaskedLM : TransformerModel
     public BertForMaskedLM(TransformerConfig config, MaskedLMOptions? options = null)
         : base(nameof(BertForMaskedLM), Encoder(config))
     {
-        Options = options ?? new MaskedLMOptions();
+        _options = options ?? new MaskedLMOptions();
         mlm_transform = nn.Linear(config.HiddenSize, config.HiddenSize);
         mlm_ln = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
         mlm_bias = nn.Parameter(torch.zeros(config.VocabSize));
@@ -49,8 +49,19 @@ public sealed class BertForMaskedLM : TransformerModel
         RegisterComponents();
     }
 
-    /// <summary>The head options.</summary>
-    public MaskedLMOptions Options { get; }
+    /// <summary>
+    /// The head options. Settable, so that an algorithm that needs a prediction at every token (LabelSmoothing's
+    /// per-token target distributions, SelectiveBackprop's per-sample losses) can switch sparse prediction off at
+    /// Init, before the first forward.
+    /// </summary>
+    /// <exception cref="ArgumentNullException">Set to null.</exception>
+    public MaskedLMOptions Options
+    {
+        get => _options;
+        set => _options = value ?? throw new ArgumentNullException(nameof(value));
+    }
+
+    private MaskedLMOptions _options;
 
     /// <summary>
     /// MLM logits of the batch: [N, VocabSize] at the N positions whose label is not −100 when the batch has Int64

@@ -65,7 +65,17 @@ public sealed class Alibi : Algorithm
         ArgumentNullException.ThrowIfNull(logger);
         if (e == Event.Init)
         {
-            int count = Functional.ApplyAlibi(state.Model, MaxSequenceLength, state.LoggerFactory.CreateLogger<Alibi>());
+            ILogger log = state.LoggerFactory.CreateLogger<Alibi>();
+            if (TrainSequenceLengthScaling != 1 && state.Algorithms.Any(a => a.Name == SeqLengthWarmup.AlgorithmName))
+            {
+                // A conflicting pair: both set the training sequence length at after_dataloader, one after the other.
+                log.LogWarning(
+                    "alibi's train_sequence_length_scaling = {Scaling} and seq_length_warmup both change the training sequence length at after_dataloader, " +
+                    "so the lengths trained on are neither's schedule. Set train_sequence_length_scaling: 1.0 to let seq_length_warmup decide.",
+                    TrainSequenceLengthScaling);
+            }
+
+            int count = Functional.ApplyAlibi(state.Model, MaxSequenceLength, log);
             logger.LogMetric(Name + ModuleSurgery.ModulesReplacedMetricSuffix, count);
             _applied = true;
         }

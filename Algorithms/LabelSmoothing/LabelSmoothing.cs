@@ -57,13 +57,22 @@ public sealed class LabelSmoothing : Algorithm
     public override string Name => "label_smoothing";
 
     /// <summary>True at BeforeLoss and AfterLoss.</summary>
-    public override bool Match(Event e, State state) => e is Event.BeforeLoss or Event.AfterLoss;
+    public override bool Match(Event e, State state) => e is Event.Init or Event.BeforeLoss or Event.AfterLoss;
 
-    /// <summary>BeforeLoss: puts the smoothed targets into <c>state.Batch</c>; AfterLoss: restores the batch. Returns null.</summary>
+    /// <summary>
+    /// Init: a BERT MLM that predicts only masked positions is switched to dense prediction (the smoothed targets are
+    /// per token). BeforeLoss: puts the smoothed targets into <c>state.Batch</c>; AfterLoss: restores the batch. Returns null.
+    /// </summary>
     /// <exception cref="InvalidOperationException">No batch or outputs at BeforeLoss, or the batch has no <see cref="TargetKey"/>.</exception>
     public override int? Apply(Event e, State state, Logger logger)
     {
         ArgumentNullException.ThrowIfNull(state);
+        if (e == Event.Init)
+        {
+            DensePrediction.Require(state, Name, "a target distribution at every token");
+            return null;
+        }
+
         if (e == Event.AfterLoss)
         {
             if (_original is not null)

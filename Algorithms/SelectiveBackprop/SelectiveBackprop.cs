@@ -96,20 +96,30 @@ public sealed class SelectiveBackprop : Algorithm
     /// <summary><see cref="AlgorithmPasses.SelectiveBackpropName"/>: <c>selective_backprop</c>.</summary>
     public override string Name => AlgorithmPasses.SelectiveBackpropName;
 
-    /// <summary>True at AfterDataloader when <see cref="Keep"/> &lt; 1 and <see cref="ShouldSelectiveBackprop"/> says so.</summary>
+    /// <summary>True at Init, and at AfterDataloader when <see cref="Keep"/> &lt; 1 and <see cref="ShouldSelectiveBackprop"/> says so.</summary>
     public override bool Match(Event e, State state)
     {
         ArgumentNullException.ThrowIfNull(state);
-        return e == Event.AfterDataloader && Keep < 1 && state.ElapsedDuration is { } elapsed &&
-            ShouldSelectiveBackprop(elapsed.Value, state.Timestamp.BatchInEpoch, Start, End, Interrupt);
+        return e == Event.Init || (e == Event.AfterDataloader && Keep < 1 && state.ElapsedDuration is { } elapsed &&
+            ShouldSelectiveBackprop(elapsed.Value, state.Timestamp.BatchInEpoch, Start, End, Interrupt));
     }
 
-    /// <summary>Replaces <c>state.Batch</c> by the kept samples (a batch too small to keep any stays whole). Returns null.</summary>
+    /// <summary>
+    /// Init (as Composer's, which matches Init too): a BERT MLM that predicts only masked positions is switched to
+    /// dense prediction (the per-sample losses need outputs per sample). AfterDataloader: replaces <c>state.Batch</c>
+    /// by the kept samples (a batch too small to keep any stays whole). Returns null.
+    /// </summary>
     /// <exception cref="InvalidOperationException">No batch, or a model that is not a <see cref="ComposerModel"/>.</exception>
     /// <exception cref="ArgumentException">A <see cref="ScaleFactor"/> below 1 for a batch without image inputs.</exception>
     public override int? Apply(Event e, State state, Logger logger)
     {
         ArgumentNullException.ThrowIfNull(state);
+        if (e == Event.Init)
+        {
+            DensePrediction.Require(state, Name, "a loss per sample");
+            return null;
+        }
+
         Batch batch = state.Batch ?? throw new InvalidOperationException("SelectiveBackprop needs state.Batch at after_dataloader.");
         ComposerModel model = state.Model as ComposerModel
             ?? throw new InvalidOperationException($"SelectiveBackprop needs a ComposerModel (for its loss); state.Model is a {state.Model.GetType().Name}.");

@@ -86,14 +86,28 @@ public class AllAlgorithmsTogetherTests
         // The events each algorithm acted at, as its method card says (at least once in this run).
         string[] expectedRuns =
         {
-            "gated_linear_units@init", "alibi@init", "stochastic_depth@init", "low_precision_layernorm@init",
+            "selective_backprop@init", "label_smoothing@init", "gated_linear_units@init", "alibi@init", "stochastic_depth@init", "low_precision_layernorm@init",
             "sam@after_load", "seq_length_warmup@after_dataloader", "selective_backprop@after_dataloader",
             "label_smoothing@before_loss", "label_smoothing@after_loss", "gradient_clipping@after_train_batch",
             "layer_freezing@epoch_end", "ema@batch_end", "ema@eval_start", "ema@eval_end",
         };
         Assert.That(seen, Is.SupersetOf(expectedRuns));
         Assert.That(lines.First(l => l.Groups["event"].Value == "init").Groups["order"].Value,
-            Is.EqualTo("low_precision_groupnorm, gated_linear_units, alibi, stochastic_depth, low_precision_layernorm"), "surgery in the user's order, LPLN last");
+            Is.EqualTo("selective_backprop, low_precision_groupnorm, gated_linear_units, alibi, stochastic_depth, label_smoothing, low_precision_layernorm"),
+            "SelectiveBackprop first, the others in the user's order, LPLN last");
+    }
+
+    [TestCase(0.5, true)]
+    [TestCase(1.0, false)]
+    public void AlibiWithASequenceScalingAndSeqLengthWarmupWarnAtInit(double scaling, bool warns)
+    {
+        using var scope = torch.NewDisposeScope();
+        var logs = new CapturingLoggerFactory();
+        var model = new BertForMaskedLM(ModelTestData.Tiny());
+        using var trainer = TestData.Trainer(model, null, null, loggerFactory: logs,
+            algorithms: new IAlgorithm[] { new Alibi(maxSequenceLength: 32, trainSequenceLengthScaling: scaling), new SeqLengthWarmup(maxSeqLength: 16) });
+        string[] conflict = logs.Warnings.Where(w => w.Contains("seq_length_warmup", StringComparison.Ordinal) && w.Contains("train_sequence_length_scaling", StringComparison.Ordinal)).ToArray();
+        Assert.That(conflict, warns ? Has.Length.EqualTo(1) : Is.Empty);
     }
 
     /// <summary>
