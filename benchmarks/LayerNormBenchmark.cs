@@ -28,14 +28,14 @@ namespace ComposerSharp.Benchmarks;
 internal static class LayerNormBenchmark
 {
     private const string Fp32 = "LayerNorm (fp32 kernel)";
-    private const string Bf16 = "LPLayerNorm amp_bf16 (libtorch, #17)";
-    private const string Kernel = "LPLayerNorm amp_bf16 fused (#16)";
-    private const string Kernel1 = "fused (#16), 1 worker";
-    private const string KernelBf16In = "fused (#16), bf16 in";
+    private const string Bf16 = "LPLayerNorm amp_bf16 (libtorch, fp32 weight/bias grads)";
+    private const string Kernel = "LPLayerNorm amp_bf16 fused kernel";
+    private const string Kernel1 = "fused kernel, 1 worker";
+    private const string KernelBf16In = "fused kernel, bf16 in";
     private const string Fp16 = "LPLayerNorm amp_fp16";
     private const string Bf16In = "LPLayerNorm amp_bf16 (libtorch), bf16 in";
-    private const string FusedBf16 = "fused bf16 (before #17)";
-    private const string FusedFp16 = "fused fp16 (before #17)";
+    private const string FusedBf16 = "libtorch bf16 layer_norm (low-precision grads)";
+    private const string FusedFp16 = "libtorch fp16 layer_norm (low-precision grads)";
     private const string MixedBf16 = "mixed bf16 x, fp32 w/b";
     private const string Copy = "copy 256 MiB";
 
@@ -46,7 +46,7 @@ internal static class LayerNormBenchmark
     {
         var meter = LoadMeter.Start();
         var report = new PartReport("layernorm", "(1) LayerNorm forward+backward, Float32 input: fp32 vs LPLayerNorm");
-        report.Columns.AddRange(new[] { "shape", "variant", "ms (median ±IQR/2)", "ratio vs fp32", "bytes/elem", "GB/s", "% of copy", "dW / db / dx err", "vs before #17" });
+        report.Columns.AddRange(new[] { "shape", "variant", "ms (median ±IQR/2)", "ratio vs fp32", "bytes/elem", "GB/s", "% of copy", "dW / db / dx err", "vs low-precision-grad path" });
         var data = new List<LayerNormRow>();
         using Tensor src = torch.randn(64L * 1024 * 1024);
         using Tensor dst = torch.empty_like(src);
@@ -159,9 +159,9 @@ internal static class LayerNormBenchmark
         report.Notes.Add("Ratios are medians of per-round ratios (variants interleaved in rotated order); GB/s counts the bytes that must move: 3 × input + 2 × output bytes per element.");
         report.Notes.Add("All variants run inside an amp_bf16 (or amp_fp16) autocast scope, as in a mixed-precision model; the plain LayerNorm keeps its Float32 kernel there.");
         report.Notes.Add("'bf16 in' is the same module when the residual stream already arrives in BFloat16 (post-LN blocks after an LPLayerNorm): no cast is needed.");
-        report.Notes.Add("Issue 16: 'fused (#16)' is LPLayerNorm with the C# fused CPU kernel (Algorithms/Kernels), all workers or 1; its 'vs before #17' column is against the fused libtorch path, and for 'bf16 in' against the libtorch LPLayerNorm with a bf16 input.");
-        report.Notes.Add("'fused (before #17)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before its weight and bias gradients were summed in Float32; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
-        report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs before #17': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
+        report.Notes.Add("'fused kernel' is LPLayerNorm with the C# fused CPU kernel (Algorithms/Kernels), all workers or 1; its 'vs low-precision-grad path' column is against the fused libtorch path, and for 'bf16 in' against the libtorch LPLayerNorm with a bf16 input.");
+        report.Notes.Add("'libtorch … layer_norm (low-precision grads)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before its weight and bias gradients were summed in Float32; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
+        report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs low-precision-grad path': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
         if (!fp16Works)
         {
             report.Notes.Add($"amp_fp16 skipped: this libtorch has no CPU kernel for it ({fp16Error}).");

@@ -133,7 +133,7 @@ distRank.Arguments.Add(distFolder);
 distRank.SetAction(result => DistributedBenchmark.RunRank(result.GetValue(distPart)!, result.GetValue(distMode) == "quick", result.GetValue(distFolder)!));
 root.Subcommands.Add(distRank);
 
-// Time to quality (issue 12): not part of 'all', because it trains two models for minutes each.
+// Time to quality: not part of 'all', because it trains two models for minutes each.
 var ttqData = new Option<string>("--data") { Description = "Folder of .txt files.", DefaultValueFactory = _ => "../shared/data/moby-dick" };
 var ttqBudget = new Option<string>("--max-duration") { Description = "Budget of both runs (Composer time string, e.g. 1ep or 32ba).", DefaultValueFactory = _ => "1ep" };
 var ttqSubset = new Option<int>("--eval-subset-batches") { Description = "Batches (of 32 blocks) per evaluation; 0 = the whole eval split.", DefaultValueFactory = _ => 0 };

@@ -21,7 +21,7 @@ namespace ComposerSharp.Benchmarks;
 internal sealed record TimeToQualityOptions(string Data, string MaxDuration, int EvalEvery, int EvalSubsetBatches, double? TargetCrossEntropy, string Output, int Seed, int Threads);
 
 /// <summary>
-/// Time to quality (issue 12): the same small BERT MLM on a text folder (GPT-2 BPE, blocks of 128) trained (a) plain
+/// Time to quality: the same small BERT MLM on a text folder (GPT-2 BPE, blocks of 128) trained (a) plain
 /// and (b) with a recipe of this library's algorithms, same seed, data order and budget, one after the other in this
 /// process through the CLI's TrainJob. A callback records, at every evaluation, the training wall-clock (evaluation
 /// time excluded), samples, tokens and eval cross-entropy; the report gives when each run first reaches the target
