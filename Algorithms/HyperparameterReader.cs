@@ -34,27 +34,50 @@ internal sealed class HyperparameterReader
         _description = description;
     }
 
-    /// <summary>The value of <paramref name="key"/> as a double, or <paramref name="fallback"/> when absent.</summary>
+    /// <summary>The raw value of <paramref name="key"/>, or null when absent.</summary>
+    public string? String(string key) => _description.Hyperparameters.TryGetValue(key, out string? v) ? v : null;
+
+    /// <summary>The value of <paramref name="key"/> as a double, or null when absent or empty.</summary>
+    /// <exception cref="ArgumentException">The value is not a number.</exception>
+    public double? NullableDouble(string key) =>
+        string.IsNullOrEmpty(String(key)) ? null : Double(key, double.NaN);
+
+    /// <summary>The value of <paramref name="key"/> as a long, or <paramref name="fallback"/> when absent or empty.</summary>
+    /// <exception cref="ArgumentException">The value is not an integer.</exception>
+    public long Long(string key, long fallback) =>
+        Read(key, fallback, s => long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out long v) ? v : null, "an integer");
+
+    /// <summary>The value of <paramref name="key"/> as a Composer time string (e.g. <c>1000ba</c>), or null when absent or empty.</summary>
+    /// <exception cref="ArgumentException">The value is not a time.</exception>
+    public Time? Time(string key) =>
+        string.IsNullOrEmpty(String(key)) ? (Time?)null : Read<Time>(key, default, s => Events.Time.TryParse(s, out Time t) ? (Time?)t : null, "a time such as 1000ba or 0.5dur");
+
+    /// <summary>The value of <paramref name="key"/> as a <typeparamref name="TEnum"/> by its snake_case name, or <paramref name="fallback"/> when absent or empty.</summary>
+    /// <exception cref="ArgumentException">The value is not one of the names.</exception>
+    public TEnum Enum<TEnum>(string key, TEnum fallback)
+        where TEnum : struct, System.Enum => Enum<TEnum>(key) ?? fallback;
+
+    /// <summary>The value of <paramref name="key"/> as a double, or <paramref name="fallback"/> when absent or empty.</summary>
     /// <exception cref="ArgumentException">The value is not a number.</exception>
     public double Double(string key, double fallback) =>
         Read(key, fallback, s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : null, "a number");
 
-    /// <summary>The value of <paramref name="key"/> as an int, or <paramref name="fallback"/> when absent.</summary>
+    /// <summary>The value of <paramref name="key"/> as an int, or <paramref name="fallback"/> when absent or empty.</summary>
     /// <exception cref="ArgumentException">The value is not an integer.</exception>
     public int Int(string key, int fallback) =>
         Read(key, fallback, s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null, "an integer");
 
-    /// <summary>The value of <paramref name="key"/> as a bool (<c>true</c>/<c>false</c>), or <paramref name="fallback"/> when absent.</summary>
+    /// <summary>The value of <paramref name="key"/> as a bool (<c>true</c>/<c>false</c>), or <paramref name="fallback"/> when absent or empty.</summary>
     /// <exception cref="ArgumentException">The value is not true or false.</exception>
     public bool Bool(string key, bool fallback) =>
         Read(key, fallback, s => bool.TryParse(s, out bool v) ? v : null, "true or false");
 
-    /// <summary>The value of <paramref name="key"/> as a <typeparamref name="TEnum"/> by its snake_case name, or null when absent.</summary>
+    /// <summary>The value of <paramref name="key"/> as a <typeparamref name="TEnum"/> by its snake_case name, or null when absent or empty.</summary>
     /// <exception cref="ArgumentException">The value is not one of the names.</exception>
     public TEnum? Enum<TEnum>(string key)
         where TEnum : struct, System.Enum
     {
-        if (!_description.Hyperparameters.TryGetValue(key, out string? value))
+        if (!_description.Hyperparameters.TryGetValue(key, out string? value) || value.Length == 0)
         {
             return null;
         }
@@ -87,7 +110,7 @@ internal sealed class HyperparameterReader
     private T Read<T>(string key, T fallback, Func<string, T?> parse, string expected)
         where T : struct
     {
-        if (!_description.Hyperparameters.TryGetValue(key, out string? value))
+        if (!_description.Hyperparameters.TryGetValue(key, out string? value) || value.Length == 0)
         {
             return fallback;
         }

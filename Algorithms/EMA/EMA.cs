@@ -320,7 +320,7 @@ public sealed class EMA : Algorithm, IStatefulAlgorithm, IDisposable
     /// <exception cref="ArgumentException">Another algorithm's description, an unknown key, or an invalid value (see the constructor).</exception>
     public static EMA FromDescription(AlgorithmDescription description)
     {
-        var reader = new DescriptionReader(description, "ema", HalfLifeKey, SmoothingKey, EmaStartKey, UpdateIntervalKey);
+        var reader = new HyperparameterReader(description, "ema", HalfLifeKey, SmoothingKey, EmaStartKey, UpdateIntervalKey);
         string? halfLife = reader.String(HalfLifeKey);
         string? interval = reader.String(UpdateIntervalKey);
         return new EMA(

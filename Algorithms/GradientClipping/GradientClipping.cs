@@ -95,7 +95,7 @@ public sealed class GradientClipping : Algorithm
     /// <exception cref="ArgumentOutOfRangeException">A threshold that is not finite and positive.</exception>
     public static GradientClipping FromDescription(AlgorithmDescription description)
     {
-        var reader = new DescriptionReader(description, "gradient_clipping", ClippingTypeKey, ClippingThresholdKey);
+        var reader = new HyperparameterReader(description, "gradient_clipping", ClippingTypeKey, ClippingThresholdKey);
         return new GradientClipping(
             reader.Enum(ClippingTypeKey, ClippingType.Norm),
             reader.Double(ClippingThresholdKey, 1.0));

@@ -115,7 +115,7 @@ public sealed class LabelSmoothing : Algorithm
     /// <exception cref="ArgumentOutOfRangeException">A smoothing outside [0, 1].</exception>
     public static LabelSmoothing FromDescription(AlgorithmDescription description)
     {
-        var reader = new DescriptionReader(description, "label_smoothing", SmoothingKey, TargetKeyKey);
+        var reader = new HyperparameterReader(description, "label_smoothing", SmoothingKey, TargetKeyKey);
         return new LabelSmoothing(reader.Double(SmoothingKey, 0.1), reader.String(TargetKeyKey) is { Length: > 0 } key ? key : "labels");
     }
 

@@ -136,7 +136,7 @@ public sealed class LayerFreezing : Algorithm, IStatefulAlgorithm
     /// <exception cref="ArgumentOutOfRangeException">A value outside its range.</exception>
     public static LayerFreezing FromDescription(AlgorithmDescription description)
     {
-        var reader = new DescriptionReader(description, "layer_freezing", FreezeStartKey, FreezeLevelKey);
+        var reader = new HyperparameterReader(description, "layer_freezing", FreezeStartKey, FreezeLevelKey);
         return new LayerFreezing(reader.Double(FreezeStartKey, 0.5), reader.Double(FreezeLevelKey, 1.0));
     }
 

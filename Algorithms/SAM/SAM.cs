@@ -91,7 +91,7 @@ public sealed class SAM : Algorithm
     /// <exception cref="ArgumentOutOfRangeException">A value outside its range.</exception>
     public static SAM FromDescription(AlgorithmDescription description)
     {
-        var reader = new DescriptionReader(description, "sam", RhoKey, EpsilonKey, IntervalKey);
+        var reader = new HyperparameterReader(description, "sam", RhoKey, EpsilonKey, IntervalKey);
         long interval = reader.Long(IntervalKey, 1);
         if (interval is < 1 or > int.MaxValue)
         {

@@ -174,7 +174,7 @@ public sealed class SelectiveBackprop : Algorithm
     /// <exception cref="ArgumentOutOfRangeException">A value outside its range.</exception>
     public static SelectiveBackprop FromDescription(AlgorithmDescription description)
     {
-        var reader = new DescriptionReader(description, AlgorithmPasses.SelectiveBackpropName, StartKey, EndKey, KeepKey, ScaleFactorKey, InterruptKey);
+        var reader = new HyperparameterReader(description, AlgorithmPasses.SelectiveBackpropName, StartKey, EndKey, KeepKey, ScaleFactorKey, InterruptKey);
         long interrupt = reader.Long(InterruptKey, 2);
         if (interrupt is < 0 or > int.MaxValue)
         {
