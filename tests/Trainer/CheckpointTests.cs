@@ -38,15 +38,6 @@ public class CheckpointTests
             schedulers: new[] { new CosineAnnealingWithWarmupScheduler("2ba", alphaF: 0.1) });
     }
 
-    private static ActionCallback StopAt(Event e, long count) => new(e, s =>
-    {
-        long now = e == Event.EpochEnd ? s.Timestamp.Epoch : s.Timestamp.Batch;
-        if (now == count)
-        {
-            s.StopTraining();
-        }
-    });
-
     [TestCase(Event.BatchEnd, 3L, "1ba", 3L, TestName = "ResumeIsBitwiseExactFromMidEpoch")]
     [TestCase(Event.BatchEnd, 5L, "1ba", 5L, TestName = "ResumeIsBitwiseExactFromTheLastBatchOfAnEpoch")]
     [TestCase(Event.EpochEnd, 1L, "1ep", 0L, TestName = "ResumeIsBitwiseExactFromAnEpochBoundary")]
@@ -61,7 +52,7 @@ public class CheckpointTests
         var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = saveInterval, Autoresume = true };
         var first = new List<long>();
         long stoppedAt;
-        using (Trainer interrupted = ResumableRun(first, options, new[] { StopAt(stopEvent, stopAt) }))
+        using (Trainer interrupted = ResumableRun(first, options, new[] { TestData.StopAt(stopEvent, stopAt) }))
         {
             interrupted.Fit();
             stoppedAt = interrupted.State.Timestamp.Batch;
@@ -256,7 +247,7 @@ public class CheckpointTests
     {
         string folder = TestData.TempFolder();
         var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = "1ba", SaveNumCheckpointsToKeep = 2, Autoresume = true };
-        using (var first = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", callbacks: new[] { StopAt(Event.BatchEnd, 3) }))
+        using (var first = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", callbacks: new[] { TestData.StopAt(Event.BatchEnd, 3) }))
         {
             first.Fit();
         }

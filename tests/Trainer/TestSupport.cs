@@ -405,6 +405,16 @@ public static class TestData
             train, eval, algorithms, callbacks, loggers, schedulers: schedulers, gradScaler: gradScaler, loggerFactory: loggerFactory,
             optimizerFactory: optimizerFactory ?? (p => torch.optim.SGD(p, 0.05)));
 
+    /// <summary>A callback that stops training at <paramref name="e"/> once the epoch (at EpochEnd) or batch count (otherwise) reaches <paramref name="count"/>: an interrupted run to resume.</summary>
+    public static ActionCallback StopAt(Event e, long count) => new(e, s =>
+    {
+        long now = e == Event.EpochEnd ? s.Timestamp.Epoch : s.Timestamp.Batch;
+        if (now == count)
+        {
+            s.StopTraining();
+        }
+    });
+
     /// <summary>A fresh empty temporary folder under the test output.</summary>
     public static string TempFolder()
     {

@@ -125,13 +125,7 @@ public class LayerFreezingTests
         uninterrupted.Fit();
 
         var options = new CheckpointOptions { SaveFolder = TestData.TempFolder(), SaveInterval = "1ep", Autoresume = true };
-        using (Trainer interrupted = Run(options, new ActionCallback(Event.EpochEnd, s =>
-        {
-            if (s.Timestamp.Epoch == 2)
-            {
-                s.StopTraining();
-            }
-        })))
+        using (Trainer interrupted = Run(options, TestData.StopAt(Event.EpochEnd, 2)))
         {
             interrupted.Fit();
         }

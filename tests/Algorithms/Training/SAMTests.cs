@@ -153,13 +153,7 @@ public class SAMTests
         using Trainer uninterrupted = Run(null);
         uninterrupted.Fit();
         var options = new CheckpointOptions { SaveFolder = TestData.TempFolder(), SaveInterval = "1ba", Autoresume = true };
-        using (Trainer interrupted = Run(options, new ActionCallback(Event.BatchEnd, s =>
-        {
-            if (s.Timestamp.Batch == 3)
-            {
-                s.StopTraining();
-            }
-        })))
+        using (Trainer interrupted = Run(options, TestData.StopAt(Event.BatchEnd, 3)))
         {
             interrupted.Fit();
         }
