@@ -216,9 +216,7 @@ public static class CliApp
             catch (ArgumentException ex) when (ConfigKeyOf(ex) is { } key)
             {
                 // A value the library refused, named by its parameter: report it as the configuration key it came from.
-                string message = ex.Message.Split(" (Parameter '", 2)[0];
-                string actual = ex is ArgumentOutOfRangeException { ActualValue: { } v } ? $" (got {Convert.ToString(v, CultureInfo.InvariantCulture)})" : string.Empty;
-                err.WriteLine($"composersharp {name}: configuration error: '{key}': {message}{actual}");
+                err.WriteLine($"composersharp {name}: configuration error: '{key}': {ConfigException.LibraryMessage(ex)}");
                 return ConfigErrorExitCode;
             }
             catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException)

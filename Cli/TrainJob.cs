@@ -404,8 +404,7 @@ public sealed class TrainJob
                 _ => "configuration",
             };
             string value = _config.Get(key) is string v ? $" is '{v}'" : string.Empty;
-            string actual = ex is ArgumentOutOfRangeException { ActualValue: { } a } ? $" (got {Convert.ToString(a, CultureInfo.InvariantCulture)})" : string.Empty;
-            throw new ConfigException($"'{key}'{value}: {ex.Message.Split(Environment.NewLine, 2)[0].Split(" (Parameter '", 2)[0]}{actual}", ex);
+            throw new ConfigException($"'{key}'{value}: {ConfigException.LibraryMessage(ex)}", ex);
         }
     }
 

@@ -131,7 +131,7 @@ public static class ComponentServiceCollectionExtensions
             catch (ArgumentException ex)
             {
                 string key = ex.ParamName is { Length: > 0 } p ? s.PathOf(Algorithm.ToSnakeCase(p)) : s.Path;
-                throw new ConfigException($"'{key}': {ex.Message.Split(" (Parameter '", 2)[0]}", ex);
+                throw new ConfigException($"'{key}': {ConfigException.LibraryMessage(ex)}", ex);
             }
 
             return options.Create;

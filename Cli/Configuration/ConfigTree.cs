@@ -21,6 +21,20 @@ public sealed class ConfigException : Exception
         : base(message, inner)
     {
     }
+
+    /// <summary>
+    /// The library's message of a refused value, to report beside the configuration key: its first line without .NET's
+    /// <c>(Parameter '…')</c> suffix, plus <c>(got …)</c> when an <see cref="ArgumentOutOfRangeException"/> carries the value.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="refusal"/> is null.</exception>
+    public static string LibraryMessage(ArgumentException refusal)
+    {
+        ArgumentNullException.ThrowIfNull(refusal);
+        string message = refusal.Message.Split(Environment.NewLine, 2)[0].Split(" (Parameter '", 2)[0];
+        return refusal is ArgumentOutOfRangeException { ActualValue: { } v }
+            ? $"{message} (got {Convert.ToString(v, System.Globalization.CultureInfo.InvariantCulture)})"
+            : message;
+    }
 }
 
 /// <summary>
