@@ -142,8 +142,13 @@ internal static unsafe class LayerNormCpuKernel
         bool bf16In = input.dtype == ScalarType.BFloat16;
         int chunks = (int)((rows + ChunkRows - 1) / ChunkRows);
         bool reduce = gradWeight is not null || gradBias is not null;
-        float[] partials = reduce ? new float[(long)chunks * 2 * width] : Array.Empty<float>();
+        // One Float32 partial pair (dW, db) per chunk, rented (a fresh array of this size would be a large-object-heap
+        // allocation zeroed on the calling thread and collected with generation 2) and zeroed by the chunk's worker.
+        long partialFloats = reduce ? (long)chunks * 2 * width : 0;
+        float[] partials = reduce ? ArrayPool<float>.Shared.Rent(checked((int)partialFloats)) : Array.Empty<float>();
         float[] ones = weight is null ? Filled(width, 1f) : Array.Empty<float>();
+        try
+        {
         fixed (byte* gb = gradOutput.bytes, xb = input.bytes, mb = mean.bytes, rb = rstd.bytes, dxb = gradInput.bytes)
         fixed (byte* wb = weight is null ? default : weight.bytes)
         fixed (float* onesP = ones, partialsP = partials)
@@ -157,6 +162,10 @@ internal static unsafe class LayerNormCpuKernel
                 float* dxRow = scratch + (2 * width);
                 float* dW = reduce ? (float*)part + ((long)chunk * 2 * width) : null;
                 float* dB = reduce ? dW + width : null;
+                if (reduce)
+                {
+                    new Span<float>(dW, 2 * width).Clear();
+                }
                 long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
                 for (long i = chunk * (long)ChunkRows; i < end; i++)
                 {
@@ -205,6 +214,14 @@ internal static unsafe class LayerNormCpuKernel
                         new ReadOnlySpan<float>(s + width, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradBias.bytes));
                     }
                 }
+            }
+        }
+        }
+        finally
+        {
+            if (reduce)
+            {
+                ArrayPool<float>.Shared.Return(partials);
             }
         }
     }
@@ -307,23 +324,40 @@ internal static unsafe class LayerNormCpuKernel
         float total = 0f;
         if (p == SimdPath.Avx512)
         {
-            Vector512<float> acc = Vector512<float>.Zero;
-            for (; i <= n - 16; i += 16)
+            // Four accumulators: one would chain every add on the previous one's latency.
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+            for (; i <= n - 64; i += 64)
             {
-                acc += Vector512.Load(x + i);
+                a0 += Vector512.Load(x + i);
+                a1 += Vector512.Load(x + i + 16);
+                a2 += Vector512.Load(x + i + 32);
+                a3 += Vector512.Load(x + i + 48);
             }
 
-            total = Vector512.Sum(acc);
+            for (; i <= n - 16; i += 16)
+            {
+                a0 += Vector512.Load(x + i);
+            }
+
+            total = Vector512.Sum((a0 + a1) + (a2 + a3));
         }
         else if (p == SimdPath.Avx2)
         {
-            Vector256<float> acc = Vector256<float>.Zero;
-            for (; i <= n - 8; i += 8)
+            Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+            for (; i <= n - 32; i += 32)
             {
-                acc += Vector256.Load(x + i);
+                a0 += Vector256.Load(x + i);
+                a1 += Vector256.Load(x + i + 8);
+                a2 += Vector256.Load(x + i + 16);
+                a3 += Vector256.Load(x + i + 24);
             }
 
-            total = Vector256.Sum(acc);
+            for (; i <= n - 8; i += 8)
+            {
+                a0 += Vector256.Load(x + i);
+            }
+
+            total = Vector256.Sum((a0 + a1) + (a2 + a3));
         }
 
         for (; i < n; i++)
@@ -340,25 +374,45 @@ internal static unsafe class LayerNormCpuKernel
         float total = 0f;
         if (p == SimdPath.Avx512)
         {
-            Vector512<float> acc = Vector512<float>.Zero, m = Vector512.Create(mu);
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, m = Vector512.Create(mu);
+            for (; i <= n - 64; i += 64)
+            {
+                Vector512<float> d0 = Vector512.Load(x + i) - m, d1 = Vector512.Load(x + i + 16) - m;
+                Vector512<float> d2 = Vector512.Load(x + i + 32) - m, d3 = Vector512.Load(x + i + 48) - m;
+                a0 += d0 * d0;
+                a1 += d1 * d1;
+                a2 += d2 * d2;
+                a3 += d3 * d3;
+            }
+
             for (; i <= n - 16; i += 16)
             {
                 Vector512<float> d = Vector512.Load(x + i) - m;
-                acc += d * d;
+                a0 += d * d;
             }
 
-            total = Vector512.Sum(acc);
+            total = Vector512.Sum((a0 + a1) + (a2 + a3));
         }
         else if (p == SimdPath.Avx2)
         {
-            Vector256<float> acc = Vector256<float>.Zero, m = Vector256.Create(mu);
+            Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0, m = Vector256.Create(mu);
+            for (; i <= n - 32; i += 32)
+            {
+                Vector256<float> d0 = Vector256.Load(x + i) - m, d1 = Vector256.Load(x + i + 8) - m;
+                Vector256<float> d2 = Vector256.Load(x + i + 16) - m, d3 = Vector256.Load(x + i + 24) - m;
+                a0 += d0 * d0;
+                a1 += d1 * d1;
+                a2 += d2 * d2;
+                a3 += d3 * d3;
+            }
+
             for (; i <= n - 8; i += 8)
             {
                 Vector256<float> d = Vector256.Load(x + i) - m;
-                acc += d * d;
+                a0 += d * d;
             }
 
-            total = Vector256.Sum(acc);
+            total = Vector256.Sum((a0 + a1) + (a2 + a3));
         }
 
         for (; i < n; i++)
@@ -407,6 +461,26 @@ internal static unsafe class LayerNormCpuKernel
         if (p == SimdPath.Avx512)
         {
             Vector512<float> accG = Vector512<float>.Zero, accGX = Vector512<float>.Zero, m = Vector512.Create(mu), r = Vector512.Create(rs);
+            Vector512<float> accG1 = Vector512<float>.Zero, accGX1 = Vector512<float>.Zero;
+            for (; i <= n - 32; i += 32)
+            {
+                // Two accumulator pairs, so that consecutive iterations do not wait on each other's adds.
+                Vector512<float> xhat0 = (Vector512.Load(x + i) - m) * r, xhat1 = (Vector512.Load(x + i + 16) - m) * r;
+                Vector512<float> d0 = Vector512.Load(dy + i), d1 = Vector512.Load(dy + i + 16);
+                Vector512<float> g0 = d0 * Vector512.Load(w + i), g1 = d1 * Vector512.Load(w + i + 16);
+                accG += g0;
+                accG1 += g1;
+                accGX += g0 * xhat0;
+                accGX1 += g1 * xhat1;
+                if (reduce)
+                {
+                    (Vector512.Load(dW + i) + (d0 * xhat0)).Store(dW + i);
+                    (Vector512.Load(dW + i + 16) + (d1 * xhat1)).Store(dW + i + 16);
+                    (Vector512.Load(dB + i) + d0).Store(dB + i);
+                    (Vector512.Load(dB + i + 16) + d1).Store(dB + i + 16);
+                }
+            }
+
             for (; i <= n - 16; i += 16)
             {
                 Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
@@ -421,12 +495,31 @@ internal static unsafe class LayerNormCpuKernel
                 }
             }
 
-            sumG = Vector512.Sum(accG);
-            sumGX = Vector512.Sum(accGX);
+            sumG = Vector512.Sum(accG + accG1);
+            sumGX = Vector512.Sum(accGX + accGX1);
         }
         else if (p == SimdPath.Avx2)
         {
             Vector256<float> accG = Vector256<float>.Zero, accGX = Vector256<float>.Zero, m = Vector256.Create(mu), r = Vector256.Create(rs);
+            Vector256<float> accG1 = Vector256<float>.Zero, accGX1 = Vector256<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                Vector256<float> xhat0 = (Vector256.Load(x + i) - m) * r, xhat1 = (Vector256.Load(x + i + 8) - m) * r;
+                Vector256<float> d0 = Vector256.Load(dy + i), d1 = Vector256.Load(dy + i + 8);
+                Vector256<float> g0 = d0 * Vector256.Load(w + i), g1 = d1 * Vector256.Load(w + i + 8);
+                accG += g0;
+                accG1 += g1;
+                accGX += g0 * xhat0;
+                accGX1 += g1 * xhat1;
+                if (reduce)
+                {
+                    (Vector256.Load(dW + i) + (d0 * xhat0)).Store(dW + i);
+                    (Vector256.Load(dW + i + 8) + (d1 * xhat1)).Store(dW + i + 8);
+                    (Vector256.Load(dB + i) + d0).Store(dB + i);
+                    (Vector256.Load(dB + i + 8) + d1).Store(dB + i + 8);
+                }
+            }
+
             for (; i <= n - 8; i += 8)
             {
                 Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
@@ -441,8 +534,8 @@ internal static unsafe class LayerNormCpuKernel
                 }
             }
 
-            sumG = Vector256.Sum(accG);
-            sumGX = Vector256.Sum(accGX);
+            sumG = Vector256.Sum(accG + accG1);
+            sumGX = Vector256.Sum(accGX + accGX1);
         }
 
         for (; i < n; i++)
