@@ -182,7 +182,7 @@ public static class BuiltinComponents
         }
         catch (ArgumentException ex)
         {
-            throw new ConfigException($"'{s.PathOf("preset")}' is '{preset}': {ex.Message}", ex);
+            throw new ConfigException($"'{s.PathOf("preset")}' is '{preset}': {ConfigException.LibraryMessage(ex)}", ex);
         }
 
         if (!s.ContainsKey("vocab_size") && c.Vocabulary is { } vocabulary)
@@ -198,7 +198,7 @@ public static class BuiltinComponents
         }
         catch (ArgumentException ex)
         {
-            throw new ConfigException($"'{s.Path}': {ex.Message}", ex);
+            throw ConfigException.ForRefusal(s, ex);
         }
 
         return config;

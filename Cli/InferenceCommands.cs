@@ -40,16 +40,38 @@ internal static class InferenceCommands
         var load = LoadPath();
         var input = new Option<string>("--input") { Description = "Inputs: a .jsonl file (objects with a \"text\" field; a \"label\" field is scored) or a .txt file (one text per line).", Required = true };
         var outputFile = new Option<string?>("--output") { Description = "Write one JSON line per input here (default: stdout)." };
-        var batchSize = new Option<int>("--batch-size") { Description = "Inputs per forward pass.", DefaultValueFactory = _ => 32 };
-        var topK = new Option<int>("--top-k") { Description = "MLM: candidates per [MASK] position.", DefaultValueFactory = _ => 5 };
+        var batchSize = Number("--batch-size", "Inputs per forward pass.", 32, NumberStyles.Integer, "a whole number of at least 1, e.g. 32");
+        var topK = Number("--top-k", "MLM: candidates per [MASK] position.", 5, NumberStyles.Integer, "a whole number of at least 1, e.g. 5");
         var tokenizerOption = new Option<string?>("--tokenizer") { Description = "Read the text with this tokenizer instead of the checkpoint's: gpt2, or a BERT folder (vocab.txt, tokenizer_config.json) or vocab.txt; needed for a checkpoint trained on token ids alone (synthetic data)." };
         var command = new Command("predict", "Classify texts (bert_classification) or fill [MASK] positions (bert_mlm) with a checkpoint.") { load, input, outputFile, batchSize, topK, tokenizerOption };
         command.SetAction(parse => Guard("predict", () =>
         {
             string path = parse.GetValue(load)!;
+            foreach ((Option<int> option, int value) in new[] { (batchSize, parse.GetValue(batchSize)), (topK, parse.GetValue(topK)) })
+            {
+                if (value < 1)
+                {
+                    // Checked before anything is read, as generate does, and named as the command line spells it.
+                    throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"{option.Name} is {value}; expected a whole number of at least 1."));
+                }
+            }
+
             List<(string Text, string? Label)> rows = ReadInputs(parse.GetValue(input)!);
-            using StreamWriter? fileWriter = parse.GetValue(outputFile) is { } file ? new StreamWriter(file) : null;
-            TextWriter writer = fileWriter ?? output ?? Console.Out;
+            StreamWriter? fileWriter = null;
+            using var closeOutput = new DisposeLater(() => fileWriter?.Dispose());
+
+            // The --output file is created at the first prediction, so a checkpoint or tokenizer that cannot be used
+            // leaves no empty file behind (and an earlier predictions file is not truncated for nothing).
+            TextWriter Writer()
+            {
+                if (fileWriter is null && parse.GetValue(outputFile) is { } file)
+                {
+                    fileWriter = new StreamWriter(file);
+                }
+
+                return fileWriter ?? output ?? Console.Out;
+            }
+
             ModelDescription description = CheckpointModel.ReadDescription(path);
             ITextTokenizer? tokenizer = null;
             if (parse.GetValue(tokenizerOption) is { } spec)
@@ -91,7 +113,7 @@ internal static class InferenceCommands
                         correct += truth == p.Label ? 1 : 0;
                     }
 
-                    writer.WriteLine(line.ToJsonString(JsonLines));
+                    Writer().WriteLine(line.ToJsonString(JsonLines));
                 }
 
                 if (scored > 0)
@@ -105,10 +127,10 @@ internal static class InferenceCommands
                 int done = 0;
                 foreach ((string text, _) in rows)
                 {
-                    ((IProgress<int>)progress).Report(++done);
                     IReadOnlyList<IReadOnlyList<MaskFill>> fills = filler.Fill(text, parse.GetValue(topK));
                     var positions = new JsonArray(fills.Select(f => (JsonNode)new JsonArray(f.Select(c => (JsonNode)new JsonObject { ["token"] = c.Token, ["token_id"] = c.TokenId, ["probability"] = c.Probability }).ToArray())).ToArray());
-                    writer.WriteLine(new JsonObject { ["text"] = text, ["fills"] = positions }.ToJsonString(JsonLines));
+                    Writer().WriteLine(new JsonObject { ["text"] = text, ["fills"] = positions }.ToJsonString(JsonLines));
+                    ((IProgress<int>)progress).Report(++done); // after the input is done, not before its first failure
                 }
             }
             else
@@ -295,6 +317,13 @@ internal static class InferenceCommands
 
         return rows.Count > 0 ? rows : throw new InvalidDataException($"The input file '{path}' has no inputs.");
     }
+}
+
+/// <summary>Runs an action when disposed (closes predict's lazily created output file on every path).</summary>
+internal sealed class DisposeLater(Action action) : IDisposable
+{
+    /// <summary>Runs the action.</summary>
+    public void Dispose() => action();
 }
 
 /// <summary>A bad command-line value of predict, generate or export: printed as it is, exit code 2 (as a configuration error).</summary>

@@ -211,11 +211,19 @@ public sealed class ComponentCatalog
                 ? registration.Factory(args, context)
                 : Bind(registration.ImplementationType!, args, context);
         }
+        catch (TargetInvocationException ex) when (ex.InnerException is ArgumentException refusal)
+        {
+            throw ConfigException.ForRefusal(args, refusal, $"{kind.ToString().ToLowerInvariant()} '{name}': ");
+        }
         catch (TargetInvocationException ex) when (ex.InnerException is not null)
         {
             throw new ConfigException($"Building {kind.ToString().ToLowerInvariant()} '{name}' from '{args.Path}' failed: {ex.InnerException.Message}", ex.InnerException);
         }
-        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidOperationException)
+        catch (ArgumentException ex)
+        {
+            throw ConfigException.ForRefusal(args, ex, $"{kind.ToString().ToLowerInvariant()} '{name}': ");
+        }
+        catch (Exception ex) when (ex is FormatException or InvalidOperationException)
         {
             throw new ConfigException($"Building {kind.ToString().ToLowerInvariant()} '{name}' from '{args.Path}' failed: {ex.Message}", ex);
         }

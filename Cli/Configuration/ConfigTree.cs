@@ -35,6 +35,38 @@ public sealed class ConfigException : Exception
             ? $"{message} (got {Convert.ToString(v, System.Globalization.CultureInfo.InvariantCulture)})"
             : message;
     }
+
+    /// <summary>
+    /// A value refused by the library while a component was built from <paramref name="section"/>, reported as the
+    /// configuration key it came from: <c>'model.num_layers' is '-1': must be at least 1.</c> instead of .NET's
+    /// <c>NumLayers must be at least 1. (Parameter 'NumLayers') Actual value was -1.</c> The key is the section's
+    /// key whose snake_case name is the refused parameter's when the section sets it, else the section itself.
+    /// </summary>
+    /// <param name="section">The section the component was built from.</param>
+    /// <param name="refusal">The library's refusal.</param>
+    /// <param name="context">Optional words before the key, e.g. <c>Building dataset 'x': </c>.</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    public static ConfigException ForRefusal(ConfigSection section, ArgumentException refusal, string context = "")
+    {
+        ArgumentNullException.ThrowIfNull(section);
+        ArgumentNullException.ThrowIfNull(refusal);
+        string? parameter = refusal.ParamName is { Length: > 0 } p ? p : null;
+        string? key = parameter is null ? null : Algorithm.ToSnakeCase(parameter);
+        if (key is null || !section.ContainsKey(key))
+        {
+            return new ConfigException($"{context}'{section.Path}': {LibraryMessage(refusal)}", refusal);
+        }
+
+        // The value is shown beside the key, so the message's own "(got …)" and its leading property name go.
+        string message = refusal.Message.Split(Environment.NewLine, 2)[0].Split(" (Parameter '", 2)[0];
+        if (message.StartsWith(parameter + " ", StringComparison.Ordinal))
+        {
+            message = message[(parameter!.Length + 1)..];
+        }
+
+        string value = section.Get(key) is string v ? $" is '{v}'" : string.Empty;
+        return new ConfigException($"{context}'{section.PathOf(key)}'{value}: {message}", refusal);
+    }
 }
 
 /// <summary>
