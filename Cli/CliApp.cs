@@ -224,6 +224,13 @@ public static class CliApp
                 err.WriteLine($"composersharp {name}: {ex.Message}");
                 return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
             }
+            catch (System.Runtime.InteropServices.ExternalException ex) when (!parse.GetValue(verbose))
+            {
+                // libtorch's errors carry its C++ frames after the first line: the reason is that line (e.g. "can't
+                // allocate memory: you tried to allocate 480000000000 bytes"); the frames only with --verbose.
+                err.WriteLine($"composersharp {name}: libtorch error: {LibTorchReason(ex)} (run with --verbose for libtorch's stack trace)");
+                return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
+            }
             catch (Exception ex)
             {
                 // Any other failure of one rank ends the whole job (its peers would wait in a collective otherwise).
@@ -232,6 +239,20 @@ public static class CliApp
             }
         });
         return command;
+    }
+
+    /// <summary>
+    /// The first line of a libtorch error without its <c>[enforce fail at file:line]</c> prefix; for an allocation
+    /// failure also the size in GiB and what to do.
+    /// </summary>
+    internal static string LibTorchReason(System.Runtime.InteropServices.ExternalException ex)
+    {
+        string first = ex.Message.Split('\n', 2)[0].Trim();
+        first = System.Text.RegularExpressions.Regex.Replace(first, @"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", string.Empty);
+        var bytes = System.Text.RegularExpressions.Regex.Match(first, @"allocate (\d+) bytes");
+        return bytes.Success && long.TryParse(bytes.Groups[1].Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out long n)
+            ? string.Create(CultureInfo.InvariantCulture, $"{first} ({n / (1024.0 * 1024 * 1024):F1} GiB). The model or batch does not fit in memory: reduce the model's sizes (hidden_size, num_layers, vocab_size, max_sequence_length) or the batch size.")
+            : first;
     }
 
     /// <summary>The top-level key whose snake_case name is the refused parameter's (deviceTrainMicrobatchSize → device_train_microbatch_size), or null.</summary>

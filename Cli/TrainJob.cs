@@ -161,24 +161,37 @@ public sealed class TrainJob
     /// checkpoint folder already holds checkpoints (configuration error, nothing written); with
     /// <c>save_overwrite</c> and without <c>autoresume</c> the run starts afresh: the folder's checkpoints,
     /// <c>metrics.jsonl</c>, <c>tensorboard/</c> and <c>loss.png</c> of the earlier run are removed.
+    /// The files of an earlier run that left no checkpoint cannot be continued, so they are not appended to either:
+    /// when that run trained no batch (it failed while starting) they are removed; when it trained some, the run is
+    /// refused like one with checkpoints, and with <c>autoresume</c> (nothing to resume from: the run starts at batch 0)
+    /// they are removed, as a resume drops what an earlier process logged after its checkpoint.
     /// </summary>
     /// <remarks>
     /// Distributed: every rank makes the refusal check (read-only, so all ranks of a job fail together instead of
     /// some waiting in a collective for the others); only <paramref name="rankZero"/> removes files.
     /// </remarks>
-    /// <exception cref="ConfigException">Checkpoints of an earlier run are present and neither option is set.</exception>
+    /// <exception cref="ConfigException">Checkpoints, or the metrics of a run that trained, are present and neither option is set.</exception>
     private void PrepareRunFolder(string runFolder, CheckpointOptions checkpoint, bool rankZero)
     {
         string folder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        if (checkpoint.Autoresume || folder.Contains('{', StringComparison.Ordinal))
+        if (folder.Contains('{', StringComparison.Ordinal))
         {
-            return; // resuming continues these files; a templated folder is checked by the saver at the start of fit
+            return; // a templated folder is checked by the saver at the start of fit
         }
 
-        string[] checkpoints = Directory.Exists(folder)
-            ? Directory.GetFiles(folder, "*.ckpt").Where(f => !Path.GetFileName(f).StartsWith("latest", StringComparison.Ordinal)).ToArray()
-            : Array.Empty<string>();
-        if (!checkpoint.SaveOverwrite)
+        string[] allCheckpoints = Directory.Exists(folder) ? Directory.GetFiles(folder, "*.ckpt") : Array.Empty<string>();
+        if (checkpoint.Autoresume && allCheckpoints.Length > 0)
+        {
+            return; // resuming continues these files
+        }
+
+        string[] checkpoints = allCheckpoints.Where(f => !Path.GetFileName(f).StartsWith("latest", StringComparison.Ordinal)).ToArray();
+        string[] earlierFiles = new[] { "metrics.jsonl", "loss.png", "confusion.png" }.Select(f => Path.Combine(runFolder, f)).Where(File.Exists).ToArray();
+        string tensorboard = Path.Combine(runFolder, "tensorboard");
+        bool earlierRun = earlierFiles.Length > 0 || Directory.Exists(tensorboard);
+        ILogger log = _loggerFactory.CreateLogger<TrainJob>();
+        string removed;
+        if (!checkpoint.SaveOverwrite && !checkpoint.Autoresume)
         {
             if (checkpoints.Length > 0)
             {
@@ -187,7 +200,30 @@ public sealed class TrainJob
                     "Resume it with --autoresume true, start it afresh with --save-overwrite true (removes its checkpoints, metrics.jsonl, tensorboard/ and loss.png), or choose another --run-name.");
             }
 
-            return;
+            if (!earlierRun)
+            {
+                return;
+            }
+
+            string metrics = Path.Combine(runFolder, "metrics.jsonl");
+            if (File.Exists(metrics) && File.ReadLines(metrics).Any(l => l.Contains("\"loss/train", StringComparison.Ordinal)))
+            {
+                throw new ConfigException(
+                    $"The run folder '{runFolder}' holds the metrics of an earlier run that trained but saved no checkpoint ('{metrics}'); this run would append to them. " +
+                    "Start it afresh with --save-overwrite true (removes its metrics.jsonl, tensorboard/ and loss.png), or choose another --run-name.");
+            }
+
+            removed = "metrics.jsonl and tensorboard/ of an earlier run that trained no batch (it failed while starting)";
+        }
+        else
+        {
+            removed = checkpoint.SaveOverwrite && !checkpoint.Autoresume
+                ? $"save_overwrite: {checkpoints.Length} checkpoint(s), metrics.jsonl, tensorboard/ and loss.png of the earlier run"
+                : "autoresume found no checkpoint to resume from, so the run starts at batch 0: metrics.jsonl, tensorboard/ and loss.png of the earlier process";
+            if (!earlierRun && checkpoints.Length == 0)
+            {
+                return;
+            }
         }
 
         if (!rankZero)
@@ -195,24 +231,17 @@ public sealed class TrainJob
             return; // Distributed: rank 0 starts the shared run folder afresh
         }
 
-        foreach (string file in checkpoints)
+        foreach (string file in checkpoints.Concat(earlierFiles))
         {
             File.Delete(file);
         }
 
-        foreach (string file in new[] { "metrics.jsonl", "loss.png" }.Select(f => Path.Combine(runFolder, f)).Where(File.Exists))
-        {
-            File.Delete(file);
-        }
-
-        string tensorboard = Path.Combine(runFolder, "tensorboard");
         if (Directory.Exists(tensorboard))
         {
             Directory.Delete(tensorboard, recursive: true);
         }
 
-        _loggerFactory.CreateLogger<TrainJob>().LogWarning(
-            "save_overwrite: run folder {Folder} starts afresh ({Checkpoints} checkpoint(s), metrics.jsonl, tensorboard/ and loss.png of the earlier run removed).", runFolder, checkpoints.Length);
+        log.LogWarning("Run folder {Folder} starts afresh ({Removed} removed).", runFolder, removed);
     }
 
     private JobResult Run(bool fit, CancellationToken cancellationToken)

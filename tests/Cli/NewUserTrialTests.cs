@@ -117,4 +117,81 @@ public class NewUserTrialTests
             Directory.Delete(folder, recursive: true);
         }
     }
+
+    [Test]
+    public void ARunThatFailedWhileStartingLeavesNothingTheNextRunAppendsTo()
+    {
+        string folder = NewFolder();
+        string[] small = { "--progress-bar", "false", "--eval-interval", "0", "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16" };
+        try
+        {
+            // A batch larger than the dataset with drop_last: the Trainer refuses after the run folder was opened.
+            (int failed, _, string failure) = CliRun.Captured(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--set", "train_loader.batch_size=128" }.Concat(small).ToArray());
+            Assert.That(failed, Is.Not.EqualTo(0), failure);
+            Assert.That(failure, Does.Contain("no batches per epoch"));
+
+            (int code, _, string error) = CliRun.Captured(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--set", "train_loader.batch_size=8" }.Concat(small).ToArray());
+            Assert.That(code, Is.EqualTo(0), error);
+            string[] lines = File.ReadAllLines(Path.Combine(folder, "metrics.jsonl"));
+            Assert.That(lines.Count(l => l.Contains("\"hyperparameters\"", StringComparison.Ordinal)), Is.EqualTo(1), "one run's header, not the failed run's too");
+            Assert.That(Directory.GetFiles(Path.Combine(folder, "tensorboard"), "events.out.tfevents*", SearchOption.AllDirectories), Has.Length.EqualTo(1));
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+
+    [Test]
+    public void MetricsOfARunThatTrainedButSavedNoCheckpointAreRefusedThenStartedAfreshByAutoresume()
+    {
+        // As a process killed before its first checkpoint leaves them.
+        string folder = NewFolder();
+        Directory.CreateDirectory(folder);
+        string metrics = Path.Combine(folder, "metrics.jsonl");
+        string earlier = "{\"hyperparameters\":{\"run_name\":\"earlier\"}}\n{\"step\":0,\"time\":\"2026-01-01T00:00:00Z\",\"metrics\":{\"loss/train/total\":6.1}}\n";
+        File.WriteAllText(metrics, earlier);
+        string[] args = { "train", "--max-duration", "2ba", "--run-folder", folder, "--run-name", "killed", "--progress-bar", "false", "--eval-interval", "0", "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8" };
+        try
+        {
+            (int refused, _, string why) = CliRun.Captured(args);
+            Assert.That(refused, Is.EqualTo(CliApp.ConfigErrorExitCode), why);
+            Assert.That(why, Does.Contain("trained but saved no checkpoint").And.Contain("--save-overwrite true"));
+            Assert.That(File.ReadAllText(metrics), Is.EqualTo(earlier), "the refused run touched nothing");
+
+            (int code, _, string error) = CliRun.Captured(args.Concat(new[] { "--autoresume", "true" }).ToArray());
+            Assert.That(code, Is.EqualTo(0), error);
+            string[] lines = File.ReadAllLines(metrics);
+            Assert.That(lines.Count(l => l.Contains("\"hyperparameters\"", StringComparison.Ordinal)), Is.EqualTo(1));
+            Assert.That(lines.Count(l => l.Contains("\"step\":0,", StringComparison.Ordinal) && l.Contains("loss/train/total", StringComparison.Ordinal)), Is.EqualTo(1), "step 0 once");
+            Assert.That(File.ReadAllText(metrics), Does.Not.Contain("\"earlier\""));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Test]
+    public void AModelTooLargeForMemoryIsOneLineWithTheSizeNotLibTorchsFrames()
+    {
+        string folder = NewFolder();
+        try
+        {
+            (int code, _, string error) = CliRun.Captured(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false", "--set", "model.vocab_size=2000000000" });
+            Assert.That(code, Is.EqualTo(1), error);
+            Assert.That(error, Does.Contain("libtorch error").And.Contain("GiB").And.Contain("does not fit in memory"));
+            Assert.That(error, Does.Not.Contain("frame #"), "no C++ frames without --verbose");
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
 }
