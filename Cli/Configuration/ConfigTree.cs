@@ -154,8 +154,38 @@ public sealed class ConfigSection
             throw new ConfigException($"{source}: the top level must be a mapping of keys such as 'model:' and 'max_duration:', at line {root.Start.Line}.");
         }
 
-        return FromMapping(mapping, string.Empty, source);
+        return FromMapping(mapping, string.Empty, source, new ReadBudget());
     }
+
+    /// <summary>Deepest nesting a configuration may have (real ones have 4 or 5 levels).</summary>
+    internal const int MaxDepth = 64;
+
+    /// <summary>Most values a configuration may expand to (aliases included).</summary>
+    internal const int MaxValues = 100_000;
+
+    /// <summary>
+    /// What reading one document may still spend: YAML aliases can refer to their own ancestor (<c>a: &amp;x [*x]</c>,
+    /// endless) or multiply (the "billion laughs"), which would otherwise overflow the stack or exhaust memory.
+    /// </summary>
+    private sealed class ReadBudget
+    {
+        public int Values;
+    }
+
+    private static void Spend(ReadBudget budget, YamlNode node, string path, string source, int depth)
+    {
+        if (depth > MaxDepth)
+        {
+            throw new ConfigException($"{source}: the value at line {node.Start.Line} is nested more than {MaxDepth} levels deep ('{Shorten(path)}'); an alias that refers to its own ancestor (such as 'a: &x [*x]') never ends.");
+        }
+
+        if (++budget.Values > MaxValues)
+        {
+            throw new ConfigException($"{source}: the configuration expands to more than {MaxValues} values (at line {node.Start.Line}, '{Shorten(path)}'); aliases (*name) that repeat large anchors multiply it.");
+        }
+    }
+
+    private static string Shorten(string path) => path.Length <= 80 ? path : path[..80] + "…";
 
     private static int CountLines(string text) => text.TrimEnd().Split('\n').Length;
 
@@ -167,7 +197,7 @@ public sealed class ConfigSection
         return value is ConfigSection s ? s.WithPath(path) : value;
     }
 
-    private static ConfigSection FromMapping(YamlMappingNode mapping, string path, string source)
+    private static ConfigSection FromMapping(YamlMappingNode mapping, string path, string source, ReadBudget budget, int depth = 0)
     {
         var section = new ConfigSection(path);
         foreach ((YamlNode keyNode, YamlNode valueNode) in mapping.Children)
@@ -180,16 +210,22 @@ public sealed class ConfigSection
                 throw new ConfigException($"{source}: key '{childPath}' appears twice (line {keyNode.Start.Line}).");
             }
 
-            section._entries.Add(new(key, FromNode(valueNode, childPath, source)));
+            section._entries.Add(new(key, FromNode(valueNode, childPath, source, budget, depth + 1)));
         }
 
         return section;
     }
 
-    private static object? FromNode(YamlNode node, string path, string source) => node switch
+    private static object? FromNode(YamlNode node, string path, string source, ReadBudget budget, int depth)
     {
-        YamlMappingNode m => FromMapping(m, path, source),
-        YamlSequenceNode s => s.Children.Select((c, i) => FromNode(c, $"{path}[{i}]", source)).ToList(),
+        Spend(budget, node, path, source, depth);
+        return FromNodeWithin(node, path, source, budget, depth);
+    }
+
+    private static object? FromNodeWithin(YamlNode node, string path, string source, ReadBudget budget, int depth) => node switch
+    {
+        YamlMappingNode m => FromMapping(m, path, source, budget, depth),
+        YamlSequenceNode s => s.Children.Select((c, i) => FromNode(c, $"{path}[{i}]", source, budget, depth + 1)).ToList(),
         YamlScalarNode { Style: YamlDotNet.Core.ScalarStyle.Plain, Value: null or "" or "~" or "null" or "Null" or "NULL" } => null,
         YamlScalarNode sc => sc.Value,
         _ => throw new ConfigException($"{source}: unsupported YAML node at line {node.Start.Line} ('{path}')."),

@@ -129,6 +129,12 @@ public static class OptionsBinder
                 $"one of {string.Join(", ", Enum.GetNames(u).Select(Algorithm.ToSnakeCase))}");
         }
 
+        // An integral key names its range, so that '99999999999999' for an int is not called "not a whole number".
+        static string WholeNumberRange(Type t) =>
+            t.GetField("MinValue")?.GetValue(null) is { } min && t.GetField("MaxValue")?.GetValue(null) is { } max
+                ? $"a whole number from {System.Convert.ToString(min, CultureInfo.InvariantCulture)} to {System.Convert.ToString(max, CultureInfo.InvariantCulture)}"
+                : "a whole number";
+
         bool integral = u != typeof(double) && u != typeof(float) && u != typeof(decimal);
         return section.GetValue(
             key,
@@ -142,6 +148,6 @@ public static class OptionsBinder
 
                 return System.Convert.ChangeType(d, u, CultureInfo.InvariantCulture);
             },
-            integral ? "a whole number" : "a number");
+            integral ? WholeNumberRange(u) : "a number");
     }
 }

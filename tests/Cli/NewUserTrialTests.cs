@@ -194,4 +194,45 @@ public class NewUserTrialTests
             }
         }
     }
+
+    [TestCase("a: &x [*x]\n", "nested more than")]
+    [TestCase("a: &x {b: *x}\n", "nested more than")]
+    public void ARecursiveYamlAliasIsAConfigurationErrorNotAStackOverflow(string yaml, string expected)
+    {
+        var ex = Assert.Throws<ComposerSharp.Cli.Configuration.ConfigException>(() => ComposerSharp.Cli.Configuration.ConfigSection.Parse(yaml, "x.yaml"));
+        Assert.That(ex!.Message, Does.Contain("x.yaml").And.Contain(expected).And.Contain("line 1"));
+    }
+
+    [Test]
+    public void AliasesThatMultiplyBeyondAnyRealConfigAreRefused()
+    {
+        // The "billion laughs": each level repeats the one before ten times (10^6 values at the last level).
+        var yaml = new System.Text.StringBuilder("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for (int i = 1; i <= 6; i++)
+        {
+            yaml.Append($"l{i}: &l{i} [{string.Join(", ", Enumerable.Repeat($"*l{i - 1}", 10))}]\n");
+        }
+
+        var ex = Assert.Throws<ComposerSharp.Cli.Configuration.ConfigException>(() => ComposerSharp.Cli.Configuration.ConfigSection.Parse(yaml.ToString(), "laughs.yaml"));
+        Assert.That(ex!.Message, Does.Contain("expands to more than"));
+    }
+
+    [Test]
+    public void AnIntegerOutOfRangeNamesTheRange()
+    {
+        string folder = NewFolder();
+        try
+        {
+            (int code, _, string error) = CliRun.Captured(new[] { "train", "--max-duration", "1ba", "--run-folder", folder, "--seed", "99999999999999" });
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("'seed' is '99999999999999'").And.Contain("from -2147483648 to 2147483647"));
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
 }
