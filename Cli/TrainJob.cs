@@ -185,6 +185,9 @@ public sealed class TrainJob
             return; // resuming continues these files
         }
 
+        // The checkpoint this run loads (load_path, possibly through a latest pointer) is never removed: save_overwrite
+        // would otherwise delete the file the run is about to start from.
+        string? loading = LoadPathCheckpoint();
         string[] checkpoints = allCheckpoints.Where(f => !Path.GetFileName(f).StartsWith("latest", StringComparison.Ordinal)).ToArray();
         string[] earlierFiles = new[] { "metrics.jsonl", "loss.png", "confusion.png" }.Select(f => Path.Combine(runFolder, f)).Where(File.Exists).ToArray();
         string tensorboard = Path.Combine(runFolder, "tensorboard");
@@ -231,9 +234,14 @@ public sealed class TrainJob
             return; // Distributed: rank 0 starts the shared run folder afresh
         }
 
-        foreach (string file in checkpoints.Concat(earlierFiles))
+        foreach (string file in checkpoints.Where(f => Path.GetFullPath(f) != loading).Concat(earlierFiles))
         {
             File.Delete(file);
+        }
+
+        if (loading is not null && checkpoints.Any(f => Path.GetFullPath(f) == loading))
+        {
+            log.LogInformation("Run folder {Folder}: the load_path checkpoint {Checkpoint} is kept (this run starts from it).", runFolder, loading);
         }
 
         if (Directory.Exists(tensorboard))
@@ -242,6 +250,24 @@ public sealed class TrainJob
         }
 
         log.LogWarning("Run folder {Folder} starts afresh ({Removed} removed).", runFolder, removed);
+    }
+
+    /// <summary>The full path of the checkpoint <c>load_path</c> designates (through a latest pointer), or null when there is none.</summary>
+    private string? LoadPathCheckpoint()
+    {
+        if (_config.GetString("load_path") is not { } load || !File.Exists(load))
+        {
+            return null;
+        }
+
+        try
+        {
+            return Path.GetFullPath(CheckpointFile.Resolve(load));
+        }
+        catch (CheckpointException)
+        {
+            return null; // the Trainer reports a broken pointer when it loads
+        }
     }
 
     private JobResult Run(bool fit, CancellationToken cancellationToken)

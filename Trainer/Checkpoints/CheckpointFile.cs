@@ -217,17 +217,19 @@ public static class CheckpointFile
     /// versions, <c>model_type</c>, and whatever <see cref="CheckpointOptions.Metadata"/> added (e.g. the model's description).
     /// </summary>
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
+    /// <remarks>Only the header and the model weights are checked (as for a weights-only load): damage in the optimizer or other state does not stop a reader that needs the model alone.</remarks>
     public static IReadOnlyDictionary<string, string> ReadMetadata(string path)
     {
-        using CheckpointReader reader = Open(path);
+        using CheckpointReader reader = Open(path, weightsOnly: true);
         return new Dictionary<string, string>(reader.Header.Metadata);
     }
 
     /// <summary>The model state dict (name → CPU tensor, as saved) of the checkpoint at <paramref name="path"/>; the caller owns the tensors.</summary>
     /// <exception cref="CheckpointException">The file is missing, not a ComposerSharp checkpoint, or damaged.</exception>
+    /// <remarks>Only the header and the model weights are checked (the rest of the checkpoint is not read).</remarks>
     public static Dictionary<string, Tensor> ReadModelState(string path)
     {
-        using CheckpointReader reader = Open(path);
+        using CheckpointReader reader = Open(path, weightsOnly: true);
         var tensors = new Dictionary<string, Tensor>();
         reader.Read(ModelEntry, r => ReadTensors(r, (name, t) => tensors[name] = t.DetachFromDisposeScope()));
         return tensors;

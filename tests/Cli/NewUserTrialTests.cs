@@ -235,4 +235,42 @@ public class NewUserTrialTests
             }
         }
     }
+
+    [Test]
+    public void EvalAndExportUseACheckpointDamagedOnlyInItsOptimizerState()
+    {
+        string folder = NewFolder();
+        string[] small = { "--progress-bar", "false", "--eval-interval", "0", "--set", "train_loader.dataset.num_samples=64", "--set", "eval_loader.dataset.num_samples=16", "--set", "train_loader.batch_size=8" };
+        try
+        {
+            (int trained, _, string trainError) = CliRun.Captured(new[] { "train", "--max-duration", "1ba", "--run-folder", folder }.Concat(small).ToArray());
+            Assert.That(trained, Is.EqualTo(0), trainError);
+            string checkpoint = Directory.GetFiles(Path.Combine(folder, "checkpoints"), "ep*.ckpt").Single();
+            using (var zip = System.IO.Compression.ZipFile.Open(checkpoint, System.IO.Compression.ZipArchiveMode.Update))
+            {
+                zip.GetEntry("optimizers/0.bin")!.Delete();
+                using Stream replaced = zip.CreateEntry("optimizers/0.bin").Open();
+                replaced.Write(new byte[] { 1, 2, 3 });
+            }
+
+            (int evaluated, _, string evalError) = CliRun.Captured(new[] { "eval", "--load-path", checkpoint, "--run-folder", folder }.Concat(small).ToArray());
+            Assert.That(evaluated, Is.EqualTo(0), "eval needs the weights only, which are intact: " + evalError);
+
+            (int exported, _, string exportError) = CliRun.Captured(new[] { "export", "--load-path", checkpoint, "--output", Path.Combine(folder, "hf") });
+            Assert.That(exported, Is.EqualTo(0), exportError);
+
+            // Resuming needs the optimizer state: still refused, naming the damaged entry.
+            (int resumed, _, string resumeError) = CliRun.Captured(new[] { "train", "--max-duration", "2ba", "--run-folder", folder, "--load-path", checkpoint, "--save-overwrite", "true" }.Concat(small).ToArray());
+            Assert.That(resumed, Is.Not.EqualTo(0));
+            Assert.That(resumeError, Does.Contain("optimizers/0.bin"), "--save-overwrite true keeps the load_path checkpoint (it used to delete it first: 'does not exist')");
+            Assert.That(File.Exists(checkpoint), Is.True);
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
 }
