@@ -299,6 +299,11 @@ public sealed class JsonlClassificationDataset : IDataset<TextClassificationSamp
             throw new ArgumentException($"MaxLength {options.MaxLength} leaves no room for text tokens; it must be at least {reserved + 1}.", nameof(options));
         }
 
+        if (Directory.Exists(options.Path))
+        {
+            throw new FileNotFoundException($"The JSON-lines path '{options.Path}' (full path '{Path.GetFullPath(options.Path)}') is a folder; expected a .jsonl file of {{\"text\", \"label\"}} rows.", options.Path);
+        }
+
         if (!File.Exists(options.Path))
         {
             throw new FileNotFoundException($"The JSON-lines file '{options.Path}' (full path '{Path.GetFullPath(options.Path)}') does not exist.", options.Path);

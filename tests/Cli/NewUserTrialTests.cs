@@ -273,4 +273,26 @@ public class NewUserTrialTests
             }
         }
     }
+
+    [Test]
+    public void AFolderGivenAsAJsonLinesFileIsCalledAFolder()
+    {
+        string folder = NewFolder();
+        Directory.CreateDirectory(folder);
+        try
+        {
+            (int code, _, string error) = CliRun.Captured(new[]
+            {
+                "train", "--max-duration", "1ba", "--run-folder", Path.Combine(folder, "run"), "--progress-bar", "false",
+                "--set", "model.name=bert_classification", "--set", "train_loader.dataset.name=jsonl_classification", "--set", $"train_loader.dataset.path={folder}",
+                "--set", "eval_loader.dataset.name=jsonl_classification", "--set", $"eval_loader.dataset.path={folder}",
+            });
+            Assert.That(code, Is.EqualTo(CliApp.ConfigErrorExitCode), error);
+            Assert.That(error, Does.Contain("is a folder; expected a .jsonl file").And.Not.Contain("does not exist"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
 }
