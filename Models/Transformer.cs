@@ -8,8 +8,9 @@ namespace ComposerSharp.Models;
 
 /// <summary>
 /// Multi-head self-attention (Vaswani et al. 2017, §3.2) from managed modules: one Linear projects to queries,
-/// keys and values, <c>scaled_dot_product_attention</c> mixes them, and a Linear projects back. Input and output
-/// [B, T, hidden]; Float32, or BFloat16/Float16 under autocast.
+/// keys and values, <c>scaled_dot_product_attention</c> mixes them (or, for BFloat16 on the CPU with gradients
+/// enabled, the same math written out, see <see cref="EagerAttention"/>), and a Linear projects back. Input and
+/// output [B, T, hidden]; Float32, or BFloat16/Float16 under autocast.
 /// </summary>
 public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
 {
@@ -56,7 +57,11 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
         // [B, T, 3·hidden] → [3, B, heads, T, head_dim]
         Tensor[] qkvParts = qkv.call(x).view(b, t, 3, _heads, hidden / _heads).permute(2, 0, 3, 1, 4).unbind(0);
         mask = InQueryDtype(mask, qkvParts[0]);
-        Tensor attended = F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, training ? _dropout : 0.0, _causal && mask is null);
+        double dropout = training ? _dropout : 0.0;
+        bool causal = _causal && mask is null;
+        Tensor attended = EagerAttention.Preferred(qkvParts[0])
+            ? EagerAttention.Attend(qkvParts[0], qkvParts[1], qkvParts[2], mask, dropout, causal)
+            : F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, dropout, causal);
         return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();
     }
 

@@ -28,7 +28,7 @@ internal static class PeerModulesBenchmark
         ("embeddings", 1, true, "token + position (+ ours: token-type 0 row) embedding, LayerNorm, dropout"),
         ("mask", 1, false, "attention_mask.ne(0).view(B,1,1,T)"),
         ("qkv", 4, true, "Linear hidden→3·hidden on the Float32 stream"),
-        ("sdpa", 4, true, "attention core with dropout 0.1 (ours: scaled_dot_product_attention; PyTorch 1.13: unfused matmul, masked_fill, softmax, dropout, matmul)"),
+        ("sdpa", 4, true, "attention core with dropout 0.1 on [B,heads,T,head_dim] (ours: what MultiHeadSelfAttention runs, EagerAttention for BFloat16 training on the CPU, else scaled_dot_product_attention; PyTorch 1.13: matmul, masked_fill, softmax, dropout, matmul)"),
         ("out_proj", 4, true, "Linear hidden→hidden on the attention output"),
         ("attention", 4, true, "the whole self-attention module"),
         ("fc_in", 4, true, "Linear hidden→FFN on the Float32 stream"),
@@ -307,7 +307,8 @@ internal static class PeerModulesBenchmark
                 {
                     Tensor q = Leaf(low, b, heads, t, hidden / heads), k = Leaf(low, b, heads, t, hidden / heads), v = Leaf(low, b, heads, t, hidden / heads);
                     double p = c.AttentionDropout;
-                    return (() => F.scaled_dot_product_attention(q, k, v, mask, p, false), new[] { q, k, v });
+                    // What MultiHeadSelfAttention runs: the written-out attention for BFloat16 training on the CPU, else libtorch's SDPA.
+                    return (() => EagerAttention.Preferred(q) ? EagerAttention.Attend(q, k, v, mask, p, false) : F.scaled_dot_product_attention(q, k, v, mask, p, false), new[] { q, k, v });
                 }
 
                 case "out_proj":
