@@ -1,6 +1,5 @@
 using TorchSharp;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace ComposerSharp.Models;
 
@@ -58,7 +57,7 @@ public static class EagerAttention
         Tensor weights = scores.softmax(-1);
         if (dropout > 0)
         {
-            weights = F.dropout(weights, dropout, training: true);
+            weights = UniformDropout.Apply(weights, dropout);
         }
 
         return torch.matmul(weights, value).MoveToOuterDisposeScope();

@@ -164,7 +164,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     private readonly nn.Module<Tensor, Tensor> ln_1;
     private readonly nn.Module<Tensor, Tensor> mlp;
     private readonly nn.Module<Tensor, Tensor> ln_2;
-    private readonly Dropout dropout;
+    private readonly UniformDropout dropout;
 #pragma warning restore IDE1006
     private readonly bool _preLayerNorm;
     private double _layerDropRate;
@@ -182,7 +182,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
         ln_1 = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
         mlp = new FeedForward(config, activation);
         ln_2 = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
-        dropout = nn.Dropout(config.Dropout);
+        dropout = new UniformDropout(config.Dropout);
         _preLayerNorm = preLayerNorm;
         RegisterComponents();
     }
@@ -291,7 +291,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     private readonly Embedding wpe;
     private readonly Embedding? wtt;
     private readonly nn.Module<Tensor, Tensor>? emb_ln;
-    private readonly Dropout emb_dropout;
+    private readonly UniformDropout emb_dropout;
     private readonly ModuleList<TransformerBlock> layers;
     private readonly nn.Module<Tensor, Tensor>? ln_f;
 #pragma warning restore IDE1006
@@ -320,7 +320,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         wpe = nn.Embedding(config.MaxSequenceLength, config.HiddenSize);
         wtt = typeVocabSize > 0 ? nn.Embedding(typeVocabSize, config.HiddenSize) : null;
         emb_ln = preLayerNorm ? null : nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
-        emb_dropout = nn.Dropout(config.Dropout);
+        emb_dropout = new UniformDropout(config.Dropout);
         layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(_ => new TransformerBlock(config, preLayerNorm, causal, activation)).ToArray());
         ln_f = preLayerNorm ? nn.LayerNorm(config.HiddenSize, config.LayerNormEps) : null;
         RegisterComponents();

@@ -61,6 +61,13 @@ internal static class PeerModulesBenchmark
             return report;
         }
 
+        string[] unknown = settings.Pieces?.Where(n => !Pieces.Any(p => p.Name == n)).ToArray() ?? Array.Empty<string>();
+        if (unknown.Length > 0)
+        {
+            throw new ArgumentException($"--pieces: unknown piece(s) {string.Join(", ", unknown)}; expected some of {string.Join(", ", Pieces.Select(p => p.Name))}.");
+        }
+
+        bool Wanted(string name) => settings.Pieces is null || settings.Pieces.Contains(name);
         var shape = new TrainingShape();
         using PeerBenchmark.PeerProcess peer = PeerBenchmark.PeerProcess.Start(python, script, shape, settings.Threads, settings.OmpWaitPolicy);
         using InMemoryBatches data = InMemoryBatches.Create(shape, 8);
@@ -75,7 +82,7 @@ internal static class PeerModulesBenchmark
         var keys = new List<(string Piece, Precision Precision, bool Backward, int Iters)>();
         foreach (Precision p in new[] { Precision.Fp32, Precision.AmpBf16 })
         {
-            foreach ((string name, _, bool hasBackward, _) in Pieces)
+            foreach ((string name, _, bool hasBackward, _) in Pieces.Where(p => Wanted(p.Name)))
             {
                 foreach (bool backward in hasBackward ? new[] { false, true } : new[] { false })
                 {
@@ -111,7 +118,7 @@ internal static class PeerModulesBenchmark
         var rows = new List<PeerModuleRow>();
         foreach (Precision p in new[] { Precision.Fp32, Precision.AmpBf16 })
         {
-            foreach ((string name, int perStep, bool hasBackward, string what) in Pieces)
+            foreach ((string name, int perStep, bool hasBackward, string what) in Pieces.Where(p => Wanted(p.Name)))
             {
                 PeerModuleRow row = Summarise(name, p, perStep, what, keys, oursSamples, peerSamples, hasBackward);
                 rows.Add(row);
@@ -129,7 +136,7 @@ internal static class PeerModulesBenchmark
         report.Notes.Add($"PyTorch {peer.Info.GetProperty("torch_version").GetString()} at {python}{PeerBenchmark.DebianPackageVersion()}, BLAS {peer.Info.GetProperty("blas").GetString()}, threads {peer.Info.GetProperty("threads").GetInt32()}; model {shape.Describe()}.");
         report.Notes.Add("Each cell: median over rounds of the mean ms per iteration (± half the IQR); ratio = median of per-round ratios ours / PyTorch. " +
                          "'ours − PyTorch ms/step' = (difference of medians of fwd+bwd, or fwd for forward-only pieces) × times per step; pieces nest (attention ⊃ qkv, sdpa, out_proj; block ⊃ attention, ffn, 2 dropouts, 2 adds, 2 LayerNorms; encoder ⊃ blocks; model ⊃ encoder, head, loss), so do not add the column up.");
-        foreach ((string name, _, _, string what) in Pieces)
+        foreach ((string name, _, _, string what) in Pieces.Where(p => Wanted(p.Name)))
         {
             report.Notes.Add($"{name}: {what}.");
         }
@@ -272,7 +279,7 @@ internal static class PeerModulesBenchmark
             TransformerBlock block = _model.Backbone.Layers[0];
             Linear qkv = M<Linear>(L + "attn.qkv"), outProj = M<Linear>(L + "attn.out_proj");
             var ffn = (FeedForward)block.Mlp;
-            Dropout dropout = M<Dropout>(L + "dropout");
+            UniformDropout dropout = M<UniformDropout>(L + "dropout");
             switch (piece)
             {
                 case "embeddings":
@@ -281,7 +288,7 @@ internal static class PeerModulesBenchmark
                     Embedding wte = M<Embedding>("backbone.wte"), wpe = M<Embedding>("backbone.wpe");
                     Embedding? wtt = _modules.TryGetValue("backbone.wtt", out nn.Module? tt) ? (Embedding)tt : null;
                     var embLn = M<nn.Module<Tensor, Tensor>>("backbone.emb_ln");
-                    Dropout embDropout = M<Dropout>("backbone.emb_dropout");
+                    UniformDropout embDropout = M<UniformDropout>("backbone.emb_dropout");
                     return (() =>
                     {
                         Tensor positions = torch.arange(t, dtype: ScalarType.Int64);
