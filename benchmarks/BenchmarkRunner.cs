@@ -18,6 +18,7 @@ internal static class BenchmarkRunner
     public static IReadOnlyList<BenchmarkPart> Parts { get; } = new BenchmarkPart[]
     {
         new("layernorm", "(1) LayerNorm forward+backward: fp32 vs LPLayerNorm under amp_bf16/amp_fp16, with copy bandwidth.", s => new[] { LayerNormBenchmark.Run(s) }),
+        new("layernorm-profile", "(1b) Where the fused LayerNorm's time goes: raw kernel forward/backward, allocation, autograd node, vs fp32 LayerNorm.", s => new[] { LayerNormProfile.Run(s) }),
         new("step", "(2) BERT MLM training step: fp32, amp_bf16, amp_bf16 + LowPrecisionLayerNorm.", s => new[] { TrainingStepBenchmark.Run(s) }),
         new("vocab", "(2b) MLM step with a GPT-2 vocabulary: dense vs sparse head, glibc default vs tuned malloc (fresh process each).", s => new[] { VocabularyBenchmark.Run(s) }),
         new("overhead", "(3a) Trainer.Fit vs a hand-written TorchSharp loop doing the same work.", s => new[] { OverheadBenchmark.Run(s) }),
@@ -29,7 +30,7 @@ internal static class BenchmarkRunner
     };
 
     /// <summary>Every part.</summary>
-    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, step, vocab, overhead, dispatch, peer, peer-modules, determinism, generate.", null);
+    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, generate.", null);
 
     /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
     public static string DefaultResultsFolder()

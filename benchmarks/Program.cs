@@ -167,7 +167,7 @@ root.Subcommands.Add(ttq);
 
 root.SetAction(_ =>
 {
-    Console.Error.WriteLine("Name a part: all, layernorm, step, overhead, dispatch, peer or determinism (add --quick for a smoke run). See --help.");
+    Console.Error.WriteLine("Name a part: all, layernorm, layernorm-profile, step, overhead, dispatch, peer or determinism (add --quick for a smoke run). See --help.");
     return 2;
 });
 

@@ -36,7 +36,10 @@ public enum SimdPath
 /// </para>
 /// <para>
 /// Backward (the formula of libtorch's <c>layer_norm_backward</c>): with <c>x̂ = (x − mean)·rstd</c> and
-/// <c>g = dy·w</c>, <c>dx = rstd·(g − mean(g) − x̂·mean(g·x̂))</c> in Float32, written once in the input's dtype;
+/// <c>g = dy·w</c>, <c>dx = rstd·(g − mean(g) − x̂·mean(g·x̂))</c> in Float32, written once in the input's dtype
+/// (two passes per row: the sums, then dx; the BFloat16 <c>dy</c> is widened and <c>dx</c> rounded in registers, and
+/// several accumulators break the add chains, which the profile (benchmark part <c>layernorm-profile</c>) showed to
+/// bound the kernel more than memory);
 /// <c>dW = Σ_rows dy·x̂</c> and <c>db = Σ_rows dy</c> are reduced deterministically: rows are cut into chunks of
 /// <see cref="ChunkRows"/> rows, each chunk adds its rows in order into its own Float32 partial sums, and the
 /// partials are added in chunk order. The result depends on neither the worker count nor the scheduling, so it is
@@ -101,10 +104,9 @@ internal static unsafe class LayerNormCpuKernel
             nint x = (nint)xb, y = (nint)yb, m = (nint)mb, r = (nint)rb;
             nint w = weight is null ? (nint)onesP : (nint)wb;
             nint b = bias is null ? (nint)zerosP : (nint)bb;
-            RunChunks(rows, workers, width * 2, (chunk, scratch) =>
+            RunChunks(rows, workers, width, (chunk, scratch) =>
             {
                 float* row = scratch;
-                float* outRow = scratch + width;
                 long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
                 for (long i = chunk * (long)ChunkRows; i < end; i++)
                 {
@@ -124,8 +126,7 @@ internal static unsafe class LayerNormCpuKernel
                     float rs = 1f / MathF.Sqrt(var + epsF);
                     ((float*)m)[i] = mu;
                     ((float*)r)[i] = rs;
-                    Normalize(xr, mu, rs, (float*)w, (float*)b, outRow, width, p);
-                    F32ToBf16(outRow, (ushort*)y + i * width, width, p);
+                    NormalizeToBf16(xr, mu, rs, (float*)w, (float*)b, (ushort*)y + i * width, width, p);
                 }
             });
         }
@@ -142,21 +143,28 @@ internal static unsafe class LayerNormCpuKernel
         bool bf16In = input.dtype == ScalarType.BFloat16;
         int chunks = (int)((rows + ChunkRows - 1) / ChunkRows);
         bool reduce = gradWeight is not null || gradBias is not null;
-        float[] partials = reduce ? new float[(long)chunks * 2 * width] : Array.Empty<float>();
+        // One Float32 partial pair (dW, db) per chunk, rented (a fresh array of this size would be a large-object-heap
+        // allocation zeroed on the calling thread and collected with generation 2) and zeroed by the chunk's worker.
+        long partialFloats = reduce ? (long)chunks * 2 * width : 0;
+        float[] partials = reduce ? ArrayPool<float>.Shared.Rent(checked((int)partialFloats)) : Array.Empty<float>();
         float[] ones = weight is null ? Filled(width, 1f) : Array.Empty<float>();
+        try
+        {
         fixed (byte* gb = gradOutput.bytes, xb = input.bytes, mb = mean.bytes, rb = rstd.bytes, dxb = gradInput.bytes)
         fixed (byte* wb = weight is null ? default : weight.bytes)
         fixed (float* onesP = ones, partialsP = partials)
         {
             nint g = (nint)gb, x = (nint)xb, m = (nint)mb, r = (nint)rb, dx = (nint)dxb, part = (nint)partialsP;
             nint w = weight is null ? (nint)onesP : (nint)wb;
-            RunChunks(rows, workers, width * 3, (chunk, scratch) =>
+            RunChunks(rows, workers, width, (chunk, scratch) =>
             {
                 float* xRow = scratch;
-                float* dyRow = scratch + width;
-                float* dxRow = scratch + (2 * width);
                 float* dW = reduce ? (float*)part + ((long)chunk * 2 * width) : null;
                 float* dB = reduce ? dW + width : null;
+                if (reduce)
+                {
+                    new Span<float>(dW, 2 * width).Clear();
+                }
                 long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
                 for (long i = chunk * (long)ChunkRows; i < end; i++)
                 {
@@ -171,16 +179,13 @@ internal static unsafe class LayerNormCpuKernel
                         xr = (float*)x + i * width;
                     }
 
-                    Bf16ToF32((ushort*)g + i * width, dyRow, width, p);
+                    ushort* dyr = (ushort*)g + i * width;
                     float mu = ((float*)m)[i];
                     float rs = ((float*)r)[i];
-                    (float sumG, float sumGXhat) = BackwardSums(xr, dyRow, (float*)w, mu, rs, dW, dB, width, p);
-                    float* dxr = bf16In ? dxRow : (float*)dx + i * width;
-                    InputGradient(xr, dyRow, (float*)w, mu, rs, sumG / width, sumGXhat / width, dxr, width, p);
-                    if (bf16In)
-                    {
-                        F32ToBf16(dxRow, (ushort*)dx + i * width, width, p);
-                    }
+                    (float sumG, float sumGXhat) = BackwardSums(xr, dyr, (float*)w, mu, rs, dW, dB, width, p);
+                    InputGradient(
+                        xr, dyr, (float*)w, mu, rs, sumG / width, sumGXhat / width,
+                        bf16In ? null : (float*)dx + i * width, bf16In ? (ushort*)dx + i * width : null, width, p);
                 }
             });
 
@@ -205,6 +210,14 @@ internal static unsafe class LayerNormCpuKernel
                         new ReadOnlySpan<float>(s + width, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradBias.bytes));
                     }
                 }
+            }
+        }
+        }
+        finally
+        {
+            if (reduce)
+            {
+                ArrayPool<float>.Shared.Return(partials);
             }
         }
     }
@@ -258,28 +271,16 @@ internal static unsafe class LayerNormCpuKernel
         int i = 0;
         if (p == SimdPath.Avx512)
         {
-            Vector512<uint> bias = Vector512.Create(0x7FFFu), one = Vector512.Create(1u), nan = Vector512.Create(0x7FC0_0000u);
             for (; i <= n - 16; i += 16)
             {
-                Vector512<float> v = Vector512.Load(src + i);
-                Vector512<uint> bits = v.AsUInt32();
-                Vector512<uint> rounded = bits + bias + (Vector512.ShiftRightLogical(bits, 16) & one);
-                Vector512<uint> ordered = Vector512.Equals(v, v).AsUInt32();
-                Vector512<uint> chosen = Vector512.ShiftRightLogical(Vector512.ConditionalSelect(ordered, rounded, nan), 16);
-                Avx512F.ConvertToVector256UInt16(chosen).Store(dst + i);
+                StoreBf16(Vector512.Load(src + i), dst + i);
             }
         }
         else if (p == SimdPath.Avx2)
         {
-            Vector256<uint> bias = Vector256.Create(0x7FFFu), one = Vector256.Create(1u), nan = Vector256.Create(0x7FC0_0000u);
             for (; i <= n - 8; i += 8)
             {
-                Vector256<float> v = Vector256.Load(src + i);
-                Vector256<uint> bits = v.AsUInt32();
-                Vector256<uint> rounded = bits + bias + (Vector256.ShiftRightLogical(bits, 16) & one);
-                Vector256<uint> ordered = Vector256.Equals(v, v).AsUInt32();
-                Vector256<uint> chosen = Vector256.ShiftRightLogical(Vector256.ConditionalSelect(ordered, rounded, nan), 16);
-                Vector128.Narrow(chosen.GetLower(), chosen.GetUpper()).Store(dst + i);
+                StoreBf16(Vector256.Load(src + i), dst + i);
             }
         }
 
@@ -288,6 +289,42 @@ internal static unsafe class LayerNormCpuKernel
             dst[i] = ToBf16(src[i]);
         }
     }
+
+    /// <summary>16 Float32 lanes rounded to BFloat16 bit patterns (nearest, ties to even; NaN to 0x7FC0) and stored at <paramref name="dst"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreBf16(Vector512<float> v, ushort* dst)
+    {
+        Vector512<uint> bits = v.AsUInt32();
+        Vector512<uint> rounded = bits + Vector512.Create(0x7FFFu) + (Vector512.ShiftRightLogical(bits, 16) & Vector512.Create(1u));
+        Vector512<uint> ordered = Vector512.Equals(v, v).AsUInt32();
+        Vector512<uint> chosen = Vector512.ShiftRightLogical(Vector512.ConditionalSelect(ordered, rounded, Vector512.Create(0x7FC0_0000u)), 16);
+        Avx512F.ConvertToVector256UInt16(chosen).Store(dst);
+    }
+
+    /// <summary>8 Float32 lanes rounded to BFloat16 bit patterns (as the 512-bit overload) and stored at <paramref name="dst"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreBf16(Vector256<float> v, ushort* dst)
+    {
+        Vector256<uint> bits = v.AsUInt32();
+        Vector256<uint> rounded = bits + Vector256.Create(0x7FFFu) + (Vector256.ShiftRightLogical(bits, 16) & Vector256.Create(1u));
+        Vector256<uint> ordered = Vector256.Equals(v, v).AsUInt32();
+        Vector256<uint> chosen = Vector256.ShiftRightLogical(Vector256.ConditionalSelect(ordered, rounded, Vector256.Create(0x7FC0_0000u)), 16);
+        Vector128.Narrow(chosen.GetLower(), chosen.GetUpper()).Store(dst);
+    }
+
+    /// <summary>16 BFloat16 bit patterns at <paramref name="src"/> widened to Float32 (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> LoadBf16x16(ushort* src) =>
+        Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load(src)), 16).AsSingle();
+
+    /// <summary>8 BFloat16 bit patterns at <paramref name="src"/> widened to Float32 (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> LoadBf16x8(ushort* src) =>
+        Vector256.ShiftLeft(Avx2.ConvertToVector256Int32(Vector128.Load(src)), 16).AsSingle();
+
+    /// <summary>One BFloat16 bit pattern widened to Float32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Bf16(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
 
     /// <summary>Scalar Float32 → BFloat16 bits, round to nearest even, NaN to 0x7FC0.</summary>
     public static ushort ToBf16(float value)
@@ -307,23 +344,40 @@ internal static unsafe class LayerNormCpuKernel
         float total = 0f;
         if (p == SimdPath.Avx512)
         {
-            Vector512<float> acc = Vector512<float>.Zero;
-            for (; i <= n - 16; i += 16)
+            // Four accumulators: one would chain every add on the previous one's latency.
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+            for (; i <= n - 64; i += 64)
             {
-                acc += Vector512.Load(x + i);
+                a0 += Vector512.Load(x + i);
+                a1 += Vector512.Load(x + i + 16);
+                a2 += Vector512.Load(x + i + 32);
+                a3 += Vector512.Load(x + i + 48);
             }
 
-            total = Vector512.Sum(acc);
+            for (; i <= n - 16; i += 16)
+            {
+                a0 += Vector512.Load(x + i);
+            }
+
+            total = Vector512.Sum((a0 + a1) + (a2 + a3));
         }
         else if (p == SimdPath.Avx2)
         {
-            Vector256<float> acc = Vector256<float>.Zero;
-            for (; i <= n - 8; i += 8)
+            Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+            for (; i <= n - 32; i += 32)
             {
-                acc += Vector256.Load(x + i);
+                a0 += Vector256.Load(x + i);
+                a1 += Vector256.Load(x + i + 8);
+                a2 += Vector256.Load(x + i + 16);
+                a3 += Vector256.Load(x + i + 24);
             }
 
-            total = Vector256.Sum(acc);
+            for (; i <= n - 8; i += 8)
+            {
+                a0 += Vector256.Load(x + i);
+            }
+
+            total = Vector256.Sum((a0 + a1) + (a2 + a3));
         }
 
         for (; i < n; i++)
@@ -340,25 +394,45 @@ internal static unsafe class LayerNormCpuKernel
         float total = 0f;
         if (p == SimdPath.Avx512)
         {
-            Vector512<float> acc = Vector512<float>.Zero, m = Vector512.Create(mu);
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, m = Vector512.Create(mu);
+            for (; i <= n - 64; i += 64)
+            {
+                Vector512<float> d0 = Vector512.Load(x + i) - m, d1 = Vector512.Load(x + i + 16) - m;
+                Vector512<float> d2 = Vector512.Load(x + i + 32) - m, d3 = Vector512.Load(x + i + 48) - m;
+                a0 += d0 * d0;
+                a1 += d1 * d1;
+                a2 += d2 * d2;
+                a3 += d3 * d3;
+            }
+
             for (; i <= n - 16; i += 16)
             {
                 Vector512<float> d = Vector512.Load(x + i) - m;
-                acc += d * d;
+                a0 += d * d;
             }
 
-            total = Vector512.Sum(acc);
+            total = Vector512.Sum((a0 + a1) + (a2 + a3));
         }
         else if (p == SimdPath.Avx2)
         {
-            Vector256<float> acc = Vector256<float>.Zero, m = Vector256.Create(mu);
+            Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0, m = Vector256.Create(mu);
+            for (; i <= n - 32; i += 32)
+            {
+                Vector256<float> d0 = Vector256.Load(x + i) - m, d1 = Vector256.Load(x + i + 8) - m;
+                Vector256<float> d2 = Vector256.Load(x + i + 16) - m, d3 = Vector256.Load(x + i + 24) - m;
+                a0 += d0 * d0;
+                a1 += d1 * d1;
+                a2 += d2 * d2;
+                a3 += d3 * d3;
+            }
+
             for (; i <= n - 8; i += 8)
             {
                 Vector256<float> d = Vector256.Load(x + i) - m;
-                acc += d * d;
+                a0 += d * d;
             }
 
-            total = Vector256.Sum(acc);
+            total = Vector256.Sum((a0 + a1) + (a2 + a3));
         }
 
         for (; i < n; i++)
@@ -370,7 +444,8 @@ internal static unsafe class LayerNormCpuKernel
         return total;
     }
 
-    private static void Normalize(float* x, float mu, float rs, float* w, float* b, float* y, int n, SimdPath p)
+    /// <summary>Writes <c>(x − mu)·rs·w + b</c> of one row rounded to BFloat16 into <paramref name="y"/> (no Float32 copy of the row).</summary>
+    private static void NormalizeToBf16(float* x, float mu, float rs, float* w, float* b, ushort* y, int n, SimdPath p)
     {
         int i = 0;
         if (p == SimdPath.Avx512)
@@ -379,7 +454,7 @@ internal static unsafe class LayerNormCpuKernel
             for (; i <= n - 16; i += 16)
             {
                 Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
-                (xhat * Vector512.Load(w + i) + Vector512.Load(b + i)).Store(y + i);
+                StoreBf16((xhat * Vector512.Load(w + i)) + Vector512.Load(b + i), y + i);
             }
         }
         else if (p == SimdPath.Avx2)
@@ -388,18 +463,18 @@ internal static unsafe class LayerNormCpuKernel
             for (; i <= n - 8; i += 8)
             {
                 Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
-                (xhat * Vector256.Load(w + i) + Vector256.Load(b + i)).Store(y + i);
+                StoreBf16((xhat * Vector256.Load(w + i)) + Vector256.Load(b + i), y + i);
             }
         }
 
         for (; i < n; i++)
         {
-            y[i] = ((x[i] - mu) * rs * w[i]) + b[i];
+            y[i] = ToBf16(((x[i] - mu) * rs * w[i]) + b[i]);
         }
     }
 
-    /// <summary>Σ dy·w and Σ dy·w·x̂ over one row; adds dy·x̂ into <paramref name="dW"/> and dy into <paramref name="dB"/> (when not null).</summary>
-    private static (float SumG, float SumGXhat) BackwardSums(float* x, float* dy, float* w, float mu, float rs, float* dW, float* dB, int n, SimdPath p)
+    /// <summary>Σ dy·w and Σ dy·w·x̂ over one row (dy: BFloat16 bit patterns, widened in registers); adds dy·x̂ into <paramref name="dW"/> and dy into <paramref name="dB"/> (when not null).</summary>
+    private static (float SumG, float SumGXhat) BackwardSums(float* x, ushort* dy, float* w, float mu, float rs, float* dW, float* dB, int n, SimdPath p)
     {
         int i = 0;
         float sumG = 0f, sumGX = 0f;
@@ -407,10 +482,30 @@ internal static unsafe class LayerNormCpuKernel
         if (p == SimdPath.Avx512)
         {
             Vector512<float> accG = Vector512<float>.Zero, accGX = Vector512<float>.Zero, m = Vector512.Create(mu), r = Vector512.Create(rs);
+            Vector512<float> accG1 = Vector512<float>.Zero, accGX1 = Vector512<float>.Zero;
+            for (; i <= n - 32; i += 32)
+            {
+                // Two accumulator pairs, so that consecutive iterations do not wait on each other's adds.
+                Vector512<float> xhat0 = (Vector512.Load(x + i) - m) * r, xhat1 = (Vector512.Load(x + i + 16) - m) * r;
+                Vector512<float> d0 = LoadBf16x16(dy + i), d1 = LoadBf16x16(dy + i + 16);
+                Vector512<float> g0 = d0 * Vector512.Load(w + i), g1 = d1 * Vector512.Load(w + i + 16);
+                accG += g0;
+                accG1 += g1;
+                accGX += g0 * xhat0;
+                accGX1 += g1 * xhat1;
+                if (reduce)
+                {
+                    (Vector512.Load(dW + i) + (d0 * xhat0)).Store(dW + i);
+                    (Vector512.Load(dW + i + 16) + (d1 * xhat1)).Store(dW + i + 16);
+                    (Vector512.Load(dB + i) + d0).Store(dB + i);
+                    (Vector512.Load(dB + i + 16) + d1).Store(dB + i + 16);
+                }
+            }
+
             for (; i <= n - 16; i += 16)
             {
                 Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
-                Vector512<float> d = Vector512.Load(dy + i);
+                Vector512<float> d = LoadBf16x16(dy + i);
                 Vector512<float> gv = d * Vector512.Load(w + i);
                 accG += gv;
                 accGX += gv * xhat;
@@ -421,16 +516,35 @@ internal static unsafe class LayerNormCpuKernel
                 }
             }
 
-            sumG = Vector512.Sum(accG);
-            sumGX = Vector512.Sum(accGX);
+            sumG = Vector512.Sum(accG + accG1);
+            sumGX = Vector512.Sum(accGX + accGX1);
         }
         else if (p == SimdPath.Avx2)
         {
             Vector256<float> accG = Vector256<float>.Zero, accGX = Vector256<float>.Zero, m = Vector256.Create(mu), r = Vector256.Create(rs);
+            Vector256<float> accG1 = Vector256<float>.Zero, accGX1 = Vector256<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                Vector256<float> xhat0 = (Vector256.Load(x + i) - m) * r, xhat1 = (Vector256.Load(x + i + 8) - m) * r;
+                Vector256<float> d0 = LoadBf16x8(dy + i), d1 = LoadBf16x8(dy + i + 8);
+                Vector256<float> g0 = d0 * Vector256.Load(w + i), g1 = d1 * Vector256.Load(w + i + 8);
+                accG += g0;
+                accG1 += g1;
+                accGX += g0 * xhat0;
+                accGX1 += g1 * xhat1;
+                if (reduce)
+                {
+                    (Vector256.Load(dW + i) + (d0 * xhat0)).Store(dW + i);
+                    (Vector256.Load(dW + i + 8) + (d1 * xhat1)).Store(dW + i + 8);
+                    (Vector256.Load(dB + i) + d0).Store(dB + i);
+                    (Vector256.Load(dB + i + 8) + d1).Store(dB + i + 8);
+                }
+            }
+
             for (; i <= n - 8; i += 8)
             {
                 Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
-                Vector256<float> d = Vector256.Load(dy + i);
+                Vector256<float> d = LoadBf16x8(dy + i);
                 Vector256<float> gv = d * Vector256.Load(w + i);
                 accG += gv;
                 accGX += gv * xhat;
@@ -441,37 +555,51 @@ internal static unsafe class LayerNormCpuKernel
                 }
             }
 
-            sumG = Vector256.Sum(accG);
-            sumGX = Vector256.Sum(accGX);
+            sumG = Vector256.Sum(accG + accG1);
+            sumGX = Vector256.Sum(accGX + accGX1);
         }
 
         for (; i < n; i++)
         {
             float xhat = (x[i] - mu) * rs;
-            float gv = dy[i] * w[i];
+            float d = Bf16(dy[i]);
+            float gv = d * w[i];
             sumG += gv;
             sumGX += gv * xhat;
             if (reduce)
             {
-                dW[i] += dy[i] * xhat;
-                dB[i] += dy[i];
+                dW[i] += d * xhat;
+                dB[i] += d;
             }
         }
 
         return (sumG, sumGX);
     }
 
-    private static void InputGradient(float* x, float* dy, float* w, float mu, float rs, float meanG, float meanGX, float* dx, int n, SimdPath p)
+    /// <summary>
+    /// <c>dx = rs·(dy·w − meanG − x̂·meanGX)</c> of one row, dy as BFloat16 bit patterns widened in registers, written
+    /// as Float32 into <paramref name="dx"/> or, when that is null, rounded to BFloat16 into <paramref name="dxBf16"/>.
+    /// </summary>
+    private static void InputGradient(float* x, ushort* dy, float* w, float mu, float rs, float meanG, float meanGX, float* dx, ushort* dxBf16, int n, SimdPath p)
     {
         int i = 0;
+        bool f32 = dx is not null;
         if (p == SimdPath.Avx512)
         {
             Vector512<float> m = Vector512.Create(mu), r = Vector512.Create(rs), mg = Vector512.Create(meanG), mgx = Vector512.Create(meanGX);
             for (; i <= n - 16; i += 16)
             {
                 Vector512<float> xhat = (Vector512.Load(x + i) - m) * r;
-                Vector512<float> gv = Vector512.Load(dy + i) * Vector512.Load(w + i);
-                (r * (gv - mg - (xhat * mgx))).Store(dx + i);
+                Vector512<float> gv = LoadBf16x16(dy + i) * Vector512.Load(w + i);
+                Vector512<float> g = r * (gv - mg - (xhat * mgx));
+                if (f32)
+                {
+                    g.Store(dx + i);
+                }
+                else
+                {
+                    StoreBf16(g, dxBf16 + i);
+                }
             }
         }
         else if (p == SimdPath.Avx2)
@@ -480,16 +608,32 @@ internal static unsafe class LayerNormCpuKernel
             for (; i <= n - 8; i += 8)
             {
                 Vector256<float> xhat = (Vector256.Load(x + i) - m) * r;
-                Vector256<float> gv = Vector256.Load(dy + i) * Vector256.Load(w + i);
-                (r * (gv - mg - (xhat * mgx))).Store(dx + i);
+                Vector256<float> gv = LoadBf16x8(dy + i) * Vector256.Load(w + i);
+                Vector256<float> g = r * (gv - mg - (xhat * mgx));
+                if (f32)
+                {
+                    g.Store(dx + i);
+                }
+                else
+                {
+                    StoreBf16(g, dxBf16 + i);
+                }
             }
         }
 
         for (; i < n; i++)
         {
             float xhat = (x[i] - mu) * rs;
-            float gv = dy[i] * w[i];
-            dx[i] = rs * (gv - meanG - (xhat * meanGX));
+            float gv = Bf16(dy[i]) * w[i];
+            float g = rs * (gv - meanG - (xhat * meanGX));
+            if (f32)
+            {
+                dx[i] = g;
+            }
+            else
+            {
+                dxBf16[i] = ToBf16(g);
+            }
         }
     }
 

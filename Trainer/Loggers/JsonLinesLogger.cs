@@ -15,7 +15,13 @@ namespace ComposerSharp.Training.Loggers;
 /// </summary>
 public sealed class JsonLinesLogger : LoggerDestination
 {
-    private static readonly JsonSerializerOptions Options = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+    // The relaxed encoder writes '+', quotes and non-ASCII text as they are ("0.1.0+65abed2", not "0.1.0\u002B65abed2"):
+    // the file is read by tools and people, never embedded in HTML.
+    private static readonly JsonSerializerOptions Options = new()
+    {
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
     private StreamWriter _writer;
     private bool _closed;
 

@@ -77,6 +77,19 @@ public class LoggerTests
     }
 
     [Test]
+    public void JsonLinesWritesHyperparameterTextUnescaped()
+    {
+        string path = Path.Combine(TestData.TempFolder(), "m.jsonl");
+        var logger = new JsonLinesLogger(path);
+        logger.LogHyperparameters(new Dictionary<string, object?> { ["composersharp_version"] = "0.1.0+65abed2", ["run_name"] = "spam 'baseline' — été" });
+        logger.Close(new State(TestData.Model()), new Logger(new State(TestData.Model())));
+        string line = File.ReadAllLines(path).Single();
+        Assert.That(line, Does.Contain("0.1.0+65abed2").And.Contain("spam 'baseline' — été"), line);
+        using JsonDocument doc = JsonDocument.Parse(line);
+        Assert.That(doc.RootElement.GetProperty("hyperparameters").GetProperty("composersharp_version").GetString(), Is.EqualTo("0.1.0+65abed2"));
+    }
+
+    [Test]
     public void ConsoleLoggerWritesMetricLinesThroughILoggerAtTheInterval()
     {
         var provider = new ListLoggerProvider();
