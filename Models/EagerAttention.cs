@@ -8,7 +8,7 @@ namespace ComposerSharp.Models;
 /// attention weights: the "eager" attention of Hugging Face's <c>BertSelfAttention</c> and of PyTorch before
 /// <c>scaled_dot_product_attention</c> existed. <see cref="MultiHeadSelfAttention"/> uses it instead of libtorch's
 /// <c>scaled_dot_product_attention</c> for BFloat16 on the CPU when gradients are recorded (training under
-/// amp_bf16), because there libtorch 2.10 is slow: with dropout its CPU flash kernel does not apply and the math
+/// amp_bf16; see <see cref="Preferred"/>), because there libtorch 2.10 is slow: with dropout its CPU flash kernel does not apply and the math
 /// fallback converts q, k and v to Float32 and runs every op of the attention in Float32; without dropout the flash
 /// kernel's backward is slow at BERT's shapes. Measured by the benchmark part <c>peer-modules</c> (AMD EPYC, 2
 /// threads, [16, 4, 128, 64], dropout 0.1): forward+backward 42 ms with <c>scaled_dot_product_attention</c>, 18 ms
@@ -19,13 +19,21 @@ namespace ComposerSharp.Models;
 public static class EagerAttention
 {
     /// <summary>
-    /// Whether <see cref="Attend"/> is the faster choice for a query like <paramref name="query"/>: BFloat16 on the
-    /// CPU with gradient recording on. Float16 keeps <c>scaled_dot_product_attention</c> (its Float32 math avoids
-    /// Float16 score overflow), and so do Float32 (measured no faster written out) and inference (the flash kernel's
-    /// forward is the faster one).
+    /// Whether <see cref="Attend"/> is the faster choice: a BFloat16 query on the CPU with gradient recording on, and
+    /// either attention dropout (libtorch's flash kernel does not take dropout, and its math fallback materialises
+    /// the [B, heads, T, S] scores too, in Float32) or at most 512 keys (no dropout: the flash kernel would avoid the
+    /// T × S scores, whose memory matters only for long sequences, but its backward is slower at BERT's lengths).
+    /// Float16 keeps <c>scaled_dot_product_attention</c> (its Float32 math avoids Float16 score overflow), and so do
+    /// Float32 (measured no faster written out) and inference (the flash kernel's forward is the faster one).
     /// </summary>
-    public static bool Preferred(Tensor query) =>
-        query.dtype == ScalarType.BFloat16 && query.device_type == DeviceType.CPU && torch.is_grad_enabled();
+    /// <param name="query">[B, heads, T, head_dim].</param>
+    /// <param name="keyLength">S, the number of keys.</param>
+    /// <param name="dropout">The attention dropout probability of this call (0 in eval mode).</param>
+    public static bool Preferred(Tensor query, long keyLength, double dropout)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        return query.dtype == ScalarType.BFloat16 && query.device_type == DeviceType.CPU && torch.is_grad_enabled() && (dropout > 0 || keyLength <= 512);
+    }
 
     /// <summary>Attention of queries over keys and values.</summary>
     /// <param name="query">[B, heads, T, head_dim].</param>

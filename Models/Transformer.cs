@@ -59,7 +59,7 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
         mask = InQueryDtype(mask, qkvParts[0]);
         double dropout = training ? _dropout : 0.0;
         bool causal = _causal && mask is null;
-        Tensor attended = EagerAttention.Preferred(qkvParts[0])
+        Tensor attended = EagerAttention.Preferred(qkvParts[0], t, dropout)
             ? EagerAttention.Attend(qkvParts[0], qkvParts[1], qkvParts[2], mask, dropout, causal)
             : F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, dropout, causal);
         return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();

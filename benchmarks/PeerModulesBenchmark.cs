@@ -315,7 +315,7 @@ internal static class PeerModulesBenchmark
                     Tensor q = Leaf(low, b, heads, t, hidden / heads), k = Leaf(low, b, heads, t, hidden / heads), v = Leaf(low, b, heads, t, hidden / heads);
                     double p = c.AttentionDropout;
                     // What MultiHeadSelfAttention runs: the written-out attention for BFloat16 training on the CPU, else libtorch's SDPA.
-                    return (() => EagerAttention.Preferred(q) ? EagerAttention.Attend(q, k, v, mask, p, false) : F.scaled_dot_product_attention(q, k, v, mask, p, false), new[] { q, k, v });
+                    return (() => EagerAttention.Preferred(q, t, p) ? EagerAttention.Attend(q, k, v, mask, p, false) : F.scaled_dot_product_attention(q, k, v, mask, p, false), new[] { q, k, v });
                 }
 
                 case "out_proj":

@@ -91,7 +91,7 @@ public class EagerAttentionTests
             using (Precision.AmpBf16.Enter(DeviceType.CPU))
             {
                 Tensor q = torch.randn(1, 1, 1, 1).to(ScalarType.BFloat16);
-                Assert.That(EagerAttention.Preferred(q), Is.True, "BFloat16 CPU query with gradients on");
+                Assert.That(EagerAttention.Preferred(q, t, 0.0), Is.True, "BFloat16 CPU query with gradients on, short sequence");
                 y = eager
                     ? attn.call(xi, mask)
                     : SdpaModule(attn, xi, mask, heads);
@@ -113,6 +113,22 @@ public class EagerAttentionTests
         // And not much worse than the scaled_dot_product_attention path (whose math keeps scores and weights in Float32).
         Assert.That(eagerErr.Out, Is.LessThan(3 * sdpaErr.Out + 2e-3), "output vs the SDPA path");
         Assert.That(eagerErr.Dx, Is.LessThan(3 * sdpaErr.Dx + 2e-3), "input gradient vs the SDPA path");
+    }
+
+    [Test]
+    public void PreferredOnlyForBFloat16TrainingOnTheCpu()
+    {
+        using var d = torch.NewDisposeScope();
+        Tensor bf16 = torch.zeros(1, 1, 4, 8, dtype: ScalarType.BFloat16), f32 = torch.zeros(1, 1, 4, 8), f16 = torch.zeros(1, 1, 4, 8, dtype: ScalarType.Float16);
+        Assert.That(EagerAttention.Preferred(bf16, 128, 0.1), Is.True);
+        Assert.That(EagerAttention.Preferred(bf16, 4096, 0.1), Is.True, "dropout: SDPA's math fallback would materialise the scores anyway");
+        Assert.That(EagerAttention.Preferred(bf16, 4096, 0.0), Is.False, "long and no dropout: the flash kernel saves the T × S memory");
+        Assert.That(EagerAttention.Preferred(f32, 128, 0.1), Is.False, "Float32");
+        Assert.That(EagerAttention.Preferred(f16, 128, 0.1), Is.False, "Float16");
+        using (torch.no_grad())
+        {
+            Assert.That(EagerAttention.Preferred(bf16, 128, 0.1), Is.False, "inference");
+        }
     }
 
     /// <summary>The module's forward with libtorch's scaled_dot_product_attention, from its own Linears (the path it takes outside BFloat16 training).</summary>
