@@ -14,7 +14,8 @@ namespace ComposerSharp.Models;
 /// threads, [16, 4, 128, 64], dropout 0.1): forward+backward 42 ms with <c>scaled_dot_product_attention</c>, 18 ms
 /// written out (benchmarks/README.md, change log). Numerics: the scores and the attention weights are BFloat16
 /// (each rounded once, as under PyTorch eager autocast), where the math fallback keeps them in Float32; the tests
-/// compare both paths with a float64 reference.
+/// compare both paths with a float64 reference. Reads whether the mask leaves a query no key to the host (a
+/// reduction over the mask; CPU only, so no device synchronisation).
 /// </summary>
 public static class EagerAttention
 {
@@ -46,7 +47,7 @@ public static class EagerAttention
     /// </param>
     /// <param name="dropout">Dropout probability on the attention weights (0: none).</param>
     /// <param name="causal">Query i attends to keys ≤ i (top-left aligned when S ≠ T, as <c>scaled_dot_product_attention</c>'s <c>is_causal</c>); only with a null <paramref name="mask"/>.</param>
-    /// <returns>[B, heads, T, head_dim] in the query's dtype.</returns>
+    /// <returns>[B, heads, T, head_dim] in the query's dtype; zeros for a query the mask lets attend to no key (as <c>scaled_dot_product_attention</c>).</returns>
     public static Tensor Attend(Tensor query, Tensor key, Tensor value, Tensor? mask, double dropout, bool causal)
     {
         using var scope = torch.NewDisposeScope();
@@ -57,8 +58,19 @@ public static class EagerAttention
             mask = torch.ones(t, s, dtype: ScalarType.Bool, device: query.device).tril();
         }
 
+        // A query that may attend to no key at all gets zeros, as scaled_dot_product_attention's safe softmax gives
+        // (softmax over all −∞ would be NaN, and NaN would reach the gradients). Such rows are found on the mask,
+        // which is small for padding masks; they then attend to every key and their output is zeroed.
+        Tensor? blind = null;
         if (mask is not null)
         {
+            Tensor none = (mask.dtype == ScalarType.Bool ? mask.logical_not() : mask.isneginf()).all(-1, keepdim: true);
+            if (none.any().item<bool>())
+            {
+                blind = none;
+                mask = mask.dtype == ScalarType.Bool ? mask.logical_or(none) : mask.masked_fill(none, 0);
+            }
+
             scores = mask.dtype == ScalarType.Bool ? scores.masked_fill_(mask.logical_not(), double.NegativeInfinity) : scores.add_(mask);
         }
 
@@ -68,6 +80,7 @@ public static class EagerAttention
             weights = UniformDropout.Apply(weights, dropout);
         }
 
-        return torch.matmul(weights, value).MoveToOuterDisposeScope();
+        Tensor output = torch.matmul(weights, value);
+        return (blind is null ? output : output.masked_fill(blind, 0)).MoveToOuterDisposeScope();
     }
 }

@@ -42,6 +42,32 @@ public class EagerAttentionTests
         Assert.That(error, Is.LessThan(1e-5), $"max |eager − scaled_dot_product_attention|, mask {maskKind}, causal {causal}");
     }
 
+    [TestCase("bool")]
+    [TestCase("additive")]
+    public void AQueryWithNoKeyGetsZerosAndFiniteGradientsAsScaledDotProductAttention(string maskKind)
+    {
+        using var d = torch.NewDisposeScope();
+        torch.manual_seed(24);
+        const long b = 2, h = 2, t = 5, dh = 8;
+        Tensor q = Rand(b, h, t, dh).requires_grad_(), k = Rand(b, h, t, dh).requires_grad_(), v = Rand(b, h, t, dh).requires_grad_();
+        Tensor keys = torch.ones(b, 1, 1, t, dtype: ScalarType.Bool);
+        keys[1] = torch.zeros(1, 1, t, dtype: ScalarType.Bool); // sample 1 is all padding
+        Tensor mask = maskKind == "bool" ? keys : torch.zeros(b, 1, 1, t).masked_fill(keys.logical_not(), double.NegativeInfinity);
+        Tensor expected = F.scaled_dot_product_attention(q, k, v, mask, 0.0, false);
+        Tensor actual = EagerAttention.Attend(q, k, v, mask, 0.0, false);
+        Assert.That((actual - expected).abs().max().item<float>(), Is.LessThan(1e-5), "vs scaled_dot_product_attention (zeros for sample 1)");
+        Assert.That(actual[1].abs().max().item<float>(), Is.EqualTo(0f), "the all-padding sample's output");
+
+        Tensor dy = torch.randn_like(actual);
+        IList<Tensor> grads = torch.autograd.grad(new[] { actual }, new[] { q, k, v }, new[] { dy });
+        IList<Tensor> expectedGrads = torch.autograd.grad(new[] { expected }, new[] { q, k, v }, new[] { dy });
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.That(grads[i].isfinite().all().item<bool>(), Is.True, $"finite gradient {"qkv"[i]}");
+            Assert.That((grads[i] - expectedGrads[i]).abs().max().item<float>(), Is.LessThan(1e-5), $"gradient {"qkv"[i]} vs scaled_dot_product_attention");
+        }
+    }
+
     [Test]
     public void DropoutOnTheWeightsIsUnbiased()
     {
