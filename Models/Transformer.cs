@@ -8,8 +8,9 @@ namespace ComposerSharp.Models;
 
 /// <summary>
 /// Multi-head self-attention (Vaswani et al. 2017, §3.2) from managed modules: one Linear projects to queries,
-/// keys and values, <c>scaled_dot_product_attention</c> mixes them, and a Linear projects back. Input and output
-/// [B, T, hidden]; Float32, or BFloat16/Float16 under autocast.
+/// keys and values, <c>scaled_dot_product_attention</c> mixes them (or, for BFloat16 on the CPU with gradients
+/// enabled, the same math written out, see <see cref="EagerAttention"/>), and a Linear projects back. Input and
+/// output [B, T, hidden]; Float32, or BFloat16/Float16 under autocast.
 /// </summary>
 public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
 {
@@ -56,7 +57,11 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
         // [B, T, 3·hidden] → [3, B, heads, T, head_dim]
         Tensor[] qkvParts = qkv.call(x).view(b, t, 3, _heads, hidden / _heads).permute(2, 0, 3, 1, 4).unbind(0);
         mask = InQueryDtype(mask, qkvParts[0]);
-        Tensor attended = F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, training ? _dropout : 0.0, _causal && mask is null);
+        double dropout = training ? _dropout : 0.0;
+        bool causal = _causal && mask is null;
+        Tensor attended = EagerAttention.Preferred(qkvParts[0], t, dropout)
+            ? EagerAttention.Attend(qkvParts[0], qkvParts[1], qkvParts[2], mask, dropout, causal)
+            : F.scaled_dot_product_attention(qkvParts[0], qkvParts[1], qkvParts[2], mask, dropout, causal);
         return out_proj.call(attended.transpose(1, 2).reshape(b, t, hidden)).MoveToOuterDisposeScope();
     }
 
@@ -159,7 +164,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     private readonly nn.Module<Tensor, Tensor> ln_1;
     private readonly nn.Module<Tensor, Tensor> mlp;
     private readonly nn.Module<Tensor, Tensor> ln_2;
-    private readonly Dropout dropout;
+    private readonly UniformDropout dropout;
 #pragma warning restore IDE1006
     private readonly bool _preLayerNorm;
     private double _layerDropRate;
@@ -177,7 +182,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
         ln_1 = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
         mlp = new FeedForward(config, activation);
         ln_2 = nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
-        dropout = nn.Dropout(config.Dropout);
+        dropout = new UniformDropout(config.Dropout);
         _preLayerNorm = preLayerNorm;
         RegisterComponents();
     }
@@ -286,7 +291,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     private readonly Embedding wpe;
     private readonly Embedding? wtt;
     private readonly nn.Module<Tensor, Tensor>? emb_ln;
-    private readonly Dropout emb_dropout;
+    private readonly UniformDropout emb_dropout;
     private readonly ModuleList<TransformerBlock> layers;
     private readonly nn.Module<Tensor, Tensor>? ln_f;
 #pragma warning restore IDE1006
@@ -315,7 +320,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         wpe = nn.Embedding(config.MaxSequenceLength, config.HiddenSize);
         wtt = typeVocabSize > 0 ? nn.Embedding(typeVocabSize, config.HiddenSize) : null;
         emb_ln = preLayerNorm ? null : nn.LayerNorm(config.HiddenSize, config.LayerNormEps);
-        emb_dropout = nn.Dropout(config.Dropout);
+        emb_dropout = new UniformDropout(config.Dropout);
         layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(_ => new TransformerBlock(config, preLayerNorm, causal, activation)).ToArray());
         ln_f = preLayerNorm ? nn.LayerNorm(config.HiddenSize, config.LayerNormEps) : null;
         RegisterComponents();

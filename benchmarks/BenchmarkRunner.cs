@@ -24,12 +24,13 @@ internal static class BenchmarkRunner
         new("overhead", "(3a) Trainer.Fit vs a hand-written TorchSharp loop doing the same work.", s => new[] { OverheadBenchmark.Run(s) }),
         new("dispatch", "(3b) Event dispatch cost per batch with ten no-op algorithms and ten no-op callbacks (BenchmarkDotNet).", s => new[] { DispatchBenchmark.Run(s) }),
         new("peer", "(4) The same training step in PyTorch eager (python3 with torch), fp32 and bf16 autocast.", s => new[] { PeerBenchmark.Run(s) }),
+        new("peer-modules", "(4b) The step of (4) piece by piece (embeddings, attention parts, FFN parts, LayerNorm, dropout, head, loss, AdamW) against the PyTorch peer.", s => new[] { PeerModulesBenchmark.Run(s) }),
         new("determinism", "(5) The training step of (2) with and without deterministic mode, each in a fresh process.", s => new[] { DeterminismBenchmark.Run(s) }),
         new("generate", "(6) GPT text generation: tokens/s with and without the key/value cache.", s => new[] { GenerationBenchmark.Run(s) }),
     };
 
     /// <summary>Every part.</summary>
-    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, determinism, generate.", null);
+    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, generate.", null);
 
     /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
     public static string DefaultResultsFolder()

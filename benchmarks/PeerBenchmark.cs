@@ -81,7 +81,8 @@ internal static class PeerBenchmark
         return report;
     }
 
-    private static string FindScript()
+    /// <summary>pytorch_peer.py beside the benchmark executable.</summary>
+    internal static string FindScript()
     {
         string beside = Path.Combine(AppContext.BaseDirectory, "pytorch_peer.py");
         return File.Exists(beside)
@@ -90,7 +91,7 @@ internal static class PeerBenchmark
     }
 
     /// <summary>The first interpreter that imports torch: the one given, else python3 on PATH, else /usr/bin/python3.</summary>
-    private static (string? Python, string Probe) FindPython(string? given)
+    internal static (string? Python, string Probe) FindPython(string? given)
     {
         var candidates = given is not null ? new[] { given } : new[] { "python3", "/usr/bin/python3" };
         var tried = new List<string>();
@@ -123,7 +124,8 @@ internal static class PeerBenchmark
         return (null, "tried " + string.Join("; ", tried));
     }
 
-    private static string DebianPackageVersion()
+    /// <summary>", Debian python3-torch VERSION" when dpkg knows the package, else empty.</summary>
+    internal static string DebianPackageVersion()
     {
         try
         {
@@ -144,7 +146,7 @@ internal static class PeerBenchmark
     }
 
     /// <summary>The peer script in serve mode: send "run precision n", read per-step milliseconds.</summary>
-    private sealed class PeerProcess : IDisposable
+    internal sealed class PeerProcess : IDisposable
     {
         private readonly Process _process;
 
@@ -203,6 +205,22 @@ internal static class PeerBenchmark
             }
 
             return reply.GetProperty("ms").EnumerateArray().Average(e => e.GetDouble());
+        }
+
+        /// <summary>
+        /// Runs one piece of the step <paramref name="iters"/> times in the peer (<c>module</c> command of
+        /// pytorch_peer.py: forward only, or forward and backward with a fixed random output gradient) and returns
+        /// its mean milliseconds per iteration, timed inside the peer.
+        /// </summary>
+        public double Module(string piece, string precision, bool backward, int iters)
+        {
+            _process.StandardInput.WriteLine($"module {piece} {precision} {(backward ? "fwdbwd" : "fwd")} {iters.ToString(CultureInfo.InvariantCulture)}");
+            _process.StandardInput.Flush();
+            string line = _process.StandardOutput.ReadLine() ?? throw new InvalidOperationException("The PyTorch peer exited during a module run.");
+            JsonElement reply = JsonDocument.Parse(line).RootElement;
+            return reply.TryGetProperty("error", out JsonElement error)
+                ? throw new InvalidOperationException("PyTorch peer: " + error.GetString())
+                : reply.GetProperty("ms").GetDouble();
         }
 
         /// <summary>CPU seconds the peer has used so far.</summary>

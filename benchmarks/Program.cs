@@ -40,12 +40,19 @@ var python = new Option<string?>("--python")
     Recursive = true,
 };
 
+var pieces = new Option<string?>("--pieces")
+{
+    Description = "peer-modules only: comma-separated pieces to time (default: all; see benchmarks/README.md).",
+    Recursive = true,
+};
+
 var root = new RootCommand("ComposerSharp benchmarks: LayerNorm kernel, training step, framework overhead, PyTorch peer.");
 root.Options.Add(quick);
 root.Options.Add(threads);
 root.Options.Add(output);
 root.Options.Add(python);
 root.Options.Add(waitPolicy);
+root.Options.Add(pieces);
 
 foreach (BenchmarkPart part in BenchmarkRunner.Parts.Append(BenchmarkRunner.All))
 {
@@ -61,7 +68,10 @@ foreach (BenchmarkPart part in BenchmarkRunner.Parts.Append(BenchmarkRunner.All)
 
         // Before the first TorchSharp call: libgomp reads the policy when libtorch loads.
         string policy = OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
-        var settings = new Settings(result.GetValue(quick), t, result.GetValue(output)!, result.GetValue(python), policy);
+        var settings = new Settings(result.GetValue(quick), t, result.GetValue(output)!, result.GetValue(python), policy)
+        {
+            Pieces = result.GetValue(pieces)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
+        };
         return BenchmarkRunner.Run(part, settings, string.Join(' ', args));
     });
     root.Subcommands.Add(command);

@@ -11,6 +11,9 @@ namespace ComposerSharp.Benchmarks;
 /// <param name="OmpWaitPolicy">The OpenMP wait policy in force (see <see cref="Harness.OpenMp"/>), passed to the peer too.</param>
 internal sealed record Settings(bool Quick, int Threads, string OutputFolder, string? Python, string OmpWaitPolicy)
 {
+    /// <summary>The pieces part 4b times (names of pytorch_peer.py's PIECES), or null for all.</summary>
+    public IReadOnlyList<string>? Pieces { get; init; }
+
     /// <summary>Warm-up and timed rounds of the LayerNorm kernel comparison.</summary>
     public (int Warmup, int Rounds) LayerNorm => Quick ? (1, 3) : (3, 25);
 

@@ -11,6 +11,8 @@ Two modes:
                prints one JSON line with the step times.
   --serve:     prints a JSON "ready" line, then reads commands from stdin, one per line:
                "run <fp32|amp_bf16> <steps>" -> one JSON line {"precision", "ms": [per-step ms]}
+               "module <piece> <fp32|amp_bf16> <fwd|fwdbwd> <iters>" -> {"ms": mean ms per iteration} of one
+               piece of the step (see PIECES and ModuleTimer), for the per-module comparison (part peer-modules)
                "quit" -> exits.
                The .NET harness uses it to interleave PyTorch's steps with its own in the same run.
 """
@@ -40,14 +42,18 @@ class SelfAttention(nn.Module):
     def forward(self, x, mask):
         b, t, hidden = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        p = self.attn_dropout if self.training else 0.0
-        if hasattr(F, "scaled_dot_product_attention"):
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        else:  # PyTorch < 2.0 (e.g. Debian 12's 1.13): the same math, unfused
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            scores = scores.masked_fill(~mask, float("-inf"))
-            a = F.dropout(scores.softmax(-1), p, self.training) @ v
+        a = attend(q, k, v, mask, self.attn_dropout if self.training else 0.0)
         return self.out_proj(a.transpose(1, 2).reshape(b, t, hidden))
+
+
+def attend(q, k, v, mask, p):
+    """Softmax(q kᵀ / √d, masked) v with attention dropout p: SDPA where PyTorch has it (≥ 2.0), else the same math unfused."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    # PyTorch < 2.0 (e.g. Debian 12's 1.13)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.dropout(scores.softmax(-1), p, p > 0) @ v
 
 
 class Block(nn.Module):
@@ -86,12 +92,24 @@ class BertForMaskedLM(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels=None):
         """MLM logits [B, T, V]; with labels, only at the positions whose label is not -100, [N, V] (Mosaic BERT's sparse prediction)."""
+        return self.head(self.encode(input_ids, attention_mask), labels)
+
+    def embed(self, input_ids):
+        """Token + position embedding, embedding LayerNorm, dropout: [B, T, hidden]."""
+        h = self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1], device=input_ids.device))
+        return self.emb_dropout(self.emb_ln(h))
+
+    def encode(self, input_ids, attention_mask):
+        """Hidden states [B, T, hidden] of the encoder."""
         t = input_ids.shape[1]
-        h = self.wte(input_ids) + self.wpe(torch.arange(t, device=input_ids.device))
-        h = self.emb_dropout(self.emb_ln(h))
+        h = self.embed(input_ids)
         mask = attention_mask.ne(0).view(attention_mask.shape[0], 1, 1, t)
         for layer in self.layers:
             h = layer(h, mask)
+        return h
+
+    def head(self, h, labels=None):
+        """The MLM head on hidden states [B, T, hidden]: logits [B, T, V], or [N, V] at the labelled positions."""
         if labels is not None:
             h = h.reshape(-1, h.shape[-1]).index_select(0, labels.reshape(-1).ne(IGNORE_INDEX).nonzero().squeeze(1))
         h = F.gelu(self.mlm_transform(h))
@@ -152,6 +170,127 @@ class Peer:
         return (time.perf_counter() - start) * 1000.0
 
 
+# The pieces "module" times, in the order the .NET part lists them (benchmarks/PeerModulesBenchmark.cs builds the same
+# pieces from ComposerSharp's modules). Each is (needs_backward_ok, builder); a builder returns a function that runs
+# the piece's forward once and returns its output.
+PIECES = ["embeddings", "mask", "qkv", "sdpa", "out_proj", "attention", "fc_in", "gelu", "fc_out", "ffn", "dropout",
+          "residual_add", "layernorm", "block", "encoder", "head", "loss", "model", "optimizer", "zero_grad", "train_step"]
+FORWARD_ONLY = {"mask", "optimizer", "zero_grad", "train_step"}
+
+
+class ModuleTimer:
+    """Times one piece of the step (forward, or forward + backward with a fixed random output gradient) at the model's shapes."""
+
+    def __init__(self, peer, args):
+        self.peer = peer
+        self.args = args
+        self.built = {}
+        g = torch.Generator().manual_seed(args.seed + 1)
+        self.grads = [torch.randn(p.shape, generator=g) * 1e-3 for p in peer.model.parameters()]
+
+    def leaf(self, *shape, dtype=torch.float32):
+        return torch.randn(*shape).to(dtype).requires_grad_()
+
+    def build(self, name, low):
+        a, m = self.args, self.peer.model
+        layer = m.layers[0]
+        b, t, hidden, inter, heads = a.batch, a.seq, a.hidden, a.intermediate, a.heads
+        ids, attention_mask, labels = self.peer.batches[0]
+        mask = attention_mask.ne(0).view(b, 1, 1, t)
+        if name == "embeddings":
+            return lambda: m.embed(ids)
+        if name == "mask":
+            return lambda: attention_mask.ne(0).view(b, 1, 1, t)
+        if name == "qkv":
+            x = self.leaf(b, t, hidden)
+            return lambda: layer.attn.qkv(x)
+        if name == "sdpa":
+            q, k, v = (self.leaf(b, heads, t, hidden // heads, dtype=low) for _ in range(3))
+            return lambda: attend(q, k, v, mask, layer.attn.attn_dropout)
+        if name == "out_proj":
+            x = self.leaf(b, t, hidden, dtype=low)
+            return lambda: layer.attn.out_proj(x)
+        if name == "attention":
+            x = self.leaf(b, t, hidden)
+            return lambda: layer.attn(x, mask)
+        if name == "fc_in":
+            x = self.leaf(b, t, hidden)
+            return lambda: layer.fc_in(x)
+        if name == "gelu":
+            x = self.leaf(b, t, inter, dtype=low)
+            return lambda: F.gelu(x)
+        if name == "fc_out":
+            x = self.leaf(b, t, inter, dtype=low)
+            return lambda: layer.fc_out(x)
+        if name == "ffn":
+            x = self.leaf(b, t, hidden)
+            return lambda: layer.fc_out(F.gelu(layer.fc_in(x)))
+        if name == "dropout":
+            x = self.leaf(b, t, hidden, dtype=low)
+            return lambda: layer.dropout(x)
+        if name == "residual_add":
+            x, y = self.leaf(b, t, hidden), self.leaf(b, t, hidden, dtype=low)
+            return lambda: x + y
+        if name == "layernorm":
+            x = self.leaf(b, t, hidden)
+            return lambda: layer.ln_1(x)
+        if name == "block":
+            x = self.leaf(b, t, hidden)
+            return lambda: layer(x, mask)
+        if name == "encoder":
+            return lambda: m.encode(ids, attention_mask)
+        if name == "head":
+            x = self.leaf(b, t, hidden)
+            return lambda: m.head(x, labels)
+        if name == "loss":
+            x = self.leaf(int(labels.ne(IGNORE_INDEX).sum()), a.vocab, dtype=low)
+            return lambda: mlm_loss(x, labels)
+        if name == "model":
+            return lambda: mlm_loss(m(ids, attention_mask, labels), labels)
+        if name == "optimizer":
+            return self.peer.optimizer.step
+        if name == "zero_grad":
+            params = list(m.parameters())
+
+            def zero_grad():
+                for p, g in zip(params, self.grads):
+                    p.grad = g
+                self.peer.optimizer.zero_grad(set_to_none=True)
+            return zero_grad
+        if name == "train_step":
+            return None
+        raise ValueError(f"unknown piece {name!r}; expected one of {PIECES}")
+
+    def run(self, name, precision, backward, iters):
+        """Mean milliseconds per iteration of the piece; parameter gradients accumulate across iterations (as micro-batches would)."""
+        if name not in PIECES:
+            raise ValueError(f"unknown piece {name!r}; expected one of {PIECES}")
+        if backward and name in FORWARD_ONLY:
+            raise ValueError(f"piece {name!r} has no backward")
+        low = torch.bfloat16 if precision == "amp_bf16" else torch.float32
+        if name == "train_step":
+            return sum(self.peer.step(precision, sparse=True) for _ in range(iters)) / iters
+        key = (name, precision)
+        if key not in self.built:
+            self.built[key] = [self.build(name, low), None]
+        fn, grad = self.built[key]
+        if name == "optimizer":
+            for p, g in zip(self.peer.model.parameters(), self.grads):
+                if p.grad is None:
+                    p.grad = g.clone()
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "amp_bf16" else contextlib.nullcontext
+        start = time.perf_counter()
+        for _ in range(iters):
+            with ctx():
+                y = fn()
+            if backward:
+                if grad is None:
+                    grad = torch.randn(y.shape).to(y.dtype) if y.dim() > 0 else None
+                    self.built[key][1] = grad
+                y.backward(grad)
+        return (time.perf_counter() - start) * 1000.0 / iters
+
+
 def blas_library():
     """The BLAS shared object mapped into this process (Debian switches libblas.so.3 between reference BLAS and OpenBLAS)."""
     try:
@@ -197,12 +336,24 @@ def main():
     info = describe(args, peer)
     if args.serve:
         print(json.dumps(info), flush=True)
+        timer = None
         for line in sys.stdin:
             parts = line.split()
             if not parts:
                 continue
             if parts[0] == "quit":
                 break
+            if parts[0] == "module":
+                # "module <piece> <fp32|amp_bf16> <fwd|fwdbwd> <iters>" -> {"ms": mean ms per iteration}
+                try:
+                    if len(parts) != 5 or parts[2] not in ("fp32", "amp_bf16") or parts[3] not in ("fwd", "fwdbwd"):
+                        raise ValueError(f"expected 'module <piece> fp32|amp_bf16 fwd|fwdbwd N'; pieces: {' '.join(PIECES)}")
+                    if timer is None:
+                        timer = ModuleTimer(peer, args)
+                    print(json.dumps({"ms": timer.run(parts[1], parts[2], parts[3] == "fwdbwd", int(parts[4]))}), flush=True)
+                except (ValueError, RuntimeError) as e:
+                    print(json.dumps({"error": f"{line.strip()!r}: {e}"}), flush=True)
+                continue
             if parts[0] != "run" or len(parts) not in (3, 4) or parts[1] not in ("fp32", "amp_bf16") or parts[3:] not in ([], ["dense"], ["sparse"]):
                 print(json.dumps({"error": f"unknown command: {line.strip()!r}; expected 'run fp32|amp_bf16 N [dense|sparse]' or 'quit'"}), flush=True)
                 continue
