@@ -254,8 +254,15 @@ public static class HuggingFaceFormat
         }
 
         logger.LogInformation("Loaded {Count} tensors from {File}: [{Keys}]", loaded.Count, file, string.Join(", ", loaded));
-        logger.LogInformation("Missing from {File} (initialised fresh): {Count} [{Keys}]", file, missing.Count, string.Join(", ", missing));
-        logger.LogInformation("Unexpected in {File} (ignored): {Count} [{Keys}]", file, unexpected.Count, string.Join(", ", unexpected));
+        if (missing.Count > 0)
+        {
+            logger.LogInformation("Missing from {File} (initialised fresh): {Count} [{Keys}]", file, missing.Count, string.Join(", ", missing));
+        }
+
+        if (unexpected.Count > 0)
+        {
+            logger.LogInformation("Unexpected in {File} (ignored): {Count} [{Keys}]", file, unexpected.Count, string.Join(", ", unexpected));
+        }
         return new WeightLoadReport(file, loaded, missing, unexpected);
     }
 

@@ -181,6 +181,18 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
             bool before = m.Groups["batch"].Success
                 ? long.Parse(m.Groups["batch"].Value, CultureInfo.InvariantCulture) <= state.Timestamp.Batch
                 : m.Groups["epoch"].Success && long.Parse(m.Groups["epoch"].Value, CultureInfo.InvariantCulture) <= state.Timestamp.Epoch;
+            if (!before && state.Timestamp.Batch > 0)
+            {
+                // A resumed run (autoresume or load_path) whose folder holds a later checkpoint: typically this run's
+                // own newest one, written just before a crash and before the 'latest' pointer was updated, or a copy.
+                throw new CheckpointException(
+                    file,
+                    $"This run resumes at batch {state.Timestamp.Batch}, but the checkpoint folder '{folder}' also holds '{Path.GetFileName(file)}', " +
+                    "from later in training, which this run would overwrite. To continue from that later checkpoint, load it (CLI: --load-path " +
+                    $"'{file}'; API: CheckpointOptions.LoadPath); to train on from batch {state.Timestamp.Batch} and replace it, set save_overwrite " +
+                    "(CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite); or move it away.");
+            }
+
             if (!before)
             {
                 throw new CheckpointException(

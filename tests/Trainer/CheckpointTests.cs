@@ -294,6 +294,28 @@ public class CheckpointTests
     }
 
     [Test]
+    public void AutoresumeBehindALaterCheckpointSaysHowToContinueFromIt()
+    {
+        // As after a crash between writing a checkpoint and updating the 'latest' pointer: the pointer names batch 2,
+        // the folder also holds batch 4. The resumed run must not overwrite it silently, and must not tell the user to
+        // "resume with autoresume", which is what they did.
+        string folder = TestData.TempFolder();
+        var options = new CheckpointOptions { SaveFolder = folder, SaveInterval = "2ba", Autoresume = true };
+        using (var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(48, 8), "4ba", checkpoint: options, runName: "r"))
+        {
+            trainer.Fit();
+        }
+
+        CheckpointFile.WriteLatestPointer(Path.Combine(folder, "latest-rank0.ckpt"), Path.Combine(folder, "ep0-ba2-rank0.ckpt"));
+        using var resumed = TestData.Trainer(TestData.Model(), TestData.Loader(48, 8), "6ba", checkpoint: options, runName: "r");
+        Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(2));
+        var ex = Assert.Throws<CheckpointException>(() => resumed.Fit());
+        Assert.That(ex!.Message, Does.Contain("resumes at batch 2").And.Contain("ep0-ba4-rank0.ckpt").And.Contain("--load-path").And.Contain("--save-overwrite true"));
+        Assert.That(ex.Message, Does.Not.Contain("resume with autoresume"));
+        Assert.That(File.Exists(Path.Combine(folder, "ep0-ba4-rank0.ckpt")), Is.True, "the later checkpoint is kept");
+    }
+
+    [Test]
     public void DefaultIntervalSavesEachEpochAndRefusesToOverwrite()
     {
         string folder = TestData.TempFolder();

@@ -75,6 +75,19 @@ public class FineTuningLoadTests
     }
 
     [Test]
+    public void AMatchingLoadReportsNoMissingOrUnexpectedKeys()
+    {
+        string path = SaveMlm(out _);
+        var logs = new CapturingLoggerFactory();
+        using var trainer = new TrainerT(new BertForMaskedLM(Config), Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true } }, loggerFactory: logs);
+
+        string[] messages = logs.Entries.Select(e => e.Message).ToArray();
+        Assert.That(messages.Count(m => m.StartsWith("Loaded ", StringComparison.Ordinal) && m.Contains("model tensors", StringComparison.Ordinal)), Is.EqualTo(1));
+        Assert.That(messages.Where(m => m.Contains("(initialised fresh)", StringComparison.Ordinal) || m.Contains("(ignored)", StringComparison.Ordinal)), Is.Empty,
+            "as Hugging Face's from_pretrained, empty lists of missing and unexpected keys are not logged (every eval printed 'Missing …: 0 []')");
+    }
+
+    [Test]
     public void StrictLoadNamesTheKeysAndTheSettingsThatFixIt()
     {
         string path = SaveMlm(out _);
