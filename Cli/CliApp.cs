@@ -221,7 +221,8 @@ public static class CliApp
             }
             catch (Exception ex) when (ex is FileNotFoundException or CheckpointException or InvalidDataException or InvalidOperationException or NotSupportedException or ArgumentException)
             {
-                err.WriteLine($"composersharp {name}: {ex.Message}");
+                // An ArgumentException's message without .NET's "(Parameter '…')" suffix: the parameter is the library's, not the user's.
+                err.WriteLine($"composersharp {name}: {(ex is ArgumentException a ? ConfigException.LibraryMessage(a) : ex.Message)}");
                 return ComposerSharp.Distributed.ProcessGroupFactory.AbortJobIfDistributed(1);
             }
             catch (System.Runtime.InteropServices.ExternalException ex) when (!parse.GetValue(verbose))

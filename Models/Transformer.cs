@@ -557,7 +557,10 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
 
         if (past + inputIds.shape[1] > Config.MaxSequenceLength)
         {
-            throw new ArgumentException($"input_ids has {inputIds.shape[1]} tokens per sample; the model's MaxSequenceLength is {Config.MaxSequenceLength}.", nameof(inputIds));
+            throw new ArgumentException(
+                $"input_ids has {inputIds.shape[1]} tokens per sample; the model's max_sequence_length (TransformerConfig.MaxSequenceLength) is {Config.MaxSequenceLength}: " +
+                "shorten the samples (a dataset's sequence_length or block_size) or give the model a longer max_sequence_length.",
+                nameof(inputIds));
         }
 
         // No id range check here: it would read min/max to the host in every forward (a device synchronisation on

@@ -36,6 +36,29 @@ public class NewUserTrialTests
     }
 
     [Test]
+    public void SamplesLongerThanTheModelNameTheYamlKeysWithoutDotNetWording()
+    {
+        string folder = NewFolder();
+        try
+        {
+            (int code, _, string error) = CliRun.Captured(new[]
+            {
+                "train", "--max-duration", "1ba", "--run-folder", folder, "--progress-bar", "false", "--set", "train_loader.dataset.sequence_length=1000",
+            });
+            Assert.That(code, Is.Not.Zero, error);
+            Assert.That(error, Does.Contain("1000 tokens per sample").And.Contain("max_sequence_length").And.Contain("is 128").And.Contain("sequence_length or block_size"));
+            Assert.That(error, Does.Not.Contain("(Parameter '"), "no .NET exception wording");
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+
+    [Test]
     public void ARunFolderThatCannotBeCreatedIsAConfigurationErrorNotAStackTrace()
     {
         // A path through a regular file: the folder cannot be created (as on a read-only file system).
