@@ -15,7 +15,7 @@ namespace ComposerSharp.Benchmarks;
 /// <param name="EvalEvery">Evaluation interval in batches.</param>
 /// <param name="EvalSubsetBatches">Batches of 32 blocks per evaluation (the same first ones every time); 0 for the whole eval split.</param>
 /// <param name="TargetCrossEntropy">The eval cross-entropy to reach; null: the plain run's final value.</param>
-/// <param name="Output">Folder for the run folders, the JSON and the PNG.</param>
+/// <param name="Output">Folder for the JSON and the PNG (the run folders are temporary).</param>
 /// <param name="Seed">Seed of both runs.</param>
 /// <param name="Threads">libtorch intra-op threads.</param>
 internal sealed record TimeToQualityOptions(string Data, string MaxDuration, int EvalEvery, int EvalSubsetBatches, double? TargetCrossEntropy, string Output, int Seed, int Threads);
@@ -60,9 +60,17 @@ internal static class TimeToQualityBenchmark
             var clock = Stopwatch.StartNew();
             ServiceCollection services = CliApp.CreateServices(Array.Empty<string>());
             services.AddCallback("ttq_recorder", (_, _) => recorder);
-            using (ServiceProvider provider = services.BuildServiceProvider())
+            // The run folders (checkpoints of 240 MB each) go to a temporary folder, removed after the run: the
+            // report keeps what the comparison needs, and the repository's results/ keeps only the JSON and the plot.
+            string runFolder = Path.Combine(Path.GetTempPath(), "composersharp-ttq-" + Guid.NewGuid().ToString("N"), "ttq-" + name);
+            try
             {
-                new TrainJob(ConfigSection.Parse(Config(o, name) + algorithms), provider).Train();
+                using ServiceProvider provider = services.BuildServiceProvider();
+                new TrainJob(ConfigSection.Parse(Config(o, name, runFolder) + algorithms), provider).Train();
+            }
+            finally
+            {
+                Directory.Delete(Path.GetDirectoryName(runFolder)!, recursive: true);
             }
 
             LoadReport load = meter.Stop();
@@ -83,9 +91,9 @@ internal static class TimeToQualityBenchmark
         return 0;
     }
 
-    private static string Config(TimeToQualityOptions o, string name) => $"""
+    private static string Config(TimeToQualityOptions o, string name, string runFolder) => $"""
         run_name: ttq-{name}
-        run_folder: {Path.Combine(o.Output, "ttq-" + name)}
+        run_folder: {runFolder}
         save_overwrite: true
         seed: {o.Seed}
         precision: amp_bf16
