@@ -57,6 +57,26 @@ public sealed class DataParallelTrainingTests : MpiJobFixture
     }
 
     [Test]
+    public void StochasticDepthAndLayerFreezingKeepTheReplicasBitwiseIdentical()
+    {
+        // Blocks dropped at random per step (parameters without gradients on some steps) and layers frozen half-way
+        // (parameters leaving the optimizer): the gradient all-reduce must still leave both ranks with the same weights.
+        MpiJobResult job = Run("depth-freeze");
+        byte[] rank0 = File.ReadAllBytes(Path.Combine(job.Output, "rank0.state"));
+        byte[] rank1 = File.ReadAllBytes(Path.Combine(job.Output, "rank1.state"));
+        Assert.That(rank0, Has.Length.GreaterThan(0));
+        Assert.That(rank1, Is.EqualTo(rank0), "the ranks' weights after 16 steps differ");
+        for (int r = 0; r < 2; r++)
+        {
+            Dictionary<string, string> values = Read(job, $"rank{r}.depth-freeze").Split('\n').Select(l => l.Split('=')).ToDictionary(p => p[0], p => p[1]);
+            Assert.That(values["batches"], Is.EqualTo("16"));
+            Assert.That(values["drop_rates"].Split(',').Select(v => double.Parse(v, CultureInfo.InvariantCulture)), Has.All.GreaterThan(0.0), "StochasticDepth set a drop rate on every block");
+            Assert.That(int.Parse(values["frozen"], CultureInfo.InvariantCulture), Is.GreaterThan(0), "LayerFreezing froze the earliest layers");
+            Assert.That(double.IsFinite(double.Parse(values["loss"], CultureInfo.InvariantCulture)), Is.True);
+        }
+    }
+
+    [Test]
     public void TwoRankEvaluationEqualsOneRankEvaluationOnTheSameData()
     {
         // 13 samples: shards of 7 and 6, unpadded, so every sample counts once.

@@ -1,7 +1,9 @@
 using System.Globalization;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Distributed;
+using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Models;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
@@ -36,7 +38,8 @@ public static class TrainerScenarios
         "unused" => ReductionScenarios.Unused,
         "overlap" => ReductionScenarios.Overlap,
         "tied" => ReductionScenarios.Tied,
-        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused, overlap or tied."),
+        "depth-freeze" => DepthAndFreezing,
+        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused, overlap, tied or depth-freeze."),
     };
 
     private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
@@ -104,6 +107,29 @@ public static class TrainerScenarios
             $"samples={trainer.State.Timestamp.Sample}",
             $"first={F(losses.Take(8).Average())}",
             $"last={F(losses.TakeLast(8).Average())}"));
+    }
+
+    /// <summary>
+    /// A tiny BERT MLM with StochasticDepth (blocks dropped at random per step) and LayerFreezing (the earliest layers
+    /// frozen from half-way), 2 epochs × 8 batches of 4 per rank, AdamW: each rank writes its final state, the blocks'
+    /// drop rates and how many parameters were frozen at the end.
+    /// </summary>
+    public static void DepthAndFreezing(ScenarioContext c)
+    {
+        torch.manual_seed(7);
+        var config = TransformerConfig.Preset("bert-tiny") with { HiddenSize = 32, NumHeads = 4, IntermediateSize = 64, MaxSequenceLength = 16, VocabSize = 64 };
+        var model = new BertForMaskedLM(config);
+        var data = new SyntheticTokenDataset(new SyntheticTokenOptions { NumSamples = 64, SequenceLength = 16, RegularVocabSize = 60, Seed = 4 });
+        using var trainer = new TrainerT(model, Options("2ep"), new DataLoader<long[]>(data, 4, new MlmCollator(data.Vocabulary), shuffle: true, seed: 2),
+            algorithms: new IAlgorithm[] { new StochasticDepth(dropRate: 0.5), new LayerFreezing(freezeStart: 0.5, freezeLevel: 0.5) },
+            optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
+        trainer.Fit();
+        File.WriteAllBytes(c.RankFile("state"), HostData.StateBytes(model));
+        File.WriteAllText(c.RankFile("depth-freeze"), string.Join("\n",
+            $"batches={trainer.State.Timestamp.Batch}",
+            $"drop_rates={string.Join(",", model.modules().OfType<TransformerBlock>().Select(b => F(b.LayerDropRate)))}",
+            $"frozen={model.parameters().Count(p => !p.requires_grad)}",
+            $"loss={F(trainer.State.Metrics["loss/train/total"])}"));
     }
 
     /// <summary>Eval of 13 samples (uneven shards) on 2 ranks against the same eval alone on rank 0.</summary>
