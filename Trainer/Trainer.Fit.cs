@@ -83,11 +83,32 @@ public sealed partial class Trainer
             _fitCancellation = CancellationToken.None;
         }
 
-        // TorchSharp's zero_grad returns new tensor handles from zero_(); a scope disposes them.
-        using var scope = torch.NewDisposeScope();
+        // The gradients are not kept after training (as PyTorch's zero_grad(set_to_none=True) leaves them).
         foreach (optim.Optimizer optimizer in State.Optimizers)
         {
-            optimizer.zero_grad();
+            ClearGradients(optimizer);
+        }
+    }
+
+    /// <summary>
+    /// Sets the gradient of every parameter of <paramref name="optimizer"/> to none (Composer:
+    /// <c>optimizer.zero_grad(set_to_none=True)</c>; PyTorch's default since 2.0) instead of zeroing it in place:
+    /// backward then writes fresh gradients instead of adding into zeros, and a parameter that gets no gradient in a
+    /// step (a block StochasticDepth dropped, an unused branch) has none, so AdamW and SGD skip it as PyTorch's do,
+    /// rather than moving it with momentum and weight decay on a zero gradient. A closure optimizer (SAM) clears
+    /// its base optimizer's parameters.
+    /// </summary>
+    private static void ClearGradients(optim.Optimizer optimizer)
+    {
+        // Reading p.grad makes a new tensor handle each time; the scope disposes them.
+        using var scope = torch.NewDisposeScope();
+        optim.Optimizer owner = optimizer is IClosureOptimizer closure ? closure.BaseOptimizer : optimizer;
+        foreach (TorchSharp.Modules.Parameter p in owner.parameters())
+        {
+            if (p.grad is not null)
+            {
+                p.grad = null;
+            }
         }
     }
 
@@ -374,7 +395,7 @@ public sealed partial class Trainer
     {
         foreach (optim.Optimizer optimizer in State.Optimizers)
         {
-            optimizer.zero_grad();
+            ClearGradients(optimizer);
         }
 
         double batchSamples = microbatches.Sum(mb => mb.NumSamples);
