@@ -53,7 +53,7 @@ internal static class OverheadBenchmark
             report.Data = new { shape = shape.Describe(), steps_per_sample = steps, rows };
             report.Notes.Add($"Model: {shape.Describe()}.");
             report.Notes.Add("Trainer.Fit: no algorithms, callbacks or loggers, progress bar off, computeTrainingMetrics false (Composer's default). The hand-written loop trains the same model object " +
-                             "with the Trainer's own AdamW: zero_grad, forward+loss under the amp_bf16 autocast scope, backward, step. The third row is a second Trainer (same initial weights) with training metrics on.");
+                             "with the Trainer's own AdamW: gradients set to none, forward+loss under the amp_bf16 autocast scope, backward, step. The third row is a second Trainer (same initial weights) with training metrics on.");
             report.Notes.Add("Ratios: median of per-round ratios (each round runs one step of each, in rotated order), and the ratio of the fastest steps (the least disturbed by other work).");
         }
         finally

@@ -421,7 +421,11 @@ internal static class PeerModulesBenchmark
                             p.grad = _grads[i++];
                         }
 
-                        _optimizer.zero_grad();
+                        foreach (Parameter p in _model.parameters())
+                        {
+                            p.grad = null; // what the Trainer does before each batch (Composer's zero_grad(set_to_none=True))
+                        }
+
                         return torch.empty(0);
                     }, Array.Empty<Tensor>());
                 default:

@@ -171,7 +171,11 @@ internal sealed class HandWrittenLoop
             Batch batch = _batches[_next];
             _next = (_next + 1) % _batches.Count;
             using var scope = torch.NewDisposeScope();
-            _optimizer.zero_grad();
+            foreach (TorchSharp.Modules.Parameter p in _model.parameters())
+            {
+                p.grad = null; // as the Trainer clears them (Composer's zero_grad(set_to_none=True))
+            }
+
             Tensor loss;
             using (_precision.Enter(DeviceType.CPU))
             {
