@@ -35,7 +35,34 @@ public sealed record PretrainedOptions
 /// <param name="Loaded">Names copied into the model.</param>
 /// <param name="Missing">Names the model has but the file lacks; those weights keep their fresh initialisation.</param>
 /// <param name="Unexpected">Names in the file the model does not use; ignored.</param>
-public sealed record WeightLoadReport(string File, IReadOnlyList<string> Loaded, IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected);
+public sealed record WeightLoadReport(string File, IReadOnlyList<string> Loaded, IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected)
+{
+    /// <summary>
+    /// Logs, at Information, the weights <paramref name="file"/> lacked (<c>Missing from … (initialised fresh)</c>)
+    /// and those it held that the model does not use (<c>Unexpected in … (ignored)</c>), each only when there are
+    /// some, as Hugging Face's <c>from_pretrained</c> reports them. Used for Hugging Face folders and checkpoints alike.
+    /// </summary>
+    /// <param name="logger">Where to log.</param>
+    /// <param name="file">The file read.</param>
+    /// <param name="missing">Names the model has and the file lacks.</param>
+    /// <param name="unexpected">Names the file has and the model does not use (or the load was told to ignore).</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    public static void LogDifferences(ILogger logger, string file, IReadOnlyCollection<string> missing, IReadOnlyCollection<string> unexpected)
+    {
+        ArgumentNullException.ThrowIfNull(logger);
+        ArgumentNullException.ThrowIfNull(missing);
+        ArgumentNullException.ThrowIfNull(unexpected);
+        if (missing.Count > 0)
+        {
+            logger.LogInformation("Missing from {File} (initialised fresh): {Count} [{Keys}]", file, missing.Count, string.Join(", ", missing));
+        }
+
+        if (unexpected.Count > 0)
+        {
+            logger.LogInformation("Unexpected in {File} (ignored): {Count} [{Keys}]", file, unexpected.Count, string.Join(", ", unexpected));
+        }
+    }
+}
 
 /// <summary>A model read from a Hugging Face folder, with the folder's label names.</summary>
 /// <param name="Model">The model, in train mode, weights loaded.</param>
@@ -254,15 +281,7 @@ public static class HuggingFaceFormat
         }
 
         logger.LogInformation("Loaded {Count} tensors from {File}: [{Keys}]", loaded.Count, file, string.Join(", ", loaded));
-        if (missing.Count > 0)
-        {
-            logger.LogInformation("Missing from {File} (initialised fresh): {Count} [{Keys}]", file, missing.Count, string.Join(", ", missing));
-        }
-
-        if (unexpected.Count > 0)
-        {
-            logger.LogInformation("Unexpected in {File} (ignored): {Count} [{Keys}]", file, unexpected.Count, string.Join(", ", unexpected));
-        }
+        WeightLoadReport.LogDifferences(logger, file, missing, unexpected);
         return new WeightLoadReport(file, loaded, missing, unexpected);
     }
 

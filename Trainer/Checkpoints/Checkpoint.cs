@@ -504,15 +504,6 @@ public static class Checkpoint
         }
 
         log.LogInformation("Loaded {Count} model tensors from {Checkpoint}.", seen.Count, file);
-        // Like Hugging Face's from_pretrained: the missing and unexpected keys are reported only when there are some.
-        if (missing.Count > 0)
-        {
-            log.LogInformation("Missing from {Checkpoint} (initialised fresh): {Count} [{Keys}]", file, missing.Count, string.Join(", ", missing));
-        }
-
-        if (unexpected.Count + ignored.Count > 0)
-        {
-            log.LogInformation("Unexpected in {Checkpoint} (ignored): {Count} [{Keys}]", file, unexpected.Count + ignored.Count, string.Join(", ", unexpected.Concat(ignored)));
-        }
+        ComposerSharp.Models.HuggingFace.WeightLoadReport.LogDifferences(log, file, missing, unexpected.Concat(ignored).ToList());
     }
 }
