@@ -17,8 +17,8 @@ namespace ComposerSharp.Benchmarks;
 /// the whole forward+backward through autograd, and a clone of the input (the bandwidth of one read and one write).
 /// </summary>
 /// <remarks>
-/// Written to find the per-call cost that made the kernel slower than libtorch on an idle machine (change log
-/// entry 14 of benchmarks/README.md): the backward's per-chunk partial sums were a fresh 1.5 MiB array per call.
+/// Written to find the per-call cost that made the kernel slower than libtorch's LayerNorm on an idle machine: the
+/// backward's per-chunk partial sums were a fresh 1.5 MiB array per call (now pooled).
 /// </remarks>
 internal static class LayerNormProfile
 {

@@ -20,6 +20,19 @@ public sealed class DataParallelTrainingTests : MpiJobFixture
 
     private static string Read(MpiJobResult job, string file) => File.ReadAllText(Path.Combine(job.Output, file));
 
+    /// <summary>The <c>key=value</c> lines a scenario wrote to <paramref name="file"/>.</summary>
+    private static Dictionary<string, string> Values(MpiJobResult job, string file) =>
+        Read(job, file).Split('\n').Select(l => l.Split('=')).ToDictionary(p => p[0], p => p[1]);
+
+    /// <summary>Both ranks wrote a non-empty final state, bitwise the same.</summary>
+    private static void AssertSameState(MpiJobResult job, string message)
+    {
+        byte[] rank0 = File.ReadAllBytes(Path.Combine(job.Output, "rank0.state"));
+        byte[] rank1 = File.ReadAllBytes(Path.Combine(job.Output, "rank1.state"));
+        Assert.That(rank0, Has.Length.GreaterThan(0));
+        Assert.That(rank1, Is.EqualTo(rank0), message);
+    }
+
     [Test]
     public void TwoRanksWithBatchBGiveTheGradientsOfOneRankWithBatch2B()
     {
@@ -40,13 +53,10 @@ public sealed class DataParallelTrainingTests : MpiJobFixture
     {
         // 3 epochs × 8 batches of 4 per rank, shuffled, dropout 0.1, AdamW, amp_bf16 with LowPrecisionLayerNorm.
         MpiJobResult job = Run("replicas");
-        byte[] rank0 = File.ReadAllBytes(Path.Combine(job.Output, "rank0.state"));
-        byte[] rank1 = File.ReadAllBytes(Path.Combine(job.Output, "rank1.state"));
-        Assert.That(rank0, Has.Length.GreaterThan(0));
-        Assert.That(rank1, Is.EqualTo(rank0), "the ranks' weights after 24 steps differ");
+        AssertSameState(job, "the ranks' weights after 24 steps differ");
         for (int r = 0; r < 2; r++)
         {
-            Dictionary<string, string> values = Read(job, $"rank{r}.replicas").Split('\n').Select(l => l.Split('=')).ToDictionary(p => p[0], p => p[1]);
+            Dictionary<string, string> values = Values(job, $"rank{r}.replicas");
             Assert.That(values["lpln"], Is.EqualTo("True"), "LowPrecisionLayerNorm did not swap the LayerNorm");
             Assert.That(values["batches"], Is.EqualTo("24"));
             Assert.That(values["samples"], Is.EqualTo("192"), "the timestamp counts the global samples: 64 per epoch over both ranks");
@@ -62,13 +72,10 @@ public sealed class DataParallelTrainingTests : MpiJobFixture
         // Blocks dropped at random per step (parameters without gradients on some steps) and layers frozen half-way
         // (parameters leaving the optimizer): the gradient all-reduce must still leave both ranks with the same weights.
         MpiJobResult job = Run("depth-freeze");
-        byte[] rank0 = File.ReadAllBytes(Path.Combine(job.Output, "rank0.state"));
-        byte[] rank1 = File.ReadAllBytes(Path.Combine(job.Output, "rank1.state"));
-        Assert.That(rank0, Has.Length.GreaterThan(0));
-        Assert.That(rank1, Is.EqualTo(rank0), "the ranks' weights after 16 steps differ");
+        AssertSameState(job, "the ranks' weights after 16 steps differ");
         for (int r = 0; r < 2; r++)
         {
-            Dictionary<string, string> values = Read(job, $"rank{r}.depth-freeze").Split('\n').Select(l => l.Split('=')).ToDictionary(p => p[0], p => p[1]);
+            Dictionary<string, string> values = Values(job, $"rank{r}.depth-freeze");
             Assert.That(values["batches"], Is.EqualTo("16"));
             Assert.That(values["drop_rates"].Split(',').Select(v => double.Parse(v, CultureInfo.InvariantCulture)), Has.All.GreaterThan(0.0), "StochasticDepth set a drop rate on every block");
             Assert.That(int.Parse(values["frozen"], CultureInfo.InvariantCulture), Is.GreaterThan(0), "LayerFreezing froze the earliest layers");
