@@ -181,25 +181,20 @@ public sealed class CheckpointSaver : Callback, IStatefulCallback
             bool before = m.Groups["batch"].Success
                 ? long.Parse(m.Groups["batch"].Value, CultureInfo.InvariantCulture) <= state.Timestamp.Batch
                 : m.Groups["epoch"].Success && long.Parse(m.Groups["epoch"].Value, CultureInfo.InvariantCulture) <= state.Timestamp.Epoch;
-            if (!before && state.Timestamp.Batch > 0)
+            if (before)
             {
-                // A resumed run (autoresume or load_path) whose folder holds a later checkpoint: typically this run's
-                // own newest one, written just before a crash and before the 'latest' pointer was updated, or a copy.
-                throw new CheckpointException(
-                    file,
-                    $"This run resumes at batch {state.Timestamp.Batch}, but the checkpoint folder '{folder}' also holds '{Path.GetFileName(file)}', " +
-                    "from later in training, which this run would overwrite. To continue from that later checkpoint, load it (CLI: --load-path " +
-                    $"'{file}'; API: CheckpointOptions.LoadPath); to train on from batch {state.Timestamp.Batch} and replace it, set save_overwrite " +
-                    "(CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite); or move it away.");
+                continue;
             }
 
-            if (!before)
-            {
-                throw new CheckpointException(
-                    file,
-                    $"The checkpoint folder '{folder}' already holds '{Path.GetFileName(file)}', which this run would overwrite. " +
-                    "Set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite), resume with autoresume, or use another run folder or run name.");
-            }
+            // A resumed run (autoresume or load_path) whose folder holds a later checkpoint is typically behind its own
+            // newest one (written just before a crash, before the 'latest' pointer was updated) or a copy.
+            throw new CheckpointException(file, state.Timestamp.Batch > 0
+                ? $"This run resumes at batch {state.Timestamp.Batch}, but the checkpoint folder '{folder}' also holds '{Path.GetFileName(file)}', " +
+                  "from later in training, which this run would overwrite. To continue from that later checkpoint, load it (CLI: --load-path " +
+                  $"'{file}'; API: CheckpointOptions.LoadPath); to train on from batch {state.Timestamp.Batch} and replace it, set save_overwrite " +
+                  "(CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite); or move it away."
+                : $"The checkpoint folder '{folder}' already holds '{Path.GetFileName(file)}', which this run would overwrite. " +
+                  "Set save_overwrite (CLI: --save-overwrite true; API: CheckpointOptions.SaveOverwrite), resume with autoresume, or use another run folder or run name.");
         }
     }
 
