@@ -299,7 +299,7 @@ public sealed partial class Trainer
         long i = 0;
         for (; (limit is null || i < limit) && !stop(); i++)
         {
-            using var scope = torch.NewDisposeScope();
+            using var scope = StepScope.Begin();
             if (!enumerator.MoveNext())
             {
                 break;

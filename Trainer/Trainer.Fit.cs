@@ -153,7 +153,7 @@ public sealed partial class Trainer
             {
                 while (true)
                 {
-                    using var scope = torch.NewDisposeScope();
+                    using var scope = StepScope.Begin();
                     Engine.RunEvent(Event.BeforeDataloader);
                     if (!batches.MoveNext())
                     {

@@ -40,9 +40,6 @@ namespace ComposerSharp.Training;
 /// </remarks>
 public sealed partial class Trainer : IDisposable
 {
-    /// <summary>Tunes glibc's malloc for large tensors before the first Trainer is built (see <see cref="NativeAllocator"/>): a library user needs no setup of their own.</summary>
-    static Trainer() => NativeAllocator.Tune();
-
     private readonly ComposerModel _model;
     private readonly ILogger _log;
     private IReadOnlyList<IMetric> _trainMetrics;

@@ -20,7 +20,7 @@ internal static class BenchmarkRunner
         new("layernorm", "(1) LayerNorm forward+backward: fp32 vs LPLayerNorm under amp_bf16/amp_fp16, with copy bandwidth.", s => new[] { LayerNormBenchmark.Run(s) }),
         new("layernorm-profile", "(1b) Where the fused LayerNorm's time goes: raw kernel forward/backward, allocation, autograd node, vs fp32 LayerNorm.", s => new[] { LayerNormProfile.Run(s) }),
         new("step", "(2) BERT MLM training step: fp32, amp_bf16, amp_bf16 + LowPrecisionLayerNorm.", s => new[] { TrainingStepBenchmark.Run(s) }),
-        new("vocab", "(2b) MLM step with a GPT-2 vocabulary: dense vs sparse head, glibc default vs tuned malloc (fresh process each).", s => new[] { VocabularyBenchmark.Run(s) }),
+        new("vocab", "(2b) MLM step with a GPT-2 vocabulary: dense vs sparse head, glibc default vs 1 GiB heap thresholds (fresh process each).", s => new[] { VocabularyBenchmark.Run(s) }),
         new("overhead", "(3a) Trainer.Fit vs a hand-written TorchSharp loop doing the same work.", s => new[] { OverheadBenchmark.Run(s) }),
         new("dispatch", "(3b) Event dispatch cost per batch with ten no-op algorithms and ten no-op callbacks (BenchmarkDotNet).", s => new[] { DispatchBenchmark.Run(s) }),
         new("peer", "(4) The same training step in PyTorch eager (python3 with torch), fp32 and bf16 autocast.", s => new[] { PeerBenchmark.Run(s) }),

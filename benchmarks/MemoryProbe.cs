@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Events;
+using ComposerSharp.Interop;
 using ComposerSharp.Training;
 using TorchSharp;
 
@@ -31,7 +32,7 @@ internal static class MemoryProbe
         long start = ProcessMemory.ResetPeak();
         using Trainer trainer = TrainingSetup.CreateTrainer(shape, data, precision, lowPrecisionLayerNorm);
         TrainingSetup.FitSteps(trainer, steps);
-        long peak = ProcessMemory.Peak();
+        long peak = ProcessMemory.PeakResidentBytes();
         trainer.Model.Dispose();
         Console.WriteLine(JsonSerializer.Serialize(new { start, peak }));
         return 0;

@@ -2,12 +2,6 @@ using System.CommandLine;
 using ComposerSharp.Benchmarks;
 using ComposerSharp.Benchmarks.Harness;
 
-// Before anything allocates tensors (see NativeAllocator), except in the vocab part's children that measure glibc's defaults.
-if (!VocabularyBenchmark.WantsGlibcDefaults(args))
-{
-    ComposerSharp.Interop.NativeAllocator.Tune();
-}
-
 // One command runs every part: dotnet run --project benchmarks -c Release -- all
 // Each part is also a subcommand; --quick makes a smoke run. See benchmarks/README.md.
 var quick = new Option<bool>("--quick")
@@ -114,11 +108,11 @@ determinism.SetAction(result =>
 });
 root.Subcommands.Add(determinism);
 
-// Hidden: the GPT-2-vocabulary MLM step, dense or sparse head, default or tuned malloc, in a fresh process (started by the vocab part).
+// Hidden: the GPT-2-vocabulary MLM step, dense or sparse head, glibc default or 1 GiB heap thresholds, in a fresh process (started by the vocab part).
 var vocabHead = new Argument<string>("head");
 var vocabMalloc = new Argument<string>("malloc");
 var vocabSteps = new Argument<int>("steps");
-var vocabProbe = new Command(VocabularyBenchmark.Command, "Internal: GPT-2-vocabulary MLM step with a dense or sparse head and default or tuned malloc.") { Hidden = true };
+var vocabProbe = new Command(VocabularyBenchmark.Command, "Internal: GPT-2-vocabulary MLM step with a dense or sparse head and glibc default or 1 GiB heap thresholds.") { Hidden = true };
 vocabProbe.Arguments.Add(vocabHead);
 vocabProbe.Arguments.Add(vocabMalloc);
 vocabProbe.Arguments.Add(vocabSteps);

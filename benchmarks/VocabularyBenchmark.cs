@@ -12,10 +12,11 @@ namespace ComposerSharp.Benchmarks;
 /// <summary>
 /// Part "vocab": the BERT-mini MLM step with the GPT-2 tokenizer's padded vocabulary (50,304 outputs), fp32, in four
 /// configurations: the MLM head on every token (dense) or only on the masked ones (sparse prediction), each with
-/// glibc's default malloc or with <see cref="NativeAllocator"/>'s tuning. Every measurement runs in a fresh child
-/// process (the hidden <c>vocab-probe</c> subcommand), because the allocator setting is process-wide and cannot be
-/// undone; the children's order rotates round by round. Each child reports its step time and, from getrusage(2),
-/// its minor page faults and user and system CPU time per step.
+/// glibc's default malloc (what the library uses) or with the 1 GiB heap thresholds it used to set
+/// (<see cref="GlibcMalloc"/>). Every measurement runs in a fresh child process (the hidden <c>vocab-probe</c>
+/// subcommand), because the allocator setting is process-wide and cannot be undone; the children's order rotates round by round. Each child reports its step time and, from getrusage(2),
+/// its minor page faults, user and system CPU time per step, and its resident growth from the first to the last
+/// timed step (the heap thresholds' cost: freed logits-sized blocks that glibc cannot reuse).
 /// </summary>
 internal static class VocabularyBenchmark
 {
@@ -27,23 +28,20 @@ internal static class VocabularyBenchmark
     private static readonly (string Name, bool Sparse, bool Tuned)[] Configs =
     {
         ("dense head, glibc default", false, false),
-        ("dense head, tuned malloc", false, true),
+        ("dense head, 1 GiB heap thresholds", false, true),
         ("sparse head, glibc default", true, false),
-        ("sparse head, tuned malloc", true, true),
+        ("sparse head, 1 GiB heap thresholds", true, true),
     };
 
-    /// <summary>True for a child that must keep glibc's default malloc settings (the benchmark program then does not tune it).</summary>
-    public static bool WantsGlibcDefaults(string[] args) => args.Length > 2 && args[0] == Command && args[2] == "default";
-
     /// <summary>
-    /// In the child: a hand-written fp32 loop (no Trainer, whose static constructor would tune malloc) over 8 synthetic
-    /// MLM batches, one warm-up step, then <paramref name="steps"/> timed steps; prints one JSON line.
+    /// In the child: a hand-written fp32 loop over 8 synthetic MLM batches (after raising glibc's thresholds when
+    /// <paramref name="tuned"/>), one warm-up step, then <paramref name="steps"/> timed steps; prints one JSON line.
     /// </summary>
     public static int RunChild(bool sparse, bool tuned, int steps, int threads)
     {
-        if (tuned != NativeAllocator.IsTuned)
+        if (tuned && !GlibcMalloc.RaiseThresholds())
         {
-            Console.Error.WriteLine($"the child should run with tuned={tuned} but NativeAllocator.IsTuned={NativeAllocator.IsTuned}");
+            Console.Error.WriteLine("glibc refused the 1 GiB thresholds (or this is not glibc)");
             return 1;
         }
 
@@ -55,7 +53,8 @@ internal static class VocabularyBenchmark
         var loop = new HandWrittenLoop(model, optimizer, Precision.Fp32, data.Batches);
         loop.Steps(1);
         var ms = new List<double>();
-        var before = NativeAllocator.Usage();
+        var before = ProcessMemory.Usage();
+        long firstRss = ProcessMemory.ResidentBytes();
         var clock = Stopwatch.StartNew();
         for (int i = 0; i < steps; i++)
         {
@@ -63,12 +62,13 @@ internal static class VocabularyBenchmark
         }
 
         double wall = clock.Elapsed.TotalSeconds;
-        var after = NativeAllocator.Usage();
-        long peak = ProcessMemory.Peak();
+        var after = ProcessMemory.Usage();
+        long growth = ProcessMemory.ResidentBytes() - firstRss;
+        long peak = ProcessMemory.PeakResidentBytes();
         double user = after is null || before is null ? double.NaN : (after.Value.UserSeconds - before.Value.UserSeconds) / steps;
         double system = after is null || before is null ? double.NaN : (after.Value.SystemSeconds - before.Value.SystemSeconds) / steps;
         long faults = after is null || before is null ? -1 : (after.Value.MinorFaults - before.Value.MinorFaults) / steps;
-        Console.WriteLine(JsonSerializer.Serialize(new ChildResult(ms.ToArray(), faults, user, system, wall / steps, peak)));
+        Console.WriteLine(JsonSerializer.Serialize(new ChildResult(ms.ToArray(), faults, user, system, wall / steps, peak, growth)));
         return 0;
     }
 
@@ -76,8 +76,8 @@ internal static class VocabularyBenchmark
     public static PartReport Run(Settings settings)
     {
         var meter = LoadMeter.Start();
-        var report = new PartReport("vocab", "MLM step with a GPT-2 vocabulary (50,304): dense vs sparse head, glibc default vs tuned malloc (fresh process each)");
-        report.Columns.AddRange(new[] { "configuration", "ms/step (median ±IQR/2)", "samples/s", "speed-up vs dense default", "minor faults/step", "user s/step", "system s/step", "system / CPU", "peak RSS MiB" });
+        var report = new PartReport("vocab", "MLM step with a GPT-2 vocabulary (50,304): dense vs sparse head, glibc default vs 1 GiB heap thresholds (fresh process each)");
+        report.Columns.AddRange(new[] { "configuration", "ms/step (median ±IQR/2)", "samples/s", "speed-up vs dense default", "minor faults/step", "user s/step", "system s/step", "system / CPU", "peak RSS MiB", "RSS growth MiB" });
         int rounds = settings.Quick ? 1 : 2;
         int steps = settings.Quick ? 1 : 3;
         var results = Configs.ToDictionary(c => c.Name, _ => new List<ChildResult>());
@@ -98,12 +98,13 @@ internal static class VocabularyBenchmark
             Stats s = Stats.Of(rs.SelectMany(r => r.Ms).ToList());
             double faults = rs.Average(r => (double)r.MinorFaultsPerStep), user = rs.Average(r => r.UserSecondsPerStep), system = rs.Average(r => r.SystemSecondsPerStep);
             long peak = rs.Max(r => r.PeakRssBytes);
+            long growth = rs.Max(r => r.RssGrowthBytes);
             report.Rows.Add(new[]
             {
                 name, Fmt.Ms(s, 0), Fmt.N(Shape.BatchSize / (s.Median / 1000), 2), Fmt.N(baseline / s.Median, 2),
-                Fmt.N(faults, 0), Fmt.N(user, 2), Fmt.N(system, 2), Fmt.N(system / (user + system), 3), Fmt.MiB(peak),
+                Fmt.N(faults, 0), Fmt.N(user, 2), Fmt.N(system, 2), Fmt.N(system / (user + system), 3), Fmt.MiB(peak), Fmt.MiB(growth),
             });
-            rows.Add(new { configuration = name, ms = s, speedup_vs_dense_default = baseline / s.Median, minor_faults_per_step = faults, user_s_per_step = user, system_s_per_step = system, peak_rss = peak, children = rs });
+            rows.Add(new { configuration = name, ms = s, speedup_vs_dense_default = baseline / s.Median, minor_faults_per_step = faults, user_s_per_step = user, system_s_per_step = system, peak_rss = peak, rss_growth = growth, children = rs });
         }
 
         report.Data = new { shape = Shape.Describe(), rounds, steps_per_child = steps, rows };
@@ -129,4 +130,5 @@ internal static class VocabularyBenchmark
 /// <param name="SystemSecondsPerStep">System (kernel) CPU seconds per timed step.</param>
 /// <param name="WallSecondsPerStep">Wall-clock seconds per timed step.</param>
 /// <param name="PeakRssBytes">VmHWM of the child at the end.</param>
-internal sealed record ChildResult(double[] Ms, long MinorFaultsPerStep, double UserSecondsPerStep, double SystemSecondsPerStep, double WallSecondsPerStep, long PeakRssBytes);
+/// <param name="RssGrowthBytes">VmRSS after the last timed step minus VmRSS before the first.</param>
+internal sealed record ChildResult(double[] Ms, long MinorFaultsPerStep, double UserSecondsPerStep, double SystemSecondsPerStep, double WallSecondsPerStep, long PeakRssBytes, long RssGrowthBytes);

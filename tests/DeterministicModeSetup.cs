@@ -17,8 +17,6 @@ public sealed class DeterministicModeSetup
     [OneTimeSetUp]
     public void SwitchOnDeterministicMode()
     {
-        // The allocator settings every entry point applies (the Trainer's too, but many tests use no Trainer).
-        NativeAllocator.Tune();
         Reproducibility.ConfigureDeterministicMode();
     }
 }

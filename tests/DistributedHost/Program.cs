@@ -12,7 +12,6 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        ComposerSharp.Interop.NativeAllocator.Tune();
         if (args.Length < 2)
         {
             Console.Error.WriteLine("usage: host <scenario> <output folder> [arguments]");

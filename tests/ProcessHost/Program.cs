@@ -7,8 +7,7 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 // Commands run by the tests in a fresh process. Exit codes: 0 success, 3 the expected exception (its message on
-// stdout), 2 unknown command. The commands construct Trainers, whose static constructor tunes glibc's malloc
-// (NativeAllocator), so this host does not tune it itself: "allocator-by-trainer" checks that.
+// stdout), 2 unknown command.
 switch (args.FirstOrDefault())
 {
     case "late-deterministic-mode":
@@ -79,61 +78,33 @@ switch (args.FirstOrDefault())
         return 0;
     }
 
-    case "allocator-by-trainer":
+    case "rss-lm" when args.Length == 5:
     {
-        // A library user's process: nothing tunes malloc before the first Trainer is built.
-        bool before = ComposerSharp.Interop.NativeAllocator.IsTuned;
-        using var trainer = new Trainer(new Probe(), new TrainerOptions { Device = "cpu", ProgressBar = false });
-        Console.WriteLine($"tuned before: {before}, after: {ComposerSharp.Interop.NativeAllocator.IsTuned}, reason: {ComposerSharp.Interop.NativeAllocator.Tune().Reason ?? "none"}");
-        return 0;
-    }
+        // Trains gpt-tiny with the GPT-2 vocabulary (50,304 rows: logits-sized tensors of B*T*50,304 floats) on random
+        // ids with AdamW for N batches at the given precision, and prints the resident set size at every BatchEnd as
+        // one JSON line: native memory that a training step frees but the process keeps shows up here as growth.
+        Precision precision = PrecisionExtensions.Parse(args[1]);
+        int batchSize = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+        int sequence = int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture);
+        long total = long.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture);
+        torch.manual_seed(0);
+        var config = TransformerConfig.Preset("gpt-tiny") with { MaxSequenceLength = sequence };
+        var rss = new List<long>();
+        using (var trainer = new Trainer(new GptForCausalLM(config),
+                   new TrainerOptions { MaxDuration = Time.FromBatch(total), Device = "cpu", ProgressBar = false, EvalInterval = 0, Precision = precision },
+                   new RandomIds(config.VocabSize, batchSize, sequence), callbacks: new ICallback[] { new RssEveryBatch(rss) },
+                   optimizerFactory: p => torch.optim.AdamW(p, 1e-3)))
+        {
+            trainer.Fit();
+        }
 
-    case "allocator-faults":
-    {
-        // On the process's first thread (the main arena, where the CLI trains): where a 40 MiB tensor comes from and the
-        // median minor faults of allocating, filling and freeing it, with a low threshold (the control), then tuned.
-        // The control first: a block freed in the heap would serve a later request whatever the threshold.
-        bool lowered = ComposerSharp.Interop.NativeAllocator.SetMmapThreshold(128 << 10);
-        bool lowInHeap = InHeap();
-        long withLowThreshold = FaultsPerAllocation();
-        bool tuned = ComposerSharp.Interop.NativeAllocator.Tune().Applied;
-        bool tunedInHeap = InHeap();
-        long withTuning = FaultsPerAllocation();
-        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { tuned, lowered, tuned_in_heap = tunedInHeap, low_threshold_in_heap = lowInHeap, tuned_faults = withTuning, low_threshold_faults = withLowThreshold }));
+        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(new { precision = args[1], batch_size = batchSize, sequence, rss_bytes = rss }));
         return 0;
     }
 
     default:
-        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K [GAP_MS] | rss N | allocator-by-trainer | allocator-faults");
+        Console.Error.WriteLine($"unknown command '{string.Join(' ', args)}'; expected: late-deterministic-mode | sigterm-at-batch N K [GAP_MS] | rss N | rss-lm PRECISION BATCH SEQUENCE N");
         return 2;
-}
-
-static bool InHeap()
-{
-    using Tensor t = torch.empty(10L << 20, dtype: ScalarType.Float32);
-    return ComposerSharp.Interop.NativeAllocator.IsInBrkHeap(t);
-}
-
-// 40 MiB (10 Mi floats): above glibc's adaptive mmap threshold limit (32 MiB); median of 5 after a warm-up.
-static long FaultsPerAllocation()
-{
-    var faults = new List<long>();
-    for (int i = 0; i < 6; i++)
-    {
-        long before = ComposerSharp.Interop.NativeAllocator.MinorPageFaults();
-        using (Tensor t = torch.empty(10L << 20, dtype: ScalarType.Float32))
-        {
-            t.fill_(i);
-        }
-
-        if (i > 0)
-        {
-            faults.Add(ComposerSharp.Interop.NativeAllocator.MinorPageFaults() - before);
-        }
-    }
-
-    faults.Sort();
-    return faults[faults.Count / 2];
 }
 
 /// <summary>A one-parameter model, enough to construct a Trainer.</summary>
@@ -190,6 +161,39 @@ internal sealed class Batches(int samples, int batchSize) : IDataLoader
             var g = new torch.Generator((ulong)(epoch * 1000 + i));
             yield return new Batch(new Dictionary<string, Tensor> { ["x"] = torch.randn(new long[] { batchSize, 2 }, generator: g) });
         }
+    }
+}
+
+/// <summary>Random ids <c>input_ids</c> Int64 [batchSize, sequence] in [0, vocab), a new draw per batch, endless epochs.</summary>
+internal sealed class RandomIds(int vocab, int batchSize, int sequence) : IDataLoader
+{
+    public long? BatchesPerEpoch => 1000;
+
+    public long? SamplesPerEpoch => 1000L * batchSize;
+
+    public IEnumerable<Batch> GetEpoch(long epoch, long skipBatches = 0)
+    {
+        for (long i = skipBatches; i < BatchesPerEpoch; i++)
+        {
+            using var g = new torch.Generator((ulong)(epoch * 1000 + i));
+            yield return new Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.randint(vocab, new long[] { batchSize, sequence }, generator: g) });
+        }
+    }
+}
+
+/// <summary>Records the resident set size (VmRSS of /proc/self/status, bytes) at every BatchEnd.</summary>
+internal sealed class RssEveryBatch(List<long> samples) : ICallback
+{
+    public void RunEvent(Event e, State state, Logger logger)
+    {
+        if (e == Event.BatchEnd)
+        {
+            samples.Add(ComposerSharp.Interop.ProcessMemory.ResidentBytes());
+        }
+    }
+
+    public void Close(State state, Logger logger)
+    {
     }
 }
 
