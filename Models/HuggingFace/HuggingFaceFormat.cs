@@ -170,7 +170,7 @@ public static class HuggingFaceFormat
                 break;
         }
 
-        WeightLoadReport report = LoadWeights(model, folder, source.Architecture, options.Strict, logger);
+        WeightLoadReport report = LoadWeights(model, folder, source.Architecture, options.Strict, logger, ShapeSource(source.Config, config));
         return new PretrainedModel(model, source, labels, report);
     }
 
@@ -188,7 +188,25 @@ public static class HuggingFaceFormat
     /// </param>
     /// <exception cref="FileNotFoundException">No weight file.</exception>
     /// <exception cref="InvalidDataException">A tensor of the wrong shape or a non-floating dtype, an unknown name (strict), or missing weights (strict); the message names the file and key.</exception>
-    public static WeightLoadReport LoadWeights(TransformerModel model, string path, HuggingFaceArchitecture source, bool strict = true, ILogger? logger = null)
+    public static WeightLoadReport LoadWeights(TransformerModel model, string path, HuggingFaceArchitecture source, bool strict = true, ILogger? logger = null) =>
+        LoadWeights(model, path, source, strict, logger, "from the model's configuration");
+
+    /// <summary>
+    /// Where the sizes of a model built from <paramref name="folderConfig"/> came from, for shape errors:
+    /// config.json, or config.json with the fields <c>PretrainedOptions.Configure</c> changed, each with both values.
+    /// </summary>
+    private static string ShapeSource(TransformerConfig folderConfig, TransformerConfig used)
+    {
+        string[] changed = typeof(TransformerConfig).GetProperties()
+            .Where(p => p.CanRead && !Equals(p.GetValue(folderConfig), p.GetValue(used)))
+            .Select(p => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{p.Name} {p.GetValue(used)} instead of config.json's {p.GetValue(folderConfig)}"))
+            .ToArray();
+        return changed.Length == 0
+            ? "from config.json"
+            : $"from config.json with changes made when the model was configured: {string.Join(", ", changed)}";
+    }
+
+    private static WeightLoadReport LoadWeights(TransformerModel model, string path, HuggingFaceArchitecture source, bool strict, ILogger? logger, string shapeSource)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(path);
@@ -237,7 +255,7 @@ public static class HuggingFaceFormat
 
             if (!t.shape.SequenceEqual(expected))
             {
-                throw new InvalidDataException($"'{file}': tensor '{found.Original}' has shape [{string.Join(", ", t.shape)}]; the model expects [{string.Join(", ", expected)}] (from config.json).");
+                throw new InvalidDataException($"'{file}': tensor '{found.Original}' has shape [{string.Join(", ", t.shape)}]; the model expects [{string.Join(", ", expected)}] ({shapeSource}).");
             }
 
             plan.Add((e, t));

@@ -90,6 +90,16 @@ public sealed class HuggingFaceFormatTests
     }
 
     [Test]
+    public void AShapeErrorNamesTheConfigurationChangeThatCausedIt()
+    {
+        using TransformerModel mlm = Create("bert_mlm");
+        HuggingFaceFormat.Save(mlm, _dir);
+        int positions = mlm.Config.MaxSequenceLength;
+        var e = Assert.Throws<InvalidDataException>(() => HuggingFaceFormat.FromPretrained(_dir, new PretrainedOptions { Configure = c => c with { MaxSequenceLength = positions / 2 } }))!;
+        Assert.That(e.Message, Does.Contain($"MaxSequenceLength {positions / 2} instead of config.json's {positions}").And.Not.Contain("(from config.json)"));
+    }
+
+    [Test]
     public void AFolderLoadLogsCountsAndTheLoadedNamesOnlyAtDebug()
     {
         using TransformerModel mlm = Create("bert_mlm");
