@@ -292,16 +292,18 @@ public sealed class TrainJob
         string stamp = DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
         string runName = options.RunName ?? $"{_config.Section("model").GetString("name") ?? "model"}-{stamp}";
         string runFolder = Path.GetFullPath(options.RunFolder ?? Path.Combine("runs", runName));
+        // Distributed: the ranks of one job share the run folder, which rank 0 locks and, for an evaluation, alone creates.
+        bool rankZero = ComposerSharp.Distributed.DistributedEnvironment.FromProcess().Rank == 0;
         if (!fit)
         {
-            // An evaluation never writes into the training run's files: it gets a folder of its own inside the run folder.
+            // An evaluation never writes into the training run's files: it gets a folder of its own inside the run
+            // folder. Only rank 0 writes there (the summary, the plots), and the other ranks' clocks may give another
+            // stamp, so they get no run folder at all.
             runFolder = Path.Combine(runFolder, "eval-" + stamp);
-            _lastEvalFolder = Directory.Exists(runFolder) ? null : runFolder;
+            _lastEvalFolder = rankZero && !Directory.Exists(runFolder) ? runFolder : null;
         }
 
         // One run per folder: the lock comes before anything else touches the folder.
-        // Distributed: the ranks of one job share the run folder, which rank 0 locks.
-        bool rankZero = ComposerSharp.Distributed.DistributedEnvironment.FromProcess().Rank == 0;
         using RunFolderLock? runLock = fit && rankZero ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
         var context = new ComponentContext(_services, runFolder, seed);
 
@@ -361,7 +363,7 @@ public sealed class TrainJob
         var stopwatch = Stopwatch.StartNew();
         using var trainer = new Trainer(
             model,
-            options with { RunName = runName, RunFolder = runFolder, Checkpoint = checkpoint },
+            options with { RunName = runName, RunFolder = fit || rankZero ? runFolder : null, Checkpoint = checkpoint },
             trainDataloader: train?.CreateLoader(trainSettings!),
             evalDataloader: eval?.CreateLoader(evalSettings!),
             algorithms: algorithms,
@@ -412,17 +414,29 @@ public sealed class TrainJob
             Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either
         }
 
-        // An evaluation reports the batches and samples it evaluated, not the training counters of the checkpoint.
-        Timestamp shown = fit ? trainer.State.Timestamp : trainer.State.EvalTimestamp;
+        // An evaluation reports the batches and samples it evaluated over all ranks, not the training counters of the checkpoint.
+        Timestamp shown = fit ? trainer.State.Timestamp : GlobalEvaluation(trainer);
         var result = new JobResult(runFolder, stopwatch.Elapsed, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
         {
-            SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : trainer.State.EvalTimestamp.Sample,
+            SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : shown.Sample,
             Rank = trainer.Distributed.Rank,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
         trainer.Close();
         return result;
+    }
+
+    /// <summary>
+    /// The counters of the last evaluation over all ranks (a collective: every rank calls it): each rank evaluated its
+    /// own shard (<see cref="State.EvalTimestamp"/> counts that shard), so samples and tokens are summed and the
+    /// batches are those of the rank with the most, as the ranks evaluate their batches side by side.
+    /// </summary>
+    private static Timestamp GlobalEvaluation(Trainer trainer)
+    {
+        Timestamp local = trainer.State.EvalTimestamp;
+        (long samples, long tokens) = trainer.Distributed.GlobalCounts(local.Sample, local.Token);
+        return local with { Batch = trainer.Distributed.MaxOverRanks(local.Batch), Sample = samples, Token = tokens };
     }
 
     /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher. Ranges are checked by <see cref="TrainerOptions.Validate"/>.</summary>

@@ -21,7 +21,7 @@ public sealed record MlmCollatorOptions
     /// <summary>Probability that a selected token is replaced by a random regular token (BERT: 0.1); the rest are kept.</summary>
     public double RandomReplaceProbability { get; init; } = 0.1;
 
-    /// <summary>Seed of the masking, combined with the loader's seed, the epoch and the batch index.</summary>
+    /// <summary>Seed of the masking, combined with the loader's seed, the epoch and each sample's dataset index.</summary>
     public long Seed { get; init; }
 
     /// <summary>Throws when a probability is outside [0, 1] or mask + random replacement exceeds 1.</summary>
@@ -55,8 +55,10 @@ public sealed record MlmCollatorOptions
 /// with probability 0.8, by a uniformly random regular token with probability 0.1, and kept otherwise. The batch has
 /// <c>input_ids</c> Int64 [B, T] (after replacement), <c>attention_mask</c> Int64 [B, T] (1 real, 0 padding) and
 /// <c>labels</c> Int64 [B, T] (the original id at selected positions, −100 elsewhere, the ignore index of
-/// cross-entropy). The random choices depend only on (options seed, loader seed, epoch, batch index), so a resumed
-/// loader reproduces them.
+/// cross-entropy). The random choices for a sample depend only on (options seed, loader seed, epoch, the sample's
+/// global dataset index from <see cref="CollateContext.SampleIndices"/>): a sample is masked the same way whichever
+/// rank, batch or position in the batch it lands in (so data-parallel runs of any world size see the same masks as
+/// one process with the same global batch), differently in each epoch, and a resumed loader reproduces the masks.
 /// </summary>
 public sealed class MlmCollator : ICollator<long[]>
 {
@@ -80,29 +82,38 @@ public sealed class MlmCollator : ICollator<long[]>
     public MlmCollatorOptions Options { get; }
 
     /// <inheritdoc/>
-    /// <exception cref="ArgumentException">No samples, an empty sample, or an id outside the vocabulary.</exception>
+    /// <exception cref="ArgumentException">
+    /// No samples, an empty sample, an id outside the vocabulary, or a context without one dataset index per sample
+    /// (<see cref="CollateContext.SampleIndices"/>).
+    /// </exception>
     public Batch Collate(IReadOnlyList<long[]> samples, CollateContext context)
     {
         (long[] ids, long[] mask, int length) = Padding.Pad(samples, _vocabulary, padTo: null);
         var labels = new long[ids.Length];
-        var rng = SplitMix64.For(Options.Seed, context.Seed, context.Epoch, context.BatchIndex);
-        for (int i = 0; i < ids.Length; i++)
+        Array.Fill(labels, IgnoreIndex);
+        for (int s = 0; s < samples.Count; s++)
         {
-            labels[i] = IgnoreIndex;
-            if (mask[i] == 0 || _vocabulary.IsSpecial(ids[i]) || rng.NextDouble() >= Options.MlmProbability)
+            // One stream per sample, walked over the sample's own tokens only: neither the padded length nor the
+            // other samples of the batch change its draws.
+            var rng = SplitMix64.For(Options.Seed, context.Seed, context.Epoch, context.SampleIndex(s, samples.Count));
+            int end = s * length + samples[s].Length;
+            for (int i = s * length; i < end; i++)
             {
-                continue;
-            }
+                if (_vocabulary.IsSpecial(ids[i]) || rng.NextDouble() >= Options.MlmProbability)
+                {
+                    continue;
+                }
 
-            labels[i] = ids[i];
-            double r = rng.NextDouble();
-            if (r < Options.MaskReplaceProbability)
-            {
-                ids[i] = _vocabulary.MaskId;
-            }
-            else if (r < Options.MaskReplaceProbability + Options.RandomReplaceProbability)
-            {
-                ids[i] = _vocabulary.RegularId(rng.NextInt(_vocabulary.RegularCount));
+                labels[i] = ids[i];
+                double r = rng.NextDouble();
+                if (r < Options.MaskReplaceProbability)
+                {
+                    ids[i] = _vocabulary.MaskId;
+                }
+                else if (r < Options.MaskReplaceProbability + Options.RandomReplaceProbability)
+                {
+                    ids[i] = _vocabulary.RegularId(rng.NextInt(_vocabulary.RegularCount));
+                }
             }
         }
 

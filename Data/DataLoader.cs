@@ -52,15 +52,46 @@ public static class EpochSampler
 
 /// <summary>Where a batch sits in the data stream, passed to a <see cref="ICollator{TSample}"/>.</summary>
 /// <param name="Epoch">The 0-based epoch.</param>
-/// <param name="BatchIndex">The 0-based index of the batch within the epoch.</param>
-/// <param name="Seed">The loader's seed (<see cref="DataLoader{TSample}.Seed"/>).</param>
-public readonly record struct CollateContext(long Epoch, long BatchIndex, long Seed);
+/// <param name="BatchIndex">
+/// The 0-based index of the batch within this loader's epoch. It depends on the batch size and, in data-parallel
+/// training, on the rank and world size, so random draws must not be keyed on it (see <see cref="ICollator{TSample}"/>).
+/// </param>
+/// <param name="Seed">The loader's seed (<see cref="DataLoader{TSample}.Seed"/>), the same on every rank.</param>
+/// <param name="SampleIndices">
+/// The global dataset index of each sample of the batch, in the batch's order (one per sample; the same index on
+/// whichever rank, batch or position the sample lands). Null when the caller has none, e.g. a collator called
+/// outside a loader; collators that draw random numbers then refuse the batch.
+/// </param>
+public readonly record struct CollateContext(long Epoch, long BatchIndex, long Seed, IReadOnlyList<long>? SampleIndices = null)
+{
+    /// <summary>
+    /// The global dataset index of sample <paramref name="position"/> of the batch, for keying that sample's random draws.
+    /// </summary>
+    /// <param name="position">The sample's position in the batch, 0 ≤ position &lt; <paramref name="batchSize"/>.</param>
+    /// <param name="batchSize">The number of samples passed to the collator, checked against <see cref="SampleIndices"/>.</param>
+    /// <exception cref="ArgumentException"><see cref="SampleIndices"/> is null or does not hold one index per sample.</exception>
+    public long SampleIndex(int position, int batchSize)
+    {
+        if (SampleIndices is null || SampleIndices.Count != batchSize)
+        {
+            throw new ArgumentException(
+                $"A collator that draws random numbers per sample needs the samples' dataset indices: the context has {(SampleIndices is null ? "none" : $"{SampleIndices.Count}")} for a batch of {batchSize} samples.",
+                nameof(SampleIndices));
+        }
+
+        return SampleIndices[position];
+    }
+}
 
 /// <summary>
 /// Turns the samples of one batch into a <see cref="Batch"/> of tensors (PyTorch's <c>collate_fn</c>). A collator that
-/// draws random numbers (e.g. MLM masking) must derive them from <see cref="CollateContext"/> only, never from state
-/// carried between calls, so that a loader resumed at (epoch, batch) yields exactly the batches an uninterrupted
-/// run would (the <see cref="IDataLoader"/> determinism contract).
+/// draws random numbers (e.g. MLM masking) must key each sample's draws on (its own seed,
+/// <see cref="CollateContext.Seed"/>, <see cref="CollateContext.Epoch"/>, the sample's
+/// <see cref="CollateContext.SampleIndices">global dataset index</see>) only, never on the batch index, the sample's
+/// position in the batch or state carried between calls. Then a sample is transformed the same way whatever the world
+/// size, per-rank batch size or batch composition (the elastic determinism of MosaicML Streaming's
+/// <c>StreamingDataset</c>), and a loader resumed at (epoch, batch) yields exactly the batches an uninterrupted run
+/// would (the <see cref="IDataLoader"/> determinism contract).
 /// </summary>
 /// <typeparam name="TSample">The dataset's sample type.</typeparam>
 public interface ICollator<in TSample>
@@ -94,7 +125,7 @@ public sealed class DataLoader<TSample> : IShardableDataLoader
     {
     }
 
-    /// <summary>Creates a loader whose collator sees each batch's position (for seeded random collation such as MLM masking).</summary>
+    /// <summary>Creates a loader whose collator sees each batch's position and its samples' dataset indices (for seeded random collation such as MLM masking).</summary>
     /// <param name="dataset">The samples.</param>
     /// <param name="batchSize">Samples per batch (≥ 1).</param>
     /// <param name="collator">Builds a batch of tensors from samples and the batch's <see cref="CollateContext"/>.</param>
@@ -180,12 +211,14 @@ public sealed class DataLoader<TSample> : IShardableDataLoader
             long start = b * BatchSize;
             int length = (int)Math.Min(BatchSize, order.LongLength - start);
             var samples = new TSample[length];
+            var indices = new long[length];
             for (int i = 0; i < length; i++)
             {
-                samples[i] = _dataset[order[start + i]];
+                indices[i] = order[start + i];
+                samples[i] = _dataset[indices[i]];
             }
 
-            yield return _collate(samples, new CollateContext(epoch, b, Seed));
+            yield return _collate(samples, new CollateContext(epoch, b, Seed, indices));
         }
     }
 }

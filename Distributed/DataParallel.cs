@@ -252,6 +252,20 @@ public sealed class DataParallel : IRankGroup, IDisposable
         return even ? sum / WorldSize : sum / globalSamples;
     }
 
+    /// <summary>The largest of the ranks' <paramref name="value"/>s on every rank (a MAX all-reduce; every rank must call it).</summary>
+    public long MaxOverRanks(long value)
+    {
+        if (!Enabled)
+        {
+            return value;
+        }
+
+        using var scope = torch.NewDisposeScope();
+        Tensor t = torch.tensor(new[] { value });
+        Group.AllReduce(t, ReduceOp.Max);
+        return t.item<long>();
+    }
+
     /// <summary>True on every rank when <paramref name="flag"/> is true on any rank (a MAX all-reduce).</summary>
     public bool AnyRank(bool flag)
     {

@@ -103,7 +103,8 @@ public sealed record TransformerConfig
         Positive(VocabSize, nameof(VocabSize));
         if (HiddenSize % NumHeads != 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(HiddenSize), HiddenSize, $"HiddenSize must be a multiple of NumHeads ({NumHeads}).");
+            // No actual-value argument: .NET would print it on a second line; the message names both values.
+            throw new ArgumentOutOfRangeException(nameof(HiddenSize), $"HiddenSize ({HiddenSize}) must be a multiple of NumHeads ({NumHeads}).");
         }
 
         if (TypeVocabSize < 0)

@@ -29,8 +29,9 @@ public enum SimdPath
 /// </summary>
 /// <remarks>
 /// <para>
-/// Forward reads each input row (Float32 or BFloat16) once from memory, computes the mean and the centred variance
-/// in Float32 (two passes over the row while it sits in L1), writes <c>(x − mean)·rstd·w + b</c> once, rounded to
+/// Forward reads each input row (Float32 or BFloat16) once from memory, computes the mean (as the first element
+/// plus the mean of the differences to it, so a constant row's mean is exact) and the centred variance in Float32
+/// (two passes over the row while it sits in L1; a constant row has variance exactly 0), writes <c>(x − mean)·rstd·w + b</c> once, rounded to
 /// BFloat16 with round-to-nearest-even on the bit pattern (NaN becomes c10's quiet NaN 0x7FC0, as
 /// <c>c10::BFloat16</c>'s scalar conversion does), and saves mean and rstd per row in Float32.
 /// </para>
@@ -121,7 +122,11 @@ internal static unsafe class LayerNormCpuKernel
                         xr = (float*)x + i * width;
                     }
 
-                    float mu = Sum(xr, width, p) / width;
+                    // The mean as the row's first element plus the mean of the differences to it: a row of one
+                    // value gets exactly that value as its mean (a plain sum / width can be off by an ulp), hence
+                    // zero deviations, zero variance and an output of exactly the bias, as libtorch gives.
+                    float pivot = xr[0];
+                    float mu = pivot + (SumOfDifferences(xr, pivot, width, p) / width);
                     float var = SumSquaredDeviation(xr, mu, width, p) / width;
                     float rs = 1f / MathF.Sqrt(var + epsF);
                     ((float*)m)[i] = mu;
@@ -338,43 +343,44 @@ internal static unsafe class LayerNormCpuKernel
         return (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
     }
 
-    private static float Sum(float* x, int n, SimdPath p)
+    /// <summary>Σ (x[i] − <paramref name="pivot"/>) over one row, with the same add order as the other row sums of <paramref name="p"/>.</summary>
+    private static float SumOfDifferences(float* x, float pivot, int n, SimdPath p)
     {
         int i = 0;
         float total = 0f;
         if (p == SimdPath.Avx512)
         {
             // Four accumulators: one would chain every add on the previous one's latency.
-            Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, c = Vector512.Create(pivot);
             for (; i <= n - 64; i += 64)
             {
-                a0 += Vector512.Load(x + i);
-                a1 += Vector512.Load(x + i + 16);
-                a2 += Vector512.Load(x + i + 32);
-                a3 += Vector512.Load(x + i + 48);
+                a0 += Vector512.Load(x + i) - c;
+                a1 += Vector512.Load(x + i + 16) - c;
+                a2 += Vector512.Load(x + i + 32) - c;
+                a3 += Vector512.Load(x + i + 48) - c;
             }
 
             for (; i <= n - 16; i += 16)
             {
-                a0 += Vector512.Load(x + i);
+                a0 += Vector512.Load(x + i) - c;
             }
 
             total = Vector512.Sum((a0 + a1) + (a2 + a3));
         }
         else if (p == SimdPath.Avx2)
         {
-            Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+            Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0, c = Vector256.Create(pivot);
             for (; i <= n - 32; i += 32)
             {
-                a0 += Vector256.Load(x + i);
-                a1 += Vector256.Load(x + i + 8);
-                a2 += Vector256.Load(x + i + 16);
-                a3 += Vector256.Load(x + i + 24);
+                a0 += Vector256.Load(x + i) - c;
+                a1 += Vector256.Load(x + i + 8) - c;
+                a2 += Vector256.Load(x + i + 16) - c;
+                a3 += Vector256.Load(x + i + 24) - c;
             }
 
             for (; i <= n - 8; i += 8)
             {
-                a0 += Vector256.Load(x + i);
+                a0 += Vector256.Load(x + i) - c;
             }
 
             total = Vector256.Sum((a0 + a1) + (a2 + a3));
@@ -382,7 +388,7 @@ internal static unsafe class LayerNormCpuKernel
 
         for (; i < n; i++)
         {
-            total += x[i];
+            total += x[i] - pivot;
         }
 
         return total;

@@ -129,8 +129,9 @@ public static class HuggingFaceFormat
 
     /// <summary>
     /// Builds a model from a Hugging Face folder (<c>config.json</c> plus <c>model.safetensors</c> or
-    /// <c>pytorch_model.bin</c>) and loads its weights, as <c>transformers</c>' <c>from_pretrained</c>. Logs one line
-    /// each for the tensors loaded, missing (initialised fresh) and unexpected (ignored).
+    /// <c>pytorch_model.bin</c>) and loads its weights, as <c>transformers</c>' <c>from_pretrained</c>. Logs the counts
+    /// of tensors loaded, missing (initialised fresh) and unexpected (ignored), the names of the missing and unexpected
+    /// ones, and the loaded names only at Debug.
     /// </summary>
     /// <exception cref="FileNotFoundException">No config.json, or no weight file; the message names the folder.</exception>
     /// <exception cref="InvalidDataException">A config field or a tensor is wrong (name, shape or dtype); the message names the file and key.</exception>
@@ -169,7 +170,7 @@ public static class HuggingFaceFormat
                 break;
         }
 
-        WeightLoadReport report = LoadWeights(model, folder, source.Architecture, options.Strict, logger);
+        WeightLoadReport report = LoadWeights(model, folder, source.Architecture, options.Strict, logger, ShapeSource(source.Config, config));
         return new PretrainedModel(model, source, labels, report);
     }
 
@@ -181,10 +182,31 @@ public static class HuggingFaceFormat
     /// <param name="path">A folder with model.safetensors or pytorch_model.bin, or such a file.</param>
     /// <param name="source">The class the file was saved from (decides which missing head tensors may start fresh).</param>
     /// <param name="strict">See <see cref="PretrainedOptions.Strict"/>.</param>
-    /// <param name="logger">Receives the loaded/missing/unexpected lines.</param>
+    /// <param name="logger">
+    /// Receives, at Information, the counts of loaded, missing and unexpected tensors and the names of the missing and
+    /// unexpected ones (see <see cref="WeightLoadReport.LogDifferences"/>); the loaded names only at Debug.
+    /// </param>
     /// <exception cref="FileNotFoundException">No weight file.</exception>
     /// <exception cref="InvalidDataException">A tensor of the wrong shape or a non-floating dtype, an unknown name (strict), or missing weights (strict); the message names the file and key.</exception>
-    public static WeightLoadReport LoadWeights(TransformerModel model, string path, HuggingFaceArchitecture source, bool strict = true, ILogger? logger = null)
+    public static WeightLoadReport LoadWeights(TransformerModel model, string path, HuggingFaceArchitecture source, bool strict = true, ILogger? logger = null) =>
+        LoadWeights(model, path, source, strict, logger, "from the model's configuration");
+
+    /// <summary>
+    /// Where the sizes of a model built from <paramref name="folderConfig"/> came from, for shape errors:
+    /// config.json, or config.json with the fields <c>PretrainedOptions.Configure</c> changed, each with both values.
+    /// </summary>
+    private static string ShapeSource(TransformerConfig folderConfig, TransformerConfig used)
+    {
+        string[] changed = typeof(TransformerConfig).GetProperties()
+            .Where(p => p.CanRead && !Equals(p.GetValue(folderConfig), p.GetValue(used)))
+            .Select(p => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{p.Name} {p.GetValue(used)} instead of config.json's {p.GetValue(folderConfig)}"))
+            .ToArray();
+        return changed.Length == 0
+            ? "from config.json"
+            : $"from config.json with changes made when the model was configured: {string.Join(", ", changed)}";
+    }
+
+    private static WeightLoadReport LoadWeights(TransformerModel model, string path, HuggingFaceArchitecture source, bool strict, ILogger? logger, string shapeSource)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(path);
@@ -233,7 +255,7 @@ public static class HuggingFaceFormat
 
             if (!t.shape.SequenceEqual(expected))
             {
-                throw new InvalidDataException($"'{file}': tensor '{found.Original}' has shape [{string.Join(", ", t.shape)}]; the model expects [{string.Join(", ", expected)}] (from config.json).");
+                throw new InvalidDataException($"'{file}': tensor '{found.Original}' has shape [{string.Join(", ", t.shape)}]; the model expects [{string.Join(", ", expected)}] ({shapeSource}).");
             }
 
             plan.Add((e, t));
@@ -280,7 +302,10 @@ public static class HuggingFaceFormat
             }
         }
 
-        logger.LogInformation("Loaded {Count} tensors from {File}: [{Keys}]", loaded.Count, file, string.Join(", ", loaded));
+        // The names of a complete load (about a hundred for a small BERT) only at Debug; the missing and unexpected
+        // names, which a user must see, follow at Information.
+        logger.LogInformation("Loaded {Count} tensors from {File} ({Missing} missing, {Unexpected} unexpected)", loaded.Count, file, missing.Count, unexpected.Count);
+        logger.LogDebug("Tensors loaded from {File}: [{Keys}]", file, string.Join(", ", loaded));
         WeightLoadReport.LogDifferences(logger, file, missing, unexpected);
         return new WeightLoadReport(file, loaded, missing, unexpected);
     }

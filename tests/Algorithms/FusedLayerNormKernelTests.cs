@@ -65,6 +65,30 @@ public class FusedLayerNormKernelTests
         CheckAgainstFloat64(rows, width, bf16Input, true, true, 1e-5, SimdPath.Auto, parameterTolerance: 0.01);
     }
 
+    /// <summary>
+    /// Rows of one value (a random constant per row, of either sign and up to 1e4 in size) have variance 0: with weight 1
+    /// and bias 0 the output is exactly 0, as libtorch's and the float64 reference's, even at eps 1e-12 where a
+    /// mean off by one ulp would be magnified by rstd = 1e6.
+    /// </summary>
+    [Test]
+    public void ConstantRowsGiveExactlyZero([Values(1, 7, 16, 33, 100, 768, 1023)] int width, [Values] bool bf16Input, [Values(1e-12, 1e-5)] double eps)
+    {
+        using var d = NewDisposeScope();
+        (Generator gen, ulong seed) = NewGenerator();
+        const long rows = 40;
+        Tensor scales = (TestTensors.Uniform(gen, -3, 4, rows) * Math.Log(10)).exp() * torch.randn(new[] { rows }, generator: gen).sign();
+        Tensor x = (TestTensors.Uniform(gen, 0.1, 1, rows) * scales).to(bf16Input ? ScalarType.BFloat16 : ScalarType.Float32).unsqueeze(1).expand(rows, width).contiguous();
+        Tensor w = torch.ones(width);
+        Tensor b = torch.zeros(width);
+        Tensor y64 = F.layer_norm(x.to(ScalarType.Float64), new long[] { width }, w.to(ScalarType.Float64), b.to(ScalarType.Float64), eps);
+        Assert.That(y64.abs().max().item<double>(), Is.Zero, "the float64 reference");
+        foreach (SimdPath path in Paths.Where(LayerNormCpuKernel.IsSupported))
+        {
+            Tensor y = FusedLayerNorm.Apply(x, new long[] { width }, w, b, eps, new FusedLayerNormOptions { Simd = path });
+            Assert.That(y.to(ScalarType.Float64).abs().max().item<double>(), Is.Zero, $"{path}, width {width}, {(bf16Input ? "bf16" : "fp32")} in, eps {eps}, seed {seed}");
+        }
+    }
+
     [Test]
     public void ResultsAreBitwiseTheSameForAnyWorkerCount([Values] bool bf16Input)
     {

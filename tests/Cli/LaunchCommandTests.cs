@@ -115,6 +115,30 @@ public class LaunchCommandTests
     }
 
     [Test]
+    public void ALaunchedEvaluationReportsGlobalCountsAndOnlyRankZeroMakesItsFolder()
+    {
+        string folder = Path.Combine(Path.GetTempPath(), "composersharp-launch-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(folder);
+        string run = Path.Combine(folder, "run");
+        string[] data = { "--set", "train_loader.dataset.num_samples=32", "--set", "eval_loader.dataset.num_samples=7", "--set", "train_loader.batch_size=8", "--set", "eval_loader.batch_size=4" };
+        try
+        {
+            Assert.That(CliApp.Run(new[] { "train", "--max-duration", "1ba", "--run-folder", run, "--progress-bar", "false", "--eval-interval", "0" }.Concat(data).ToArray(), new StringWriter()), Is.Zero);
+            string checkpoint = Directory.GetFiles(Path.Combine(run, "checkpoints"), "ep*-ba1-*.ckpt").Single();
+
+            // 7 samples in unpadded shards of 4 and 3: one batch on each rank, side by side.
+            (int code, string output, string err) = Composersharp(folder, new[] { "launch", "-n", "2", "--", "eval", "--load-path", checkpoint, "--run-folder", run, "--progress-bar", "false" }.Concat(data).ToArray());
+            Assert.That(code, Is.EqualTo(0), output + err);
+            Assert.That(output, Does.Match(@"batches\s*│\s*1\s").And.Match(@"samples\s*│\s*7\s"), output);
+            Assert.That(Directory.GetDirectories(run, "eval-*"), Has.Length.EqualTo(1), "one eval folder, made by rank 0");
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Test]
     public void AFailingLaunchedCommandEndsTheJobNonZero()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-launch-" + Guid.NewGuid().ToString("N"));

@@ -141,7 +141,7 @@ public class BertWordPieceTokenizerTests
         TokenVocabulary v = tokenizer.Vocabulary;
         var samples = Enumerable.Range(0, 40).Select(i => v.ClassificationInput(Enumerable.Repeat(SmallBertVocabulary.Id("whale"), 30).ToArray(), 32)).ToList();
         var collator = new MlmCollator(v, new MlmCollatorOptions { MlmProbability = 1.0, MaskReplaceProbability = 0.0, RandomReplaceProbability = 1.0, Seed = 5 });
-        Batch batch = collator.Collate(samples, new CollateContext(0, 0, 0));
+        Batch batch = collator.Collate(samples, new CollateContext(0, 0, 0, Enumerable.Range(0, 40).Select(i => (long)i).ToArray()));
         long[] ids = batch["input_ids"].data<long>().ToArray();
         long[] labels = batch["labels"].data<long>().ToArray();
         var replaced = ids.Where((id, i) => labels[i] != MlmCollator.IgnoreIndex).ToArray();

@@ -21,7 +21,7 @@ public class CollatorTests
         samples[0][0] = vocabulary.ClsId;
         samples[1][5] = vocabulary.EndOfTextId;
         samples[2] = samples[2][..100];
-        Batch batch = new MlmCollator(vocabulary).Collate(samples, new CollateContext(0, 0, 0));
+        Batch batch = new MlmCollator(vocabulary).Collate(samples, new CollateContext(0, 0, 0, Enumerable.Range(0, 400).Select(i => (long)i).ToArray()));
 
         long[] ids = batch["input_ids"].data<long>().ToArray();
         long[] labels = batch["labels"].data<long>().ToArray();
@@ -79,20 +79,95 @@ public class CollatorTests
     }
 
     [Test]
-    public void MlmMaskingDependsOnlyOnSeedEpochAndBatch()
+    public void MlmMaskOfASampleDependsOnItsDatasetIndexNotOnItsBatch()
     {
         using var d = torch.NewDisposeScope();
         var vocabulary = new TokenVocabulary(50);
-        var data = new SyntheticTokenDataset(new SyntheticTokenOptions { NumSamples = 8, SequenceLength = 64, RegularVocabSize = 50 });
-        var samples = Enumerable.Range(0, 8).Select(i => data[i]).ToList();
+        var data = new SyntheticTokenDataset(new SyntheticTokenOptions { NumSamples = 8, SequenceLength = 64, RegularVocabSize = 50, Seed = 6 });
         var collator = new MlmCollator(vocabulary, new MlmCollatorOptions { Seed = 3 });
-        Tensor Ids(CollateContext c) => collator.Collate(samples, c)["input_ids"];
 
-        Assert.That(Ids(new CollateContext(1, 2, 7)).equal(Ids(new CollateContext(1, 2, 7))).all().item<bool>(), Is.True);
-        Assert.That(Ids(new CollateContext(1, 2, 7)).equal(Ids(new CollateContext(1, 3, 7))).all().item<bool>(), Is.False, "another batch");
-        Assert.That(Ids(new CollateContext(1, 2, 7)).equal(Ids(new CollateContext(2, 2, 7))).all().item<bool>(), Is.False, "another epoch");
-        Assert.That(Ids(new CollateContext(1, 2, 7)).equal(Ids(new CollateContext(1, 2, 8))).all().item<bool>(), Is.False, "another loader seed");
+        // Collates the samples of dataset indices `indices` and returns, per sample, its (input ids, labels) row over its own length.
+        (long[] Ids, long[] Labels)[] Collate(long[] indices, long[]? sampleSource = null, long epoch = 1, long batch = 2, long seed = 7, bool shortFirst = false)
+        {
+            var samples = (sampleSource ?? indices).Select(i => data[i]).ToList();
+            if (shortFirst)
+            {
+                samples[0] = samples[0][..40];
+            }
+
+            Batch b = collator.Collate(samples, new CollateContext(epoch, batch, seed, indices));
+            long width = b["input_ids"].shape[1];
+            long[] ids = b["input_ids"].data<long>().ToArray();
+            long[] labels = b["labels"].data<long>().ToArray();
+            return samples.Select((s, r) => (ids.Skip((int)(r * width)).Take(s.Length).ToArray(), labels.Skip((int)(r * width)).Take(s.Length).ToArray())).ToArray();
+        }
+
+        // Sample 5 alone, first in a batch of 3, and last in a batch of 8 in another batch slot, padded to a different width.
+        var alone = Collate(new long[] { 5 })[0];
+        var first = Collate(new long[] { 5, 0, 1 }, batch: 0)[0];
+        var last = Collate(new long[] { 7, 6, 4, 3, 2, 1, 0, 5 }, batch: 9)[7];
+        var besideShort = Collate(new long[] { 2, 5 }, shortFirst: true)[1];
+        foreach (var (other, where) in new[] { (first, "first of 3"), (last, "last of 8"), (besideShort, "beside a shorter sample") })
+        {
+            Assert.That(other.Ids, Is.EqualTo(alone.Ids), $"input ids of sample 5 {where}");
+            Assert.That(other.Labels, Is.EqualTo(alone.Labels), $"labels of sample 5 {where}");
+        }
+
+        Assert.That(alone.Labels.Count(l => l != MlmCollator.IgnoreIndex), Is.GreaterThan(0), "some tokens of sample 5 are selected");
+
+        // The same tokens under different dataset indices, epochs or loader seeds are masked differently.
+        var sameTokensOtherIndex = Collate(new long[] { 6 }, sampleSource: new long[] { 5 })[0];
+        Assert.That(sameTokensOtherIndex.Labels, Is.Not.EqualTo(alone.Labels), "another dataset index");
+        Assert.That(Collate(new long[] { 5 }, epoch: 2)[0].Labels, Is.Not.EqualTo(alone.Labels), "another epoch");
+        Assert.That(Collate(new long[] { 5 }, seed: 8)[0].Labels, Is.Not.EqualTo(alone.Labels), "another loader seed");
+
+        // Within one batch, every pair of samples has different selections.
+        var all = Collate(Enumerable.Range(0, 8).Select(i => (long)i).ToArray());
+        for (int a = 0; a < all.Length; a++)
+        {
+            for (int b = a + 1; b < all.Length; b++)
+            {
+                Assert.That(all[a].Labels.Select(l => l != MlmCollator.IgnoreIndex), Is.Not.EqualTo(all[b].Labels.Select(l => l != MlmCollator.IgnoreIndex)), $"samples {a} and {b} have the same mask");
+            }
+        }
+
+        // Without one dataset index per sample the collator refuses the batch instead of masking every sample alike.
+        var twoSamples = new[] { data[0], data[1] };
+        Assert.Throws<ArgumentException>(() => collator.Collate(twoSamples, new CollateContext(0, 0, 0)));
+        var e = Assert.Throws<ArgumentException>(() => collator.Collate(twoSamples, new CollateContext(0, 0, 0, new long[] { 0 })))!;
+        Assert.That(e.Message, Does.Contain("1 for a batch of 2"));
         Assert.Throws<ArgumentOutOfRangeException>(() => new MlmCollator(vocabulary, new MlmCollatorOptions { MaskReplaceProbability = 0.95 }));
+    }
+
+    [Test]
+    public void TheLoaderPassesEachSamplesDatasetIndexToTheCollator()
+    {
+        using var d = torch.NewDisposeScope();
+        var data = new ListDataset<long[]>(Enumerable.Range(0, 10).Select(i => new long[] { i }).ToArray());
+        var seen = new List<(long[] Tokens, long[] Indices)>();
+        var recorder = new RecordingCollator(seen);
+        var loader = new DataLoader<long[]>(data, 3, recorder, shuffle: true, seed: 4);
+        foreach (IEnumerable<Batch> epoch in new[] { loader.GetEpoch(1), ((DataLoader<long[]>)loader.WithSampler(new DistributedSampler(2, 1))).GetEpoch(1, skipBatches: 1) })
+        {
+            foreach (Batch _ in epoch)
+            {
+            }
+        }
+
+        // Each sample here holds its own dataset index as its only token, so the indices must equal the tokens.
+        Assert.That(seen, Has.Count.EqualTo(4 + 1));
+        Assert.That(seen.Select(b => b.Indices), Is.EqualTo(seen.Select(b => b.Tokens)));
+        Assert.That(seen.Take(4).SelectMany(b => b.Indices).Order(), Is.EqualTo(Enumerable.Range(0, 10).Select(i => (long)i)), "one epoch holds every index once");
+    }
+
+    /// <summary>Records the tokens (one per sample) and the dataset indices of each batch it collates.</summary>
+    private sealed class RecordingCollator(List<(long[] Tokens, long[] Indices)> seen) : ICollator<long[]>
+    {
+        public Batch Collate(IReadOnlyList<long[]> samples, CollateContext context)
+        {
+            seen.Add((samples.Select(s => s[0]).ToArray(), context.SampleIndices!.ToArray()));
+            return new Batch(new Dictionary<string, Tensor> { ["x"] = torch.zeros(samples.Count) });
+        }
     }
 
     [Test]

@@ -84,6 +84,33 @@ public sealed class DataParallelTrainingTests : MpiJobFixture
     }
 
     [Test]
+    public void MlmTrainingIsTheSameOnOneTwoAndThreeRanksWithTheSameGlobalBatch()
+    {
+        // A global batch of 12 as 1 × 12, 2 × 6 and 3 × 4: each sample must be masked the same way whichever rank and
+        // batch it lands in, so the per-step losses agree up to fp32 summation order (see TrainerScenarios.MlmAcrossWorldSizes).
+        double[] Losses(int ranks)
+        {
+            MpiJobResult job = Host("mlm-world", ranks, timeout: TimeSpan.FromSeconds(240));
+            Assert.That(job.ExitCode, Is.EqualTo(0), job.Describe());
+            return Read(job, "rank0.mlm-world").Split('\n').Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
+        }
+
+        double[] alone = Losses(1);
+        Assert.That(alone, Has.Length.EqualTo(6));
+        var report = new List<string> { $"1 rank: {string.Join(", ", alone)}" };
+        var worst = new Dictionary<int, double>();
+        foreach (int ranks in new[] { 2, 3 })
+        {
+            double[] distributed = Losses(ranks);
+            worst[ranks] = alone.Zip(distributed).Max(p => Math.Abs(p.First - p.Second) / Math.Abs(p.First));
+            report.Add($"{ranks} ranks: {string.Join(", ", distributed)} (worst relative difference {worst[ranks]:E2})");
+        }
+
+        TestContext.Out.WriteLine(string.Join("\n", report));
+        Assert.That(worst.Values, Has.All.LessThanOrEqualTo(1e-6), string.Join("\n", report));
+    }
+
+    [Test]
     public void TwoRankEvaluationEqualsOneRankEvaluationOnTheSameData()
     {
         // 13 samples: shards of 7 and 6, unpadded, so every sample counts once.

@@ -253,3 +253,38 @@ public sealed class TiedMlp : ComposerModel
 
     public override Tensor Loss(Tensor outputs, Batch batch) => nn.functional.cross_entropy(outputs, batch["labels"]);
 }
+
+/// <summary>
+/// A <see cref="BertForMaskedLM"/> whose loss is the SUM of the cross-entropies of the selected tokens divided by
+/// (samples in the batch × <see cref="TokensPerSample"/>), a fixed number, instead of their mean. The Trainer weights
+/// each rank's loss and gradients by its share of the global samples, which reproduces one process exactly only for
+/// a loss that is a mean over samples; BERT's mean over masked tokens is not (the ranks hold different numbers of
+/// masked tokens), so comparisons across world sizes use this loss to see only what the data pipeline does.
+/// </summary>
+public sealed class PerSampleMlm : ComposerModel
+{
+    private readonly BertForMaskedLM _bert;
+
+    public PerSampleMlm(TransformerConfig config, double tokensPerSample)
+        : base("per_sample_mlm")
+    {
+        _bert = new BertForMaskedLM(config);
+        TokensPerSample = tokensPerSample;
+        RegisterComponents();
+    }
+
+    /// <summary>The normaliser per sample (any positive constant; e.g. the expected masked tokens per sample).</summary>
+    public double TokensPerSample { get; }
+
+    /// <summary>Sparse MLM logits [N, V] of the N selected tokens (see <see cref="BertForMaskedLM.forward"/>).</summary>
+    public override Tensor forward(Batch batch) => _bert.call(batch);
+
+    /// <summary>Σ cross-entropy over the selected tokens / (B × <see cref="TokensPerSample"/>), Float32 scalar.</summary>
+    public override Tensor Loss(Tensor outputs, Batch batch)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor targets = BertForMaskedLM.SelectedLabels(batch["labels"]);
+        Tensor sum = nn.functional.cross_entropy(outputs.to(ScalarType.Float32), targets, reduction: nn.Reduction.Sum);
+        return (sum / (batch["input_ids"].shape[0] * TokensPerSample)).MoveToOuterDisposeScope();
+    }
+}

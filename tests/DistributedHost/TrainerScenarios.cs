@@ -39,7 +39,8 @@ public static class TrainerScenarios
         "overlap" => ReductionScenarios.Overlap,
         "tied" => ReductionScenarios.Tied,
         "depth-freeze" => DepthAndFreezing,
-        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused, overlap, tied or depth-freeze."),
+        "mlm-world" => MlmAcrossWorldSizes,
+        _ => throw new ArgumentException($"Unknown scenario '{name}'; expected collectives, throw, hang, grads, grads-uneven, replicas, eval, resume, stop, trainer-throw, mismatch, resize, logged, unused, overlap, tied, depth-freeze or mlm-world."),
     };
 
     private static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
@@ -130,6 +131,39 @@ public static class TrainerScenarios
             $"drop_rates={string.Join(",", model.modules().OfType<TransformerBlock>().Select(b => F(b.LayerDropRate)))}",
             $"frozen={model.parameters().Count(p => !p.requires_grad)}",
             $"loss={F(trainer.State.Metrics["loss/train/total"])}"));
+    }
+
+    /// <summary>
+    /// BERT MLM (bert-tiny with a 68-token vocabulary, fp32, dropout 0, AdamW) with a global batch of 12 split evenly
+    /// over the job's ranks (1 × 12, 2 × 6 or 3 × 4), shuffled, for 6 steps over 2 epochs. Rank 0 writes the logged
+    /// loss of every step (<c>rank0.mlm-world</c>, one value a line), to be compared across world sizes. The loss is
+    /// normalised per sample (<see cref="PerSampleMlm"/>), so the Trainer's sample-weighted data-parallel average is
+    /// exact and only the masks can make world sizes differ. The argument <c>mean</c> trains the stock
+    /// <see cref="BertForMaskedLM"/> (mean over masked tokens) instead.
+    /// </summary>
+    public static void MlmAcrossWorldSizes(ScenarioContext c)
+    {
+        const int globalBatch = 12, length = 24;
+        if (globalBatch % c.Group.WorldSize != 0)
+        {
+            throw new CheckFailedException($"world size {c.Group.WorldSize} does not divide the global batch {globalBatch}");
+        }
+
+        var config = TransformerConfig.Preset("bert-tiny") with { VocabSize = 68, MaxSequenceLength = length, Dropout = 0.0, AttentionDropout = 0.0 };
+        torch.manual_seed(5);
+        ComposerSharp.Models.ComposerModel model = c.Arguments.Contains("mean") ? new BertForMaskedLM(config) : new PerSampleMlm(config, tokensPerSample: 0.15 * length);
+        var data = new SyntheticTokenDataset(new SyntheticTokenOptions { NumSamples = 36, SequenceLength = length, RegularVocabSize = 64, Seed = 8 });
+        var loader = new DataLoader<long[]>(data, globalBatch / c.Group.WorldSize, new MlmCollator(data.Vocabulary, new MlmCollatorOptions { Seed = 1 }), shuffle: true, seed: 3);
+        var losses = new List<double>();
+        var hook = new HookCallback { OnBatchEnd = s => losses.Add(s.Metrics["loss/train/total"]) };
+        using var trainer = new TrainerT(model, Options("6ba"), loader, callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
+        trainer.Fit();
+        if (losses.Count != 6)
+        {
+            throw new CheckFailedException($"expected 6 logged losses, got {losses.Count}");
+        }
+
+        File.WriteAllText(c.RankFile("mlm-world"), string.Join("\n", losses.Select(F)));
     }
 
     /// <summary>Eval of 13 samples (uneven shards) on 2 ranks against the same eval alone on rank 0.</summary>

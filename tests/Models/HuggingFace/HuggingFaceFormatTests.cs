@@ -90,6 +90,33 @@ public sealed class HuggingFaceFormatTests
     }
 
     [Test]
+    public void AShapeErrorNamesTheConfigurationChangeThatCausedIt()
+    {
+        using TransformerModel mlm = Create("bert_mlm");
+        HuggingFaceFormat.Save(mlm, _dir);
+        int positions = mlm.Config.MaxSequenceLength;
+        var e = Assert.Throws<InvalidDataException>(() => HuggingFaceFormat.FromPretrained(_dir, new PretrainedOptions { Configure = c => c with { MaxSequenceLength = positions / 2 } }))!;
+        Assert.That(e.Message, Does.Contain($"MaxSequenceLength {positions / 2} instead of config.json's {positions}").And.Not.Contain("(from config.json)"));
+    }
+
+    [Test]
+    public void AFolderLoadLogsCountsAndTheLoadedNamesOnlyAtDebug()
+    {
+        using TransformerModel mlm = Create("bert_mlm");
+        HuggingFaceFormat.Save(mlm, _dir);
+        var factory = new CapturingLoggerFactory();
+        PretrainedModel loaded = HuggingFaceFormat.FromPretrained(_dir, logger: factory.CreateLogger("hf"));
+        using TransformerModel back = loaded.Model;
+        int count = loaded.Report.Loaded.Count;
+        Assert.That(count, Is.GreaterThan(10));
+        string aName = loaded.Report.Loaded[0];
+        string[] information = factory.Entries.Where(e => e.Level >= Microsoft.Extensions.Logging.LogLevel.Information).Select(e => e.Message).ToArray();
+        Assert.That(information, Has.One.Contains($"Loaded {count} tensors from").And.Contains("(0 missing, 0 unexpected)"));
+        Assert.That(information, Has.None.Contains(aName), "no tensor name at Information when nothing is missing or unexpected");
+        Assert.That(factory.Entries.Where(e => e.Level == Microsoft.Extensions.Logging.LogLevel.Debug).Select(e => e.Message), Has.One.Contains(aName).And.Contains(loaded.Report.Loaded[^1]));
+    }
+
+    [Test]
     public void ClassifierFromAnMlmFolderGetsTheEncoderBitwiseAndAFreshHead()
     {
         using TransformerModel mlm = Create("bert_mlm");
