@@ -7,6 +7,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
+using ComposerSharp.Models.HuggingFace;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Training.Optim;
@@ -554,11 +555,12 @@ public sealed class TrainJob
 
     /// <summary>
     /// The tokenizer that reads the run's text: the <c>tokenizer</c> key (<c>gpt2</c>, or a BERT folder or vocab.txt);
-    /// else the vocab.txt of a <c>model.pretrained</c> folder (an imported BERT keeps its WordPiece ids); else the
+    /// else the vocab.txt of a <c>model.pretrained</c> folder (an imported BERT keeps its WordPiece ids; a BERT folder
+    /// without one is refused rather than read with GPT-2's ids); else the
     /// tokenizer the load_path checkpoint records (fine-tuning and eval read text as the checkpoint's model did); else
     /// the registered <see cref="ITextTokenizer"/> (GPT-2).
     /// </summary>
-    /// <exception cref="ConfigException">A tokenizer that cannot be read; the message names the key and value.</exception>
+    /// <exception cref="ConfigException">A tokenizer that cannot be read, or a pretrained BERT folder without vocab.txt and no <c>tokenizer</c> key; the message names the key, value and missing file.</exception>
     private ITextTokenizer? ResolveTokenizer()
     {
         ILogger logger = _loggerFactory.CreateLogger<TrainJob>();
@@ -588,6 +590,16 @@ public sealed class TrainJob
             }
         }
 
+        if (_config.Section("model").GetString("pretrained") is { } bertFolder && IsBertModelFolder(bertFolder))
+        {
+            // A BERT read with GPT-2's ids would train on the wrong embeddings without a word of warning.
+            bool hasJson = File.Exists(Path.Combine(bertFolder, "tokenizer.json"));
+            throw new ConfigException(
+                $"'model.pretrained' is '{bertFolder}', a BERT model, but that folder has no {BertWordPieceTokenizer.VocabFileName}"
+                + (hasJson ? " (its tokenizer.json is not read; the WordPiece vocabulary must be a vocab.txt)" : " or tokenizer.json")
+                + $"; copy the model's {BertWordPieceTokenizer.VocabFileName} there, or set 'tokenizer' to a BERT folder or vocab.txt file. GPT-2's tokenizer is not used for a BERT.");
+        }
+
         if (LoadPathDescription() is { Tokenizer: not null } recorded)
         {
             try
@@ -603,6 +615,19 @@ public sealed class TrainJob
         }
 
         return _services.GetService<ITextTokenizer>();
+    }
+
+    /// <summary>True when <paramref name="folder"/>'s config.json describes a BERT (any architecture but GPT-2); false without a readable config.json (the model's loading reports that).</summary>
+    private static bool IsBertModelFolder(string folder)
+    {
+        try
+        {
+            return HuggingFaceConfig.Read(folder).Architecture != HuggingFaceArchitecture.Gpt2LMHeadModel;
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or NotSupportedException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The model description of the checkpoint at load_path, or null when there is none or it records none.</summary>

@@ -122,11 +122,15 @@ public sealed record BertWordPieceOptions
 
 /// <summary>
 /// BERT's WordPiece tokenizer (Devlin et al. 2019; Wu et al. 2016) over a published <c>vocab.txt</c> (one token per
-/// line, the line number is the id), through Microsoft.ML.Tokenizers' <see cref="BertTokenizer"/>: basic tokenization
-/// (optional lower-casing and accent removal, splitting on whitespace and punctuation, CJK ideographs apart), then
-/// greedy longest-match-first WordPiece with the <c>##</c> continuation prefix and <c>[UNK]</c> for words longer than
-/// 100 characters or that cannot be split. The ids are the vocabulary's own (<see cref="TokenVocabulary.WithSpecialIds"/>):
-/// a model imported from Hugging Face sees the ids it was trained on. Thread-safe.
+/// line, the line number is the id), giving the ids of <c>transformers</c>' <c>BertTokenizer</c> (tokenization_bert.py):
+/// the five special tokens are kept whole; with <c>do_lower_case</c> the rest is lower-cased one character at a time
+/// (as <c>PreTrainedTokenizer.tokenize</c> does); then <c>BasicTokenizer</c>'s steps (<see cref="BasicTokenize"/>:
+/// control and unassigned characters dropped, every whitespace character a space, CJK ideographs apart, NFC, optional
+/// accent removal, every punctuation character or ASCII symbol a word of its own); then greedy longest-match-first
+/// WordPiece with the <c>##</c> continuation prefix through Microsoft.ML.Tokenizers' <see cref="BertTokenizer"/>, and
+/// <c>[UNK]</c> for words longer than 100 characters or that cannot be split. The ids are the vocabulary's own
+/// (<see cref="TokenVocabulary.WithSpecialIds"/>): a model imported from Hugging Face sees the ids it was trained on.
+/// Thread-safe.
 /// </summary>
 public sealed class BertWordPieceTokenizer : ITextTokenizer
 {
@@ -147,6 +151,8 @@ public sealed class BertWordPieceTokenizer : ITextTokenizer
 
     private readonly BertTokenizer _tokenizer;
     private readonly string[] _tokens;
+    private readonly int _unknownId;
+    private readonly Dictionary<string, int> _specialIds;
 
     /// <summary>A tokenizer over the vocabulary <paramref name="vocabText"/> (the text of a vocab.txt).</summary>
     /// <param name="vocabText">One token per line; a final newline is optional.</param>
@@ -204,18 +210,29 @@ public sealed class BertWordPieceTokenizer : ITextTokenizer
             LowerCaseBeforeTokenization = Options.LowerCase,
             RemoveNonSpacingMarks = Options.RemovesAccents,
             IndividuallyTokenizeCjk = Options.TokenizeChineseChars,
-            ApplyBasicTokenization = true,
-            SplitOnSpecialTokens = true,
+            ApplyBasicTokenization = false,
+            SplitOnSpecialTokens = false,
             UnknownToken = Options.UnknownToken,
             ClassificationToken = Options.ClsToken,
             SeparatorToken = Options.SepToken,
             PaddingToken = Options.PadToken,
             MaskingToken = Options.MaskToken,
             ContinuingSubwordPrefix = "##",
-            MaxInputCharsPerWord = MaxInputCharsPerWord,
+            // Words reach the library one at a time, already split; the 100-character limit is counted here in
+            // code points (as Python counts them), so the library's UTF-16 limit only has to let such words through.
+            MaxInputCharsPerWord = 2 * MaxInputCharsPerWord,
         };
         using var stream = new MemoryStream(Encoding.UTF8.GetBytes(VocabText));
         _tokenizer = BertTokenizer.Create(stream, bert);
+        _unknownId = unk;
+        _specialIds = new Dictionary<string, int>(StringComparer.Ordinal)
+        {
+            [Options.UnknownToken] = unk,
+            [Options.ClsToken] = cls,
+            [Options.SepToken] = sep,
+            [Options.PadToken] = pad,
+            [Options.MaskToken] = mask,
+        };
     }
 
     /// <summary>Reads a Hugging Face BERT tokenizer: a folder with <c>vocab.txt</c> (and optionally <c>tokenizer_config.json</c>), or a vocab.txt file (default settings).</summary>
@@ -321,17 +338,97 @@ public sealed class BertWordPieceTokenizer : ITextTokenizer
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, "The token limit must be at least 1.");
         }
 
-        if (maxTokens is null)
+        int limit = maxTokens ?? int.MaxValue;
+        var ids = new List<int>();
+        foreach ((string segment, bool special) in SplitOnSpecialTokens(text))
         {
-            IReadOnlyList<int> all = _tokenizer.EncodeToIds(text, addSpecialTokens: false);
-            return all as int[] ?? all.ToArray();
+            if (special)
+            {
+                ids.Add(_specialIds[segment]);
+            }
+            else
+            {
+                string lowered = Options.LowerCase ? BertBasicTokenizer.LowerEachCharacter(segment) : segment;
+                foreach (string word in BasicTokenize(lowered))
+                {
+                    AddWordPieces(word, ids);
+                    if (ids.Count >= limit)
+                    {
+                        break;
+                    }
+                }
+            }
+
+            if (ids.Count >= limit)
+            {
+                break; // Hugging Face's truncation cuts inside a word, so the last word's pieces are cut below
+            }
         }
 
-        // Microsoft.ML.Tokenizers stops before a word whose pieces do not all fit the limit, while Hugging Face's
-        // truncation cuts inside the word; a word gives at most MaxInputCharsPerWord pieces, so encode that many more and cut.
-        int limit = (int)Math.Min(int.MaxValue, (long)maxTokens.Value + MaxInputCharsPerWord);
-        IReadOnlyList<int> ids = _tokenizer.EncodeToIds(text, limit, addSpecialTokens: false, out _, out _);
-        return ids.Take(maxTokens.Value).ToArray();
+        return ids.Count > limit ? ids.GetRange(0, limit).ToArray() : ids.ToArray();
+    }
+
+    /// <summary>
+    /// <c>transformers</c>' <c>BasicTokenizer</c> (tokenization_bert.py) with these options: drops U+0000, U+FFFD and
+    /// characters of the Unicode categories C* (control, format, surrogate, private use, unassigned) except tab, line
+    /// feed and carriage return; turns those three and every space separator (Zs) into a space; puts spaces around CJK
+    /// ideographs (<see cref="BertWordPieceOptions.TokenizeChineseChars"/>); composes (NFC); splits on whitespace;
+    /// lower-cases each word (<see cref="BertWordPieceOptions.LowerCase"/>) and removes its accents, i.e. the
+    /// non-spacing marks (Mn) of its NFD form (<see cref="BertWordPieceOptions.RemovesAccents"/>); and makes every
+    /// punctuation character (categories P*, or ASCII 33–47, 58–64, 91–96, 123–126) a word of its own.
+    /// The text is not split on special tokens here (<see cref="Encode"/> does that first).
+    /// </summary>
+    /// <param name="text">Any text; lone surrogates are dropped like other C* characters.</param>
+    /// <returns>The words, in order, none empty.</returns>
+    public IReadOnlyList<string> BasicTokenize(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return BertBasicTokenizer.Tokenize(text, Options.LowerCase, Options.RemovesAccents, Options.TokenizeChineseChars);
+    }
+
+    /// <summary>Splits <paramref name="text"/> at each occurrence of one of the five special tokens, left to right; each special token is a segment of its own.</summary>
+    private IEnumerable<(string Segment, bool Special)> SplitOnSpecialTokens(string text)
+    {
+        int start = 0;
+        for (int i = 0; i < text.Length; i++)
+        {
+            string? match = null;
+            foreach (string special in _specialIds.Keys)
+            {
+                if (special.Length > 0 && string.CompareOrdinal(text, i, special, 0, special.Length) == 0 && (match is null || special.Length > match.Length))
+                {
+                    match = special;
+                }
+            }
+
+            if (match is not null)
+            {
+                yield return (text[start..i], false);
+                yield return (match, true);
+                i += match.Length - 1;
+                start = i + 1;
+            }
+        }
+
+        yield return (text[start..], false);
+    }
+
+    /// <summary>Appends the WordPiece ids of one basic-tokenized word: <c>[UNK]</c> alone when it has more than <see cref="MaxInputCharsPerWord"/> code points or cannot be split.</summary>
+    private void AddWordPieces(string word, List<int> ids)
+    {
+        int codePoints = 0;
+        foreach (Rune _ in word.EnumerateRunes())
+        {
+            codePoints++;
+        }
+
+        if (codePoints > MaxInputCharsPerWord)
+        {
+            ids.Add(_unknownId);
+            return;
+        }
+
+        ids.AddRange(_tokenizer.EncodeToIds(word, addSpecialTokens: false, considerPreTokenization: false, considerNormalization: false));
     }
 
     /// <inheritdoc/>

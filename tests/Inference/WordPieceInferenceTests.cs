@@ -144,6 +144,34 @@ public class WordPieceInferenceTests
     }
 
     [Test]
+    public void APretrainedBertFolderWithoutVocabTxtIsRefusedNotReadWithGpt2()
+    {
+        string vocab = SmallBertVocabulary.WriteFolder(_dir);
+        string mlm = Train("mlm-to-export", $$"""
+            tokenizer: {{vocab}}
+            model: {name: bert_mlm, {{Tiny}} }
+            train_loader: {batch_size: 8, dataset: {name: text_mlm, path: {{_dir}}/text, block_size: 32} }
+            """, batches: 1);
+        string hf = Path.Combine(_dir, "hf-no-vocab");
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", mlm, "--output", hf }, new StringWriter()), Is.Zero);
+        File.Delete(Path.Combine(hf, "vocab.txt"));
+        string body = $$"""
+            model: {name: bert_mlm, pretrained: {{hf}}}
+            train_loader: {batch_size: 8, dataset: {name: text_mlm, path: {{_dir}}/text, block_size: 32} }
+            """;
+
+        var ex = Assert.Throws<ConfigException>(() => Train("no-vocab", body, batches: 1));
+        Assert.That(ex!.Message, Does.Contain($"'model.pretrained' is '{hf}'").And.Contain("no vocab.txt or tokenizer.json").And.Contain("'tokenizer'"));
+
+        File.WriteAllText(Path.Combine(hf, "tokenizer.json"), "{}");
+        ex = Assert.Throws<ConfigException>(() => Train("json-only", body, batches: 1));
+        Assert.That(ex!.Message, Does.Contain("no vocab.txt (its tokenizer.json is not read"));
+
+        string named = Train("named", $"tokenizer: {vocab}\n" + body, batches: 1);
+        Assert.That(DescriptionOf(named).Tokenizer, Is.EqualTo("bert_wordpiece"), "the 'tokenizer' key still supplies the vocabulary");
+    }
+
+    [Test]
     public void ABadTokenizerValueIsAConfigErrorNamingIt()
     {
         using var services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
