@@ -23,7 +23,14 @@ public sealed record LoaderSettings(int BatchSize, bool Shuffle, bool DropLast, 
 /// <param name="Samples">Number of samples.</param>
 /// <param name="CreateLoader">Creates a dataloader over the samples.</param>
 /// <param name="Labels">Class names for classification data, else null.</param>
-public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<LoaderSettings, IDataLoader> CreateLoader, IReadOnlyList<string>? Labels = null);
+public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<LoaderSettings, IDataLoader> CreateLoader, IReadOnlyList<string>? Labels = null)
+{
+    /// <summary>
+    /// How the dataset turned text into ids (maximum length, cls prefix), recorded in the checkpoint's model
+    /// description so that <c>predict</c> reads text the same way; null for data that is not read from text.
+    /// </summary>
+    public TextInputDescription? Input { get; init; }
+}
 
 /// <summary>The models, datasets, algorithms, optimizers, schedulers, callbacks and loggers that ship with ComposerSharp, registered by name.</summary>
 public static class BuiltinComponents
@@ -85,7 +92,10 @@ public static class BuiltinComponents
             var options = OptionsBinder.Bind(s, new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
             JsonlClassificationDataset dataset = LoadText(c, (tokenizer, logger) => JsonlClassificationDataset.Load(options, tokenizer, logger));
             var collator = new ClassificationCollator(dataset.Vocabulary, (int?)s.GetLong("pad_to_length"));
-            return Source(dataset.Vocabulary, dataset, collator, dataset.Labels);
+            return Source(dataset.Vocabulary, dataset, collator, dataset.Labels) with
+            {
+                Input = new TextInputDescription { MaxLength = options.MaxLength, PrependCls = options.PrependCls },
+            };
         });
 
         foreach (Type algorithm in AlgorithmCatalog.Types)

@@ -5,6 +5,7 @@ using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using ComposerSharp.Data;
+using ComposerSharp.Events;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
@@ -43,7 +44,23 @@ internal static class InferenceCommands
         var batchSize = Number("--batch-size", "Inputs per forward pass.", 32, NumberStyles.Integer, "a whole number of at least 1, e.g. 32");
         var topK = Number("--top-k", "MLM: candidates per [MASK] position.", 5, NumberStyles.Integer, "a whole number of at least 1, e.g. 5");
         var tokenizerOption = new Option<string?>("--tokenizer") { Description = "Read the text with this tokenizer instead of the checkpoint's: gpt2, or a BERT folder (vocab.txt, tokenizer_config.json) or vocab.txt; needed for a checkpoint trained on token ids alone (synthetic data)." };
-        var command = new Command("predict", "Classify texts (bert_classification) or fill [MASK] positions (bert_mlm) with a checkpoint.") { load, input, outputFile, batchSize, topK, tokenizerOption };
+        var precision = PrecisionOption();
+        var maxLength = new Option<int?>("--max-length")
+        {
+            Description = "Maximum tokens per input, special ids included (default: the max_length of the data the checkpoint was trained and evaluated with, else the model's max_sequence_length). Classification keeps each text's first tokens; MLM refuses longer texts.",
+            CustomParser = result =>
+            {
+                string text = result.Tokens.Count == 0 ? string.Empty : result.Tokens[^1].Value;
+                if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) && value >= 1)
+                {
+                    return value;
+                }
+
+                result.AddError($"--max-length is '{text}'; expected a whole number of at least 1, e.g. 256.");
+                return null;
+            },
+        };
+        var command = new Command("predict", "Classify texts (bert_classification) or fill [MASK] positions (bert_mlm) with a checkpoint, computing as its evaluation did (its precision, algorithms and data max_length).") { load, input, outputFile, batchSize, topK, tokenizerOption, precision, maxLength };
         command.SetAction(parse => Guard("predict", () =>
         {
             string path = parse.GetValue(load)!;
@@ -73,6 +90,12 @@ internal static class InferenceCommands
             }
 
             ModelDescription description = CheckpointModel.ReadDescription(path);
+            var inference = new InferenceOptions { Precision = parse.GetValue(precision), MaxLength = parse.GetValue(maxLength) };
+            if (inference.MaxLength is { } chosen && chosen > description.Config.MaxSequenceLength)
+            {
+                throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--max-length is {chosen}; expected at most the model's max_sequence_length {description.Config.MaxSequenceLength}."));
+            }
+
             ITextTokenizer? tokenizer = null;
             if (parse.GetValue(tokenizerOption) is { } spec)
             {
@@ -98,7 +121,8 @@ internal static class InferenceCommands
             });
             if (description.Kind == ModelDescription.BertClassification)
             {
-                using TextClassifier classifier = TextClassifier.Load(path, tokenizer: tokenizer);
+                using TextClassifier classifier = TextClassifier.Load(path, tokenizer: tokenizer, options: inference);
+                ReportSettings("predict", classifier.Loaded, inference);
                 int correct = 0, scored = 0;
                 var reporter = rows.Count > ProgressEvery ? progress : null;
                 IReadOnlyList<ClassPrediction> predictions = classifier.Predict(rows.Select(r => r.Text), parse.GetValue(batchSize), reporter);
@@ -123,7 +147,8 @@ internal static class InferenceCommands
             }
             else if (description.Kind == ModelDescription.BertMlm)
             {
-                using MaskFiller filler = MaskFiller.Load(path, tokenizer: tokenizer);
+                using MaskFiller filler = MaskFiller.Load(path, tokenizer: tokenizer, options: inference);
+                ReportSettings("predict", filler.Loaded, inference);
                 int done = 0;
                 foreach ((string text, _) in rows)
                 {
@@ -152,7 +177,8 @@ internal static class InferenceCommands
         var topP = Number("--top-p", "Nucleus sampling probability mass (1 = all).", defaults.TopP, NumberStyles.Float, "a number in (0, 1], e.g. 0.95");
         var seed = Number("--seed", "Sampling seed.", defaults.Seed, NumberStyles.Integer, "a whole number, e.g. 17");
         var noCache = new Option<bool>("--no-cache") { Description = "Re-run the whole prefix for every token instead of using the key/value cache (slower; for comparison)." };
-        var command = new Command("generate", "Generate text with a GPT checkpoint (key/value cache: each new token costs one position).") { load, prompt, maxNew, temperature, topK, topP, seed, noCache };
+        var precision = PrecisionOption();
+        var command = new Command("generate", "Generate text with a GPT checkpoint (key/value cache: each new token costs one position), computing as its evaluation did (its precision and algorithms).") { load, prompt, maxNew, temperature, topK, topP, seed, noCache, precision };
         command.SetAction(parse => Guard("generate", () =>
         {
             var options = new GenerationOptions
@@ -170,7 +196,9 @@ internal static class InferenceCommands
                 throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--{problem.Setting.Replace('_', '-')} is {problem.Value}; expected {problem.Expected}."));
             }
 
-            using TextGenerator generator = TextGenerator.Load(parse.GetValue(load)!);
+            var inference = new InferenceOptions { Precision = parse.GetValue(precision) };
+            using TextGenerator generator = TextGenerator.Load(parse.GetValue(load)!, options: inference);
+            ReportSettings("generate", generator.Loaded!, inference);
             GenerationResult result;
             try
             {
@@ -257,6 +285,43 @@ internal static class InferenceCommands
             return defaultValue;
         },
     };
+
+    /// <summary>
+    /// <c>--precision</c> of predict and generate: fp32, amp_bf16 or amp_fp16 (train's and eval's names); absent, the
+    /// checkpoint's precision. A bad value is a parse error (exit 2) that names it and the accepted names.
+    /// </summary>
+    private static Option<Precision?> PrecisionOption() => new("--precision")
+    {
+        Description = "Compute in fp32, amp_bf16 or amp_fp16 (default: the precision the checkpoint was trained and evaluated with).",
+        CustomParser = result =>
+        {
+            string text = result.Tokens.Count == 0 ? string.Empty : result.Tokens[^1].Value;
+            try
+            {
+                return PrecisionExtensions.Parse(text);
+            }
+            catch (FormatException)
+            {
+                result.AddError($"--precision is '{text}'; expected fp32, amp_bf16 or amp_fp16.");
+                return null;
+            }
+        },
+    };
+
+    /// <summary>
+    /// One stderr line saying how the model computes: precision, maximum input length, cls prefix and the algorithms
+    /// applied, each marked as recorded in the checkpoint or chosen on the command line.
+    /// </summary>
+    private static void ReportSettings(string command, CheckpointModel loaded, InferenceOptions chosen)
+    {
+        string precisionSource = chosen.Precision is null ? "as recorded" : "--precision";
+        string lengthSource = chosen.MaxLength is not null ? "--max-length" : loaded.Description.Input is not null ? "the data's max_length, as recorded" : "the model's max_sequence_length; the checkpoint records no data max_length";
+        string algorithms = loaded.Algorithms.Count == 0 ? "none" : string.Join(", ", loaded.Algorithms);
+        string length = command == "generate"
+            ? string.Empty
+            : string.Create(CultureInfo.InvariantCulture, $", max length {loaded.Input.MaxLength} ({lengthSource}), cls prepended {(loaded.Input.PrependCls ? "yes" : "no")}");
+        Console.Error.WriteLine($"{command}: precision {loaded.Precision.ToComposerName()} ({precisionSource}){length}, algorithms: {algorithms}");
+    }
 
     private static Option<string> LoadPath() => new("--load-path") { Description = "The checkpoint (or latest pointer) to use; it describes its own model.", Required = true };
 

@@ -331,7 +331,7 @@ public sealed class TrainJob
             throw new ConfigException($"The data's token ids (from {by}) go up to {dataVocabulary.Size - 1}, but the model's vocab_size is {built.Config.VocabSize}; raise model.vocab_size or use the model's own tokenizer.");
         }
 
-        IReadOnlyDictionary<string, string>? description = Describe(model, modelContext, recorded);
+        IReadOnlyDictionary<string, string>? description = Describe(model, modelContext, recorded, eval?.Input ?? train?.Input);
         var algorithms = _config.GetNamedList("algorithms").Select(a => _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, a.Name, a.Args, context)).ToList();
         var callbacks = _config.GetNamedList("callbacks").Select(c => _catalog.Create<ICallback>(ComponentKind.Callback, c.Name, c.Args, context)).ToList();
         var history = new MetricHistory();
@@ -648,8 +648,13 @@ public sealed class TrainJob
     private ModelDescription? RecordedModel() =>
         _config.Section("model").GetString("name") is null ? LoadPathDescription() : null;
 
-    /// <summary>The checkpoint metadata that makes checkpoints self-describing: the model's description (kind, config, labels, tokenizer).</summary>
-    private IReadOnlyDictionary<string, string>? Describe(ComposerModel model, ComponentContext context, ModelDescription? recorded)
+    /// <summary>
+    /// The checkpoint metadata that makes checkpoints self-describing: the model's description (kind, config, labels,
+    /// tokenizer) and <paramref name="input"/>, how the data read text (the eval loader's settings when there is one, as
+    /// inference is to reproduce evaluation, else the training data's); without data settings those the load_path
+    /// checkpoint recorded are kept.
+    /// </summary>
+    private IReadOnlyDictionary<string, string>? Describe(ComposerModel model, ComponentContext context, ModelDescription? recorded, TextInputDescription? input)
     {
         if (model is not TransformerModel transformer)
         {
@@ -673,6 +678,7 @@ public sealed class TrainJob
             };
         }
 
+        description = description with { Input = input ?? recorded?.Input };
         return new Dictionary<string, string> { [ModelDescription.MetadataKey] = description.ToJson() };
     }
 

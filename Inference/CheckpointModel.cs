@@ -1,25 +1,63 @@
+using System.Globalization;
 using ComposerSharp.Data;
+using ComposerSharp.Distributed;
+using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ComposerSharp.Inference;
 
-/// <summary>A model rebuilt from a self-describing checkpoint, in eval mode, with its description and tokenizer.</summary>
+/// <summary>
+/// What inference may choose instead of what the checkpoint records (each null means: as recorded). By default a
+/// model computes as the run's evaluation did: under the checkpoint's precision, with its required-on-load
+/// algorithms' surgery, reading text as its data did (Composer's <c>export_for_inference</c>, which exports the
+/// model as trained, surgery included; Hugging Face pipelines, which truncate at the tokenizer's saved
+/// <c>model_max_length</c>).
+/// </summary>
+public sealed record InferenceOptions
+{
+    /// <summary>
+    /// The precision to compute in (CLI: <c>--precision</c>): <c>fp32</c>, or autocast to BFloat16
+    /// (<c>amp_bf16</c>) or Float16 (<c>amp_fp16</c>) as in training's evaluation. Null: the checkpoint's
+    /// (<see cref="CheckpointFile.ReadPrecision"/>). Precision-dependent surgery (LowPrecisionLayerNorm) follows it:
+    /// under <c>fp32</c> it changes nothing.
+    /// </summary>
+    public Precision? Precision { get; init; }
+
+    /// <summary>
+    /// Maximum tokens per input, special ids included (CLI: <c>--max-length</c>, Hugging Face's <c>max_length</c>);
+    /// longer texts keep their first tokens (classification) or are refused (fill-mask, whose masks could be cut).
+    /// Null: the data's <c>max_length</c> the checkpoint records (<see cref="ModelDescription.Input"/>), else the
+    /// model's <c>max_sequence_length</c>. Must be at least 1 and at most the model's <c>max_sequence_length</c>.
+    /// </summary>
+    public int? MaxLength { get; init; }
+}
+
+/// <summary>
+/// A model rebuilt from a self-describing checkpoint as <c>eval</c> rebuilds it, in eval mode, with its description,
+/// tokenizer, precision and input settings. The weights load through the <see cref="Trainer"/>'s own checkpoint path
+/// (a weights-only <c>load_path</c>): required-on-load algorithms the checkpoint records (LowPrecisionLayerNorm,
+/// ALiBi, gated linear units) are re-created and applied at their event, exactly as an evaluation of the checkpoint does.
+/// </summary>
 public sealed class CheckpointModel : IDisposable
 {
     private ITextTokenizer? _tokenizer;
 
-    private CheckpointModel(TransformerModel model, ModelDescription description, string path, ITextTokenizer? tokenizer)
+    private CheckpointModel(TransformerModel model, ModelDescription description, string path, ITextTokenizer? tokenizer, Precision precision, TextInputDescription input, IReadOnlyList<string> algorithms)
     {
         Model = model;
         Description = description;
         Path = path;
         _tokenizer = tokenizer;
+        Precision = precision;
+        Input = input;
+        Algorithms = algorithms;
     }
 
-    /// <summary>The model, weights loaded, on the CPU, in eval mode.</summary>
+    /// <summary>The model, weights loaded and surgery applied, on the CPU, in eval mode.</summary>
     public TransformerModel Model { get; }
 
     /// <summary>What the checkpoint recorded (or the override given).</summary>
@@ -28,9 +66,28 @@ public sealed class CheckpointModel : IDisposable
     /// <summary>The checkpoint read.</summary>
     public string Path { get; }
 
+    /// <summary>The precision forward passes run under (<see cref="Autocast"/>): the checkpoint's unless <see cref="InferenceOptions.Precision"/> chose another.</summary>
+    public Precision Precision { get; }
+
+    /// <summary>
+    /// How text becomes model input: the recorded data settings (<see cref="ModelDescription.Input"/>, else
+    /// <see cref="TextInputDescription.Default"/>), with <see cref="InferenceOptions.MaxLength"/> applied; the maximum
+    /// length never exceeds the model's <c>max_sequence_length</c>.
+    /// </summary>
+    public TextInputDescription Input { get; }
+
+    /// <summary>The algorithms applied to the model when it was rebuilt (each as <c>name(hyperparameters)</c>), empty when none.</summary>
+    public IReadOnlyList<string> Algorithms { get; }
+
     /// <summary>The tokenizer the model was trained with, created on first use.</summary>
     /// <exception cref="InvalidDataException">The model was trained without a text tokenizer and none was given, or with one that is not built in.</exception>
     public ITextTokenizer Tokenizer => _tokenizer ??= Tokenizers.Create(Description);
+
+    /// <summary>
+    /// Opens the autocast scope of <see cref="Precision"/> on the CPU (a disabled one under <c>fp32</c>), as the
+    /// Trainer's evaluation wraps each forward pass; dispose it on the same thread.
+    /// </summary>
+    public AutocastScope Autocast() => Precision.Enter(DeviceType.CPU);
 
     /// <summary>Loads the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer).</summary>
     /// <param name="path">The checkpoint.</param>
@@ -39,9 +96,13 @@ public sealed class CheckpointModel : IDisposable
     /// The tokenizer; by default the one the description names (<c>gpt2</c>, or the WordPiece vocabulary it records). Needed
     /// for a model trained on token ids alone (synthetic data); checked by <see cref="Tokenizers.Check"/>.
     /// </param>
-    /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
-    /// <exception cref="InvalidDataException">The checkpoint records no model description and none was given, its weights do not fit the description, or the tokenizer does not fit the model; the message says what to supply.</exception>
-    public static CheckpointModel Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
+    /// <param name="options">Precision and maximum length instead of the recorded ones; null: as recorded.</param>
+    /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint, or its weights do not fit the described model.</exception>
+    /// <exception cref="InvalidDataException">The checkpoint records no model description and none was given, or the tokenizer does not fit the model; the message says what to supply.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="InferenceOptions.MaxLength"/> is below 1 or above the model's <c>max_sequence_length</c>.</exception>
+    /// <exception cref="NotSupportedException">The precision needs autocast kernels this CPU or libtorch lacks; the message says how to choose fp32.</exception>
+    /// <exception cref="InvalidOperationException">A required-on-load algorithm the checkpoint records cannot be re-created.</exception>
+    public static CheckpointModel Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null, InferenceOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(path);
         description ??= ReadDescription(path);
@@ -50,10 +111,13 @@ public sealed class CheckpointModel : IDisposable
             Tokenizers.Check(description, tokenizer);
         }
 
+        TextInputDescription input = InputOf(description, options?.MaxLength);
+        Precision precision = options?.Precision ?? CheckpointFile.ReadPrecision(path);
         TransformerModel model = description.CreateModel();
+        IReadOnlyList<string> algorithms;
         try
         {
-            LoadWeights(model, path);
+            algorithms = LoadAsEvalDoes(model, path, precision, recorded: options?.Precision is null);
         }
         catch
         {
@@ -62,7 +126,7 @@ public sealed class CheckpointModel : IDisposable
         }
 
         model.eval();
-        return new CheckpointModel(model, description, path, tokenizer);
+        return new CheckpointModel(model, description, path, tokenizer, precision, input, algorithms);
     }
 
     /// <summary>The model description the checkpoint at <paramref name="path"/> records.</summary>
@@ -84,38 +148,59 @@ public sealed class CheckpointModel : IDisposable
     /// <summary>Frees the model.</summary>
     public void Dispose() => Model.Dispose();
 
-    private static void LoadWeights(TransformerModel model, string path)
+    /// <summary>The recorded input settings (or the default for the model) with <paramref name="maxLength"/> applied, capped at the model's context.</summary>
+    private static TextInputDescription InputOf(ModelDescription description, int? maxLength)
     {
-        Dictionary<string, Tensor> saved = CheckpointFile.ReadModelState(path);
+        int context = description.Config.MaxSequenceLength;
+        TextInputDescription input = description.Input ?? TextInputDescription.Default(description.Config);
+        if (maxLength is { } chosen)
+        {
+            if (chosen < 1 || chosen > context)
+            {
+                throw new ArgumentOutOfRangeException(
+                    nameof(maxLength), chosen, string.Create(CultureInfo.InvariantCulture, $"The maximum length is {chosen}; expected a whole number from 1 to the model's max_sequence_length {context}."));
+            }
+
+            return input with { MaxLength = chosen };
+        }
+
+        // A dataset may allow more tokens than the model has positions (its texts were all shorter); the model's are the limit.
+        return input.MaxLength > context ? input with { MaxLength = context } : input;
+    }
+
+    /// <summary>
+    /// Loads the weights as <c>eval</c> does: a Trainer over <paramref name="model"/> on the CPU under
+    /// <paramref name="precision"/>, with the checkpoint as a weights-only <c>load_path</c>, so that required-on-load
+    /// algorithms are re-created and applied before the weights load (<see cref="Checkpoint.Load"/>). The global
+    /// generator's state is restored afterwards (the Trainer seeds it), so loading a model does not change the
+    /// random numbers of the caller. Returns the algorithms applied.
+    /// </summary>
+    private static IReadOnlyList<string> LoadAsEvalDoes(TransformerModel model, string path, Precision precision, bool recorded)
+    {
+        var options = new TrainerOptions
+        {
+            Device = "cpu",
+            Precision = precision,
+            ProgressBar = false,
+            LogToConsole = false,
+            Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true },
+            Distributed = new DistributedOptions { ProcessGroup = new SingleProcessGroup() }, // alone even inside a launched job
+        };
+        using Tensor rng = torch.get_rng_state();
         try
         {
-            Dictionary<string, Tensor> target = model.state_dict();
-            List<string> missing = target.Keys.Where(k => !saved.ContainsKey(k)).ToList();
-            List<string> unexpected = saved.Keys.Where(k => !target.ContainsKey(k)).ToList();
-            if (missing.Count > 0 || unexpected.Count > 0)
-            {
-                throw new InvalidDataException(
-                    $"Checkpoint '{path}' does not hold the weights of a {ModelDescription.KindOf(model)} model as described (missing: [{string.Join(", ", missing)}]; unexpected: [{string.Join(", ", unexpected)}]).");
-            }
-
-            using var noGrad = torch.no_grad();
-            foreach ((string key, Tensor t) in target)
-            {
-                Tensor s = saved[key];
-                if (!s.shape.SequenceEqual(t.shape))
-                {
-                    throw new InvalidDataException($"Checkpoint '{path}': tensor '{key}' is [{string.Join(", ", s.shape)}] but the described model's is [{string.Join(", ", t.shape)}].");
-                }
-
-                t.copy_(s);
-            }
+            using var trainer = new Trainer(model, options, optimizers: Array.Empty<optim.Optimizer>());
+            return trainer.State.Algorithms.Select(a => a.ToString() ?? a.Name).ToArray();
+        }
+        catch (NotSupportedException ex) when (recorded && precision.IsAutocast())
+        {
+            throw new NotSupportedException(
+                $"Checkpoint '{path}' was trained and evaluated under precision {precision.ToComposerName()}, which this machine cannot compute: {ex.Message} "
+                + "Choose another precision (CLI: --precision fp32; API: InferenceOptions.Precision).", ex);
         }
         finally
         {
-            foreach (Tensor t in saved.Values)
-            {
-                t.Dispose();
-            }
+            torch.set_rng_state(rng);
         }
     }
 }

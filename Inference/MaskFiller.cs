@@ -14,7 +14,9 @@ public sealed record MaskFill(string Token, int TokenId, double Probability);
 /// <summary>
 /// Fills masked positions with a BERT masked-language model loaded from a checkpoint (Hugging Face's fill-mask
 /// pipeline): each <c>[MASK]</c> (or <c>&lt;|mask|&gt;</c>) in a text becomes the mask id, and the top-k tokens of each
-/// masked position are returned.
+/// masked position are returned. The model computes as the run's evaluation did (see <see cref="CheckpointModel"/>):
+/// under the checkpoint's precision, with its required-on-load algorithms' surgery; <see cref="InferenceOptions"/>
+/// chooses otherwise.
 /// </summary>
 public sealed class MaskFiller : IDisposable
 {
@@ -36,9 +38,10 @@ public sealed class MaskFiller : IDisposable
     /// <param name="path">The checkpoint (or latest pointer).</param>
     /// <param name="description">Used instead of the checkpoint's own description.</param>
     /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>
-    public static MaskFiller Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
+    /// <param name="options">Precision and maximum length instead of the recorded ones (see <see cref="CheckpointModel.Load"/> for what else it throws).</param>
+    public static MaskFiller Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null, InferenceOptions? options = null)
     {
-        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer);
+        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer, options);
         try
         {
             return new MaskFiller(loaded);
@@ -50,12 +53,19 @@ public sealed class MaskFiller : IDisposable
         }
     }
 
+    /// <summary>The model as loaded: description, precision, input settings and the algorithms applied.</summary>
+    public CheckpointModel Loaded => _loaded;
+
     /// <summary>The tokenizer the text is read with.</summary>
     /// <exception cref="InvalidDataException">The model was trained on token ids alone and no tokenizer was given.</exception>
     public ITextTokenizer Tokenizer => _loaded.Tokenizer;
 
     /// <summary>The top-<paramref name="topK"/> fills of each masked position of <paramref name="text"/>, in position order.</summary>
-    /// <exception cref="ArgumentException">The text has no mask marker, or is longer than the model's context.</exception>
+    /// <exception cref="ArgumentException">
+    /// The text has no mask marker, or has more tokens than the maximum length (the data's recorded <c>max_length</c>,
+    /// or <see cref="InferenceOptions.MaxLength"/>, else the model's context): a fill-mask input is refused rather
+    /// than truncated, which could cut a mask.
+    /// </exception>
     public IReadOnlyList<IReadOnlyList<MaskFill>> Fill(string text, int topK = 5)
     {
         ArgumentNullException.ThrowIfNull(text);
@@ -88,14 +98,21 @@ public sealed class MaskFiller : IDisposable
             masked = masked.Select(position => position + 1).ToList();
         }
 
-        if (ids.Count > _model.Config.MaxSequenceLength)
+        int max = _loaded.Input.MaxLength;
+        if (ids.Count > max)
         {
-            throw new ArgumentException($"The text has {ids.Count} tokens; the model's context is {_model.Config.MaxSequenceLength}.", nameof(text));
+            string limit = max == _model.Config.MaxSequenceLength ? "the model's context" : "the maximum length";
+            throw new ArgumentException($"The text has {ids.Count} tokens; {limit} is {max}.", nameof(text));
         }
 
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        Tensor logits = _model.call(TextClassifier.BatchOf(new[] { ids.ToArray() }, tokenizer.Vocabulary.PadId))[0];
+        Tensor logits;
+        using (_loaded.Autocast())
+        {
+            logits = _model.call(TextClassifier.BatchOf(new[] { ids.ToArray() }, tokenizer.Vocabulary.PadId))[0];
+        }
+
         TokenVocabulary vocabulary = tokenizer.Vocabulary;
         var special = torch.tensor(vocabulary.SpecialIds.Select(id => (long)id).ToArray());
         int candidates = vocabulary.RegularCount;

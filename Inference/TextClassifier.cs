@@ -14,8 +14,12 @@ public sealed record ClassPrediction(string Label, int ClassId, IReadOnlyDiction
 
 /// <summary>
 /// A text classifier loaded from a checkpoint: <c>TextClassifier.Load("spam.ckpt").Predict("Win money now")</c>.
-/// Texts are tokenized as the JSON-lines classification dataset does (cls id, then the text's first
-/// MaxSequenceLength − 1 tokens), batched with right padding and an attention mask, and scored in eval mode under no_grad.
+/// It computes as the run's evaluation did (see <see cref="CheckpointModel"/>): texts are tokenized as the JSON-lines
+/// classification dataset did (cls id, then the text's first tokens, within the data's recorded <c>max_length</c>:
+/// <see cref="MaxLength"/>, as a Hugging Face pipeline truncates at the saved maximum length), batched with right
+/// padding and an attention mask, and scored in eval mode under no_grad and the checkpoint's precision (autocast
+/// amp_bf16/amp_fp16), with the surgery of its required-on-load algorithms (e.g. LowPrecisionLayerNorm).
+/// <see cref="InferenceOptions"/> chooses another precision or maximum length.
 /// </summary>
 public sealed class TextClassifier : IDisposable
 {
@@ -34,15 +38,26 @@ public sealed class TextClassifier : IDisposable
     /// <summary>The label names in class-id order (class_i when the checkpoint records none).</summary>
     public IReadOnlyList<string> Labels { get; }
 
+    /// <summary>Maximum tokens per input, cls (and separator) included; longer texts keep their first tokens.</summary>
+    public int MaxLength => _loaded.Input.MaxLength;
+
+    /// <summary>The precision the forward passes run under.</summary>
+    public ComposerSharp.Events.Precision Precision => _loaded.Precision;
+
+    /// <summary>The model as loaded: description, precision, input settings and the algorithms applied.</summary>
+    public CheckpointModel Loaded => _loaded;
+
     /// <summary>Loads a classifier checkpoint.</summary>
     /// <exception cref="InvalidDataException">The checkpoint holds another model kind or no description (see <see cref="CheckpointModel.Load"/>).</exception>
     /// <exception cref="ComposerSharp.Training.Checkpoints.CheckpointException">The file is missing or not a checkpoint.</exception>
     /// <param name="path">The checkpoint (or latest pointer).</param>
     /// <param name="description">Used instead of the checkpoint's own description.</param>
     /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>
-    public static TextClassifier Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
+    /// <param name="options">Precision and maximum length instead of the recorded ones (see <see cref="CheckpointModel.Load"/> for what else it throws).</param>
+    /// <exception cref="ArgumentOutOfRangeException">The chosen maximum length is below 1 or exceeds the model's positions.</exception>
+    public static TextClassifier Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null, InferenceOptions? options = null)
     {
-        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer);
+        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer, options);
         try
         {
             return new TextClassifier(loaded);
@@ -57,11 +72,15 @@ public sealed class TextClassifier : IDisposable
     /// <summary>Classifies one text.</summary>
     public ClassPrediction Predict(string text) => Predict(new[] { text }).Single();
 
-    /// <summary>Classifies <paramref name="texts"/> in batches of <paramref name="batchSize"/>, in order.</summary>
+    /// <summary>
+    /// Classifies <paramref name="texts"/> in batches of <paramref name="batchSize"/>, in order. With the batch size and
+    /// order of the evaluation loader, the probabilities are those of the logits <c>eval</c> computes, bit for bit.
+    /// </summary>
     /// <param name="texts">The texts.</param>
     /// <param name="batchSize">Texts per forward pass.</param>
     /// <param name="progress">Receives the number of texts done after each batch.</param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="batchSize"/> is not positive.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="batchSize"/> is not positive, or <see cref="MaxLength"/> leaves no room for text after the cls (and separator) ids.</exception>
+    /// <exception cref="ArgumentException">A text has no tokens and the data prepended no cls id, so its input would be empty.</exception>
     public IReadOnlyList<ClassPrediction> Predict(IEnumerable<string> texts, int batchSize = 32, IProgress<int>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(texts);
@@ -72,7 +91,13 @@ public sealed class TextClassifier : IDisposable
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
             Batch batch = Encode(chunk);
-            float[] probabilities = torch.softmax(_model.call(batch).to(ScalarType.Float32), 1).data<float>().ToArray();
+            Tensor logits;
+            using (_loaded.Autocast())
+            {
+                logits = _model.call(batch);
+            }
+
+            float[] probabilities = torch.softmax(logits.to(ScalarType.Float32), 1).data<float>().ToArray();
             int n = Labels.Count;
             for (int i = 0; i < chunk.Length; i++)
             {
@@ -102,11 +127,24 @@ public sealed class TextClassifier : IDisposable
     private Batch Encode(IReadOnlyList<string> texts)
     {
         ITextTokenizer tokenizer = _loaded.Tokenizer;
-        int max = _model.Config.MaxSequenceLength;
+        int max = MaxLength;
+        bool prependCls = _loaded.Input.PrependCls;
+        int reserved = prependCls ? tokenizer.Vocabulary.ClassificationReserved : 0;
+        if (max <= reserved)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(MaxLength), max, $"The maximum length {max} leaves no room for text after the {reserved} special ids; expected at least {reserved + 1}.");
+        }
+
         long[][] rows = texts.Select(t =>
         {
             ArgumentNullException.ThrowIfNull(t, nameof(texts));
-            return tokenizer.Vocabulary.ClassificationInput(tokenizer.Encode(t, max - tokenizer.Vocabulary.ClassificationReserved), max);
+
+            // As JsonlClassificationDataset reads a row: the text's first tokens, then the special ids around them.
+            int[] ids = tokenizer.Encode(t, max - reserved);
+            return prependCls ? tokenizer.Vocabulary.ClassificationInput(ids, max)
+                : ids.Length > 0 ? ids.Select(id => (long)id).ToArray()
+                : throw new ArgumentException($"The text '{t}' has no tokens and the checkpoint's data prepended no cls id (prepend_cls false), so its input would be empty.", nameof(texts));
         }).ToArray();
         return BatchOf(rows, tokenizer.Vocabulary.PadId);
     }

@@ -81,22 +81,35 @@ public sealed record GenerationResult(string Text, IReadOnlyList<int> TokenIds, 
 /// <summary>
 /// Text generation with a GPT model loaded from a checkpoint: the prompt is encoded once (filling the key/value
 /// cache), then one token at a time is sampled (temperature, top-k, top-p) and fed back as a single position.
+/// A model loaded by <see cref="Load"/> computes as the run's evaluation did (see <see cref="CheckpointModel"/>):
+/// under the checkpoint's precision, with its required-on-load algorithms' surgery; <see cref="InferenceOptions"/>
+/// chooses another precision.
 /// </summary>
 public sealed class TextGenerator : IDisposable
 {
     private readonly CheckpointModel? _loaded;
 
     /// <summary>Wraps <paramref name="model"/> and <paramref name="tokenizer"/> (not owned).</summary>
-    public TextGenerator(GptForCausalLM model, ITextTokenizer tokenizer)
+    /// <param name="model">The model.</param>
+    /// <param name="tokenizer">The tokenizer.</param>
+    /// <param name="precision">The precision of the forward passes (autocast on the CPU for amp_bf16/amp_fp16).</param>
+    public TextGenerator(GptForCausalLM model, ITextTokenizer tokenizer, ComposerSharp.Events.Precision precision = ComposerSharp.Events.Precision.Fp32)
     {
         Model = model ?? throw new ArgumentNullException(nameof(model));
         Tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
+        Precision = precision;
     }
 
     private TextGenerator(CheckpointModel loaded)
         : this(loaded.Model as GptForCausalLM ?? throw new InvalidDataException(
-            $"Checkpoint '{loaded.Path}' holds a {loaded.Description.Kind} model, not a {ModelDescription.Gpt} model; only causal language models generate text."), loaded.Tokenizer)
+            $"Checkpoint '{loaded.Path}' holds a {loaded.Description.Kind} model, not a {ModelDescription.Gpt} model; only causal language models generate text."), loaded.Tokenizer, loaded.Precision)
         => _loaded = loaded;
+
+    /// <summary>The precision the forward passes run under: the checkpoint's for a model loaded by <see cref="Load"/>, unless <see cref="InferenceOptions.Precision"/> chose another.</summary>
+    public ComposerSharp.Events.Precision Precision { get; }
+
+    /// <summary>The model as loaded by <see cref="Load"/> (description, precision, algorithms applied), or null for a model wrapped by the constructor.</summary>
+    public CheckpointModel? Loaded => _loaded;
 
     /// <summary>The model.</summary>
     public GptForCausalLM Model { get; }
@@ -109,9 +122,10 @@ public sealed class TextGenerator : IDisposable
     /// <param name="path">The checkpoint (or latest pointer).</param>
     /// <param name="description">Used instead of the checkpoint's own description.</param>
     /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>
-    public static TextGenerator Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null)
+    /// <param name="options">The precision instead of the checkpoint's (see <see cref="CheckpointModel.Load"/> for what else it throws).</param>
+    public static TextGenerator Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null, InferenceOptions? options = null)
     {
-        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer);
+        CheckpointModel loaded = CheckpointModel.Load(path, description, tokenizer, options);
         try
         {
             return new TextGenerator(loaded);
@@ -156,14 +170,17 @@ public sealed class TextGenerator : IDisposable
         {
             using var scope = torch.NewDisposeScope();
             Tensor logits;
-            if (options.UseCache)
+            using (ComposerSharp.Events.PrecisionExtensions.Enter(Precision, DeviceType.CPU))
             {
-                long[] fresh = step == 0 ? sequence.ToArray() : new[] { sequence[^1] };
-                logits = Model.ForwardCached(torch.tensor(fresh, new long[] { 1, fresh.Length }), cache);
-            }
-            else
-            {
-                logits = Model.call(new ComposerSharp.Events.Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.tensor(sequence.ToArray(), new long[] { 1, sequence.Count }) }));
+                if (options.UseCache)
+                {
+                    long[] fresh = step == 0 ? sequence.ToArray() : new[] { sequence[^1] };
+                    logits = Model.ForwardCached(torch.tensor(fresh, new long[] { 1, fresh.Length }), cache);
+                }
+                else
+                {
+                    logits = Model.call(new ComposerSharp.Events.Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.tensor(sequence.ToArray(), new long[] { 1, sequence.Count }) }));
+                }
             }
 
             int next = Sample(logits[0, -1], options, generator);

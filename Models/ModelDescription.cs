@@ -61,6 +61,14 @@ public sealed record ModelDescription
     /// </summary>
     public IReadOnlyDictionary<string, string>? TokenizerFiles { get; init; }
 
+    /// <summary>
+    /// How the run's data turned text into model input (the evaluation data's settings when the run had an eval loader,
+    /// else the training data's), so that inference reads text as evaluation did; null when the data recorded none
+    /// (token-id datasets, checkpoints written before this was recorded), in which case inference uses
+    /// <see cref="TextInputDescription.Default"/> for the model.
+    /// </summary>
+    public TextInputDescription? Input { get; init; }
+
     /// <summary>The ComposerSharp version that wrote the description.</summary>
     public string? FrameworkVersion { get; init; }
 
@@ -124,5 +132,32 @@ public sealed record ModelDescription
         {
             throw new InvalidDataException($"{source}: the model description is not valid: {ex.Message}", ex);
         }
+    }
+}
+
+/// <summary>
+/// The text-to-ids settings of a text dataset, recorded in a <see cref="ModelDescription"/> so that inference
+/// (<c>predict</c>, <c>TextClassifier</c>) reads text as the run's evaluation did, in the spirit of a Hugging Face
+/// tokenizer's <c>model_max_length</c> and <c>truncation</c> settings saved beside its model. Truncation keeps the
+/// first tokens (Hugging Face's <c>truncation_side="right"</c>), the only side the datasets implement.
+/// </summary>
+public sealed record TextInputDescription
+{
+    /// <summary>Maximum tokens per sample, special ids included (the dataset's <c>max_length</c>); longer texts keep their first tokens.</summary>
+    public required int MaxLength { get; init; }
+
+    /// <summary>Whether each sample starts with the cls id and, for a vocabulary with a separator, ends with it (the dataset's <c>prepend_cls</c>, Hugging Face's <c>add_special_tokens</c>).</summary>
+    public bool PrependCls { get; init; } = true;
+
+    /// <summary>
+    /// What inference assumes for a checkpoint that records no input settings: the model's whole context
+    /// (<paramref name="config"/>'s <c>max_sequence_length</c>) with the cls id prepended, as predict read text before
+    /// the settings were recorded.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="config"/> is null.</exception>
+    public static TextInputDescription Default(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new TextInputDescription { MaxLength = config.MaxSequenceLength };
     }
 }

@@ -224,6 +224,27 @@ public static class CheckpointFile
         return new Dictionary<string, string>(reader.Header.Metadata);
     }
 
+    /// <summary>
+    /// The precision the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer) was trained and
+    /// evaluated under, as its header records it: <c>fp32</c>, <c>amp_bf16</c> or <c>amp_fp16</c> (a header without the
+    /// field reads as <c>fp32</c>). Inference uses it to compute as the run's evaluation did (Composer's
+    /// <c>export_for_inference</c> keeps the precision the model was trained with the same way).
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint, or its precision is not one of the three names; the message names the file and the value.</exception>
+    public static Precision ReadPrecision(string path)
+    {
+        using CheckpointReader reader = Open(path, weightsOnly: true);
+        string recorded = reader.Header.Precision;
+        try
+        {
+            return PrecisionExtensions.Parse(recorded);
+        }
+        catch (FormatException ex)
+        {
+            throw new CheckpointException(reader.Path, $"Checkpoint '{reader.Path}' records precision '{recorded}'; expected fp32, amp_bf16 or amp_fp16.", ex);
+        }
+    }
+
     /// <summary>The model state dict (name → CPU tensor, as saved) of the checkpoint at <paramref name="path"/>; the caller owns the tensors.</summary>
     /// <exception cref="CheckpointException">The file is missing, not a ComposerSharp checkpoint, or damaged.</exception>
     /// <remarks>Only the header and the model weights are checked (the rest of the checkpoint is not read).</remarks>
