@@ -410,9 +410,9 @@ public sealed class TrainJob
         ConfusionPlot.Save(history.Latest(), Path.Combine(runFolder, "confusion.png"));
         IReadOnlyDictionary<string, double> latest = history.Latest();
         string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        if (!fit && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
+        if (!fit && trainer.Distributed.IsRankZero && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
         {
-            Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either
+            Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either (rank 0 owns the folder)
         }
 
         // An evaluation reports the batches and samples it evaluated over all ranks, not the training counters of the checkpoint.

@@ -1,4 +1,5 @@
 using ComposerSharp.Data;
+using ComposerSharp.Events;
 using ComposerSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -105,7 +106,7 @@ public sealed class MaskFiller : IDisposable
             throw new ArgumentException($"The text has {ids.Count} tokens; {limit} is {max}.", nameof(text));
         }
 
-        using var scope = torch.NewDisposeScope();
+        using var scope = StepScope.Begin();
         using var noGrad = torch.no_grad();
         Tensor logits;
         using (_loaded.Autocast())

@@ -88,7 +88,7 @@ public sealed class TextClassifier : IDisposable
         var results = new List<ClassPrediction>();
         foreach (string[] chunk in texts.Chunk(batchSize))
         {
-            using var scope = torch.NewDisposeScope();
+            using var scope = StepScope.Begin();
             using var noGrad = torch.no_grad();
             Batch batch = Encode(chunk);
             Tensor logits;

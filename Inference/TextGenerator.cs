@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using ComposerSharp.Data;
+using ComposerSharp.Events;
 using ComposerSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -168,7 +169,7 @@ public sealed class TextGenerator : IDisposable
         var sequence = promptIds.Select(i => (long)i).ToList();
         for (int step = 0; step < steps; step++)
         {
-            using var scope = torch.NewDisposeScope();
+            using var scope = StepScope.Begin();
             Tensor logits;
             using (ComposerSharp.Events.PrecisionExtensions.Enter(Precision, DeviceType.CPU))
             {

@@ -10,13 +10,12 @@ namespace ComposerSharp.Interop;
 /// <para>
 /// ComposerSharp leaves glibc's malloc at its defaults, as PyTorch eager does. An earlier version raised
 /// <c>M_MMAP_THRESHOLD</c> and <c>M_TRIM_THRESHOLD</c> to 1 GiB so that logits-sized tensors came from the brk heap
-/// instead of fresh zero-filled mappings. That made fp32 training with a 50k vocabulary grow without bound (gpt-tiny,
-/// batch 32 × 64: 0.6 GB to 19 GB in 20 batches, then the OOM killer): libtorch allocates with
-/// <c>posix_memalign(64, n)</c>, and glibc 2.36's memalign asks the heap for <c>n + 64 + 32</c> bytes, so a freed
-/// block of exactly n bytes hemmed in by a small live allocation never serves the next request of the same size; the
-/// heap grew by about one logits tensor per allocation until each size had some 17 holes (a C reproduction: 400 MB
-/// blocks, 7 GB heap, 0 bytes in use). With the default thresholds (dynamic, at most 32 MiB) such blocks are
-/// mappings of their own, unmapped on free.
+/// instead of fresh zero-filled mappings. Together with small native objects that only a finalizer frees (see
+/// <c>ComposerSharp.Events.StepScope</c>), that made fp32 training with a 50k vocabulary grow without bound
+/// (gpt-tiny, batch 32 × 64: 0.6 GB to 19 GB in 20 batches): libtorch allocates with <c>posix_memalign(64, n)</c>,
+/// and glibc 2.36's memalign asks the heap for n + 96 bytes, so a freed block of exactly n bytes hemmed in by a live
+/// small allocation never serves the next request of the same size, and the heap grew by one such block at a time.
+/// With the default thresholds (dynamic, at most 32 MiB) larger blocks are mappings of their own, unmapped on free.
 /// </para>
 /// </summary>
 public static partial class ProcessMemory
