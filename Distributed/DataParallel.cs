@@ -203,6 +203,8 @@ public sealed class DataParallel : IRankGroup, IDisposable
     /// average when every rank holds the same number of samples. A parameter with a gradient on some ranks only is
     /// treated as zeros on the others, which then receive the reduced gradient too; one with a gradient on no rank is
     /// left without. Finishes the overlapped reduce armed by <see cref="PrepareGradientReduce"/>, else reduces now.
+    /// The counts may be loss-generating tokens instead of samples (the Trainer's
+    /// <c>accumulate_train_batch_on_tokens</c>): the weighting is the same, by each rank's count over the global one.
     /// </summary>
     /// <exception cref="InvalidOperationException">The global batch holds no sample.</exception>
     public void AllReduceGradients(IEnumerable<optim.Optimizer> optimizers, long localSamples, long globalSamples)
@@ -235,7 +237,8 @@ public sealed class DataParallel : IRankGroup, IDisposable
     /// <summary>
     /// The loss of the global batch from each rank's mean loss over its <paramref name="localSamples"/>:
     /// Σ_r n_r·loss_r / N (Composer all-reduces the sample-weighted loss and divides by the world size), which is the
-    /// mean of the ranks' losses when they hold the same number of samples. One SUM all-reduce (Float64).
+    /// mean of the ranks' losses when they hold the same number of samples. One SUM all-reduce (Float64). The counts
+    /// may be loss-generating tokens instead of samples, weighting the ranks as their gradients are.
     /// </summary>
     public double GlobalLoss(double localLoss, long localSamples, long globalSamples)
     {
@@ -250,6 +253,24 @@ public sealed class DataParallel : IRankGroup, IDisposable
         Group.AllReduce(t, ReduceOp.Sum);
         double sum = t.item<double>();
         return even ? sum / WorldSize : sum / globalSamples;
+    }
+
+    /// <summary>
+    /// The sum of the ranks' <paramref name="value"/>s on every rank (a SUM all-reduce of an Int64; every rank must
+    /// call it); <paramref name="value"/> itself for world size 1. The Trainer uses it for the global count of
+    /// loss-generating tokens of a step (Composer's trainer.py all-reduces that count in <c>_train_microbatches</c>).
+    /// </summary>
+    public long SumOverRanks(long value)
+    {
+        if (!Enabled)
+        {
+            return value;
+        }
+
+        using var scope = torch.NewDisposeScope();
+        Tensor t = torch.tensor(new[] { value });
+        Group.AllReduce(t, ReduceOp.Sum);
+        return t.item<long>();
     }
 
     /// <summary>The largest of the ranks' <paramref name="value"/>s on every rank (a MAX all-reduce; every rank must call it).</summary>

@@ -95,6 +95,21 @@ public sealed class BertForMaskedLM : TransformerModel
         return Losses.CrossEntropy(outputs, LabelsFor(outputs, batch)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The masked tokens of <paramref name="batch"/>: its Int64 <c>labels</c> that are not −100, over which
+    /// <see cref="Loss"/> averages; the sample count when the batch has no such labels (see
+    /// <see cref="ComposerModel.LossGeneratingTokens"/>; llm-foundry counts MLM and causal-LM loss-generating tokens the
+    /// same way).
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="batch"/> is null.</exception>
+    public override long LossGeneratingTokens(Batch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        return batch.TryGetValue("labels", out Tensor labels) && labels.dtype == ScalarType.Int64
+            ? Losses.CountLabeled(labels)
+            : base.LossGeneratingTokens(batch);
+    }
+
     /// <summary>Updates <paramref name="metric"/>; for sparse outputs [N, VocabSize] against the N selected labels [N], which gives the same values as the dense outputs.</summary>
     public override void UpdateMetric(Batch batch, Tensor outputs, IMetric metric)
     {

@@ -51,6 +51,24 @@ public abstract class ComposerModel : nn.Module<Batch, Tensor>
     {
     }
 
+    /// <summary>
+    /// The number of loss-generating units in <paramref name="batch"/>: the count over which <see cref="Loss"/>
+    /// averages. With the Trainer's <c>accumulate_train_batch_on_tokens</c> on, each microbatch's mean loss is weighted
+    /// by this count divided by its sum over every microbatch of every rank, so the step's gradient is that of the
+    /// mean over the whole global batch whatever its split (Composer's trainer.py: <c>_train_microbatches</c> counts
+    /// them with the data spec's <c>get_num_tokens_in_batch</c>, its <c>loss_generating</c> entry when given). The
+    /// default is <see cref="Batch.NumSamples"/>, right for a loss that is a mean over samples; a model whose loss is a
+    /// mean over tokens overrides it (e.g. the labels that are not −100). Called on the host before the microbatch's
+    /// forward; reading a device tensor's count synchronises with the device.
+    /// </summary>
+    /// <returns>A count ≥ 0 (units: samples by default, tokens for token-level losses).</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="batch"/> is null.</exception>
+    public virtual long LossGeneratingTokens(Batch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        return batch.NumSamples;
+    }
+
     /// <summary>New metric instances for training (<paramref name="isTrain"/>) or evaluation.</summary>
     public virtual IReadOnlyList<IMetric> GetMetrics(bool isTrain) => Array.Empty<IMetric>();
 

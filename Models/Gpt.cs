@@ -54,6 +54,19 @@ public sealed class GptForCausalLM : TransformerModel
         return Losses.CrossEntropy(outputs, Targets(batch)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The next-token targets of <paramref name="batch"/> that are not −100 (<see cref="Targets"/>), over which
+    /// <see cref="Loss"/> averages (see <see cref="ComposerModel.LossGeneratingTokens"/>).
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="batch"/> is null.</exception>
+    /// <exception cref="KeyNotFoundException">The batch has neither <c>labels</c> nor <c>input_ids</c>.</exception>
+    public override long LossGeneratingTokens(Batch batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        using var scope = torch.NewDisposeScope();
+        return Losses.CountLabeled(Targets(batch));
+    }
+
     /// <summary>Train and eval: CrossEntropy, Perplexity (of the next token).</summary>
     public override IReadOnlyList<IMetric> GetMetrics(bool isTrain) => new IMetric[] { new CrossEntropyMetric(), new PerplexityMetric() };
 

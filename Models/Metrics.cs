@@ -83,6 +83,19 @@ public static class Losses
     /// <summary>The batch's <c>labels</c> tensor.</summary>
     /// <exception cref="KeyNotFoundException">The batch has no <c>labels</c>.</exception>
     internal static Tensor Labels(Batch batch) => batch["labels"];
+
+    /// <summary>
+    /// The number of hard labels in <paramref name="labels"/> that are not <see cref="IgnoreIndex"/>: the count over
+    /// which <see cref="CrossEntropy"/> averages (a host read of a device scalar).
+    /// </summary>
+    /// <returns>A count ≥ 0.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="labels"/> is null.</exception>
+    public static long CountLabeled(Tensor labels)
+    {
+        ArgumentNullException.ThrowIfNull(labels);
+        using var scope = torch.NewDisposeScope();
+        return labels.ne(IgnoreIndex).sum().item<long>();
+    }
 }
 
 /// <summary>

@@ -173,11 +173,12 @@ public sealed partial class Trainer
                     Engine.RunEvent(Event.BatchStart);
                     LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
 
-                    Tensor loss = TrainBatch(useGradScaling, globalSamples);
+                    (Tensor loss, long localWeight, long globalWeight) = TrainBatch(useGradScaling, globalSamples);
                     GradScaler.Update();
                     if (lossObserved)
                     {
-                        double l = _distributed.GlobalLoss(loss.item<float>(), samples, globalSamples); // Distributed: the global batch's loss
+                        // Distributed: the global batch's loss, the ranks weighted as their gradients are (samples, or loss-generating tokens).
+                        double l = _distributed.GlobalLoss(loss.item<float>(), localWeight, globalWeight);
                         State.Metrics["loss/train/total"] = l;
                         Logger.LogMetric("loss/train/total", l);
                     }
@@ -333,10 +334,12 @@ public sealed partial class Trainer
     /// BeforeTrainBatch, zero the gradients, each microbatch, AfterTrainBatch, then one optimizer step per optimizer.
     /// An <see cref="IClosureOptimizer"/> (SAM) is instead stepped with a closure that does all but BeforeTrainBatch
     /// (and may be called more than once; train metrics and the returned loss come from its first call).
-    /// Returns the batch's loss (the sample-weighted mean of the microbatch losses), Float32 [1], detached, on the device.
+    /// Returns the batch's loss (the weighted mean of the microbatch losses, see <see cref="MicrobatchWeights"/>),
+    /// Float32 [1], detached, on the device, with this rank's and the global weight of the step (samples, or
+    /// loss-generating tokens under <see cref="TrainerOptions.AccumulateTrainBatchOnTokens"/>).
     /// </summary>
-    /// <exception cref="InvalidOperationException">Closure optimizers mixed with others, or with amp_fp16's loss scaling.</exception>
-    private Tensor TrainBatch(bool useGradScaling, long globalSamples)
+    /// <exception cref="InvalidOperationException">Closure optimizers mixed with others, or with amp_fp16's loss scaling; a negative token count.</exception>
+    private (Tensor Loss, long LocalWeight, long GlobalWeight) TrainBatch(bool useGradScaling, long globalSamples)
     {
         Batch deviceBatch = State.Batch!;
         foreach (IMetric metric in _trainMetrics)
@@ -347,10 +350,11 @@ public sealed partial class Trainer
         long? microbatchSize = State.DeviceTrainMicrobatchSize;
         IReadOnlyList<Batch> microbatches = microbatchSize is { } size ? deviceBatch.Split(size) : new[] { deviceBatch };
         Engine.RunEvent(Event.BeforeTrainBatch);
+        StepWeights weights = MicrobatchWeights(microbatches, globalSamples);
         int closureOptimizers = State.Optimizers.Count(o => o is IClosureOptimizer);
         if (closureOptimizers == 0)
         {
-            Tensor totalLoss = TrainMicrobatches(microbatches, deviceBatch, useGradScaling, globalSamples, updateMetrics: true);
+            Tensor totalLoss = TrainMicrobatches(microbatches, deviceBatch, useGradScaling, weights, updateMetrics: true);
             foreach (optim.Optimizer optimizer in State.Optimizers)
             {
                 if (useGradScaling)
@@ -363,7 +367,7 @@ public sealed partial class Trainer
                 }
             }
 
-            return totalLoss;
+            return (totalLoss, weights.Local, weights.Global);
         }
 
         if (closureOptimizers != State.Optimizers.Count || useGradScaling)
@@ -377,13 +381,62 @@ public sealed partial class Trainer
         {
             optimizer.step(() =>
             {
-                Tensor loss = TrainMicrobatches(microbatches, deviceBatch, useGradScaling, globalSamples, updateMetrics: firstLoss is null);
+                Tensor loss = TrainMicrobatches(microbatches, deviceBatch, useGradScaling, weights, updateMetrics: firstLoss is null);
                 firstLoss ??= loss;
                 return loss;
             });
         }
 
-        return firstLoss ?? throw new InvalidOperationException("A closure optimizer stepped without evaluating the batch's loss.");
+        return (firstLoss ?? throw new InvalidOperationException("A closure optimizer stepped without evaluating the batch's loss."), weights.Local, weights.Global);
+    }
+
+    /// <summary>
+    /// How a step weighs its microbatches and this rank: each microbatch's mean loss is multiplied by its share of the
+    /// rank's weight (<see cref="StepWeights.Shares"/>), so the rank's gradient is the weighted mean of its
+    /// microbatches' gradients, and the gradient all-reduce and the logged loss weigh the rank by
+    /// <see cref="StepWeights.Local"/> out of <see cref="StepWeights.Global"/>. Together, each microbatch of each rank
+    /// counts by its weight over the global total, the mean over the whole global batch.
+    /// </summary>
+    /// <param name="Shares">Per microbatch: its weight over this rank's total (0 for all when that total is 0).</param>
+    /// <param name="Local">This rank's total weight: samples, or loss-generating tokens.</param>
+    /// <param name="Global">The total over all ranks (more than 0).</param>
+    private readonly record struct StepWeights(double[] Shares, long Local, long Global);
+
+    /// <summary>
+    /// The weights of this step's microbatches (Composer's trainer.py <c>_train_microbatches</c>): by samples; or,
+    /// with <see cref="TrainerOptions.AccumulateTrainBatchOnTokens"/>, by the model's count of loss-generating tokens
+    /// (<see cref="ComposerModel.LossGeneratingTokens"/>), summed over the microbatches and then over the ranks (one
+    /// SUM all-reduce, which every rank joins). A step whose global batch holds no loss-generating token is weighted
+    /// by samples (a token weight would divide by zero).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The model counted fewer than 0 tokens.</exception>
+    private StepWeights MicrobatchWeights(IReadOnlyList<Batch> microbatches, long globalSamples)
+    {
+        if (_accumulateOnTokens)
+        {
+            long[] tokens = new long[microbatches.Count];
+            for (int i = 0; i < tokens.Length; i++)
+            {
+                tokens[i] = _model.LossGeneratingTokens(microbatches[i]);
+                if (tokens[i] < 0)
+                {
+                    throw new InvalidOperationException(
+                        $"{_model.GetType().Name}.LossGeneratingTokens returned {tokens[i]} for a microbatch of {microbatches[i].NumSamples} samples; a count must be ≥ 0.");
+                }
+            }
+
+            long localTokens = tokens.Sum();
+            long globalTokens = _distributed.SumOverRanks(localTokens); // Distributed: every microbatch of every rank
+            if (globalTokens > 0)
+            {
+                double[] tokenShares = tokens.Select(t => localTokens > 0 ? (double)t / localTokens : 0.0).ToArray();
+                return new StepWeights(tokenShares, localTokens, globalTokens);
+            }
+        }
+
+        long localSamples = microbatches.Sum(mb => mb.NumSamples);
+        double[] shares = microbatches.Select(mb => mb.NumSamples / (double)localSamples).ToArray();
+        return new StepWeights(shares, localSamples, globalSamples);
     }
 
     /// <summary>
@@ -391,14 +444,13 @@ public sealed partial class Trainer
     /// unscales them under amp_fp16, and raises AfterTrainBatch (Composer's <c>_train_microbatches</c>). Returns the
     /// batch's loss, Float32 [1].
     /// </summary>
-    private Tensor TrainMicrobatches(IReadOnlyList<Batch> microbatches, Batch deviceBatch, bool useGradScaling, long globalSamples, bool updateMetrics)
+    private Tensor TrainMicrobatches(IReadOnlyList<Batch> microbatches, Batch deviceBatch, bool useGradScaling, StepWeights weights, bool updateMetrics)
     {
         foreach (optim.Optimizer optimizer in State.Optimizers)
         {
             ClearGradients(optimizer);
         }
 
-        double batchSamples = microbatches.Sum(mb => mb.NumSamples);
         Tensor totalLoss = torch.zeros(1, dtype: ScalarType.Float32, device: State.Device);
         for (int i = 0; i < microbatches.Count; i++)
         {
@@ -407,15 +459,15 @@ public sealed partial class Trainer
             if (i == microbatches.Count - 1)
             {
                 // Distributed: the gradient all-reduce of this step may start during the last microbatch's backward.
-                _distributed.PrepareGradientReduce(State.Model, State.Optimizers, (long)batchSamples, globalSamples);
+                _distributed.PrepareGradientReduce(State.Model, State.Optimizers, weights.Local, weights.Global);
             }
 
-            Tensor microbatchLoss = TrainMicrobatch(useGradScaling, microbatch.NumSamples / batchSamples, updateMetrics);
+            Tensor microbatchLoss = TrainMicrobatch(useGradScaling, weights.Shares[i], updateMetrics);
             totalLoss.add_(microbatchLoss);
         }
 
         State.Batch = deviceBatch;
-        _distributed.AllReduceGradients(State.Optimizers, (long)batchSamples, globalSamples); // Distributed: averaged over the global batch
+        _distributed.AllReduceGradients(State.Optimizers, weights.Local, weights.Global); // Distributed: averaged over the global batch
         if (useGradScaling)
         {
             foreach (optim.Optimizer optimizer in State.Optimizers)
@@ -435,7 +487,8 @@ public sealed partial class Trainer
 
     /// <summary>
     /// One microbatch (Composer's <c>_train_microbatch</c>): forward and loss under the precision's autocast scope,
-    /// then backward of the loss scaled by the microbatch's share of the batch's samples (and by the loss scale under
+    /// then backward of the loss scaled by the microbatch's share of the batch's weight, its samples or, with
+    /// <see cref="TrainerOptions.AccumulateTrainBatchOnTokens"/>, its loss-generating tokens (and by the loss scale under
     /// amp_fp16), so that the accumulated gradient equals the whole batch's gradient. Returns the microbatch's
     /// weighted loss (Float32 [1], detached) for logging.
     /// </summary>

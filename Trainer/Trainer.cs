@@ -48,6 +48,9 @@ public sealed partial class Trainer : IDisposable
     private bool _closed;
     private CancellationToken _fitCancellation;
 
+    // Composer's accumulate_train_batch_on_tokens: microbatches and ranks weigh by their loss-generating tokens.
+    private readonly bool _accumulateOnTokens;
+
     // Distributed: data-parallel calls (no-ops for world size 1); the logic lives in Distributed/DataParallel.cs.
     private readonly DataParallel _distributed;
 
@@ -93,6 +96,7 @@ public sealed partial class Trainer : IDisposable
         _model = model ?? throw new ArgumentNullException(nameof(model));
         TrainerOptions o = (options ?? new TrainerOptions()).Validate();
         loggerFactory ??= NullLoggerFactory.Instance;
+        _accumulateOnTokens = o.AccumulateTrainBatchOnTokens;
         _log = loggerFactory.CreateLogger<Trainer>();
         if (o.DeterministicMode)
         {
@@ -416,6 +420,7 @@ public sealed partial class Trainer : IDisposable
             ["precision"] = State.Precision.ToComposerName(),
             ["device"] = State.Device.ToString(),
             ["device_train_microbatch_size"] = State.DeviceTrainMicrobatchSize,
+            ["accumulate_train_batch_on_tokens"] = _accumulateOnTokens,
             ["world_size"] = _distributed.WorldSize,
         };
         foreach (IAlgorithm algorithm in State.Algorithms)

@@ -15,7 +15,7 @@ namespace ComposerSharp.Training;
 /// <para>
 /// Each property is the camel-case form of the Composer <c>Trainer</c> argument of the same meaning
 /// (composer/trainer/trainer.py: <c>max_duration</c>, <c>precision</c>, <c>device</c>, <c>seed</c>,
-/// <c>device_train_microbatch_size</c>, <c>eval_interval</c>, <c>eval_subset_num_batches</c>, <c>run_name</c>,
+/// <c>device_train_microbatch_size</c>, <c>accumulate_train_batch_on_tokens</c>, <c>eval_interval</c>, <c>eval_subset_num_batches</c>, <c>run_name</c>,
 /// <c>progress_bar</c>, <c>log_to_console</c>, <c>console_log_interval</c>, <c>compute_training_metrics</c>,
 /// <c>deterministic_mode</c>); the YAML of <c>composersharp train</c> binds its top-level keys to these properties
 /// by that snake-case name, so the API and the configuration cannot disagree.
@@ -46,6 +46,20 @@ public sealed record TrainerOptions
 
     /// <summary>Samples per microbatch (gradient accumulation; at least 1), or null to train each batch whole.</summary>
     public int? DeviceTrainMicrobatchSize { get; init; }
+
+    /// <summary>
+    /// Composer's <c>accumulate_train_batch_on_tokens</c> (composer/trainer/trainer.py, <c>_train_microbatches</c> and
+    /// <c>_train_microbatch</c>): weight each microbatch's mean loss, and each rank's share of the gradient, by its
+    /// loss-generating tokens (<see cref="ComposerSharp.Models.ComposerModel.LossGeneratingTokens"/>, e.g. the labels that are not
+    /// −100 of BERT MLM or GPT) divided by their total over every microbatch of every rank (one extra SUM all-reduce
+    /// per step when distributed), instead of by its share of the samples. The step's gradient and logged loss are
+    /// then those of the token mean over the whole global batch, the same for any microbatch size and any number of
+    /// ranks; with sample weighting a loss that is a mean over tokens gives a result that depends on the split, as
+    /// microbatches and ranks hold different numbers of masked tokens. Models that count samples (the default count)
+    /// train exactly as with the option off. A step whose global batch holds no loss-generating token falls back to
+    /// sample weighting (its losses are 0 with zero gradients for the models here). Off by default, as in Composer.
+    /// </summary>
+    public bool AccumulateTrainBatchOnTokens { get; init; }
 
     /// <summary>
     /// How often to evaluate during <see cref="Trainer.Fit"/> (<c>ep</c>, <c>ba</c>, <c>sp</c>, <c>tok</c>, <c>dur</c>;

@@ -111,10 +111,10 @@ public abstract class MpiJobFixture
         _outputs.Clear();
     }
 
-    /// <summary>Runs <paramref name="scenario"/> of the test host on <paramref name="ranks"/> ranks (see <see cref="MpiJob.RunHost"/>).</summary>
-    protected MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null)
+    /// <summary>Runs <paramref name="scenario"/> of the test host on <paramref name="ranks"/> ranks with the scenario's <paramref name="args"/> (see <see cref="MpiJob.RunHost"/>).</summary>
+    protected MpiJobResult Host(string scenario, int ranks = 2, TimeSpan? timeout = null, IReadOnlyDictionary<string, string>? env = null, params string[] args)
     {
-        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env);
+        MpiJobResult job = MpiJob.RunHost(scenario, ranks, timeout, env, args);
         _outputs.Add(job.Output);
         return job;
     }

@@ -139,7 +139,8 @@ public static class TrainerScenarios
     /// loss of every step (<c>rank0.mlm-world</c>, one value a line), to be compared across world sizes. The loss is
     /// normalised per sample (<see cref="PerSampleMlm"/>), so the Trainer's sample-weighted data-parallel average is
     /// exact and only the masks can make world sizes differ. The argument <c>mean</c> trains the stock
-    /// <see cref="BertForMaskedLM"/> (mean over masked tokens) instead.
+    /// <see cref="BertForMaskedLM"/> (mean over masked tokens) instead; the argument <c>tokens</c> switches on
+    /// <see cref="TrainerOptions.AccumulateTrainBatchOnTokens"/>, and <c>microbatch=N</c> sets the microbatch size.
     /// </summary>
     public static void MlmAcrossWorldSizes(ScenarioContext c)
     {
@@ -156,7 +157,9 @@ public static class TrainerScenarios
         var loader = new DataLoader<long[]>(data, globalBatch / c.Group.WorldSize, new MlmCollator(data.Vocabulary, new MlmCollatorOptions { Seed = 1 }), shuffle: true, seed: 3);
         var losses = new List<double>();
         var hook = new HookCallback { OnBatchEnd = s => losses.Add(s.Metrics["loss/train/total"]) };
-        using var trainer = new TrainerT(model, Options("6ba"), loader, callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
+        int? microbatch = c.Arguments.Where(a => a.StartsWith("microbatch=", StringComparison.Ordinal)).Select(a => (int?)int.Parse(a["microbatch=".Length..], CultureInfo.InvariantCulture)).FirstOrDefault();
+        TrainerOptions options = Options("6ba") with { AccumulateTrainBatchOnTokens = c.Arguments.Contains("tokens"), DeviceTrainMicrobatchSize = microbatch };
+        using var trainer = new TrainerT(model, options, loader, callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
         trainer.Fit();
         if (losses.Count != 6)
         {

@@ -19,7 +19,7 @@ public class TrainerOptionsTests
     {
         string[] expected =
         {
-            "max_duration", "precision", "device", "seed", "device_train_microbatch_size", "eval_interval", "eval_subset_num_batches",
+            "max_duration", "precision", "device", "seed", "device_train_microbatch_size", "accumulate_train_batch_on_tokens", "eval_interval", "eval_subset_num_batches",
             "run_name", "run_folder", "progress_bar", "log_to_console", "console_log_interval", "compute_training_metrics", "deterministic_mode",
             "save_folder", "save_filename", "save_latest_filename", "save_interval", "save_overwrite", "save_weights_only",
             "save_num_checkpoints_to_keep", "load_path", "load_weights_only", "load_strict_model_weights", "load_ignore_keys", "autoresume",
@@ -33,7 +33,7 @@ public class TrainerOptionsTests
     public void TheYamlBindsTheSameRecordTheApiBuilds()
     {
         ConfigSection config = ConfigSection.Parse(
-            "max_duration: 12ba\nprecision: amp_bf16\ndevice: CPU\nseed: 5\ndevice_train_microbatch_size: 2\neval_interval: 3ba\n" +
+            "max_duration: 12ba\nprecision: amp_bf16\ndevice: CPU\nseed: 5\ndevice_train_microbatch_size: 2\naccumulate_train_batch_on_tokens: true\neval_interval: 3ba\n" +
             "compute_training_metrics: false\nsave_interval: 4ba\nload_ignore_keys: [classifier.*, pooler.*]\nmodel: {name: x}\n",
             "test");
         TrainerOptions bound = OptionsBinder.Bind<TrainerOptions>(config, null, TrainJob.TopLevelKeys.ToArray()) with
@@ -46,6 +46,8 @@ public class TrainerOptionsTests
         Assert.That(validated.Device, Is.EqualTo("cpu"), "the device name is normalised once, by the library");
         Assert.That(validated.Seed, Is.EqualTo(5));
         Assert.That(validated.DeviceTrainMicrobatchSize, Is.EqualTo(2));
+        Assert.That(validated.AccumulateTrainBatchOnTokens, Is.True);
+        Assert.That(new TrainerOptions().AccumulateTrainBatchOnTokens, Is.False, "off by default, as Composer's");
         Assert.That(validated.EvalInterval, Is.EqualTo(Time.FromBatch(3)));
         Assert.That(validated.ComputeTrainingMetrics, Is.False);
         Assert.That(validated.ProgressBar, Is.True, "an absent key keeps the record's default");
