@@ -91,7 +91,7 @@ internal static class MemoryBenchmark
         const string key = "gpt-tiny-gpt2-b8";
         var report = new PartReport("memory-flat", "(7b) RSS flatness of a long fp32 Trainer run (gpt-tiny, GPT-2 vocabulary)");
         int batches = settings.Quick ? 20 : 1000, every = settings.Quick ? 10 : 100;
-        double maxSeconds = settings.Quick ? 120 : 300;
+        double maxSeconds = settings.Quick ? 120 : 480;
         string last = ChildRun.LastLine("memory flatness run", new[]
         {
             FlatCommand, key, batches.ToString(CultureInfo.InvariantCulture), every.ToString(CultureInfo.InvariantCulture),
