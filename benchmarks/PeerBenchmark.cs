@@ -145,6 +145,36 @@ internal static class PeerBenchmark
         }
     }
 
+    /// <summary>
+    /// How to start pytorch_peer.py for <paramref name="shape"/> (model kind, sizes, batch, learning rate) with
+    /// <paramref name="threads"/> threads in every threading library and the OpenMP wait policy, plus
+    /// <paramref name="extra"/> arguments (e.g. <c>--serve</c>); stdout redirected, stderr inherited.
+    /// </summary>
+    internal static ProcessStartInfo StartInfo(string python, string script, TrainingShape shape, int threads, string ompWaitPolicy, params string[] extra)
+    {
+        Models.TransformerConfig c = shape.Config;
+        string t = threads.ToString(CultureInfo.InvariantCulture);
+        var psi = new ProcessStartInfo(python, new[]
+        {
+            script, "--threads", t, "--model", shape.Causal ? "gpt" : "bert",
+            "--layers", c.NumLayers.ToString(CultureInfo.InvariantCulture), "--hidden", c.HiddenSize.ToString(CultureInfo.InvariantCulture),
+            "--heads", c.NumHeads.ToString(CultureInfo.InvariantCulture), "--intermediate", c.IntermediateSize.ToString(CultureInfo.InvariantCulture),
+            "--vocab", c.VocabSize.ToString(CultureInfo.InvariantCulture), "--regular-vocab", shape.RegularVocab.ToString(CultureInfo.InvariantCulture),
+            "--seq", shape.SequenceLength.ToString(CultureInfo.InvariantCulture), "--batch", shape.BatchSize.ToString(CultureInfo.InvariantCulture),
+            "--lr", shape.LearningRate.ToString(CultureInfo.InvariantCulture),
+        }.Concat(extra))
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = false,
+            UseShellExecute = false,
+        };
+        psi.Environment["OMP_NUM_THREADS"] = t;
+        psi.Environment["OPENBLAS_NUM_THREADS"] = t;
+        psi.Environment["MKL_NUM_THREADS"] = t;
+        psi.Environment[OpenMp.WaitPolicyVariable] = ompWaitPolicy;
+        return psi;
+    }
+
     /// <summary>The peer script in serve mode: send "run precision n", read per-step milliseconds.</summary>
     internal sealed class PeerProcess : IDisposable
     {
@@ -160,27 +190,8 @@ internal static class PeerBenchmark
 
         public static PeerProcess Start(string python, string script, TrainingShape shape, int threads, string ompWaitPolicy)
         {
-            Models.TransformerConfig c = shape.Config;
-            var psi = new ProcessStartInfo(python, new[]
-            {
-                script, "--serve", "--threads", threads.ToString(CultureInfo.InvariantCulture),
-                "--layers", c.NumLayers.ToString(CultureInfo.InvariantCulture), "--hidden", c.HiddenSize.ToString(CultureInfo.InvariantCulture),
-                "--heads", c.NumHeads.ToString(CultureInfo.InvariantCulture), "--intermediate", c.IntermediateSize.ToString(CultureInfo.InvariantCulture),
-                "--vocab", c.VocabSize.ToString(CultureInfo.InvariantCulture), "--regular-vocab", shape.RegularVocab.ToString(CultureInfo.InvariantCulture),
-                "--seq", shape.SequenceLength.ToString(CultureInfo.InvariantCulture), "--batch", shape.BatchSize.ToString(CultureInfo.InvariantCulture),
-                "--lr", shape.LearningRate.ToString(CultureInfo.InvariantCulture),
-            })
-            {
-                RedirectStandardInput = true,
-                RedirectStandardOutput = true,
-                RedirectStandardError = false,
-                UseShellExecute = false,
-            };
-            string t = threads.ToString(CultureInfo.InvariantCulture);
-            psi.Environment["OMP_NUM_THREADS"] = t;
-            psi.Environment["OPENBLAS_NUM_THREADS"] = t;
-            psi.Environment["MKL_NUM_THREADS"] = t;
-            psi.Environment[OpenMp.WaitPolicyVariable] = ompWaitPolicy;
+            ProcessStartInfo psi = StartInfo(python, script, shape, threads, ompWaitPolicy, "--serve");
+            psi.RedirectStandardInput = true;
             Process process = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start {python} {script}.");
             string? ready = process.StandardOutput.ReadLine();
             if (ready is null)

@@ -75,17 +75,37 @@ foreach (BenchmarkPart part in BenchmarkRunner.Parts.Append(BenchmarkRunner.All)
 var probePrecision = new Argument<string>("precision");
 var probeVariant = new Argument<string>("variant");
 var probeSteps = new Argument<int>("steps");
+var probeShape = new Argument<string>("shape") { DefaultValueFactory = _ => "bert-mini" };
 var probe = new Command(MemoryProbe.Command, "Internal: peak memory of one training configuration.") { Hidden = true };
 probe.Arguments.Add(probePrecision);
 probe.Arguments.Add(probeVariant);
 probe.Arguments.Add(probeSteps);
+probe.Arguments.Add(probeShape);
 probe.SetAction(result =>
 {
     OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
     return MemoryProbe.RunChild(
-        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads));
+        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads), result.GetValue(probeShape)!);
 });
 root.Subcommands.Add(probe);
+
+// Hidden: resident memory every N batches of a long fp32 run in a fresh process (started by the memory part).
+var flatShape = new Argument<string>("shape");
+var flatBatches = new Argument<int>("batches");
+var flatEvery = new Argument<int>("every");
+var flatSeconds = new Argument<double>("max-seconds");
+var flat = new Command(MemoryBenchmark.FlatCommand, "Internal: resident memory every N batches of a long fp32 run.") { Hidden = true };
+foreach (Argument a in new Argument[] { flatShape, flatBatches, flatEvery, flatSeconds })
+{
+    flat.Arguments.Add(a);
+}
+
+flat.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return MemoryProbe.RunFlatChild(result.GetValue(flatShape)!, result.GetValue(flatBatches), result.GetValue(flatEvery), result.GetValue(flatSeconds), result.GetValue(threads));
+});
+root.Subcommands.Add(flat);
 
 // Hidden: the training step with or without deterministic mode in a fresh process (started by the determinism part).
 var detPrecision = new Argument<string>("precision");

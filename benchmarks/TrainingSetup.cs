@@ -31,8 +31,14 @@ internal sealed record TrainingShape
     /// <summary>Samples per batch (B).</summary>
     public int BatchSize { get; init; } = 16;
 
+    /// <summary>Layer sizes when they are not a preset's (e.g. all-MiniLM-L6-v2); null = <see cref="Preset"/>'s. <see cref="Preset"/> then only names the shape.</summary>
+    public TransformerConfig? Sizes { get; init; }
+
+    /// <summary>True for a GPT causal language model (preset names starting with "gpt"), false for BERT MLM.</summary>
+    public bool Causal => Sizes is null && Preset.StartsWith("gpt", StringComparison.OrdinalIgnoreCase);
+
     /// <summary>The model configuration.</summary>
-    public TransformerConfig Config => TransformerConfig.Preset(Preset) with { VocabSize = VocabSize, MaxSequenceLength = SequenceLength };
+    public TransformerConfig Config => (Sizes ?? TransformerConfig.Preset(Preset)) with { VocabSize = VocabSize, MaxSequenceLength = SequenceLength };
 
     /// <summary>Tokens per batch (B × T).</summary>
     public long TokensPerBatch => (long)BatchSize * SequenceLength;
@@ -44,7 +50,7 @@ internal sealed record TrainingShape
     public string Describe()
     {
         TransformerConfig c = Config;
-        return $"{Preset} MLM (post-LN): {c.NumLayers} layers, hidden {c.HiddenSize}, {c.NumHeads} heads, FFN {c.IntermediateSize}, vocab {c.VocabSize}, " +
+        return $"{Preset} {(Causal ? "causal LM (pre-LN)" : "MLM (post-LN)")}: {c.NumLayers} layers, hidden {c.HiddenSize}, {c.NumHeads} heads, FFN {c.IntermediateSize}, vocab {c.VocabSize}, " +
                $"batch {BatchSize} × {SequenceLength} tokens, dropout {c.Dropout}, AdamW lr {LearningRate}";
     }
 }
@@ -60,7 +66,7 @@ internal sealed class InMemoryBatches : IDataLoader, IDisposable
 
     private InMemoryBatches(List<Batch> batches) => _batches = batches;
 
-    /// <summary>Builds <paramref name="count"/> batches of <paramref name="shape"/>.</summary>
+    /// <summary>Builds <paramref name="count"/> batches of <paramref name="shape"/> (MLM-masked, or causal-LM labels when <see cref="TrainingShape.Causal"/>).</summary>
     public static InMemoryBatches Create(TrainingShape shape, int count, long seed = 0)
     {
         var dataset = new SyntheticTokenDataset(new SyntheticTokenOptions
@@ -70,7 +76,8 @@ internal sealed class InMemoryBatches : IDataLoader, IDisposable
             RegularVocabSize = shape.RegularVocab,
             Seed = seed,
         });
-        var loader = new DataLoader<long[]>(dataset, shape.BatchSize, new MlmCollator(dataset.Vocabulary, new MlmCollatorOptions { Seed = seed }), shuffle: true, dropLast: true, seed: seed);
+        ICollator<long[]> collator = shape.Causal ? new CausalLmCollator(dataset.Vocabulary) : new MlmCollator(dataset.Vocabulary, new MlmCollatorOptions { Seed = seed });
+        var loader = new DataLoader<long[]>(dataset, shape.BatchSize, collator, shuffle: true, dropLast: true, seed: seed);
         return new InMemoryBatches(loader.GetEpoch(0).ToList());
     }
 
@@ -108,14 +115,14 @@ internal static class TrainingSetup
     public const int ModelSeed = 17;
 
     /// <summary>
-    /// A Trainer on the CPU for <paramref name="shape"/> with AdamW, no progress bar, no loggers, no max duration
+    /// A Trainer on the CPU for <paramref name="shape"/> (BERT MLM, or GPT causal LM when <see cref="TrainingShape.Causal"/>) with AdamW, no progress bar, no loggers, no max duration
     /// (each timed sample calls <c>Fit(n ba)</c>), LowPrecisionLayerNorm when <paramref name="lowPrecisionLayerNorm"/>,
     /// and training metrics only when <paramref name="computeTrainingMetrics"/> (Composer's default is off).
     /// </summary>
     public static Trainer CreateTrainer(TrainingShape shape, InMemoryBatches data, Precision precision, bool lowPrecisionLayerNorm = false, bool computeTrainingMetrics = false)
     {
         torch.manual_seed(ModelSeed);
-        var model = new BertForMaskedLM(shape.Config);
+        ComposerModel model = shape.Causal ? new GptForCausalLM(shape.Config) : new BertForMaskedLM(shape.Config);
         var algorithms = new List<IAlgorithm>();
         if (lowPrecisionLayerNorm)
         {

@@ -6,6 +6,9 @@ learned position embedding, embedding LayerNorm, MLM transform + LayerNorm, deco
 embedding, cross-entropy over the masked positions computed in float32, AdamW) with PyTorch eager on the CPU,
 in fp32 or under torch.autocast('cpu', dtype=torch.bfloat16).
 
+With --model gpt it trains a GPT-2 style causal LM instead (ComposerSharp's GptForCausalLM). With --memory-steps N it
+prints {"start": VmRSS before the model, "peak": VmHWM of N steps} (benchmark part "memory").
+
 Two modes:
   standalone:  python3 benchmarks/pytorch_peer.py --precision amp_bf16 --steps 10 --threads 2
                prints one JSON line with the step times.
@@ -57,10 +60,11 @@ def attend(q, k, v, mask, p):
 
 
 class Block(nn.Module):
-    """Post-LN transformer block (BERT)."""
+    """Post-LN transformer block (BERT), or pre-LN with tanh GELU when pre (GPT-2)."""
 
-    def __init__(self, hidden, heads, intermediate, dropout, eps):
+    def __init__(self, hidden, heads, intermediate, dropout, eps, pre=False):
         super().__init__()
+        self.pre = pre
         self.attn = SelfAttention(hidden, heads, dropout)
         self.ln_1 = nn.LayerNorm(hidden, eps=eps)
         self.fc_in = nn.Linear(hidden, intermediate)
@@ -69,6 +73,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, mask):
+        if self.pre:
+            h = x + self.dropout(self.attn(self.ln_1(x), mask))
+            return h + self.dropout(self.fc_out(F.gelu(self.fc_in(self.ln_2(h)), approximate="tanh")))
         h = self.ln_1(x + self.dropout(self.attn(x, mask)))
         return self.ln_2(h + self.dropout(self.fc_out(F.gelu(self.fc_in(h)))))
 
@@ -121,6 +128,47 @@ class BertForMaskedLM(nn.Module):
         return F.linear(h, self.wte.weight, self.mlm_bias)
 
 
+class GptForCausalLM(nn.Module):
+    """GPT-2 style decoder (pre-LN, causal attention, final LayerNorm, head tied to the token embedding), as ComposerSharp's GptForCausalLM."""
+
+    def __init__(self, layers, hidden, heads, intermediate, vocab, max_len, dropout=0.1, eps=1e-5, std=0.02):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, hidden)
+        self.wpe = nn.Embedding(max_len, hidden)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(Block(hidden, heads, intermediate, dropout, eps, pre=True) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden, eps=eps)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        """Next-token logits [B, T, V]."""
+        t = input_ids.shape[1]
+        h = self.emb_dropout(self.wte(input_ids) + self.wpe(torch.arange(t, device=input_ids.device)))
+        mask = torch.ones(t, t, dtype=torch.bool).tril().view(1, 1, t, t) & attention_mask.ne(0).view(-1, 1, 1, t)
+        for layer in self.layers:
+            h = layer(h, mask)
+        return F.linear(self.ln_f(h), self.wte.weight)
+
+
+def causal_loss(logits, labels):
+    """Mean next-token cross-entropy in float32: position t predicts label t+1 (the last position is ignored)."""
+    targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], 1)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def resident_bytes(field="VmRSS:"):
+    """VmRSS (or another /proc/self/status field, e.g. VmHWM:) in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
 def mlm_loss(logits, labels):
     flat = logits.reshape(-1, logits.shape[-1]).float()
     flat_labels = labels.reshape(-1)
@@ -147,14 +195,24 @@ def make_batches(args, count):
     return batches
 
 
+def make_causal_batches(args, count):
+    """Random token batches with labels = input ids (the loss shifts them), as ComposerSharp's CausalLmCollator."""
+    g = torch.Generator().manual_seed(args.seed)
+    ids = [torch.randint(0, args.regular_vocab, (args.batch, args.seq), generator=g) for _ in range(count)]
+    return [(x, torch.ones_like(x), x.clone()) for x in ids]
+
+
 class Peer:
     def __init__(self, args):
         torch.set_num_threads(args.threads)
+        gpt = args.model == "gpt"
+        self.batches = (make_causal_batches if gpt else make_batches)(args, 8)
+        self.baseline_rss = resident_bytes()
+        self.loss = causal_loss if gpt else mlm_loss
         torch.manual_seed(args.seed)
-        self.model = BertForMaskedLM(args.layers, args.hidden, args.heads, args.intermediate, args.vocab, args.seq)
+        self.model = (GptForCausalLM if gpt else BertForMaskedLM)(args.layers, args.hidden, args.heads, args.intermediate, args.vocab, args.seq)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr)
-        self.batches = make_batches(args, 8)
         self.next = 0
 
     def step(self, precision, sparse=False):
@@ -164,7 +222,7 @@ class Peer:
         self.optimizer.zero_grad(set_to_none=True)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp_bf16" else contextlib.nullcontext()
         with ctx:
-            loss = mlm_loss(self.model(ids, attention_mask, labels if sparse else None), labels)
+            loss = self.loss(self.model(ids, attention_mask, labels if sparse else None), labels)
         loss.backward()
         self.optimizer.step()
         return (time.perf_counter() - start) * 1000.0
@@ -330,9 +388,19 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--model", choices=["bert", "gpt"], default="bert")
+    parser.add_argument("--memory-steps", type=int, default=0,
+                        help="print {start: VmRSS before the model, peak: VmHWM of this many steps (sparse MLM head), reset just before them}")
     args = parser.parse_args()
 
     peer = Peer(args)
+    if args.memory_steps > 0:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        for _ in range(args.memory_steps):
+            peer.step(args.precision, sparse=True)
+        print(json.dumps({"start": peer.baseline_rss, "peak": resident_bytes("VmHWM:")}))
+        return
     info = describe(args, peer)
     if args.serve:
         print(json.dumps(info), flush=True)
