@@ -1,4 +1,6 @@
 using System.Globalization;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Data;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using ComposerSharp.Benchmarks;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 
 // One command runs every part: dotnet run --project benchmarks -c Release -- all
 // Each part is also a subcommand; --quick makes a smoke run. See benchmarks/README.md.
@@ -83,7 +84,7 @@ probe.SetAction(result =>
 {
     OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
     return MemoryProbe.RunChild(
-        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads));
+        ComposerSharp.Core.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads));
 });
 root.Subcommands.Add(probe);
 
@@ -103,7 +104,7 @@ determinism.SetAction(result =>
 {
     OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
     return DeterminismBenchmark.RunChild(
-        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(detPrecision)!), result.GetValue(detMode) == "on",
+        ComposerSharp.Core.PrecisionExtensions.Parse(result.GetValue(detPrecision)!), result.GetValue(detMode) == "on",
         result.GetValue(detWarmup), result.GetValue(detSteps), result.GetValue(detRounds), result.GetValue(threads));
 });
 root.Subcommands.Add(determinism);

@@ -3,11 +3,12 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Training.Checkpoints;
+namespace ComposerSharp.Core.Checkpoints;
 
 /// <summary>A checkpoint file could not be read or written; the message names the file and what is wrong.</summary>
 public sealed class CheckpointException : IOException
@@ -214,7 +215,7 @@ public static class CheckpointFile
 
     /// <summary>
     /// The string metadata of the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer): library
-    /// versions, <c>model_type</c>, and whatever <see cref="CheckpointOptions.Metadata"/> added (e.g. the model's description).
+    /// versions, <c>model_type</c>, and whatever the writer added (the Trainer: <c>CheckpointOptions.Metadata</c>) (e.g. the model's description).
     /// </summary>
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
     /// <remarks>Only the header and the model weights are checked (as for a weights-only load): damage in the optimizer or other state does not stop a reader that needs the model alone.</remarks>

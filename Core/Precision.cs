@@ -1,6 +1,6 @@
 using TorchSharp;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// Numerical precision of training, named as in Composer's <c>composer.core.Precision</c>
