@@ -115,7 +115,7 @@ public sealed partial class Trainer : IDisposable
         // Device, precision and seed.
         Device dev = TrainerDevice.Resolve(o.Device);
         Precision prec = o.Precision ?? (dev.type == DeviceType.CUDA ? Precision.AmpBf16 : Precision.Fp32);
-        TrainerDevice.CheckPrecision(prec, dev);
+        prec.CheckSupported(dev);
         SeedAll(o.Seed);
         _distributed = DataParallel.Create(dev, o.Distributed, loggerFactory); // Distributed
 

@@ -478,17 +478,7 @@ public static class Checkpoint
                 return;
             }
 
-            if (t.dtype != loaded.dtype || !t.shape.SequenceEqual(loaded.shape))
-            {
-                throw new CheckpointException(file,
-                    $"Checkpoint '{file}': tensor '{name}' is {loaded.dtype} [{string.Join(", ", loaded.shape)}] but the model's is {t.dtype} [{string.Join(", ", t.shape)}].");
-            }
-
-            using (torch.no_grad())
-            {
-                t.copy_(loaded);
-            }
-
+            CheckpointFile.CopyWeight(file, name, t, loaded);
             seen.Add(name);
         }));
         List<string> missing = target.Keys.Where(k => !seen.Contains(k)).ToList();
