@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;

@@ -1,4 +1,5 @@
 using System.Globalization;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 
 namespace ComposerSharp.Algorithms;
@@ -50,7 +51,7 @@ internal sealed class HyperparameterReader
     /// <summary>The value of <paramref name="key"/> as a Composer time string (e.g. <c>1000ba</c>), or null when absent or empty.</summary>
     /// <exception cref="ArgumentException">The value is not a time.</exception>
     public Time? Time(string key) =>
-        string.IsNullOrEmpty(String(key)) ? (Time?)null : Read<Time>(key, default, s => Events.Time.TryParse(s, out Time t) ? (Time?)t : null, "a time such as 1000ba or 0.5dur");
+        string.IsNullOrEmpty(String(key)) ? (Time?)null : Read<Time>(key, default, s => Core.Time.TryParse(s, out Time t) ? (Time?)t : null, "a time such as 1000ba or 0.5dur");
 
     /// <summary>The value of <paramref name="key"/> as a <typeparamref name="TEnum"/> by its snake_case name, or <paramref name="fallback"/> when absent or empty.</summary>
     /// <exception cref="ArgumentException">The value is not one of the names.</exception>

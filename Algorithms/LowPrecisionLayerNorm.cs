@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using System.Globalization;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 

@@ -1,4 +1,5 @@
 using ComposerSharp.Algorithms.Kernels;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Interop;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -1,5 +1,6 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;

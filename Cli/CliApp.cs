@@ -4,6 +4,8 @@ using System.Globalization;
 using System.Reflection;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
 using System.Runtime.InteropServices;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 

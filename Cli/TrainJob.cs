@@ -3,6 +3,8 @@ using System.Globalization;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Reporting;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Inference;

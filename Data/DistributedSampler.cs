@@ -1,3 +1,5 @@
+using ComposerSharp.Core;
+
 namespace ComposerSharp.Data;
 
 /// <summary>
@@ -65,11 +67,11 @@ public sealed record DistributedSampler(int NumReplicas, int Rank, bool DropLast
 }
 
 /// <summary>A loader that can give the shard of one rank (see <see cref="DistributedSampler"/>).</summary>
-public interface IShardableDataLoader : Events.IDataLoader
+public interface IShardableDataLoader : Core.IDataLoader
 {
     /// <summary>Samples per batch (per rank once sharded).</summary>
     int BatchSize { get; }
 
     /// <summary>The loader of <paramref name="sampler"/>'s rank: same dataset, batch size, shuffle and seed, samples of the shard only.</summary>
-    Events.IDataLoader WithSampler(DistributedSampler sampler);
+    Core.IDataLoader WithSampler(DistributedSampler sampler);
 }

@@ -1,7 +1,7 @@
 using System.Text;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
-using ComposerSharp.Models;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;

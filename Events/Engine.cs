@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using Microsoft.Extensions.Logging;
 
 namespace ComposerSharp.Events;

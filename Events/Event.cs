@@ -1,3 +1,5 @@
+using ComposerSharp.Core;
+
 namespace ComposerSharp.Events;
 
 /// <summary>

@@ -1,5 +1,7 @@
 using static TorchSharp.torch;
 
+using ComposerSharp.Core;
+
 namespace ComposerSharp.Events;
 
 /// <summary>

@@ -1,10 +1,10 @@
 using System.Globalization;
+using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Data;
-using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
-using ComposerSharp.Training;
-using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -38,9 +38,9 @@ public sealed record InferenceOptions
 
 /// <summary>
 /// A model rebuilt from a self-describing checkpoint as <c>eval</c> rebuilds it, in eval mode, with its description,
-/// tokenizer, precision and input settings. The weights load through the <see cref="Trainer"/>'s own checkpoint path
-/// (a weights-only <c>load_path</c>): required-on-load algorithms the checkpoint records (LowPrecisionLayerNorm,
-/// ALiBi, gated linear units) are re-created and applied at their event, exactly as an evaluation of the checkpoint does.
+/// tokenizer, precision and input settings. Required-on-load algorithms the checkpoint records (LowPrecisionLayerNorm,
+/// ALiBi, gated linear units) are re-created and applied at Init before the weights load, as an evaluation of the
+/// checkpoint does; no Trainer is involved, so inference needs only Core, Models, Data and Algorithms.
 /// </summary>
 public sealed class CheckpointModel : IDisposable
 {
@@ -169,38 +169,47 @@ public sealed class CheckpointModel : IDisposable
     }
 
     /// <summary>
-    /// Loads the weights as <c>eval</c> does: a Trainer over <paramref name="model"/> on the CPU under
-    /// <paramref name="precision"/>, with the checkpoint as a weights-only <c>load_path</c>, so that required-on-load
-    /// algorithms are re-created and applied before the weights load (<see cref="Checkpoint.Load"/>). The global
-    /// generator's state is restored afterwards (the Trainer seeds it), so loading a model does not change the
-    /// random numbers of the caller. Returns the algorithms applied.
+    /// Loads the weights as <c>eval</c> does: the required-on-load algorithms the checkpoint records are re-created
+    /// (<see cref="AlgorithmCatalog"/>) and applied at Init to <paramref name="model"/> under <paramref name="precision"/>,
+    /// then the weights are copied in strictly (<see cref="CheckpointFile.LoadModelWeights"/>), the order a Trainer's
+    /// load follows (Composer's <c>_apply_required_algorithms</c> before the state dict). Returns the algorithms applied,
+    /// each as <c>name(hyperparameters)</c>.
     /// </summary>
     private static IReadOnlyList<string> LoadAsEvalDoes(TransformerModel model, string path, Precision precision, bool recorded)
     {
-        var options = new TrainerOptions
-        {
-            Device = "cpu",
-            Precision = precision,
-            ProgressBar = false,
-            LogToConsole = false,
-            Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true },
-            Distributed = new DistributedOptions { ProcessGroup = new SingleProcessGroup() }, // alone even inside a launched job
-        };
-        using Tensor rng = torch.get_rng_state();
         try
         {
-            using var trainer = new Trainer(model, options, optimizers: Array.Empty<optim.Optimizer>());
-            return trainer.State.Algorithms.Select(a => a.ToString() ?? a.Name).ToArray();
+            precision.CheckSupported(torch.CPU);
         }
-        catch (NotSupportedException ex) when (recorded && precision.IsAutocast())
+        catch (NotSupportedException ex) when (recorded)
         {
             throw new NotSupportedException(
                 $"Checkpoint '{path}' was trained and evaluated under precision {precision.ToComposerName()}, which this machine cannot compute: {ex.Message} "
                 + "Choose another precision (CLI: --precision fp32; API: InferenceOptions.Precision).", ex);
         }
-        finally
+
+        var state = new State(model, torch.CPU, precision);
+        var logger = new Logger(state);
+        var applied = new List<string>();
+        foreach (AlgorithmDescription description in CheckpointFile.ReadRequiredAlgorithms(path))
         {
-            torch.set_rng_state(rng);
+            if (!AlgorithmCatalog.Names.Contains(description.Name))
+            {
+                throw new InvalidOperationException(
+                    $"Checkpoint '{path}' was trained with required-on-load algorithm '{description.Name}', which is not one of ComposerSharp's algorithms ({string.Join(", ", AlgorithmCatalog.Names)}); its weights cannot be loaded without it.");
+            }
+
+            IAlgorithm algorithm = AlgorithmCatalog.Create(description);
+            if (algorithm.Match(Event.Init, state))
+            {
+                algorithm.Apply(Event.Init, state, logger);
+            }
+
+            state.Algorithms.Add(algorithm);
+            applied.Add(algorithm.ToString() ?? algorithm.Name);
         }
+
+        CheckpointFile.LoadModelWeights(path, model);
+        return applied;
     }
 }

@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
@@ -42,14 +43,14 @@ public sealed class TextClassifier : IDisposable
     public int MaxLength => _loaded.Input.MaxLength;
 
     /// <summary>The precision the forward passes run under.</summary>
-    public ComposerSharp.Events.Precision Precision => _loaded.Precision;
+    public ComposerSharp.Core.Precision Precision => _loaded.Precision;
 
     /// <summary>The model as loaded: description, precision, input settings and the algorithms applied.</summary>
     public CheckpointModel Loaded => _loaded;
 
     /// <summary>Loads a classifier checkpoint.</summary>
     /// <exception cref="InvalidDataException">The checkpoint holds another model kind or no description (see <see cref="CheckpointModel.Load"/>).</exception>
-    /// <exception cref="ComposerSharp.Training.Checkpoints.CheckpointException">The file is missing or not a checkpoint.</exception>
+    /// <exception cref="ComposerSharp.Core.Checkpoints.CheckpointException">The file is missing or not a checkpoint.</exception>
     /// <param name="path">The checkpoint (or latest pointer).</param>
     /// <param name="description">Used instead of the checkpoint's own description.</param>
     /// <param name="tokenizer">Used instead of the tokenizer the description names (needed for a model trained on token ids alone).</param>

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
@@ -94,7 +95,7 @@ public sealed class TextGenerator : IDisposable
     /// <param name="model">The model.</param>
     /// <param name="tokenizer">The tokenizer.</param>
     /// <param name="precision">The precision of the forward passes (autocast on the CPU for amp_bf16/amp_fp16).</param>
-    public TextGenerator(GptForCausalLM model, ITextTokenizer tokenizer, ComposerSharp.Events.Precision precision = ComposerSharp.Events.Precision.Fp32)
+    public TextGenerator(GptForCausalLM model, ITextTokenizer tokenizer, ComposerSharp.Core.Precision precision = ComposerSharp.Core.Precision.Fp32)
     {
         Model = model ?? throw new ArgumentNullException(nameof(model));
         Tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
@@ -107,7 +108,7 @@ public sealed class TextGenerator : IDisposable
         => _loaded = loaded;
 
     /// <summary>The precision the forward passes run under: the checkpoint's for a model loaded by <see cref="Load"/>, unless <see cref="InferenceOptions.Precision"/> chose another.</summary>
-    public ComposerSharp.Events.Precision Precision { get; }
+    public ComposerSharp.Core.Precision Precision { get; }
 
     /// <summary>The model as loaded by <see cref="Load"/> (description, precision, algorithms applied), or null for a model wrapped by the constructor.</summary>
     public CheckpointModel? Loaded => _loaded;
@@ -171,7 +172,7 @@ public sealed class TextGenerator : IDisposable
         {
             using var scope = StepScope.Begin();
             Tensor logits;
-            using (ComposerSharp.Events.PrecisionExtensions.Enter(Precision, DeviceType.CPU))
+            using (ComposerSharp.Core.PrecisionExtensions.Enter(Precision, DeviceType.CPU))
             {
                 if (options.UseCache)
                 {
@@ -180,7 +181,7 @@ public sealed class TextGenerator : IDisposable
                 }
                 else
                 {
-                    logits = Model.call(new ComposerSharp.Events.Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.tensor(sequence.ToArray(), new long[] { 1, sequence.Count }) }));
+                    logits = Model.call(new ComposerSharp.Core.Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.tensor(sequence.ToArray(), new long[] { 1, sequence.Count }) }));
                 }
             }
 

@@ -11,7 +11,7 @@ namespace ComposerSharp.Interop;
 /// ComposerSharp leaves glibc's malloc at its defaults, as PyTorch eager does. An earlier version raised
 /// <c>M_MMAP_THRESHOLD</c> and <c>M_TRIM_THRESHOLD</c> to 1 GiB so that logits-sized tensors came from the brk heap
 /// instead of fresh zero-filled mappings. Together with small native objects that only a finalizer frees (see
-/// <c>ComposerSharp.Events.StepScope</c>), that made fp32 training with a 50k vocabulary grow without bound
+/// <c>ComposerSharp.Core.StepScope</c>), that made fp32 training with a 50k vocabulary grow without bound
 /// (gpt-tiny, batch 32 × 64: 0.6 GB to 19 GB in 20 batches): libtorch allocates with <c>posix_memalign(64, n)</c>,
 /// and glibc 2.36's memalign asks the heap for n + 96 bytes, so a freed block of exactly n bytes hemmed in by a live
 /// small allocation never serves the next request of the same size, and the heap grew by one such block at a time.

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using ComposerSharp.Core;
 using Microsoft.Extensions.Logging;
 
 namespace ComposerSharp.Training;
@@ -6,7 +7,7 @@ namespace ComposerSharp.Training;
 /// <summary>
 /// Turns the first SIGINT (Ctrl-C) or SIGTERM (what a cluster scheduler sends before preemption) into a graceful
 /// stop request, and lets a second one, sent at least <see cref="DuplicateWindow"/> later, end the process at once. Pass <see cref="Token"/> to
-/// <see cref="Trainer.Fit(ComposerSharp.Events.Time?, CancellationToken)"/>: the batch in progress finishes, a checkpoint is saved
+/// <see cref="Trainer.Fit(ComposerSharp.Core.Time?, CancellationToken)"/>: the batch in progress finishes, a checkpoint is saved
 /// when a save folder is set, and Fit returns; the caller then writes what it reports and exits with
 /// <see cref="ExitCode"/>. The idea follows Hugging Face Trainer's checkpoint-on-SIGTERM and PyTorch Lightning's
 /// signal connector; Composer has no equivalent yet (composer issue #2461).

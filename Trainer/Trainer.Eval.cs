@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using Microsoft.Extensions.Logging;

@@ -1,3 +1,5 @@
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Interop;
@@ -10,7 +12,6 @@ using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using EventsLogger = ComposerSharp.Events.Logger;
 
 namespace ComposerSharp.Training;
 
@@ -114,7 +115,7 @@ public sealed partial class Trainer : IDisposable
         // Device, precision and seed.
         Device dev = TrainerDevice.Resolve(o.Device);
         Precision prec = o.Precision ?? (dev.type == DeviceType.CUDA ? Precision.AmpBf16 : Precision.Fp32);
-        TrainerDevice.CheckPrecision(prec, dev);
+        prec.CheckSupported(dev);
         SeedAll(o.Seed);
         _distributed = DataParallel.Create(dev, o.Distributed, loggerFactory); // Distributed
 
@@ -206,7 +207,7 @@ public sealed partial class Trainer : IDisposable
         }
 
         destinations = _distributed.OnRankZero(destinations); // Distributed: loggers and the progress bar on rank 0 only
-        Logger = new EventsLogger(State, destinations);
+        Logger = new Logger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
         string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
         if (saveFolder is not null)
@@ -331,7 +332,7 @@ public sealed partial class Trainer : IDisposable
     public Engine Engine { get; }
 
     /// <summary>The logger that fans metrics out to the destinations.</summary>
-    public EventsLogger Logger { get; }
+    public Logger Logger { get; }
 
     /// <summary>The loss scaler (enabled only for amp_fp16); the same object as <see cref="State.Scaler"/>.</summary>
     public GradScaler GradScaler => State.Scaler;

@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Training.Checkpoints;

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 

@@ -7,6 +7,7 @@ using BenchmarkDotNet.Loggers;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Toolchains.InProcess.NoEmit;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Training;

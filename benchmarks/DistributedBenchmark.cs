@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
@@ -8,7 +9,6 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using ComposerSharp.Training;
-using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.Benchmarks;
 
@@ -170,7 +170,7 @@ public static class DistributedBenchmark
         var loader = new RepeatLoader(new Batch(new Dictionary<string, Tensor> { ["x"] = x, ["labels"] = y }));
         var times = new List<double>();
         var timer = new StepTimer(times);
-        using var trainer = new TrainerT(model, new TrainerOptions
+        using var trainer = new Trainer(model, new TrainerOptions
             {
                 MaxDuration = Time.FromBatch(warmup), Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = false,
                 Distributed = new DistributedOptions { OverlapGradientReduce = overlap },

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Interop.Kernels;
 using TorchSharp;

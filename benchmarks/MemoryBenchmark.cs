@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
-using ComposerSharp.Events;
+using ComposerSharp.Core;
 
 namespace ComposerSharp.Benchmarks;
 

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;

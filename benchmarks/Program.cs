@@ -1,6 +1,7 @@
 using System.CommandLine;
 using ComposerSharp.Benchmarks;
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 
 // One command runs every part: dotnet run --project benchmarks -c Release -- all
 // Each part is also a subcommand; --quick makes a smoke run. See benchmarks/README.md.
@@ -85,7 +86,7 @@ probe.SetAction(result =>
 {
     OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
     return MemoryProbe.RunChild(
-        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads), result.GetValue(probeShape)!);
+        ComposerSharp.Core.PrecisionExtensions.Parse(result.GetValue(probePrecision)!), result.GetValue(probeVariant) == "lp", result.GetValue(probeSteps), result.GetValue(threads), result.GetValue(probeShape)!);
 });
 root.Subcommands.Add(probe);
 
@@ -123,7 +124,7 @@ determinism.SetAction(result =>
 {
     OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
     return DeterminismBenchmark.RunChild(
-        ComposerSharp.Events.PrecisionExtensions.Parse(result.GetValue(detPrecision)!), result.GetValue(detMode) == "on",
+        ComposerSharp.Core.PrecisionExtensions.Parse(result.GetValue(detPrecision)!), result.GetValue(detMode) == "on",
         result.GetValue(detWarmup), result.GetValue(detSteps), result.GetValue(detRounds), result.GetValue(threads));
 });
 root.Subcommands.Add(determinism);

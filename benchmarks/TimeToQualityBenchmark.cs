@@ -4,6 +4,7 @@ using System.Text.Json;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.DependencyInjection;
 

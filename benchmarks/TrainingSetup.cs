@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Training;

@@ -1,4 +1,5 @@
 using ComposerSharp.Benchmarks.Harness;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using TorchSharp;

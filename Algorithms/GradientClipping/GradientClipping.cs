@@ -1,4 +1,5 @@
 using System.Globalization;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 using TorchSharp.Modules;

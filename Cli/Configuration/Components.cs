@@ -1,4 +1,5 @@
 using System.Reflection;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training.Optim;
 using Microsoft.Extensions.DependencyInjection;

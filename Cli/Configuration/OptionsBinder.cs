@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Reflection;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 
 namespace ComposerSharp.Cli.Configuration;

@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 
 namespace ComposerSharp.Cli.Reporting;

@@ -1,5 +1,7 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.Logging;

@@ -1,3 +1,5 @@
+using ComposerSharp.Core;
+
 namespace ComposerSharp.Training.Callbacks;
 
 /// <summary>
@@ -27,9 +29,9 @@ public static class MetricComparison
         };
     }
 
-    /// <summary>The monitored value of <c>metrics/&lt;label&gt;/&lt;monitor&gt;</c> from <see cref="Events.State.Metrics"/>.</summary>
+    /// <summary>The monitored value of <c>metrics/&lt;label&gt;/&lt;monitor&gt;</c> from <see cref="Core.State.Metrics"/>.</summary>
     /// <exception cref="InvalidOperationException">The metric has not been computed.</exception>
-    internal static double Read(Events.State state, string monitor, string label)
+    internal static double Read(Core.State state, string monitor, string label)
     {
         string key = $"metrics/{label}/{monitor}";
         if (!state.Metrics.TryGetValue(key, out double value))

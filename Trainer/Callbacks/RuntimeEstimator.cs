@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 
 namespace ComposerSharp.Training.Callbacks;
@@ -137,7 +138,7 @@ public sealed class RuntimeEstimator : Callback
             return null;
         }
 
-        if (max.Unit == Events.TimeUnit.Epoch)
+        if (max.Unit == Core.TimeUnit.Epoch)
         {
             Timestamp ts = state.Timestamp;
             if (ts.Epoch >= 1)

@@ -1,4 +1,6 @@
 using System.Text.Json;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 using TorchSharp;

@@ -2,13 +2,14 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Globalization;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using EventsLogger = ComposerSharp.Events.Logger;
 
 namespace ComposerSharp.Training.Checkpoints;
 
@@ -129,7 +130,7 @@ public static class Checkpoint
     /// <exception cref="CheckpointException">The file is missing, truncated, damaged or foreign, or does not match the state; nothing is applied when the file itself is bad.</exception>
     /// <exception cref="InvalidOperationException">A required-on-load algorithm is missing and cannot (or may not) be re-created.</exception>
     /// <exception cref="NotSupportedException">An optimizer whose state TorchSharp cannot restore.</exception>
-    public static void Load(State state, EventsLogger logger, string path, CheckpointOptions options)
+    public static void Load(State state, Logger logger, string path, CheckpointOptions options)
     {
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(logger);
@@ -477,17 +478,7 @@ public static class Checkpoint
                 return;
             }
 
-            if (t.dtype != loaded.dtype || !t.shape.SequenceEqual(loaded.shape))
-            {
-                throw new CheckpointException(file,
-                    $"Checkpoint '{file}': tensor '{name}' is {loaded.dtype} [{string.Join(", ", loaded.shape)}] but the model's is {t.dtype} [{string.Join(", ", t.shape)}].");
-            }
-
-            using (torch.no_grad())
-            {
-                t.copy_(loaded);
-            }
-
+            CheckpointFile.CopyWeight(file, name, t, loaded);
             seen.Add(name);
         }));
         List<string> missing = target.Keys.Where(k => !seen.Contains(k)).ToList();

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 
 namespace ComposerSharp.Training.Checkpoints;

@@ -1,6 +1,7 @@
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
-using EventsLogger = ComposerSharp.Events.Logger;
 
 namespace ComposerSharp.Training.Checkpoints;
 
@@ -16,7 +17,7 @@ internal static class RequiredAlgorithms
     /// one the Trainer already has is kept (with a warning if its description differs); a missing one is
     /// re-created with <see cref="CheckpointOptions.AlgorithmResolver"/>, applied at Init and added with a warning, or refused.
     /// </summary>
-    internal static void Apply(State state, EventsLogger logger, CheckpointHeader header, string file, CheckpointOptions options, ILogger log)
+    internal static void Apply(State state, Logger logger, CheckpointHeader header, string file, CheckpointOptions options, ILogger log)
     {
         IReadOnlyList<string>? exclude = options.LoadExcludeAlgorithms;
         Func<AlgorithmDescription, IAlgorithm?>? resolver = options.AlgorithmResolver;

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 

@@ -2,6 +2,7 @@
 // for a few batches under amp_bf16 with LowPrecisionLayerNorm. Exits 0 when training ran every batch, the algorithm
 // replaced the LayerNorms and the last training loss is finite; 1 otherwise (with the reason on stderr).
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;

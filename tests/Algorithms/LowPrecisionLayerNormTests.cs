@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;

@@ -1,5 +1,6 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Algorithms.Kernels;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using NUnit.Framework;
 using TorchSharp;

@@ -1,5 +1,6 @@
 using System.Reflection;
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using NUnit.Framework;
 using TorchSharp;

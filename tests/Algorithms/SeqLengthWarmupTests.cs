@@ -1,4 +1,5 @@
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;

@@ -2,6 +2,7 @@ using System.Globalization;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;

@@ -2,6 +2,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using Microsoft.Extensions.DependencyInjection;
@@ -307,7 +308,7 @@ public class IntegerTimeConfigTests
     public void AnIntegerTimeMeansEpochsAsInComposer(string yaml, long epochs)
     {
         var config = ComposerSharp.Cli.Configuration.ConfigSection.Parse(yaml, "test");
-        Assert.That(config.GetTime("max_duration"), Is.EqualTo(ComposerSharp.Events.Time.FromEpoch(epochs)));
+        Assert.That(config.GetTime("max_duration"), Is.EqualTo(ComposerSharp.Core.Time.FromEpoch(epochs)));
     }
 
     [Test]

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ComposerSharp.Cli.Reporting;
+using ComposerSharp.Core;
 using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
@@ -59,7 +60,7 @@ public class ConfusionPlotTests
             var metric = new ComposerSharp.Models.MulticlassF1Score(3);
             using (var scope = TorchSharp.torch.NewDisposeScope())
             {
-                metric.Update(TorchSharp.torch.eye(3).repeat(2, 1), new ComposerSharp.Events.Batch(new Dictionary<string, TorchSharp.torch.Tensor> { ["labels"] = TorchSharp.torch.tensor(new long[] { 0, 1, 2, 0, 2, 2 }) }));
+                metric.Update(TorchSharp.torch.eye(3).repeat(2, 1), new ComposerSharp.Core.Batch(new Dictionary<string, TorchSharp.torch.Tensor> { ["labels"] = TorchSharp.torch.tensor(new long[] { 0, 1, 2, 0, 2, 2 }) }));
             }
 
             var latest = metric.Breakdown().ToDictionary(kv => "metrics/eval/" + kv.Key, kv => kv.Value);

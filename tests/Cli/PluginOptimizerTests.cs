@@ -1,5 +1,6 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;

@@ -1,5 +1,7 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;

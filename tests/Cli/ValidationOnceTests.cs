@@ -1,5 +1,6 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
 using ComposerSharp.Training;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -17,7 +18,7 @@ public class ValidationOnceTests
     {
         string library = key == "device"
             ? Assert.Throws<ArgumentException>(() => TrainerDevice.Normalize(value))!.Message
-            : Assert.Throws<ArgumentException>(() => TrainerOptions.CheckMaxDuration(ComposerSharp.Events.Time.Parse(value)))!.Message;
+            : Assert.Throws<ArgumentException>(() => TrainerOptions.CheckMaxDuration(ComposerSharp.Core.Time.Parse(value)))!.Message;
         ConfigSection config = CliApp.LoadConfig(null, new[] { "train_loader.dataset.num_samples=64" }, new[] { new KeyValuePair<string, string>(key, value) });
         using ServiceProvider services = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
         var ex = Assert.Throws<ConfigException>(() => new TrainJob(config, services).Train());

@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using NUnit.Framework;

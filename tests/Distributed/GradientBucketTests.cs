@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using NUnit.Framework;
 using TorchSharp;
@@ -92,15 +93,15 @@ public sealed class ReducibleMetricTests
         using var scope = torch.NewDisposeScope();
         var logits = torch.randn(20, 3);
         var labels = torch.randint(0, 3, new long[] { 20 });
-        ComposerSharp.Events.Batch Part(long start, long length) => new(new Dictionary<string, Tensor> { ["labels"] = labels.narrow(0, start, length) });
-        Func<ComposerSharp.Models.IReducibleMetric>[] makers =
+        ComposerSharp.Core.Batch Part(long start, long length) => new(new Dictionary<string, Tensor> { ["labels"] = labels.narrow(0, start, length) });
+        Func<ComposerSharp.Core.IReducibleMetric>[] makers =
         {
             () => new ComposerSharp.Models.CrossEntropyMetric(),
             () => new ComposerSharp.Models.ClassificationAccuracy(),
             () => new ComposerSharp.Models.BinaryF1Score(),
             () => new ComposerSharp.Models.MulticlassF1Score(3),
         };
-        foreach (Func<ComposerSharp.Models.IReducibleMetric> make in makers)
+        foreach (Func<ComposerSharp.Core.IReducibleMetric> make in makers)
         {
             var whole = make();
             whole.Update(logits, Part(0, 20));

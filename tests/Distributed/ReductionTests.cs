@@ -1,4 +1,5 @@
 using System.Globalization;
+using ComposerSharp.Core;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Distributed;

@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using TorchSharp;
 
@@ -19,7 +20,7 @@ public static class Program
         }
 
         // Bitwise comparisons between processes need MKL's reproducible mode, switched on before MKL's first use.
-        ComposerSharp.Events.Reproducibility.ConfigureDeterministicMode();
+        ComposerSharp.Core.Reproducibility.ConfigureDeterministicMode();
         torch.set_num_threads(1);
         Directory.CreateDirectory(args[1]);
         IProcessGroup? group = null;

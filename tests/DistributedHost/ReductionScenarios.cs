@@ -1,11 +1,11 @@
 using System.Globalization;
+using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 using ComposerSharp.Training;
-using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.DistributedHost;
 
@@ -31,7 +31,7 @@ public static class ReductionScenarios
     /// <summary>The loss logged after one step (rank 0's logger), or the State's value when no logger is given.</summary>
     private static double OneStepLoss(IDataLoader loader, DistributedOptions? distributed, RecordingLogger? logger)
     {
-        using var trainer = new TrainerT(Model(), Options("1ba", distributed), loader, loggers: logger is null ? null : new[] { logger },
+        using var trainer = new Trainer(Model(), Options("1ba", distributed), loader, loggers: logger is null ? null : new[] { logger },
             optimizerFactory: ps => torch.optim.SGD(ps, 0.1));
         trainer.Fit();
         return trainer.State.Metrics["loss/train/total"];
@@ -61,14 +61,14 @@ public static class ReductionScenarios
         IReadOnlyList<HostSample> myEval = r == 0 ? eval.Take(5).ToList() : eval.Skip(5).ToList();
         var evalLogger = new RecordingLogger();
         IReadOnlyDictionary<string, double> evalDistributed;
-        using (var trainer = new TrainerT(Model(), Options(null), loggers: new[] { evalLogger }))
+        using (var trainer = new Trainer(Model(), Options(null), loggers: new[] { evalLogger }))
         {
             evalDistributed = trainer.Eval(new FixedBatchLoader(myEval));
         }
 
         IReadOnlyDictionary<string, double> Alone1(IReadOnlyList<HostSample> samples)
         {
-            using var trainer = new TrainerT(Model(), Options(null, Alone));
+            using var trainer = new Trainer(Model(), Options(null, Alone));
             return trainer.Eval(new FixedBatchLoader(samples));
         }
 
@@ -121,7 +121,7 @@ public static class ReductionScenarios
         var model = new BranchMlp();
         Tensor?[]? grads = null;
         var hook = new HookCallback { OnAfterTrainBatch = s => grads ??= s.Model.parameters().Select(p => p.grad?.detach().clone().DetachFromDisposeScope()).ToArray() };
-        using var trainer = new TrainerT(model, Options(Time.FromBatch(steps), distributed), loader, callbacks: new[] { hook },
+        using var trainer = new Trainer(model, Options(Time.FromBatch(steps), distributed), loader, callbacks: new[] { hook },
             optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
         return (grads!, HostData.StateBytes(model));
@@ -175,7 +175,7 @@ public static class ReductionScenarios
         {
             torch.manual_seed(42);
             var model = new TiedMlp();
-            using var trainer = new TrainerT(model, Options("3ba", new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }), HostData.Loader(data, 4, shuffle: true),
+            using var trainer = new Trainer(model, Options("3ba", new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }), HostData.Loader(data, 4, shuffle: true),
                 optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
             trainer.Fit();
             return (HostData.StateBytes(model), trainer.Distributed.OverlapActive);
@@ -191,7 +191,7 @@ public static class ReductionScenarios
     {
         torch.manual_seed(42);
         var model = new DeepMlp();
-        using var trainer = new TrainerT(model, Options("4ba", new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }) with { DeviceTrainMicrobatchSize = 2 },
+        using var trainer = new Trainer(model, Options("4ba", new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }) with { DeviceTrainMicrobatchSize = 2 },
             HostData.Loader(data, 4, shuffle: true), optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
         return (HostData.StateBytes(model), trainer.Distributed.LastEarlyBuckets, trainer.Distributed.OverlapActive);

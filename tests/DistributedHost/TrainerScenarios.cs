@@ -1,5 +1,6 @@
 using System.Globalization;
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
@@ -9,7 +10,6 @@ using ComposerSharp.Training.Checkpoints;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.DistributedHost;
 
@@ -57,7 +57,7 @@ public static class TrainerScenarios
         Tensor[]? grads = null;
         NormMlp model = Model();
         var hook = new HookCallback { OnAfterTrainBatch = s => grads = s.Model.parameters().Select(p => p.grad!.detach().clone().DetachFromDisposeScope()).ToArray() };
-        using var trainer = new TrainerT(model, Options("1ba") with { Distributed = distributed ?? new DistributedOptions() }, loader, callbacks: new[] { hook },
+        using var trainer = new Trainer(model, Options("1ba") with { Distributed = distributed ?? new DistributedOptions() }, loader, callbacks: new[] { hook },
             optimizerFactory: ps => torch.optim.SGD(ps, 0.1));
         trainer.Fit();
         return grads ?? throw new CheckFailedException("no gradients were captured");
@@ -97,7 +97,7 @@ public static class TrainerScenarios
         NormMlp model = Model(dropout: 0.1);
         var losses = new List<double>();
         var hook = new HookCallback { OnBatchEnd = s => losses.Add(s.Metrics["loss/train/total"]) };
-        using var trainer = new TrainerT(model, Options("3ep") with { Precision = Precision.AmpBf16 }, HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook },
+        using var trainer = new Trainer(model, Options("3ep") with { Precision = Precision.AmpBf16 }, HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook },
             algorithms: new IAlgorithm[] { new LowPrecisionLayerNorm() }, optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
         bool swapped = model.modules().Any(m => m is LPLayerNorm);
@@ -121,7 +121,7 @@ public static class TrainerScenarios
         var config = TransformerConfig.Preset("bert-tiny") with { HiddenSize = 32, NumHeads = 4, IntermediateSize = 64, MaxSequenceLength = 16, VocabSize = 64 };
         var model = new BertForMaskedLM(config);
         var data = new SyntheticTokenDataset(new SyntheticTokenOptions { NumSamples = 64, SequenceLength = 16, RegularVocabSize = 60, Seed = 4 });
-        using var trainer = new TrainerT(model, Options("2ep"), new DataLoader<long[]>(data, 4, new MlmCollator(data.Vocabulary), shuffle: true, seed: 2),
+        using var trainer = new Trainer(model, Options("2ep"), new DataLoader<long[]>(data, 4, new MlmCollator(data.Vocabulary), shuffle: true, seed: 2),
             algorithms: new IAlgorithm[] { new StochasticDepth(dropRate: 0.5), new LayerFreezing(freezeStart: 0.5, freezeLevel: 0.5) },
             optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
         trainer.Fit();
@@ -159,7 +159,7 @@ public static class TrainerScenarios
         var hook = new HookCallback { OnBatchEnd = s => losses.Add(s.Metrics["loss/train/total"]) };
         int? microbatch = c.Arguments.Where(a => a.StartsWith("microbatch=", StringComparison.Ordinal)).Select(a => (int?)int.Parse(a["microbatch=".Length..], CultureInfo.InvariantCulture)).FirstOrDefault();
         TrainerOptions options = Options("6ba") with { AccumulateTrainBatchOnTokens = c.Arguments.Contains("tokens"), DeviceTrainMicrobatchSize = microbatch };
-        using var trainer = new TrainerT(model, options, loader, callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
+        using var trainer = new Trainer(model, options, loader, callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 1e-3));
         trainer.Fit();
         if (losses.Count != 6)
         {
@@ -175,7 +175,7 @@ public static class TrainerScenarios
         IReadOnlyList<HostSample> data = HostData.Samples(13, seed: 3);
         IReadOnlyDictionary<string, double> Run(DistributedOptions? d)
         {
-            using var trainer = new TrainerT(Model(), Options(null) with { Distributed = d ?? new DistributedOptions() });
+            using var trainer = new Trainer(Model(), Options(null) with { Distributed = d ?? new DistributedOptions() });
             return trainer.Eval(HostData.Loader(data, 4, shuffle: false));
         }
 
@@ -191,25 +191,25 @@ public static class TrainerScenarios
     public static void Resume(ScenarioContext c)
     {
         IReadOnlyList<HostSample> data = HostData.Samples(40);
-        TrainerT Make(string max, CheckpointOptions? checkpoint) => new(Model(dropout: 0.2), Options(max) with { Checkpoint = checkpoint ?? new CheckpointOptions() }, HostData.Loader(data, 4, shuffle: true),
+        Trainer Make(string max, CheckpointOptions? checkpoint) => new(Model(dropout: 0.2), Options(max) with { Checkpoint = checkpoint ?? new CheckpointOptions() }, HostData.Loader(data, 4, shuffle: true),
             optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
 
         byte[] uninterrupted;
-        using (TrainerT t = Make("6ba", null))
+        using (Trainer t = Make("6ba", null))
         {
             t.Fit();
             uninterrupted = HostData.StateBytes(t.Model);
         }
 
         string folder = Path.Combine(c.Output, "checkpoints");
-        using (TrainerT t = Make("3ba", new CheckpointOptions { SaveFolder = folder, SaveInterval = "3ba" }))
+        using (Trainer t = Make("3ba", new CheckpointOptions { SaveFolder = folder, SaveInterval = "3ba" }))
         {
             t.Fit();
         }
 
         c.Group.Barrier();
         byte[] resumed;
-        using (TrainerT t = Make("6ba", new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba3-rank0.ckpt") }))
+        using (Trainer t = Make("6ba", new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba3-rank0.ckpt") }))
         {
             t.Fit();
             resumed = HostData.StateBytes(t.Model);
@@ -222,9 +222,9 @@ public static class TrainerScenarios
     public static void Stop(ScenarioContext c)
     {
         IReadOnlyList<HostSample> data = HostData.Samples(64);
-        TrainerT? trainer = null;
+        Trainer? trainer = null;
         var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { trainer!.Distributed.RequestStop(); } } };
-        trainer = new TrainerT(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
+        trainer = new Trainer(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
         trainer.Fit();
         File.WriteAllText(c.RankFile("stop"), trainer.State.Timestamp.Batch.ToString(CultureInfo.InvariantCulture));
         trainer.Dispose();
@@ -237,7 +237,7 @@ public static class TrainerScenarios
         ComposerSharp.Models.ComposerModel model = c.Group.Rank == 1 ? new WideNormMlp() : new NormMlp();
         try
         {
-            using var trainer = new TrainerT(model, Options(null));
+            using var trainer = new Trainer(model, Options(null));
         }
         catch (InvalidOperationException e)
         {
@@ -258,7 +258,7 @@ public static class TrainerScenarios
         string folder = Path.Combine(c.Output, "checkpoints");
         if (c.Group.Rank == 0)
         {
-            using var alone = new TrainerT(Model(), Options("4ba") with { Checkpoint = new CheckpointOptions { SaveFolder = folder, SaveInterval = "4ba" }, Distributed = Alone },
+            using var alone = new Trainer(Model(), Options("4ba") with { Checkpoint = new CheckpointOptions { SaveFolder = folder, SaveInterval = "4ba" }, Distributed = Alone },
                 HostData.Loader(data, 4, shuffle: true), optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
             alone.Fit();
         }
@@ -266,9 +266,9 @@ public static class TrainerScenarios
         c.Group.Barrier();
         float[]? firstX = null;
         byte[]? loaded = null;
-        TrainerT? trainer = null;
+        Trainer? trainer = null;
         var hook = new HookCallback { OnFitStart = s => loaded = HostData.StateBytes(s.Model), OnAfterDataloader = s => firstX ??= s.Batch!["x"].data<float>().ToArray() };
-        trainer = new TrainerT(Model(dropout: 0.0), Options("6ba") with { Checkpoint = new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba4-rank0.ckpt") } },
+        trainer = new Trainer(Model(dropout: 0.0), Options("6ba") with { Checkpoint = new CheckpointOptions { LoadPath = Path.Combine(folder, "ep0-ba4-rank0.ckpt") } },
             HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook }, optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
         long[] order = ComposerSharp.Data.EpochSampler.Order(64, 11, 0, shuffle: true);
@@ -289,7 +289,7 @@ public static class TrainerScenarios
     {
         IReadOnlyList<HostSample> data = HostData.Samples(64);
         var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { throw new InvalidOperationException("rank 1's callback fails on purpose"); } } };
-        using var trainer = new TrainerT(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
+        using var trainer = new Trainer(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
         trainer.Fit();
     }
 }

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using ComposerSharp.Cli;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using ComposerSharp.Tests.Algorithms;

@@ -62,7 +62,7 @@ public class InferenceTests
     public void ACheckpointDescribesItsModelLabelsAndTokenizer()
     {
         string ckpt = Classifier();
-        ModelDescription d = ModelDescription.FromJson(ComposerSharp.Training.Checkpoints.CheckpointFile.ReadMetadata(ckpt)[ModelDescription.MetadataKey], ckpt);
+        ModelDescription d = ModelDescription.FromJson(ComposerSharp.Core.Checkpoints.CheckpointFile.ReadMetadata(ckpt)[ModelDescription.MetadataKey], ckpt);
         Assert.That(d.Kind, Is.EqualTo(ModelDescription.BertClassification));
         Assert.That(d.Config.HiddenSize, Is.EqualTo(32));
         Assert.That(d.Config.MaxSequenceLength, Is.EqualTo(64));
@@ -136,7 +136,7 @@ public class InferenceTests
         PretrainedModel back = HuggingFaceFormat.FromPretrained(folder);
         Assert.That(back.Labels, Is.EqualTo(new[] { "ham", "spam" }));
         Assert.That(new[] { "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json" }.All(f => File.Exists(Path.Combine(folder, f))), Is.True, "the GPT-2 tokenizer files");
-        Dictionary<string, Tensor> saved = ComposerSharp.Training.Checkpoints.CheckpointFile.ReadModelState(ckpt);
+        Dictionary<string, Tensor> saved = ComposerSharp.Core.Checkpoints.CheckpointFile.ReadModelState(ckpt);
         foreach ((string key, Tensor t) in back.Model.state_dict())
         {
             Assert.That(t.bytes.SequenceEqual(saved[key].bytes), Is.True, key);

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Training.Checkpoints;
@@ -80,7 +81,7 @@ public class PredictReproducesEvalTests
         Assert.That(Math.Abs(fp32Ce - evalCe), Is.GreaterThan(10 * Agreement * evalCe), "fp32 logits differ from bf16 ones beyond the tolerance, so the comparison above can fail");
 
         using TextClassifier classifier = TextClassifier.Load(ckpt);
-        Assert.That(classifier.Precision, Is.EqualTo(ComposerSharp.Events.Precision.AmpBf16), "the library type takes the checkpoint's precision too");
+        Assert.That(classifier.Precision, Is.EqualTo(ComposerSharp.Core.Precision.AmpBf16), "the library type takes the checkpoint's precision too");
         Assert.That(classifier.Loaded.Algorithms, Has.Some.StartsWith("low_precision_layernorm"));
     }
 

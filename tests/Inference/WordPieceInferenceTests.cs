@@ -1,5 +1,6 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Data;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Training;

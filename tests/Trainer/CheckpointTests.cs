@@ -1,4 +1,6 @@
 using System.IO.Compression;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;

@@ -2,6 +2,8 @@ using System.IO.Compression;
 using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using ComposerSharp.Core;
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Callbacks;

@@ -1,3 +1,4 @@
+using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Algorithms;
 using ComposerSharp.Training;
@@ -5,7 +6,6 @@ using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
-using TrainerT = ComposerSharp.Training.Trainer;
 
 namespace ComposerSharp.Tests.Training;
 
@@ -30,7 +30,7 @@ public class FineTuningLoadTests
         }
 
         string path = Path.Combine(TestData.TempFolder(), "mlm.ckpt");
-        using (var trainer = new TrainerT(mlm, Cpu))
+        using (var trainer = new Trainer(mlm, Cpu))
         {
             trainer.SaveCheckpoint(path, weightsOnly: true);
         }
@@ -51,7 +51,7 @@ public class FineTuningLoadTests
         var cls = new BertForSequenceClassification(Config);
         Dictionary<string, Tensor> fresh = Snapshot(cls);
         var logs = new CapturingLoggerFactory();
-        using var trainer = new TrainerT(cls, Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadStrictModelWeights = false } },
+        using var trainer = new Trainer(cls, Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadStrictModelWeights = false } },
             loggerFactory: logs);
 
         Dictionary<string, Tensor> after = cls.state_dict();
@@ -79,7 +79,7 @@ public class FineTuningLoadTests
     {
         string path = SaveMlm(out _);
         var logs = new CapturingLoggerFactory();
-        using var trainer = new TrainerT(new BertForMaskedLM(Config), Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true } }, loggerFactory: logs);
+        using var trainer = new Trainer(new BertForMaskedLM(Config), Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true } }, loggerFactory: logs);
 
         string[] messages = logs.Entries.Select(e => e.Message).ToArray();
         Assert.That(messages.Count(m => m.StartsWith("Loaded ", StringComparison.Ordinal) && m.Contains("model tensors", StringComparison.Ordinal)), Is.EqualTo(1));
@@ -92,7 +92,7 @@ public class FineTuningLoadTests
     {
         string path = SaveMlm(out _);
         var cls = new BertForSequenceClassification(Config);
-        var ex = Assert.Throws<CheckpointException>(() => new TrainerT(cls, Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true } }));
+        var ex = Assert.Throws<CheckpointException>(() => new Trainer(cls, Cpu with { Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true } }));
         Assert.That(ex!.Message, Does.Contain("classifier.weight").And.Contain("mlm_bias").And.Contain("load_strict_model_weights").And.Contain("load_ignore_keys"));
         Assert.That(ex.Message, Does.Not.Contain("required-on-load algorithm"), "no algorithm was involved, so the hint must not blame one");
     }
@@ -102,7 +102,7 @@ public class FineTuningLoadTests
     {
         string path = SaveMlm(out Dictionary<string, Tensor> mlm);
         var cls = new BertForSequenceClassification(Config);
-        using var trainer = new TrainerT(cls, Cpu with
+        using var trainer = new Trainer(cls, Cpu with
         {
             Checkpoint = new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true, LoadIgnoreKeys = new[] { "mlm_*", "pooler.*", "classifier.*" } },
         });

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Loggers;

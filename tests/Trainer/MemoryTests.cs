@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;

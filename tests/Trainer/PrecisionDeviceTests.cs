@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using NUnit.Framework;
@@ -138,9 +139,9 @@ public class PrecisionDeviceTests
     public void Fp16ConstructionFailsClearlyOnADeviceWithoutUsableKernels()
     {
         // The meta device has no autocast kernels: the check must fail with a message naming the precision and device.
-        var ex = Assert.Throws<NotSupportedException>(() => TrainerDevice.CheckPrecision(Precision.AmpFp16, torch.device("meta")));
+        var ex = Assert.Throws<NotSupportedException>(() => Precision.AmpFp16.CheckSupported(torch.device("meta")));
         Assert.That(ex!.Message, Does.Contain("amp_fp16").And.Contain("meta").And.Contain("fp32"));
-        Assert.DoesNotThrow(() => TrainerDevice.CheckPrecision(Precision.AmpFp16, torch.CPU), "libtorch 2.10's CPU has Float16 kernels");
+        Assert.DoesNotThrow(() => Precision.AmpFp16.CheckSupported(torch.CPU), "libtorch 2.10's CPU has Float16 kernels");
     }
 
     [Test]

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ComposerSharp.Cli.Reporting;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;

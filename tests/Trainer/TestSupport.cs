@@ -1,3 +1,4 @@
+using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Training;
@@ -378,11 +379,11 @@ public static class TestData
     public static Trainer Trainer(
         ComposerModel model,
         IDataLoader? train,
-        ComposerSharp.Events.Time? maxDuration,
+        ComposerSharp.Core.Time? maxDuration,
         IEnumerable<ICallback>? callbacks = null,
         IEnumerable<ILoggerDestination>? loggers = null,
         IDataLoader? eval = null,
-        ComposerSharp.Events.Time? evalInterval = null,
+        ComposerSharp.Core.Time? evalInterval = null,
         int? microbatch = null,
         Precision? precision = null,
         IEnumerable<IAlgorithm>? algorithms = null,

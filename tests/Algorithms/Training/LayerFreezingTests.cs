@@ -1,4 +1,5 @@
 using ComposerSharp.Algorithms;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Interop;
 using ComposerSharp.Models;

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using NUnit.Framework;

@@ -1,9 +1,10 @@
+using ComposerSharp.Events;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// A learning-rate schedule in Composer's style (composer/optim/scheduler.py): a function of the training

@@ -1,4 +1,4 @@
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// Where a training run is: counters of iterations, epochs, batches, samples and tokens, in total and within the

@@ -1,4 +1,4 @@
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// A source of batches that the Trainer iterates one epoch at a time. Implementations must be deterministic:

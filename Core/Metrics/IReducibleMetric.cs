@@ -1,4 +1,4 @@
-namespace ComposerSharp.Models;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// A metric whose state is a vector of sums, so that the state over several processes is the element-wise sum of

@@ -2,7 +2,7 @@ using ComposerSharp.Interop;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// Bitwise run-to-run reproducibility, Composer's <c>deterministic_mode</c>
@@ -61,7 +61,7 @@ public static class Reproducibility
                     throw new InvalidOperationException(
                         "deterministic_mode needs MKL's Conditional Numerical Reproducibility, which MKL switches on only before its first computation in the process, " +
                         "and this process has already run an MKL computation (a matrix product, for example) without it. " +
-                        "Construct the Trainer with deterministicMode: true, or call ComposerSharp.Events.Reproducibility.ConfigureDeterministicMode(), before any tensor computation " +
+                        "Construct the Trainer with deterministicMode: true, or call ComposerSharp.Core.Reproducibility.ConfigureDeterministicMode(), before any tensor computation " +
                         "(for instance as the first line of Main or in a test assembly's one-time setup), or start the process with MKL_CBWR=AUTO in its environment.");
                 }
 

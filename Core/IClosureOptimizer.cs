@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// An optimizer that wraps another and re-evaluates the loss and gradients during its step (Composer's closure step,

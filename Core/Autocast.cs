@@ -1,7 +1,7 @@
 using ComposerSharp.Interop;
 using TorchSharp;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// Reads libtorch's autocast (automatic mixed precision) state, which TorchSharp 0.107 does not expose.

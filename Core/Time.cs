@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// The units of training time, as in Composer's <c>composer.core.TimeUnit</c> (composer/core/time.py).

@@ -1,6 +1,7 @@
 using TorchSharp;
+using static TorchSharp.torch;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// Numerical precision of training, named as in Composer's <c>composer.core.Precision</c>
@@ -69,4 +70,55 @@ public static class PrecisionExtensions
     /// <exception cref="PlatformNotSupportedException">An amp precision on a platform whose libtorch autocast entry points cannot be found.</exception>
     public static AutocastScope Enter(this Precision p, DeviceType deviceType) =>
         p.IsAutocast() ? new AutocastScope(deviceType, p.AutocastDtype()!.Value, enabled: true) : AutocastScope.Disabled(deviceType);
+
+    /// <summary>
+    /// Checks that <paramref name="precision"/> can run on <paramref name="device"/>: the amp precisions need
+    /// libtorch's autocast entry points and a cpu or cuda device, and each is probed by a small matmul under autocast on the device (no RNG
+    /// is consumed), so a device without Float16 or BFloat16 kernels fails here instead of mid-training.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The precision cannot run on this device; the message says why and what to use instead.</exception>
+    public static void CheckSupported(this Precision precision, Device device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        if (!precision.IsAutocast())
+        {
+            return;
+        }
+
+        if (!Autocast.IsAvailable)
+        {
+            throw new NotSupportedException(
+                $"Precision {precision.ToComposerName()} needs libtorch's autocast, which is unavailable on this platform; use fp32.");
+        }
+
+        ScalarType dtype = precision.AutocastDtype()!.Value;
+        if (device.type is not (DeviceType.CPU or DeviceType.CUDA))
+        {
+            // libtorch aborts the process (an uncatchable c10::Error) when asked about autocast on other device types.
+            throw new NotSupportedException(
+                $"Precision {precision.ToComposerName()} needs {dtype} autocast kernels on device '{device}', but autocast exists only for cpu and cuda devices. Use fp32.");
+        }
+
+        try
+        {
+            using var scope = torch.NewDisposeScope();
+            using (precision.Enter(device.type))
+            {
+                Tensor a = torch.ones(4, 4, device: device);
+                Tensor product = a.matmul(a);
+                if (product.dtype != dtype)
+                {
+                    throw new NotSupportedException($"autocast produced {product.dtype} instead of {dtype}");
+                }
+
+                _ = product.to(ScalarType.Float32).sum().item<float>();
+            }
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            string alternative = precision == Precision.AmpFp16 ? "amp_bf16 or fp32" : "fp32";
+            throw new NotSupportedException(
+                $"Precision {precision.ToComposerName()} needs {dtype} kernels on device '{device}', and none usable were found ({ex.Message}). Use {alternative}.", ex);
+        }
+    }
 }

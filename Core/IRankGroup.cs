@@ -1,4 +1,4 @@
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// The processes that train one model together, as far as code working against <see cref="State"/> needs them

@@ -2,7 +2,7 @@ using System.Globalization;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// Dynamic loss scaling for <c>amp_fp16</c> training, with the behaviour of PyTorch's <c>torch.amp.GradScaler</c>

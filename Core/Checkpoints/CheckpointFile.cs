@@ -3,11 +3,12 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using ComposerSharp.Core;
 using ComposerSharp.Events;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Training.Checkpoints;
+namespace ComposerSharp.Core.Checkpoints;
 
 /// <summary>A checkpoint file could not be read or written; the message names the file and what is wrong.</summary>
 public sealed class CheckpointException : IOException
@@ -214,7 +215,7 @@ public static class CheckpointFile
 
     /// <summary>
     /// The string metadata of the checkpoint at <paramref name="path"/> (a checkpoint or latest pointer): library
-    /// versions, <c>model_type</c>, and whatever <see cref="CheckpointOptions.Metadata"/> added (e.g. the model's description).
+    /// versions, <c>model_type</c>, and whatever the writer added (the Trainer: <c>CheckpointOptions.Metadata</c>) (e.g. the model's description).
     /// </summary>
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
     /// <remarks>Only the header and the model weights are checked (as for a weights-only load): damage in the optimizer or other state does not stop a reader that needs the model alone.</remarks>
@@ -254,6 +255,70 @@ public static class CheckpointFile
         var tensors = new Dictionary<string, Tensor>();
         reader.Read(ModelEntry, r => ReadTensors(r, (name, t) => tensors[name] = t.DetachFromDisposeScope()));
         return tensors;
+    }
+
+    /// <summary>
+    /// The required-on-load algorithms the checkpoint at <paramref name="path"/> records (those whose surgery changes
+    /// the model's weights or their names, e.g. LowPrecisionLayerNorm, ALiBi, gated linear units), in the order they were
+    /// applied; empty when none. A reader re-creates and applies them at Init before loading the weights, as Composer's
+    /// <c>_apply_required_algorithms</c> does on load.
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
+    public static IReadOnlyList<AlgorithmDescription> ReadRequiredAlgorithms(string path)
+    {
+        using CheckpointReader reader = Open(path, weightsOnly: true);
+        return reader.Header.Algorithms.Where(a => a.RequiredOnLoad).Select(a => a.ToDescription()).ToArray();
+    }
+
+    /// <summary>
+    /// Copies the checkpoint's model weights into <paramref name="model"/>'s tensors of the same names, strictly: every
+    /// weight of the model must be in the checkpoint and every weight of the checkpoint in the model, with the same
+    /// dtype and shape (PyTorch's <c>load_state_dict(strict=True)</c>).
+    /// </summary>
+    /// <param name="path">A checkpoint or latest pointer; only its header and model weights are read.</param>
+    /// <param name="model">The module to fill (any device; values are copied under no_grad).</param>
+    /// <exception cref="CheckpointException">The file is missing, not a checkpoint, or damaged; or a weight's dtype or shape differs, or names are missing or unexpected (the message lists them).</exception>
+    public static void LoadModelWeights(string path, nn.Module model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        using CheckpointReader reader = Open(path, weightsOnly: true);
+        Dictionary<string, Tensor> target = model.state_dict();
+        var seen = new HashSet<string>();
+        var unexpected = new List<string>();
+        reader.Read(ModelEntry, r => ReadTensors(r, (name, loaded) =>
+        {
+            if (target.TryGetValue(name, out Tensor? t))
+            {
+                CopyWeight(reader.Path, name, t, loaded);
+                seen.Add(name);
+            }
+            else
+            {
+                unexpected.Add(name);
+            }
+        }));
+        string[] missing = target.Keys.Where(k => !seen.Contains(k)).ToArray();
+        if (missing.Length > 0 || unexpected.Count > 0)
+        {
+            throw new CheckpointException(reader.Path,
+                $"Checkpoint '{reader.Path}' does not match the model's weights (missing from the checkpoint: [{string.Join(", ", missing)}]; not in the model: [{string.Join(", ", unexpected)}]).");
+        }
+    }
+
+    /// <summary>Copies <paramref name="loaded"/> into <paramref name="target"/> after checking dtype and shape; the message names the file and the tensor.</summary>
+    /// <exception cref="CheckpointException">The dtype or shape differs.</exception>
+    internal static void CopyWeight(string file, string name, Tensor target, Tensor loaded)
+    {
+        if (target.dtype != loaded.dtype || !target.shape.SequenceEqual(loaded.shape))
+        {
+            throw new CheckpointException(file,
+                $"Checkpoint '{file}': tensor '{name}' is {loaded.dtype} [{string.Join(", ", loaded.shape)}] but the model's is {target.dtype} [{string.Join(", ", target.shape)}].");
+        }
+
+        using (torch.no_grad())
+        {
+            target.copy_(loaded);
+        }
     }
 
     /// <summary>A write-only stream that hashes what passes through it.</summary>

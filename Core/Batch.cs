@@ -2,7 +2,7 @@ using System.Collections;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// One batch of training, evaluation or prediction data: named tensors that share a leading batch dimension

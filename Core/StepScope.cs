@@ -1,6 +1,6 @@
 using TorchSharp;
 
-namespace ComposerSharp.Events;
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// The native memory of one training, evaluation or prediction step: a <c>torch.NewDisposeScope()</c> that disposes

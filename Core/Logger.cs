@@ -1,4 +1,6 @@
-namespace ComposerSharp.Events;
+using ComposerSharp.Events;
+
+namespace ComposerSharp.Core;
 
 /// <summary>
 /// A destination for metrics and hyperparameters (Composer's <c>LoggerDestination</c>): console, progress bar,
