@@ -45,7 +45,7 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
     /// <param name="x">Hidden states [B, T, hidden].</param>
     /// <param name="mask">
     /// Bool [B, 1, 1, T] or [B, 1, T, T], true where a query may attend to a key; or a floating additive bias
-    /// broadcastable to [B, heads, T, T] (−∞ where a query may not attend; ALiBi's linear biases), cast to the query
+    /// broadcastable to [B, heads, T, T] (−∞ where a query may not attend; the biases of an <see cref="IAttentionBiasProvider"/>), cast to the query
     /// dtype. Either must already include the causal constraint when the attention is causal. Null: no padding (and,
     /// if causal, the causal mask is applied).
     /// </param>
@@ -75,7 +75,7 @@ public sealed class MultiHeadSelfAttention : nn.Module<Tensor, Tensor?, Tensor>
     /// <param name="x">New positions [B, T_new, hidden].</param>
     /// <param name="cache">Keys and values of the earlier positions.</param>
     /// <param name="layer">This block's index in the cache.</param>
-    /// <param name="bias">Null, or an additive bias [1, heads, T_new, past + T_new] that already holds the causal −∞ (ALiBi).</param>
+    /// <param name="bias">Null, or an additive bias [1, heads, T_new, past + T_new] that already holds the causal −∞ (from an <see cref="IAttentionBiasProvider"/>).</param>
     /// <returns>[B, T_new, hidden].</returns>
     internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer, Tensor? bias = null)
     {
@@ -168,7 +168,6 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     private readonly UniformDropout dropout;
 #pragma warning restore IDE1006
     private readonly bool _preLayerNorm;
-    private double _layerDropRate;
 
     /// <summary>Creates a block.</summary>
     /// <param name="config">Sizes, dropout and LayerNorm epsilon.</param>
@@ -195,25 +194,11 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     public bool PreLayerNorm => _preLayerNorm;
 
     /// <summary>
-    /// Stochastic depth / layer drop (Huang et al. 2016; Fan et al. 2019) at the block level, Composer's
-    /// <c>stochastic_method: block</c>: in training mode the whole block is skipped (the input is returned) with this
-    /// probability, drawn from libtorch's global generator once per forward; in eval mode both residual branches are
-    /// scaled by 1 − rate, the expected value in training. 0 (default) changes nothing. Set by the StochasticDepth algorithm.
+    /// The block's residual-branch policy, an extension point for algorithms (see <see cref="IResidualBranchPolicy"/>):
+    /// in each forward it may skip the whole block, and it scales both residual branches. Null (default): the block
+    /// always runs and the branches are unscaled. StochasticDepth sets its layer drop here.
     /// </summary>
-    /// <exception cref="ArgumentOutOfRangeException">Set outside [0, 1].</exception>
-    public double LayerDropRate
-    {
-        get => _layerDropRate;
-        set
-        {
-            if (!(value >= 0 && value <= 1))
-            {
-                throw new ArgumentOutOfRangeException(nameof(value), value, "The layer drop rate must be a probability in [0, 1].");
-            }
-
-            _layerDropRate = value;
-        }
-    }
+    public IResidualBranchPolicy? ResidualPolicy { get; set; }
 
     /// <summary>
     /// The feed-forward block [B, T, hidden] → [B, T, hidden]: a <see cref="FeedForward"/> as built, or what module
@@ -232,12 +217,13 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
     public override Tensor forward(Tensor x, Tensor? mask)
     {
         using var scope = torch.NewDisposeScope();
-        if (training && _layerDropRate > 0 && torch.rand(1).item<float>() < _layerDropRate)
+        IResidualBranchPolicy? policy = ResidualPolicy;
+        if (policy is not null && policy.SkipBlock(training))
         {
             return x.alias().MoveToOuterDisposeScope();
         }
 
-        double keep = training ? 1.0 : 1.0 - _layerDropRate;
+        double keep = policy?.BranchScale(training) ?? 1.0;
         Tensor h;
         if (_preLayerNorm)
         {
@@ -255,12 +241,12 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
 
     private static Tensor Scaled(Tensor branch, double keep) => keep == 1.0 ? branch : branch * keep;
 
-    /// <summary>The block on new positions with a key/value cache (see <see cref="MultiHeadSelfAttention.ForwardCached"/>); no dropout.</summary>
+    /// <summary>The block on new positions with a key/value cache (see <see cref="MultiHeadSelfAttention.ForwardCached"/>); no dropout, never skipped, branches scaled by the <see cref="ResidualPolicy"/>'s evaluation factor.</summary>
     internal Tensor ForwardCached(Tensor x, KeyValueCache cache, int layer, Tensor? bias = null)
     {
         using var scope = torch.NewDisposeScope();
         Tensor h;
-        double keep = 1.0 - _layerDropRate;
+        double keep = ResidualPolicy?.BranchScale(training: false) ?? 1.0;
         if (_preLayerNorm)
         {
             h = x + Scaled(attn.ForwardCached(ln_1.call(x), cache, layer, bias), keep);
@@ -296,7 +282,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     private readonly ModuleList<TransformerBlock> layers;
     private readonly nn.Module<Tensor, Tensor>? ln_f;
 #pragma warning restore IDE1006
-    private double[]? _alibiSlopes;
+    private IAttentionBiasProvider? _attentionBias;
 
     /// <summary>Creates the trunk and initializes it as BERT and GPT-2 do: Linear and Embedding weights ~ N(0, InitializerRange²), biases 0, LayerNorm weight 1 and bias 0; with <paramref name="scaleResidualInit"/>, the output Linears of attention and feed-forward get std InitializerRange/√(2·NumLayers) (GPT-2, Radford et al. 2019, §2.3).</summary>
     /// <param name="config">Sizes; validated.</param>
@@ -328,11 +314,14 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         Initialize(scaleResidualInit);
     }
 
-    /// <summary>The configuration; after <see cref="EnableAlibi"/> its <see cref="TransformerConfig.MaxSequenceLength"/> is ALiBi's maximum.</summary>
+    /// <summary>The configuration; after <see cref="ReplacePositionEmbedding"/> its <see cref="TransformerConfig.MaxSequenceLength"/> is the maximum given there.</summary>
     public TransformerConfig Config { get; private set; }
 
-    /// <summary>ALiBi's head slopes once <see cref="EnableAlibi"/> ran (the position embedding is then unused), else null.</summary>
-    public IReadOnlyList<double>? AlibiSlopes => _alibiSlopes;
+    /// <summary>
+    /// The attention-bias provider that <see cref="ReplacePositionEmbedding"/> put in place of the learned position
+    /// embedding (then unused), or null while the backbone adds <see cref="PositionEmbedding"/>.
+    /// </summary>
+    public IAttentionBiasProvider? AttentionBias => _attentionBias;
 
     /// <summary>Whether the blocks are pre-LN.</summary>
     public bool PreLayerNorm { get; }
@@ -349,30 +338,34 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
     /// <summary>The token embedding, [VocabSize, hidden]; its weight is tied to the MLM and LM output layers.</summary>
     public Embedding TokenEmbedding => wte;
 
+    /// <summary>
+    /// The learned position embedding <c>wpe</c>, Float32 [MaxSequenceLength at construction, hidden]; added to the
+    /// token embedding unless <see cref="ReplacePositionEmbedding"/> ran. It stays a parameter of the model (its
+    /// state-dict key is kept) either way.
+    /// </summary>
+    public Embedding PositionEmbedding => wpe;
+
     /// <summary>The blocks.</summary>
     public IReadOnlyList<TransformerBlock> Layers => layers.ToArray();
 
     /// <summary>
-    /// Switches the trunk to ALiBi (Press et al. 2021): the learned position embedding <c>wpe</c> is zeroed, frozen
-    /// (<c>requires_grad</c> false) and no longer added, and every self-attention adds the linear biases of
-    /// <see cref="AlibiBias"/> (with the padding and causal masks folded in) to its scores. Sequences up to
-    /// <paramref name="maxSequenceLength"/> tokens are accepted from then on, longer than the position embedding's
-    /// rows if wanted: <see cref="Config"/> reports it as <see cref="TransformerConfig.MaxSequenceLength"/>. The same
-    /// as Composer's <c>apply_alibi</c> surgery of Hugging Face's BERT and GPT-2 (composer/algorithms/alibi). Calling it
-    /// again only changes the maximum length.
+    /// An extension point for position-encoding algorithms: from now on the learned position embedding
+    /// <see cref="PositionEmbedding"/> is no longer added, and every self-attention gets the additive bias of
+    /// <paramref name="attentionBias"/> (built once per forward, with the padding and causal masks folded in) instead
+    /// of the boolean mask. Sequences up to <paramref name="maxSequenceLength"/> tokens are accepted from then on,
+    /// longer than the position embedding's rows if wanted: <see cref="Config"/> reports it as
+    /// <see cref="TransformerConfig.MaxSequenceLength"/>. The position embedding's weight is left as it is (an
+    /// algorithm may zero and freeze it, as Alibi does). Calling it again replaces the provider and the maximum.
     /// </summary>
+    /// <param name="attentionBias">The bias source, e.g. ALiBi's (Composer's <c>apply_alibi</c>, composer/algorithms/alibi).</param>
     /// <param name="maxSequenceLength">The longest sequence the model will accept, at least 1.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="attentionBias"/> is null.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxSequenceLength"/> is below 1.</exception>
-    public void EnableAlibi(int maxSequenceLength)
+    public void ReplacePositionEmbedding(IAttentionBiasProvider attentionBias, int maxSequenceLength)
     {
+        ArgumentNullException.ThrowIfNull(attentionBias);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSequenceLength, 1);
-        using (torch.no_grad())
-        {
-            wpe.weight!.zero_();
-        }
-
-        wpe.weight!.requires_grad = false;
-        _alibiSlopes = AlibiBias.Slopes(Config.NumHeads);
+        _attentionBias = attentionBias;
         Config = Config with { MaxSequenceLength = maxSequenceLength };
     }
 
@@ -402,9 +395,9 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
         }
 
         h = emb_dropout.call(h);
-        Tensor? mask = _alibiSlopes is null
+        Tensor? mask = _attentionBias is null
             ? BuildMask(attentionMask, t)
-            : AlibiBias.Build(_alibiSlopes, 0, t, t, Causal, attentionMask, inputIds.device);
+            : _attentionBias.Build(Config.NumHeads, 0, t, t, Causal, attentionMask, inputIds.device);
         foreach (TransformerBlock layer in layers)
         {
             h = layer.call(h, mask);
@@ -456,7 +449,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             h = emb_ln.call(h);
         }
 
-        Tensor? bias = _alibiSlopes is null ? null : AlibiBias.Build(_alibiSlopes, past, t, past + t, causal: true, null, inputIds.device);
+        Tensor? bias = _attentionBias?.Build(Config.NumHeads, past, t, past + t, causal: true, null, inputIds.device);
         for (int i = 0; i < layers.Count; i++)
         {
             h = layers[i].ForwardCached(h, cache, i, bias);
@@ -508,7 +501,7 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
             throw;
         }
 
-        Tensor h = _alibiSlopes is null ? tokens + wpe.call(positions) : tokens;
+        Tensor h = _attentionBias is null ? tokens + wpe.call(positions) : tokens;
         if (wtt is null)
         {
             return h;

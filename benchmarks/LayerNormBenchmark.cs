@@ -71,7 +71,7 @@ internal static class LayerNormBenchmark
             LayerNorm original = nn.LayerNorm(hidden);
             var lp = new LPLayerNorm(original, LayerNormKernel.Libtorch);
             var lpKernel = new LPLayerNorm(original, LayerNormKernel.Fused); // the same Parameter objects
-            var lpKernel1 = new LPLayerNorm(original, LayerNormKernel.Fused, new ComposerSharp.Algorithms.Kernels.FusedLayerNormOptions { Workers = 1 });
+            var lpKernel1 = new LPLayerNorm(original, LayerNormKernel.Fused, new FusedLayerNormOptions { Workers = 1 });
             Tensor[] plainParams = { plain.weight!, plain.bias! };
             Tensor[] lpParams = { lp.weight!, lp.bias! };
             using (torch.no_grad())
@@ -160,7 +160,7 @@ internal static class LayerNormBenchmark
         report.Notes.Add("Ratios are medians of per-round ratios (variants interleaved in rotated order); GB/s counts the bytes that must move: 3 × input + 2 × output bytes per element.");
         report.Notes.Add("All variants run inside an amp_bf16 (or amp_fp16) autocast scope, as in a mixed-precision model; the plain LayerNorm keeps its Float32 kernel there.");
         report.Notes.Add("'bf16 in' is the same module when the residual stream already arrives in BFloat16 (post-LN blocks after an LPLayerNorm): no cast is needed.");
-        report.Notes.Add("'fused kernel' is LPLayerNorm with the C# fused CPU kernel (Algorithms/Kernels), all workers or 1; its 'vs low-precision-grad path' column is against the fused libtorch path, and for 'bf16 in' against the libtorch LPLayerNorm with a bf16 input.");
+        report.Notes.Add("'fused kernel' is LPLayerNorm with the C# fused CPU kernel (Algorithms/LowPrecisionLayerNorm/FusedLayerNorm.cs), all workers or 1; its 'vs low-precision-grad path' column is against the fused libtorch path, and for 'bf16 in' against the libtorch LPLayerNorm with a bf16 input.");
         report.Notes.Add("'libtorch … layer_norm (low-precision grads)': libtorch's low-precision layer_norm on the cast input, weight and bias, LPLayerNorm's path before its weight and bias gradients were summed in Float32; 'mixed': BFloat16 input with the Float32 weight and bias (libtorch's mixed-type CPU kernel), a candidate fix.");
         report.Notes.Add("dW / db / dx err: max |gradient − float64 reference| / max |reference| for weight, bias and input, measured once per variant outside the timing (random input, manual_seed(1) per shape); 'vs low-precision-grad path': per-round time ratio of LPLayerNorm to the fused path of the same precision.");
         if (!fp16Works)

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using ComposerSharp.Algorithms;
-using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Benchmarks.Harness;
 using ComposerSharp.Core;
 using ComposerSharp.Events;

@@ -21,8 +21,8 @@ public enum DropDistribution
 public static partial class Functional
 {
     /// <summary>
-    /// Sets the layer drop rate (<see cref="TransformerBlock.LayerDropRate"/>) of every transformer block of
-    /// <paramref name="model"/>, in depth order, from <paramref name="dropRate"/> and <paramref name="distribution"/>
+    /// Sets a <see cref="LayerDrop"/> as the <see cref="TransformerBlock.ResidualPolicy"/> of every transformer block of
+    /// <paramref name="model"/> (replacing any policy there), in depth order, with the rate from <paramref name="dropRate"/> and <paramref name="distribution"/>
     /// (Composer's <c>apply_stochastic_depth</c> with <c>stochastic_method='block'</c>, for transformer blocks).
     /// </summary>
     /// <param name="model">The model.</param>
@@ -53,7 +53,7 @@ public static partial class Functional
 
         for (int i = 0; i < blocks.Count; i++)
         {
-            blocks[i].LayerDropRate = distribution == DropDistribution.Linear ? dropRate * (i + 1) / blocks.Count : dropRate;
+            blocks[i].ResidualPolicy = new LayerDrop(distribution == DropDistribution.Linear ? dropRate * (i + 1) / blocks.Count : dropRate);
         }
 
         return blocks.Count;

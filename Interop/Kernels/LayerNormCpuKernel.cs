@@ -50,9 +50,9 @@ public enum SimdPath
 /// <para>
 /// Threads: chunks are handed to .NET thread-pool workers (<see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/>),
 /// at most the given worker count (by default libtorch's intra-op thread count; <c>FusedLayerNormOptions.Workers</c>
-/// in Algorithms/Kernels says how these share the cores with libtorch's OpenMP threads). The unsafe code of the
+/// in Algorithms/LowPrecisionLayerNorm says how these share the cores with libtorch's OpenMP threads). The unsafe code of the
 /// fused LayerNorm lives here because this is the one project allowed to use <c>unsafe</c>; the autograd function
-/// and the module wiring are in <c>Algorithms/Kernels/</c>.
+/// and the module wiring are in <c>Algorithms/LowPrecisionLayerNorm/</c> (<c>FusedLayerNorm</c>, <c>LPLayerNorm</c>).
 /// </para>
 /// </remarks>
 internal static unsafe class LayerNormCpuKernel

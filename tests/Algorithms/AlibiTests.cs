@@ -221,7 +221,7 @@ public class AlibiTests
         using var engine = new Engine(state, new Logger(state));
 
         engine.RunEvent(Event.Init);
-        Assert.That(model.Backbone.AlibiSlopes, Is.Not.Null);
+        Assert.That(model.Backbone.AttentionBias, Is.InstanceOf<AlibiAttentionBias>());
         Assert.That(alibi.Match(Event.Init, state), Is.False, "once");
         Assert.That(alibi.Match(Event.AfterDataloader, state), Is.True);
         Assert.That(new Alibi(trainSequenceLengthScaling: 1).Match(Event.AfterDataloader, state), Is.False);

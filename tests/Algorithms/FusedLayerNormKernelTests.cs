@@ -1,4 +1,4 @@
-using ComposerSharp.Algorithms.Kernels;
+using ComposerSharp.Algorithms;
 using ComposerSharp.Interop.Kernels;
 using NUnit.Framework;
 using TorchSharp;

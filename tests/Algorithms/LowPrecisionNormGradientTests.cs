@@ -1,5 +1,4 @@
 using ComposerSharp.Algorithms;
-using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
 using NUnit.Framework;
@@ -113,16 +112,16 @@ public class LowPrecisionNormGradientTests
         Tensor[] reference = Float64Gradients(x, weight, bias, dy, (x64, w64, b64) => F.layer_norm(x64, new[] { hidden }, w64, b64, 1e-5));
 
         Tensor xLow = x.clone().requires_grad_(true);
-        Tensor y = LowPrecisionLayerNormFunction.LayerNorm(
+        Tensor y = SplitAffineLayerNorm.Apply(
             xLow.to(ScalarType.BFloat16), new[] { hidden }, weight.to(ScalarType.BFloat16), bias.to(ScalarType.BFloat16), 1e-5);
         Assert.That(y.dtype, Is.EqualTo(ScalarType.BFloat16), "output in the low-precision dtype");
         Tensor[] low = torch.autograd.grad(new[] { y }, new[] { xLow, weight, bias }, new[] { dy.to(ScalarType.BFloat16) }).ToArray();
 
         Assert.That(low.Select(g => g.dtype), Is.All.EqualTo(ScalarType.Float32), "gradients in the Float32 dtypes of input, weight and bias");
-        AssertGradients(low, reference, Precision.AmpBf16, $"LowPrecisionLayerNormFunction [16384,{hidden}] bf16, seed {seed}");
+        AssertGradients(low, reference, Precision.AmpBf16, $"SplitAffineLayerNorm [16384,{hidden}] bf16, seed {seed}");
     }
 
-    /// <summary>Issue 16: the fused kernel and the libtorch path of the same module agree (output, all three gradients).</summary>
+    /// <summary>The fused CPU kernel and the libtorch path of the same <c>LPLayerNorm</c> agree (output, all three gradients).</summary>
     [Test]
     public void FusedAndLibtorchKernelsOfTheModuleAgree()
     {
@@ -168,7 +167,7 @@ public class LowPrecisionNormGradientTests
     {
         using var d = torch.NewDisposeScope();
         Tensor x = torch.zeros(2, 4, ScalarType.BFloat16);
-        var ex = Assert.Throws<ArgumentException>(() => LowPrecisionLayerNormFunction.LayerNorm(x, new long[] { 4 }, torch.ones(4), null, 1e-5));
+        var ex = Assert.Throws<ArgumentException>(() => SplitAffineLayerNorm.Apply(x, new long[] { 4 }, torch.ones(4), null, 1e-5));
         Assert.That(ex!.Message, Does.Contain("weight has dtype Float32").And.Contain("BFloat16"));
     }
 

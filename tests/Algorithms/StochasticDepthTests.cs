@@ -24,7 +24,7 @@ public class StochasticDepthTests
         using var d = torch.NewDisposeScope();
         var model = new BertForMaskedLM(ModelTestData.Tiny() with { NumLayers = 4 });
         Assert.That(Functional.ApplyStochasticDepth(model, 0.2, distribution), Is.EqualTo(4));
-        Assert.That(model.Backbone.Layers.Select(b => b.LayerDropRate), Is.EqualTo(expected).Within(1e-12));
+        Assert.That(model.Backbone.Layers.Select(LayerDrop.RateOf), Is.EqualTo(expected).Within(1e-12));
     }
 
     [Test]
@@ -36,10 +36,10 @@ public class StochasticDepthTests
         block.train();
         Tensor x = TestTensors.Normal(gen, 2, 5, 32);
 
-        block.LayerDropRate = 1.0;
+        block.ResidualPolicy = new LayerDrop(1.0);
         Assert.That(TestTensors.BitwiseEqual(block.call(x, null), x), Is.True, "rate 1: always the input");
 
-        block.LayerDropRate = 0.5;
+        block.ResidualPolicy = new LayerDrop(0.5);
         int n = 400, skipped = 0;
         for (int i = 0; i < n; i++)
         {
@@ -62,7 +62,7 @@ public class StochasticDepthTests
         Generator gen = TestTensors.NewGenerator();
         var block = new TransformerBlock(ModelTestData.Tiny() with { Dropout = 0, AttentionDropout = 0 }, preLayerNorm, causal: false);
         block.eval();
-        block.LayerDropRate = 0.3;
+        block.ResidualPolicy = new LayerDrop(0.3);
         Tensor x = TestTensors.Normal(gen, 2, 6, 32);
 
         Tensor y = block.call(x, null);
@@ -81,7 +81,7 @@ public class StochasticDepthTests
         }
 
         Assert.That((y - reference).abs().max().item<float>(), Is.LessThan(1e-6), "fp32, the same operations");
-        block.LayerDropRate = 0;
+        block.ResidualPolicy = new LayerDrop(0);
         Assert.That((block.call(x, null) - y).abs().max().item<float>(), Is.GreaterThan(1e-4), "the scaling changes the output");
     }
 
@@ -96,12 +96,12 @@ public class StochasticDepthTests
 
         Assert.That(sd.Match(Event.BatchStart, state), Is.True);
         sd.Apply(Event.Init, state, logger);
-        Assert.That(model.Backbone.Layers.Select(b => b.LayerDropRate), Is.All.Zero, "a warmup starts at 0");
+        Assert.That(model.Backbone.Layers.Select(LayerDrop.RateOf), Is.All.Zero, "a warmup starts at 0");
 
         state.Timestamp = new Timestamp { Batch = 3 };
         sd.Apply(Event.BatchStart, state, logger);
         Assert.That(sd.CurrentDropRate, Is.EqualTo(0.2 * 0.3 / 0.5).Within(1e-12));
-        Assert.That(model.Backbone.Layers.Select(b => b.LayerDropRate), Is.EqualTo(new[] { 0.06, 0.12 }).Within(1e-12));
+        Assert.That(model.Backbone.Layers.Select(LayerDrop.RateOf), Is.EqualTo(new[] { 0.06, 0.12 }).Within(1e-12));
 
         state.Timestamp = new Timestamp { Batch = 7 };
         sd.Apply(Event.BatchStart, state, logger);

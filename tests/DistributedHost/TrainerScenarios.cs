@@ -128,7 +128,7 @@ public static class TrainerScenarios
         File.WriteAllBytes(c.RankFile("state"), HostData.StateBytes(model));
         File.WriteAllText(c.RankFile("depth-freeze"), string.Join("\n",
             $"batches={trainer.State.Timestamp.Batch}",
-            $"drop_rates={string.Join(",", model.modules().OfType<TransformerBlock>().Select(b => F(b.LayerDropRate)))}",
+            $"drop_rates={string.Join(",", model.modules().OfType<TransformerBlock>().Select(b => F(LayerDrop.RateOf(b))))}",
             $"frozen={model.parameters().Count(p => !p.requires_grad)}",
             $"loss={F(trainer.State.Metrics["loss/train/total"])}"));
     }

@@ -4,7 +4,7 @@ using F = TorchSharp.torch.nn.functional;
 namespace ComposerSharp.Algorithms;
 
 /// <summary>
-/// The layer normalisation <see cref="LPLayerNorm"/> runs on CPU under autocast: output in the low-precision dtype,
+/// The split-affine layer normalisation (<c>layer_norm</c> without affine parameters, then <c>addcmul</c>) that <see cref="LPLayerNorm"/> runs on CPU under autocast when the fused kernel does not: output in the low-precision dtype,
 /// weight and bias gradients reduced over the rows with Float32 accumulation. This is the contract a fused CPU kernel
 /// replacing it must keep (see the remarks).
 /// </summary>
@@ -14,7 +14,7 @@ namespace ComposerSharp.Algorithms;
 /// per-thread buffers of the input's dtype, so at 4,096 rows of 768 they are off by 7–13 % (BFloat16) or 1–1.4 %
 /// (Float16) of their largest value against a float64 reference; giving it Float32 weight and bias (the mixed-type
 /// kernel) does not change that. On CUDA, libtorch's half-precision LayerNorm backward accumulates these sums in
-/// Float32, which is the behaviour this function gives the CPU.
+/// Float32, which is the behaviour this op gives the CPU.
 /// </para>
 /// <para>
 /// How: <c>layer_norm</c> without affine parameters gives <c>x̂ = (x − mean) · rstd</c> in the input's dtype (its
@@ -33,7 +33,7 @@ namespace ComposerSharp.Algorithms;
 /// <c>tests/Algorithms/LowPrecisionNormGradientTests.cs</c> check exactly this against float64 at real sizes.
 /// </para>
 /// </remarks>
-public static class LowPrecisionLayerNormFunction
+public static class SplitAffineLayerNorm
 {
     /// <summary>
     /// Layer normalisation over the trailing <paramref name="normalizedShape"/> of <paramref name="input"/> with the
@@ -48,7 +48,7 @@ public static class LowPrecisionLayerNormFunction
     /// <returns>The normalised tensor: same shape and dtype as <paramref name="input"/>.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="input"/> or <paramref name="normalizedShape"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="weight"/> or <paramref name="bias"/> has another dtype than <paramref name="input"/>.</exception>
-    public static Tensor LayerNorm(Tensor input, long[] normalizedShape, Tensor? weight, Tensor? bias, double eps)
+    public static Tensor Apply(Tensor input, long[] normalizedShape, Tensor? weight, Tensor? bias, double eps)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(normalizedShape);

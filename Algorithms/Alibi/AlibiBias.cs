@@ -1,13 +1,13 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ComposerSharp.Models;
+namespace ComposerSharp.Algorithms;
 
 /// <summary>
 /// ALiBi's attention biases (Press, Smith and Lewis 2021, "Train Short, Test Long: Attention with Linear Biases
 /// Enables Input Length Extrapolation", §3): instead of adding position embeddings, head h adds
 /// <c>−m_h·|i − j|</c> to the score of query i and key j, with head slopes <c>m_h</c> a geometric sequence.
-/// Used by <see cref="TransformerBackbone.EnableAlibi"/>; the layout of the bias follows Composer's
+/// Used by <see cref="AlibiAttentionBias"/>, which <see cref="Functional.ApplyAlibi"/> puts in each <c>TransformerBackbone</c>; the layout of the bias follows Composer's
 /// composer/algorithms/alibi/attention_surgery_functions/utils.py (<c>register_alibi</c>).
 /// </summary>
 public static class AlibiBias

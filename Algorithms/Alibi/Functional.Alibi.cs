@@ -14,8 +14,11 @@ public static partial class Functional
     /// <summary>
     /// Switches every <see cref="TransformerBackbone"/> in <paramref name="model"/> (BERT's and GPT's) to ALiBi: no
     /// position embedding, linear attention biases instead, sequences up to <paramref name="maxSequenceLength"/>
-    /// accepted (see <see cref="TransformerBackbone.EnableAlibi"/>); Composer's <c>apply_alibi</c>. It does not scale
-    /// the training sequence length; the <see cref="Alibi"/> algorithm does.
+    /// accepted; Composer's <c>apply_alibi</c>. For each backbone the position embedding <c>wpe</c> is zeroed and frozen
+    /// (<c>requires_grad</c> false) and an <see cref="AlibiAttentionBias"/> takes its place through the backbone's
+    /// extension point <see cref="TransformerBackbone.ReplacePositionEmbedding"/>, which also sets the maximum length
+    /// its <see cref="TransformerBackbone.Config"/> reports. Applying it again only changes the maximum length. It
+    /// does not scale the training sequence length; the <see cref="Alibi"/> algorithm does.
     /// </summary>
     /// <param name="model">The model (or a backbone), changed in place.</param>
     /// <param name="maxSequenceLength">The longest sequence to accept afterwards; null keeps each backbone's own MaxSequenceLength.</param>
@@ -45,7 +48,15 @@ public static partial class Functional
 
         foreach (TransformerBackbone backbone in backbones)
         {
-            backbone.EnableAlibi(maxSequenceLength ?? backbone.Config.MaxSequenceLength);
+            int length = maxSequenceLength ?? backbone.Config.MaxSequenceLength;
+            Tensor positions = backbone.PositionEmbedding.weight!;
+            using (torch.no_grad())
+            {
+                positions.zero_();
+            }
+
+            positions.requires_grad = false;
+            backbone.ReplacePositionEmbedding(new AlibiAttentionBias(backbone.Config.NumHeads), length);
         }
 
         logger.LogInformation(
