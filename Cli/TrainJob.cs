@@ -394,7 +394,7 @@ public sealed class TrainJob
         else if (fit)
         {
             // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
-            if (trainer.Distributed.IsRankZero)
+            if (trainer.DataParallel.IsRankZero)
             {
                 File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
             }
@@ -412,7 +412,7 @@ public sealed class TrainJob
         ConfusionPlot.Save(history.Latest(), Path.Combine(runFolder, "confusion.png"));
         IReadOnlyDictionary<string, double> latest = history.Latest();
         string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        if (!fit && trainer.Distributed.IsRankZero && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
+        if (!fit && trainer.DataParallel.IsRankZero && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
         {
             Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either (rank 0 owns the folder)
         }
@@ -422,7 +422,7 @@ public sealed class TrainJob
         var result = new JobResult(runFolder, stopwatch.Elapsed, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
         {
             SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : shown.Sample,
-            Rank = trainer.Distributed.Rank,
+            Rank = trainer.DataParallel.Rank,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
@@ -438,8 +438,8 @@ public sealed class TrainJob
     private static Timestamp GlobalEvaluation(Trainer trainer)
     {
         Timestamp local = trainer.State.EvalTimestamp;
-        (long samples, long tokens) = trainer.Distributed.GlobalCounts(local.Sample, local.Token);
-        return local with { Batch = trainer.Distributed.MaxOverRanks(local.Batch), Sample = samples, Token = tokens };
+        (long samples, long tokens) = trainer.DataParallel.GlobalCounts(local.Sample, local.Token);
+        return local with { Batch = trainer.DataParallel.MaxOverRanks(local.Batch), Sample = samples, Token = tokens };
     }
 
     /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher. Ranges are checked by <see cref="TrainerOptions.Validate"/>.</summary>

@@ -136,7 +136,7 @@ public sealed partial class Trainer
     /// Whether a stop request cuts evaluations short. Distributed: not with several ranks, whose requests arrive at
     /// different moments; they finish the evaluation and stop together at the next agreed boundary.
     /// </summary>
-    private bool EvalStopRequested => !_distributed.Enabled && _fitCancellation.IsCancellationRequested;
+    private bool EvalStopRequested => !_dataParallel.Enabled && _fitCancellation.IsCancellationRequested;
 
     /// <summary>Runs the evaluators whose interval is due at <paramref name="e"/> (Composer's <c>_run_evaluators</c>).</summary>
     private void RunEvaluators(Event e)
@@ -198,7 +198,7 @@ public sealed partial class Trainer
             },
             beforeEnd: () =>
             {
-                using (_distributed.SynchronizeMetrics(run.Metrics)) // Distributed: metric states summed over ranks, then restored
+                using (_dataParallel.SynchronizeMetrics(run.Metrics)) // Distributed: metric states summed over ranks, then restored
                 {
                     foreach (IMetric metric in run.Metrics)
                     {
@@ -262,7 +262,7 @@ public sealed partial class Trainer
             State.DataloaderLabel = label;
             Engine.RunEvent(startEvent);
             afterStart?.Invoke();
-            long done = ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
+            long done = ForEachBatchInScope(_dataParallel.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
             {
                 State.Batch = ToDevice(batch);
                 step(State.Batch, Lap);

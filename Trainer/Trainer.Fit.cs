@@ -132,7 +132,7 @@ public sealed partial class Trainer
         // The batch loss is read back to the host (item(), a device synchronisation on CUDA) only when something can
         // see it during training; otherwise it is copied on the device and the last one is read once, after the loop.
         // Distributed: always read, as every rank joins the loss all-reduce (loggers exist on rank 0 only).
-        bool lossObserved = _distributed.Enabled || Logger.Destinations.Count > 0 || State.Callbacks.Count > 0 || State.Algorithms.Count > 0;
+        bool lossObserved = _dataParallel.Enabled || Logger.Destinations.Count > 0 || State.Callbacks.Count > 0 || State.Algorithms.Count > 0;
         bool lossUnread = false;
         while (State.Timestamp < State.MaxDuration!.Value)
         {
@@ -170,7 +170,7 @@ public sealed partial class Trainer
                     // truncate: false, does not change how far through the data the run is, as in Composer); tokens
                     // are counted after AfterDataloader, so the timestamp holds the tokens trained on.
                     long tokens = State.Batch.NumTokens;
-                    (long globalSamples, long globalTokens) = _distributed.GlobalCounts(samples, tokens); // Distributed
+                    (long globalSamples, long globalTokens) = _dataParallel.GlobalCounts(samples, tokens); // Distributed
                     Engine.RunEvent(Event.BatchStart);
                     LogTimeMetrics(tokens > 0 || State.Timestamp.Token > 0);
 
@@ -179,7 +179,7 @@ public sealed partial class Trainer
                     if (lossObserved)
                     {
                         // Distributed: the global batch's loss, the ranks weighted as their gradients are (samples, or loss-generating tokens).
-                        double l = _distributed.GlobalLoss(loss.item<float>(), localWeight, globalWeight);
+                        double l = _dataParallel.GlobalLoss(loss.item<float>(), localWeight, globalWeight);
                         State.Metrics["loss/train/total"] = l;
                         Logger.LogMetric("loss/train/total", l);
                     }
@@ -292,13 +292,13 @@ public sealed partial class Trainer
     /// </summary>
     private void AgreeOnStop()
     {
-        if (!_distributed.Enabled)
+        if (!_dataParallel.Enabled)
         {
             return;
         }
 
         bool stopHere = State.Timestamp >= State.MaxDuration!.Value;
-        if (_distributed.AgreeToStop(stopHere || _fitCancellation.IsCancellationRequested) && !stopHere)
+        if (_dataParallel.AgreeToStop(stopHere || _fitCancellation.IsCancellationRequested) && !stopHere)
         {
             if (_fitCancellation.IsCancellationRequested)
             {
@@ -427,7 +427,7 @@ public sealed partial class Trainer
             }
 
             long localTokens = tokens.Sum();
-            long globalTokens = _distributed.SumOverRanks(localTokens); // Distributed: every microbatch of every rank
+            long globalTokens = _dataParallel.SumOverRanks(localTokens); // Distributed: every microbatch of every rank
             if (globalTokens > 0)
             {
                 double[] tokenShares = tokens.Select(t => localTokens > 0 ? (double)t / localTokens : 0.0).ToArray();
@@ -460,7 +460,7 @@ public sealed partial class Trainer
             if (i == microbatches.Count - 1)
             {
                 // Distributed: the gradient all-reduce of this step may start during the last microbatch's backward.
-                _distributed.PrepareGradientReduce(State.Model, State.Optimizers, weights.Local, weights.Global);
+                _dataParallel.PrepareGradientReduce(State.Model, State.Optimizers, weights.Local, weights.Global);
             }
 
             Tensor microbatchLoss = TrainMicrobatch(useGradScaling, weights.Shares[i], updateMetrics);
@@ -468,7 +468,7 @@ public sealed partial class Trainer
         }
 
         State.Batch = deviceBatch;
-        _distributed.AllReduceGradients(State.Optimizers, weights.Local, weights.Global); // Distributed: averaged over the global batch
+        _dataParallel.AllReduceGradients(State.Optimizers, weights.Local, weights.Global); // Distributed: averaged over the global batch
         if (useGradScaling)
         {
             foreach (optim.Optimizer optimizer in State.Optimizers)
@@ -476,7 +476,7 @@ public sealed partial class Trainer
                 GradScaler.Unscale(optimizer);
             }
 
-            if (_distributed.AnyRank(GradScaler.FoundInf)) // Distributed: every rank skips the step together
+            if (_dataParallel.AnyRank(GradScaler.FoundInf)) // Distributed: every rank skips the step together
             {
                 GradScaler.MarkFoundInf();
             }
@@ -580,7 +580,7 @@ public sealed partial class Trainer
         }
 
         var computed = new Dictionary<string, double>(metrics.Count);
-        using (_distributed.SynchronizeMetrics(metrics)) // Distributed: metric states summed over ranks, then restored
+        using (_dataParallel.SynchronizeMetrics(metrics)) // Distributed: metric states summed over ranks, then restored
         {
             foreach (IMetric metric in metrics)
             {
