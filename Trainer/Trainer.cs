@@ -180,15 +180,17 @@ public sealed partial class Trainer : IDisposable
         };
 
         List<ILoggerDestination> destinations = (loggers ?? Array.Empty<ILoggerDestination>()).ToList();
+        RunFolderLayout? layout = null;
         if (o.RunFolder is not null)
         {
             RunFolder = Path.GetFullPath(PathTemplate.Expand(o.RunFolder, State));
             Directory.CreateDirectory(RunFolder);
+            layout = new RunFolderLayout(RunFolder);
             if (_dataParallel.IsRankZero)
             {
                 // Distributed: only rank 0 opens the run folder's log files (other ranks would hold them open unused).
-                destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
-                destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
+                destinations.Add(new JsonLinesLogger(layout.Metrics));
+                destinations.Add(new TensorBoardLogger(layout.TensorBoard));
             }
         }
 
@@ -210,7 +212,7 @@ public sealed partial class Trainer : IDisposable
         destinations = _dataParallel.OnRankZero(destinations); // Distributed: loggers and the progress bar on rank 0 only
         Logger = new Logger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
-        string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
+        string? saveFolder = layout?.CheckpointFolder(checkpoint.SaveFolder) ?? checkpoint.SaveFolder;
         if (saveFolder is not null)
         {
             allCallbacks.Add(new CheckpointSaver(
