@@ -174,9 +174,10 @@ public sealed class TrainJob
     /// some waiting in a collective for the others); only <paramref name="rankZero"/> removes files.
     /// </remarks>
     /// <exception cref="ConfigException">Checkpoints, or the metrics of a run that trained, are present and neither option is set.</exception>
-    private void PrepareRunFolder(string runFolder, CheckpointOptions checkpoint, bool rankZero)
+    private void PrepareRunFolder(RunFolderLayout layout, CheckpointOptions checkpoint, bool rankZero)
     {
-        string folder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
+        string runFolder = layout.Folder;
+        string folder = Path.GetFullPath(layout.CheckpointFolder(checkpoint.SaveFolder));
         if (folder.Contains('{', StringComparison.Ordinal))
         {
             return; // a templated folder is checked by the saver at the start of fit
@@ -192,8 +193,8 @@ public sealed class TrainJob
         // would otherwise delete the file the run is about to start from.
         string? loading = LoadPathCheckpoint();
         string[] checkpoints = allCheckpoints.Where(f => !Path.GetFileName(f).StartsWith("latest", StringComparison.Ordinal)).ToArray();
-        string[] earlierFiles = new[] { "metrics.jsonl", "loss.png", "confusion.png" }.Select(f => Path.Combine(runFolder, f)).Where(File.Exists).ToArray();
-        string tensorboard = Path.Combine(runFolder, "tensorboard");
+        string[] earlierFiles = layout.EarlierRunFiles.Where(File.Exists).ToArray();
+        string tensorboard = layout.TensorBoard;
         bool earlierRun = earlierFiles.Length > 0 || Directory.Exists(tensorboard);
         ILogger log = _loggerFactory.CreateLogger<TrainJob>();
         string removed;
@@ -211,7 +212,7 @@ public sealed class TrainJob
                 return;
             }
 
-            string metrics = Path.Combine(runFolder, "metrics.jsonl");
+            string metrics = layout.Metrics;
             if (File.Exists(metrics) && File.ReadLines(metrics).Any(l => l.Contains("\"loss/train", StringComparison.Ordinal)))
             {
                 throw new ConfigException(
@@ -273,10 +274,39 @@ public sealed class TrainJob
         }
     }
 
+    /// <summary>
+    /// A <c>train</c> (<paramref name="fit"/>) or <c>eval</c> job: <see cref="Bind"/> the scalar settings, lock the run
+    /// folder, <see cref="Build"/> the components and the Trainer, <see cref="Execute"/> and <see cref="Report"/>.
+    /// </summary>
     private JobResult Run(bool fit, CancellationToken cancellationToken)
     {
-        // Scalar settings first, so that a bad value is reported before any data is read or model built: the
-        // top-level keys bound to the options records, each value checked once by the library.
+        RunPlan plan = Bind(fit);
+
+        // One run per folder: the lock comes before anything else touches the folder.
+        using RunFolderLock? runLock = fit && plan.RankZero ? RunFolderLock.Acquire(plan.Layout.Folder, _loggerFactory.CreateLogger<TrainJob>()) : null;
+        (Trainer built, MetricHistory history, Stopwatch stopwatch) = Build(plan);
+        using Trainer trainer = built;
+        Timestamp start = Execute(plan, trainer, history, cancellationToken);
+        stopwatch.Stop();
+        return Report(plan, trainer, history, stopwatch.Elapsed, start);
+    }
+
+    /// <summary>What <see cref="Bind"/> settles before anything is built.</summary>
+    /// <param name="Fit">Whether the job trains (<c>train</c>) or only evaluates (<c>eval</c>).</param>
+    /// <param name="Options">The bound and validated options.</param>
+    /// <param name="RunName">The run's name (configured, or the model's name and the start time).</param>
+    /// <param name="Layout">The run folder (for an evaluation, its own <c>eval-&lt;time&gt;</c> folder inside the run's).</param>
+    /// <param name="RankZero">Whether this process is rank 0 of its job.</param>
+    private sealed record RunPlan(bool Fit, TrainerOptions Options, string RunName, RunFolderLayout Layout, bool RankZero);
+
+    /// <summary>
+    /// Bind: the scalar settings first, so that a bad value is reported before any data is read or model built (the
+    /// top-level keys bound to the options records, each value checked once by the library); then the run's name
+    /// and folder.
+    /// </summary>
+    /// <exception cref="ConfigException">A value the library refused, or no <c>max_duration</c> for <c>train</c>.</exception>
+    private RunPlan Bind(bool fit)
+    {
         var checkpointDefaults = new CheckpointOptions { LoadWeightsOnly = !fit };
         CheckpointOptions boundCheckpoint = OptionsBinder.Bind(_config, checkpointDefaults, TopLevelKeys.ToArray()) with { SaveBest = SaveBestOf(_config) };
         TrainerOptions options = OptionsBinder.Bind<TrainerOptions>(_config, null, TopLevelKeys.ToArray()) with
@@ -290,8 +320,6 @@ public sealed class TrainJob
         }
 
         options = Validated(fit ? options : options with { MaxDuration = null }); // eval trains nothing
-        int seed = options.Seed;
-        bool deterministicMode = options.DeterministicMode;
         string stamp = DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
         string runName = options.RunName ?? $"{_config.Section("model").GetString("name") ?? "model"}-{stamp}";
         string runFolder = Path.GetFullPath(options.RunFolder ?? Path.Combine("runs", runName));
@@ -306,11 +334,25 @@ public sealed class TrainJob
             _lastEvalFolder = rankZero && !Directory.Exists(runFolder) ? runFolder : null;
         }
 
-        // One run per folder: the lock comes before anything else touches the folder.
-        using RunFolderLock? runLock = fit && rankZero ? RunFolderLock.Acquire(runFolder, _loggerFactory.CreateLogger<TrainJob>()) : null;
+        return new RunPlan(fit, options, runName, new RunFolderLayout(runFolder), rankZero);
+    }
+
+    /// <summary>
+    /// Build: deterministic mode and the seed, the tokenizer, the data, the model, the algorithms, callbacks, loggers,
+    /// optimizer and scheduler; for training, the run folder prepared (<see cref="PrepareRunFolder"/>); then the
+    /// Trainer, which loads a checkpoint when one is configured. The clock starts just before the Trainer is made.
+    /// </summary>
+    /// <returns>The Trainer, the metric history it logs to, and the running clock.</returns>
+    /// <exception cref="ConfigException">A component cannot be built from the configuration.</exception>
+    private (Trainer Trainer, MetricHistory History, Stopwatch Clock) Build(RunPlan plan)
+    {
+        bool fit = plan.Fit;
+        TrainerOptions options = plan.Options;
+        int seed = options.Seed;
+        string runFolder = plan.Layout.Folder;
         var context = new ComponentContext(_services, runFolder, seed);
 
-        if (deterministicMode)
+        if (options.DeterministicMode)
         {
             // Before data and model are built: MKL's reproducibility mode can only be switched on before its first
             // computation. The Trainer logs what was set.
@@ -358,15 +400,15 @@ public sealed class TrainJob
 
         if (fit)
         {
-            PrepareRunFolder(runFolder, checkpoint, rankZero);
+            PrepareRunFolder(plan.Layout, checkpoint, plan.RankZero);
         }
 
         LoaderSettings? trainSettings = fit ? LoaderSettingsOf("train_loader", seed, shuffle: true) : null;
         LoaderSettings? evalSettings = eval is null ? null : LoaderSettingsOf("eval_loader", seed, shuffle: false);
         var stopwatch = Stopwatch.StartNew();
-        using var trainer = new Trainer(
+        var trainer = new Trainer(
             model,
-            options with { RunName = runName, RunFolder = fit || rankZero ? runFolder : null, Checkpoint = checkpoint },
+            options with { RunName = plan.RunName, RunFolder = fit || plan.RankZero ? runFolder : null, Checkpoint = checkpoint },
             trainDataloader: train?.CreateLoader(trainSettings!),
             evalDataloader: eval?.CreateLoader(evalSettings!),
             algorithms: algorithms,
@@ -375,12 +417,23 @@ public sealed class TrainJob
             optimizerFactory: optimizerFactory,
             schedulers: schedulers,
             loggerFactory: _loggerFactory);
+        return (trainer, history, stopwatch);
+    }
 
+    /// <summary>
+    /// Execute: for training, the earlier processes' metrics of a resumed run loaded into <paramref name="history"/>,
+    /// the resolved configuration written, and <see cref="Trainer.Fit"/> (nothing when the run is already complete);
+    /// for an evaluation, <see cref="Trainer.Eval"/>.
+    /// </summary>
+    /// <returns>The training progress before this job ran.</returns>
+    private Timestamp Execute(RunPlan plan, Trainer trainer, MetricHistory history, CancellationToken cancellationToken)
+    {
+        bool fit = plan.Fit;
         Timestamp start = trainer.State.Timestamp;
         if (fit && start.Batch > 0)
         {
             // Resumed: the plot and summary cover the earlier processes of the run too.
-            history.LoadEarlier(Path.Combine(runFolder, "metrics.jsonl"), start.Batch);
+            history.LoadEarlier(plan.Layout.Metrics, start.Batch);
         }
 
         bool alreadyComplete = fit && trainer.State.MaxDuration is { } max && trainer.State.Timestamp >= max;
@@ -389,14 +442,14 @@ public sealed class TrainJob
             // Autoresume of a finished run (a scheduler re-launching a completed job): nothing to train, not an error.
             _loggerFactory.CreateLogger<TrainJob>().LogWarning(
                 "Run '{Run}' is already complete ({Batches} batches, max_duration {Max}): nothing to train. Raise --max-duration to train further, or choose another --run-name.",
-                runName, trainer.State.Timestamp.Batch, trainer.State.MaxDuration);
+                plan.RunName, trainer.State.Timestamp.Batch, trainer.State.MaxDuration);
         }
         else if (fit)
         {
             // The resolved configuration (file, --set and options applied), so the run folder says how it was made.
-            if (trainer.Distributed.IsRankZero)
+            if (trainer.DataParallel.IsRankZero)
             {
-                File.WriteAllText(Path.Combine(runFolder, "config.yaml"), _config.ToYaml());
+                File.WriteAllText(plan.Layout.Config, _config.ToYaml());
             }
 
             trainer.Fit(cancellationToken: cancellationToken);
@@ -406,23 +459,33 @@ public sealed class TrainJob
             trainer.Eval();
         }
 
-        stopwatch.Stop();
-        string plotPath = Path.Combine(runFolder, "loss.png");
+        return start;
+    }
+
+    /// <summary>
+    /// Report: the loss and confusion plots, an evaluation's empty checkpoint folder removed, the job's result; then
+    /// the Trainer is closed.
+    /// </summary>
+    private JobResult Report(RunPlan plan, Trainer trainer, MetricHistory history, TimeSpan wallclock, Timestamp start)
+    {
+        bool fit = plan.Fit;
+        RunFolderLayout layout = plan.Layout;
+        string plotPath = layout.LossPlot;
         bool plotted = fit && LossPlot.Save(history, plotPath);
-        ConfusionPlot.Save(history.Latest(), Path.Combine(runFolder, "confusion.png"));
+        ConfusionPlot.Save(history.Latest(), layout.ConfusionPlot);
         IReadOnlyDictionary<string, double> latest = history.Latest();
-        string checkpointFolder = Path.GetFullPath(checkpoint.SaveFolder ?? Path.Combine(runFolder, "checkpoints"));
-        if (!fit && trainer.Distributed.IsRankZero && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
+        string checkpointFolder = Path.GetFullPath(layout.CheckpointFolder(plan.Options.Checkpoint.SaveFolder));
+        if (!fit && trainer.DataParallel.IsRankZero && Directory.Exists(checkpointFolder) && !Directory.EnumerateFileSystemEntries(checkpointFolder).Any())
         {
             Directory.Delete(checkpointFolder); // an evaluation saves no checkpoint: no empty folder either (rank 0 owns the folder)
         }
 
         // An evaluation reports the batches and samples it evaluated over all ranks, not the training counters of the checkpoint.
         Timestamp shown = fit ? trainer.State.Timestamp : GlobalEvaluation(trainer);
-        var result = new JobResult(runFolder, stopwatch.Elapsed, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
+        var result = new JobResult(layout.Folder, wallclock, shown, latest, ModulesReplaced(latest), plotted ? plotPath : null)
         {
             SamplesThisRun = fit ? trainer.State.Timestamp.Sample - start.Sample : shown.Sample,
-            Rank = trainer.Distributed.Rank,
+            Rank = trainer.DataParallel.Rank,
             StoppedByRequest = trainer.StoppedByRequest,
             CheckpointFolder = Directory.Exists(checkpointFolder) && Directory.EnumerateFiles(checkpointFolder, "*.ckpt").Any() ? checkpointFolder : null,
         };
@@ -438,8 +501,8 @@ public sealed class TrainJob
     private static Timestamp GlobalEvaluation(Trainer trainer)
     {
         Timestamp local = trainer.State.EvalTimestamp;
-        (long samples, long tokens) = trainer.Distributed.GlobalCounts(local.Sample, local.Token);
-        return local with { Batch = trainer.Distributed.MaxOverRanks(local.Batch), Sample = samples, Token = tokens };
+        (long samples, long tokens) = trainer.DataParallel.GlobalCounts(local.Sample, local.Token);
+        return local with { Batch = trainer.DataParallel.MaxOverRanks(local.Batch), Sample = samples, Token = tokens };
     }
 
     /// <summary>The <c>dist_timeout</c> (seconds) and <c>dist_backend</c> keys; the world size comes from the launcher. Ranges are checked by <see cref="TrainerOptions.Validate"/>.</summary>

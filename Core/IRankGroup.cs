@@ -2,9 +2,11 @@ namespace ComposerSharp.Core;
 
 /// <summary>
 /// The processes that train one model together, as far as code working against <see cref="State"/> needs them
-/// (checkpoints, callbacks): this process's rank, the world size and one collective, a byte gather. The Trainer
-/// sets <see cref="State.ProcessGroup"/> to its data-parallel context (ComposerSharp.Distributed's
-/// <c>DataParallel</c>); a state built without a Trainer has the single-process <see cref="SingleRankGroup"/>.
+/// (checkpoints, callbacks): this process's rank, the world size and one collective, a byte gather. It is the
+/// Core-level abstraction of a process group: ComposerSharp.Distributed's <c>IProcessGroup</c> (the tensor
+/// collectives: all-reduce, broadcast, all-gather, barrier) extends it, so every process group is an
+/// <see cref="IRankGroup"/>. The Trainer sets <see cref="State.ProcessGroup"/> to its process group (the one its
+/// <c>DataParallel</c> wraps); a state built without a Trainer has the single-process <see cref="SingleRankGroup"/>.
 /// Composer reaches the same information through its global <c>composer.utils.dist</c>
 /// (<c>get_global_rank</c>, <c>get_world_size</c>, <c>all_gather_object</c>); here it travels with the state.
 /// </summary>

@@ -137,8 +137,9 @@ public sealed class State
     public byte[]? PendingRngState { get; set; }
 
     /// <summary>
-    /// The processes training this model together (rank, world size, a byte gather): the Trainer's data-parallel
-    /// context, or <see cref="SingleRankGroup"/> (world size 1) by default. Checkpoints gather every rank's RNG state
+    /// The processes training this model together (rank, world size, a byte gather; Composer's <c>dist</c>): the
+    /// Trainer's process group (ComposerSharp.Distributed's <c>IProcessGroup</c>, the one its <c>DataParallel</c>
+    /// wraps), or <see cref="SingleRankGroup"/> (world size 1) by default. Checkpoints gather every rank's RNG state
     /// through it and only rank 0 writes files.
     /// </summary>
     /// <exception cref="ArgumentNullException">Set to null.</exception>

@@ -24,10 +24,11 @@ namespace ComposerSharp.Distributed;
 /// agreed (any rank decides for all);</item>
 /// <item>metric states summed over ranks for <c>Compute</c> and restored afterwards (torchmetrics' sync and unsync);
 /// loggers only on rank 0; per-rank RNG states gathered
-/// (as <see cref="State.ProcessGroup"/>, through which the checkpoint unit gathers them and rank 0 writes).</item>
+/// (through <see cref="State.ProcessGroup"/>, the same object as <see cref="ProcessGroup"/>, with which the checkpoint
+/// unit gathers them and rank 0 writes).</item>
 /// </list>
 /// </summary>
-public sealed class DataParallel : IRankGroup, IDisposable
+public sealed class DataParallel : IDisposable
 {
     private readonly bool _ownsGroup;
     private readonly ILogger _log;
@@ -48,7 +49,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
     /// <param name="overlapGradientReduce">Start the bucket all-reduces during backward (see <see cref="PrepareGradientReduce"/>).</param>
     public DataParallel(IProcessGroup group, bool ownsGroup = false, long bucketBytes = DistributedDefaults.BucketBytes, ILogger? logger = null, bool overlapGradientReduce = false)
     {
-        Group = group ?? throw new ArgumentNullException(nameof(group));
+        ProcessGroup = group ?? throw new ArgumentNullException(nameof(group));
         _ownsGroup = ownsGroup;
         _bucketBytes = bucketBytes;
         _log = logger ?? NullLogger.Instance;
@@ -71,20 +72,20 @@ public sealed class DataParallel : IRankGroup, IDisposable
         return new DataParallel(ProcessGroupFactory.Create(device, options, logger: log), ownsGroup: true, options.BucketBytes, log, options.OverlapGradientReduce);
     }
 
-    /// <summary>The ranks.</summary>
-    public IProcessGroup Group { get; }
+    /// <summary>The process group whose ranks train together (the Trainer puts the same object in <see cref="State.ProcessGroup"/>).</summary>
+    public IProcessGroup ProcessGroup { get; }
 
     /// <summary>This process's rank.</summary>
-    public int Rank => Group.Rank;
+    public int Rank => ProcessGroup.Rank;
 
     /// <summary>The number of processes.</summary>
-    public int WorldSize => Group.WorldSize;
+    public int WorldSize => ProcessGroup.WorldSize;
 
     /// <summary>Whether this is rank 0 (the one that logs and writes checkpoints).</summary>
-    public bool IsRankZero => Group.Rank == 0;
+    public bool IsRankZero => ProcessGroup.Rank == 0;
 
     /// <summary>Whether there is more than one process.</summary>
-    public bool Enabled => Group.WorldSize > 1;
+    public bool Enabled => ProcessGroup.WorldSize > 1;
 
     /// <summary>
     /// Total seconds spent in the gradient all-reduce after backward (for benchmarks): with overlap, the time from the
@@ -144,7 +145,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
         using var noGrad = torch.no_grad();
         foreach ((string _, Tensor t) in tensors)
         {
-            Group.Broadcast(t, 0);
+            ProcessGroup.Broadcast(t, 0);
         }
     }
 
@@ -164,7 +165,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
 
         using var scope = torch.NewDisposeScope();
         Tensor counts = torch.tensor(new[] { samples, tokens });
-        Group.AllReduce(counts, ReduceOp.Sum);
+        ProcessGroup.AllReduce(counts, ReduceOp.Sum);
         long[] values = counts.data<long>().ToArray();
         return (values[0], values[1]);
     }
@@ -190,7 +191,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
         if (EnsureBuckets(optimizers) || _overlap is null)
         {
             _overlap?.Dispose();
-            _overlap = new OverlappedGradientReduce(model, _buckets!, Group, _log);
+            _overlap = new OverlappedGradientReduce(model, _buckets!, ProcessGroup, _log);
             _log.LogInformation("Gradient all-reduce overlapped with backward: {Modules} modules hooked.", _overlap.HookedModules);
         }
 
@@ -228,7 +229,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
         else
         {
             EnsureBuckets(optimizers);
-            _buckets!.AllReduce(Group, pre, post, GloballyUsed(_buckets.LocalUsed()));
+            _buckets!.AllReduce(ProcessGroup, pre, post, GloballyUsed(_buckets.LocalUsed()));
         }
 
         GradientReduceSeconds += clock.Elapsed.TotalSeconds;
@@ -250,7 +251,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
         bool even = localSamples * WorldSize == globalSamples;
         using var scope = torch.NewDisposeScope();
         Tensor t = torch.tensor(new[] { even ? localLoss : localLoss * localSamples });
-        Group.AllReduce(t, ReduceOp.Sum);
+        ProcessGroup.AllReduce(t, ReduceOp.Sum);
         double sum = t.item<double>();
         return even ? sum / WorldSize : sum / globalSamples;
     }
@@ -269,7 +270,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
 
         using var scope = torch.NewDisposeScope();
         Tensor t = torch.tensor(new[] { value });
-        Group.AllReduce(t, ReduceOp.Sum);
+        ProcessGroup.AllReduce(t, ReduceOp.Sum);
         return t.item<long>();
     }
 
@@ -283,7 +284,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
 
         using var scope = torch.NewDisposeScope();
         Tensor t = torch.tensor(new[] { value });
-        Group.AllReduce(t, ReduceOp.Max);
+        ProcessGroup.AllReduce(t, ReduceOp.Max);
         return t.item<long>();
     }
 
@@ -297,7 +298,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
 
         using var scope = torch.NewDisposeScope();
         Tensor t = torch.tensor(new[] { flag ? 1 : 0 });
-        Group.AllReduce(t, ReduceOp.Max);
+        ProcessGroup.AllReduce(t, ReduceOp.Max);
         return t.item<int>() != 0;
     }
 
@@ -343,7 +344,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
 
         using var scope = torch.NewDisposeScope();
         Tensor flat = torch.tensor(states.SelectMany(s => s).ToArray(), dtype: ScalarType.Float64);
-        Group.AllReduce(flat, ReduceOp.Sum);
+        ProcessGroup.AllReduce(flat, ReduceOp.Sum);
         double[] summed = flat.data<double>().ToArray();
         int offset = 0;
         for (int i = 0; i < reducible.Count; i++)
@@ -355,19 +356,8 @@ public sealed class DataParallel : IRankGroup, IDisposable
         return local;
     }
 
-    /// <summary>Every rank's <paramref name="local"/> bytes (all ranks must pass the same length), indexed by rank.</summary>
-    public byte[][] AllGatherBytes(byte[] local)
-    {
-        ArgumentNullException.ThrowIfNull(local);
-        if (!Enabled)
-        {
-            return new[] { local };
-        }
-
-        using var scope = torch.NewDisposeScope();
-        Tensor gathered = Group.AllGather(torch.tensor(local, dtype: ScalarType.Byte));
-        return Enumerable.Range(0, WorldSize).Select(r => gathered[r].data<byte>().ToArray()).ToArray();
-    }
+    /// <summary>Every rank's <paramref name="local"/> bytes (all ranks must pass the same length), indexed by rank (<see cref="IRankGroup.AllGatherBytes"/> of <see cref="ProcessGroup"/>).</summary>
+    public byte[][] AllGatherBytes(byte[] local) => ProcessGroup.AllGatherBytes(local);
 
     /// <summary><paramref name="items"/> on rank 0, nothing on the other ranks (loggers and the progress bar run on rank 0).</summary>
     public List<T> OnRankZero<T>(List<T> items) => IsRankZero ? items : new List<T>();
@@ -381,7 +371,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
         _buckets = null;
         if (_ownsGroup)
         {
-            Group.Dispose();
+            ProcessGroup.Dispose();
         }
     }
 
@@ -417,7 +407,7 @@ public sealed class DataParallel : IRankGroup, IDisposable
     {
         using var scope = torch.NewDisposeScope();
         Tensor flags = torch.tensor(local.Select(u => u ? 1 : 0).ToArray());
-        Group.AllReduce(flags, ReduceOp.Max);
+        ProcessGroup.AllReduce(flags, ReduceOp.Max);
         return flags.data<int>().ToArray().Select(f => f != 0).ToArray();
     }
 
@@ -459,12 +449,12 @@ public sealed class DataParallel : IRankGroup, IDisposable
     {
         using var scope = torch.NewDisposeScope();
         Tensor length = torch.tensor(new long[] { data.LongLength });
-        Group.Broadcast(length, 0);
+        ProcessGroup.Broadcast(length, 0);
         long n = length.item<long>();
         Tensor bytes = IsRankZero ? torch.tensor(data, dtype: ScalarType.Byte) : torch.zeros(n, dtype: ScalarType.Byte);
         if (n > 0)
         {
-            Group.Broadcast(bytes, 0);
+            ProcessGroup.Broadcast(bytes, 0);
         }
 
         return n == 0 ? Array.Empty<byte>() : bytes.data<byte>().ToArray();

@@ -1,3 +1,5 @@
+using ComposerSharp.Core;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ComposerSharp.Distributed;
@@ -8,16 +10,18 @@ namespace ComposerSharp.Distributed;
 /// shape and dtype. Collectives work in place on the given tensors, block until complete and accept
 /// non-contiguous tensors (they are staged through a contiguous copy). Calls must come from one thread at a time.
 /// </summary>
-public interface IProcessGroup : IDisposable
+/// <remarks>
+/// A process group is an <see cref="IRankGroup"/>: Core's view of the same ranks (rank, world size, a byte gather),
+/// all that <see cref="State.ProcessGroup"/> and the checkpoint unit need. The Trainer puts its process group (the one
+/// its <see cref="DataParallel"/> wraps) there, so <c>state.ProcessGroup</c> and <c>trainer.DataParallel.ProcessGroup</c>
+/// are the same object.
+/// </remarks>
+public interface IProcessGroup : IRankGroup, IDisposable
 {
     /// <summary>The backend's name: <c>single</c>, <c>mpi</c> or <c>nccl</c>.</summary>
     string Backend { get; }
 
-    /// <summary>This process's rank among all processes, 0 … <see cref="WorldSize"/> − 1.</summary>
-    int Rank { get; }
-
-    /// <summary>The number of processes.</summary>
-    int WorldSize { get; }
+    // Rank (among all processes, 0 … WorldSize − 1) and WorldSize (the number of processes) come from IRankGroup.
 
     /// <summary>This process's rank among the processes on its node.</summary>
     int LocalRank { get; }
@@ -49,7 +53,7 @@ public interface IProcessGroup : IDisposable
     void Broadcast(Tensor tensor, int root = 0);
 
     /// <summary>
-    /// Gathers every rank's <paramref name="tensor"/>: the result has shape [<see cref="WorldSize"/>, …tensor.shape],
+    /// Gathers every rank's <paramref name="tensor"/>: the result has shape [<see cref="IRankGroup.WorldSize"/>, …tensor.shape],
     /// row r holding rank r's tensor, on the tensor's device and in its dtype.
     /// </summary>
     Tensor AllGather(Tensor tensor);
@@ -62,4 +66,22 @@ public interface IProcessGroup : IDisposable
     /// ends it. Call it when this rank fails, so that its peers do not wait in a collective for ever.
     /// </summary>
     void Abort(int exitCode);
+
+    /// <summary>
+    /// Every rank's <paramref name="local"/> bytes (all ranks must pass the same length), indexed by rank: one
+    /// <see cref="AllGather"/> of a Byte tensor; for one process, <paramref name="local"/> alone without a collective.
+    /// </summary>
+    /// <exception cref="ArgumentNullException"><paramref name="local"/> is null.</exception>
+    byte[][] IRankGroup.AllGatherBytes(byte[] local)
+    {
+        ArgumentNullException.ThrowIfNull(local);
+        if (WorldSize <= 1)
+        {
+            return new[] { local };
+        }
+
+        using var scope = torch.NewDisposeScope();
+        Tensor gathered = AllGather(torch.tensor(local, dtype: ScalarType.Byte));
+        return Enumerable.Range(0, WorldSize).Select(r => gathered[r].data<byte>().ToArray()).ToArray();
+    }
 }

@@ -8,6 +8,10 @@ using static TorchSharp.torch;
 
 namespace ComposerSharp.Training;
 
+/// <summary>
+/// Evaluation (Composer's <c>eval</c>, <c>_run_evaluators</c> and <c>_eval_loop</c>): the evaluators, their passes
+/// during and outside of <see cref="Fit"/>, and the inference pass that evaluation and <see cref="Predict"/> share.
+/// </summary>
 public sealed partial class Trainer
 {
     private readonly List<EvaluatorRun> _evaluators = new();
@@ -70,73 +74,10 @@ public sealed partial class Trainer
     }
 
     /// <summary>
-    /// Runs the model on every batch of <paramref name="dataloader"/> in evaluation mode without gradients
-    /// (Composer's <c>predict</c>): PredictStart, per batch PredictBatchStart, PredictBeforeForward,
-    /// PredictAfterForward, PredictBatchEnd, then PredictEnd.
-    /// </summary>
-    /// <param name="dataloader">The batches (epoch 0).</param>
-    /// <param name="subsetNumBatches">Predict at most this many batches; null for all.</param>
-    /// <param name="returnOutputs">Collect the outputs; when false an empty list is returned (callbacks still see each output).</param>
-    /// <returns>
-    /// One tensor per batch: the model's forward output moved to the CPU, in its dtype (e.g. Float32 [B, C]),
-    /// detached from every dispose scope. The caller owns and must dispose them.
-    /// </returns>
-    /// <exception cref="ArgumentException">A loader of unknown length without <paramref name="subsetNumBatches"/>.</exception>
-    public IReadOnlyList<Tensor> Predict(IDataLoader dataloader, long? subsetNumBatches = null, bool returnOutputs = true)
-    {
-        ThrowIfClosed();
-        ArgumentNullException.ThrowIfNull(dataloader);
-        if (subsetNumBatches is <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(subsetNumBatches), subsetNumBatches, "subsetNumBatches must be at least 1, or null for the whole loader.");
-        }
-
-        if (subsetNumBatches is null && dataloader.BatchesPerEpoch is null)
-        {
-            throw new ArgumentException("The prediction dataloader's length is unknown; pass subsetNumBatches so prediction ends.", nameof(subsetNumBatches));
-        }
-
-        var outputs = new List<Tensor>();
-        State.PredictTimestamp = new Timestamp();
-        try
-        {
-            InferencePass(dataloader, "predict", subsetNumBatches, Event.PredictStart, Event.PredictEnd, (batch, lap) =>
-            {
-                Engine.RunEvent(Event.PredictBatchStart);
-                Engine.RunEvent(Event.PredictBeforeForward);
-                using (State.Precision.Enter(State.Device.type))
-                {
-                    State.Outputs = Forward(batch);
-                }
-
-                Engine.RunEvent(Event.PredictAfterForward);
-                if (returnOutputs)
-                {
-                    outputs.Add(State.Outputs.detach().cpu().clone().DetachFromDisposeScope());
-                }
-
-                State.PredictTimestamp = State.PredictTimestamp.ToNextBatch(batch.NumSamples, batch.NumTokens, lap());
-                Engine.RunEvent(Event.PredictBatchEnd);
-            });
-        }
-        catch
-        {
-            foreach (Tensor t in outputs)
-            {
-                t.Dispose();
-            }
-
-            throw;
-        }
-
-        return outputs;
-    }
-
-    /// <summary>
     /// Whether a stop request cuts evaluations short. Distributed: not with several ranks, whose requests arrive at
     /// different moments; they finish the evaluation and stop together at the next agreed boundary.
     /// </summary>
-    private bool EvalStopRequested => !_distributed.Enabled && _fitCancellation.IsCancellationRequested;
+    private bool EvalStopRequested => !_dataParallel.Enabled && _fitCancellation.IsCancellationRequested;
 
     /// <summary>Runs the evaluators whose interval is due at <paramref name="e"/> (Composer's <c>_run_evaluators</c>).</summary>
     private void RunEvaluators(Event e)
@@ -196,32 +137,7 @@ public sealed partial class Trainer
                     metric.Reset();
                 }
             },
-            beforeEnd: () =>
-            {
-                using (_distributed.SynchronizeMetrics(run.Metrics)) // Distributed: metric states summed over ranks, then restored
-                {
-                    foreach (IMetric metric in run.Metrics)
-                    {
-                        string key = $"metrics/{run.Evaluator.Label}/{metric.Name}";
-                        double value = metric.Compute();
-                        computed[key] = value;
-                        State.Metrics[key] = value;
-                        if (metric is IMetricBreakdown breakdown)
-                        {
-                            foreach ((string part, double partValue) in breakdown.Breakdown())
-                            {
-                                computed[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
-                                State.Metrics[$"metrics/{run.Evaluator.Label}/{part}"] = partValue;
-                            }
-                        }
-                    }
-                }
-
-                if (computed.Count > 0)
-                {
-                    Logger.LogMetrics(computed);
-                }
-            });
+            beforeEnd: () => computed = ComputeAndLogMetrics(run.Evaluator.Label, run.Metrics));
         return computed;
     }
 
@@ -262,7 +178,7 @@ public sealed partial class Trainer
             State.DataloaderLabel = label;
             Engine.RunEvent(startEvent);
             afterStart?.Invoke();
-            long done = ForEachBatchInScope(_distributed.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
+            long done = ForEachBatchInScope(_dataParallel.ShardForEvaluation(loader).GetEpoch(0), subsetNumBatches, () => EvalStopRequested, batch => // Distributed: this rank's shard
             {
                 State.Batch = ToDevice(batch);
                 step(State.Batch, Lap);

@@ -53,7 +53,8 @@ public sealed partial class Trainer : IDisposable
     private readonly bool _accumulateOnTokens;
 
     // Distributed: data-parallel calls (no-ops for world size 1); the logic lives in Distributed/DataParallel.cs.
-    private readonly DataParallel _distributed;
+    // Its process group is State.ProcessGroup.
+    private readonly DataParallel _dataParallel;
 
     /// <summary>Creates a Trainer: the scalar settings in <paramref name="options"/>, the components as arguments (Composer's <c>Trainer</c> arguments of the same names).</summary>
     /// <param name="model">The model; it is moved to the device.</param>
@@ -117,7 +118,7 @@ public sealed partial class Trainer : IDisposable
         Precision prec = o.Precision ?? (dev.type == DeviceType.CUDA ? Precision.AmpBf16 : Precision.Fp32);
         prec.CheckSupported(dev);
         SeedAll(o.Seed);
-        _distributed = DataParallel.Create(dev, o.Distributed, loggerFactory); // Distributed
+        _dataParallel = DataParallel.Create(dev, o.Distributed, loggerFactory); // Distributed
 
         // Model to device, then optimizers.
         List<optim.Optimizer> opts = optimizers?.ToList() ?? new List<optim.Optimizer>();
@@ -175,19 +176,21 @@ public sealed partial class Trainer : IDisposable
             LoggerFactory = loggerFactory,
             DeviceTrainMicrobatchSize = o.DeviceTrainMicrobatchSize,
             CheckpointMetadata = checkpoint.Metadata,
-            ProcessGroup = _distributed, // Distributed: checkpoints gather RNG states and write on rank 0 through it
+            ProcessGroup = _dataParallel.ProcessGroup, // Distributed: checkpoints gather RNG states and write on rank 0 through it
         };
 
         List<ILoggerDestination> destinations = (loggers ?? Array.Empty<ILoggerDestination>()).ToList();
+        RunFolderLayout? layout = null;
         if (o.RunFolder is not null)
         {
             RunFolder = Path.GetFullPath(PathTemplate.Expand(o.RunFolder, State));
             Directory.CreateDirectory(RunFolder);
-            if (_distributed.IsRankZero)
+            layout = new RunFolderLayout(RunFolder);
+            if (_dataParallel.IsRankZero)
             {
                 // Distributed: only rank 0 opens the run folder's log files (other ranks would hold them open unused).
-                destinations.Add(new JsonLinesLogger(Path.Combine(RunFolder, "metrics.jsonl")));
-                destinations.Add(new TensorBoardLogger(Path.Combine(RunFolder, "tensorboard")));
+                destinations.Add(new JsonLinesLogger(layout.Metrics));
+                destinations.Add(new TensorBoardLogger(layout.TensorBoard));
             }
         }
 
@@ -206,10 +209,10 @@ public sealed partial class Trainer : IDisposable
             _log.LogWarning("Both a progress bar and console logging are on; their lines will interleave. Consider turning one off (as Composer advises).");
         }
 
-        destinations = _distributed.OnRankZero(destinations); // Distributed: loggers and the progress bar on rank 0 only
+        destinations = _dataParallel.OnRankZero(destinations); // Distributed: loggers and the progress bar on rank 0 only
         Logger = new Logger(State, destinations);
         List<ICallback> allCallbacks = destinations.Cast<ICallback>().Concat(callbacks ?? Array.Empty<ICallback>()).ToList();
-        string? saveFolder = checkpoint.SaveFolder ?? (RunFolder is null ? null : Path.Combine(RunFolder, "checkpoints"));
+        string? saveFolder = layout?.CheckpointFolder(checkpoint.SaveFolder) ?? checkpoint.SaveFolder;
         if (saveFolder is not null)
         {
             allCallbacks.Add(new CheckpointSaver(
@@ -265,7 +268,7 @@ public sealed partial class Trainer : IDisposable
         Precision prec)
     {
         Engine.RunEvent(Event.Init);
-        _distributed.SynchronizeModel(State.Model); // Distributed: same tensors everywhere, then rank 0's values
+        _dataParallel.SynchronizeModel(State.Model); // Distributed: same tensors everywhere, then rank 0's values
         LogRunHyperparameters();
 
         // Metrics, evaluators, dataloader, max duration, schedulers, scaler.
@@ -287,7 +290,7 @@ public sealed partial class Trainer : IDisposable
 
         if (trainDataloader is not null)
         {
-            trainDataloader = _distributed.ShardForTraining(trainDataloader); // Distributed: this rank's shard
+            trainDataloader = _dataParallel.ShardForTraining(trainDataloader); // Distributed: this rank's shard
             State.TrainDataloader = trainDataloader;
             State.Dataloader = trainDataloader;
             State.DataloaderLabel = TrainLabel;
@@ -316,7 +319,7 @@ public sealed partial class Trainer : IDisposable
         }
 
         Engine.RunEvent(Event.AfterLoad);
-        SeedAll(State.Seed + _distributed.Rank); // Distributed: each rank its own stream (Composer: rank_zero_seed + rank)
+        SeedAll(State.Seed + _dataParallel.Rank); // Distributed: each rank its own stream (Composer: rank_zero_seed + rank)
     }
 
     /// <summary>The label of the training dataloader.</summary>
@@ -340,8 +343,11 @@ public sealed partial class Trainer : IDisposable
     /// <summary>The run folder (absolute), or null when none was given.</summary>
     public string? RunFolder { get; }
 
-    /// <summary>The data-parallel context (world size 1 unless started by a launcher).</summary>
-    public DataParallel Distributed => _distributed;
+    /// <summary>
+    /// The data-parallel context (world size 1 unless started by a launcher): sharding, gradient and metric
+    /// reduction, the agreed stop. Its <see cref="DataParallel.ProcessGroup"/> is <see cref="State.ProcessGroup"/>.
+    /// </summary>
+    public DataParallel DataParallel => _dataParallel;
 
     /// <summary>The model, as given (<see cref="State.Model"/> is the same object).</summary>
     public ComposerModel Model => _model;
@@ -367,7 +373,7 @@ public sealed partial class Trainer : IDisposable
             }
 
             _lastLoss?.Dispose();
-            _distributed.Dispose();
+            _dataParallel.Dispose();
         }
     }
 
@@ -422,7 +428,7 @@ public sealed partial class Trainer : IDisposable
             ["device"] = State.Device.ToString(),
             ["device_train_microbatch_size"] = State.DeviceTrainMicrobatchSize,
             ["accumulate_train_batch_on_tokens"] = _accumulateOnTokens,
-            ["world_size"] = _distributed.WorldSize,
+            ["world_size"] = _dataParallel.WorldSize,
         };
         foreach (IAlgorithm algorithm in State.Algorithms)
         {

@@ -178,11 +178,11 @@ public static class DistributedBenchmark
             loader, optimizerFactory: ps => torch.optim.SGD(ps, 0.01), callbacks: new[] { timer });
         trainer.Fit();
         times.Clear();
-        double commBefore = trainer.Distributed.GradientReduceSeconds;
+        double commBefore = trainer.DataParallel.GradientReduceSeconds;
         trainer.Fit(Time.FromBatch(steps));
-        double comm = (trainer.Distributed.GradientReduceSeconds - commBefore) / steps;
+        double comm = (trainer.DataParallel.GradientReduceSeconds - commBefore) / steps;
         double gradMiB = model.parameters().Sum(p => p.numel()) * 4.0 / 1048576;
-        int early = trainer.Distributed.LastEarlyBuckets;
+        int early = trainer.DataParallel.LastEarlyBuckets;
         return new Dictionary<string, object>
         {
             ["model"] = $"{WideMlp.In}-{WideMlp.Hidden}-{WideMlp.Hidden}-{WideMlp.Hidden}-{WideMlp.Out}",

@@ -35,7 +35,7 @@ public sealed class RuntimeEstimator : Callback
         _batchesLeftToSkip = skipBatches;
         SkipBatches = skipBatches;
         TimeUnit = timeUnit;
-        _divider = TimeUnits.SecondsPer(timeUnit, nameof(timeUnit));
+        _divider = WallClockUnit.SecondsPer(timeUnit, nameof(timeUnit));
         _clock = clock ?? TimeProvider.System;
     }
 

@@ -28,7 +28,7 @@ public sealed class SpeedMonitor : Callback, IStatefulCallback
         ArgumentOutOfRangeException.ThrowIfLessThan(windowSize, 1);
         WindowSize = windowSize;
         TimeUnit = timeUnit;
-        _divider = TimeUnits.SecondsPer(timeUnit, nameof(timeUnit));
+        _divider = WallClockUnit.SecondsPer(timeUnit, nameof(timeUnit));
     }
 
     /// <summary>Batches in the window.</summary>

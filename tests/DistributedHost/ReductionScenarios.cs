@@ -178,7 +178,7 @@ public static class ReductionScenarios
             using var trainer = new Trainer(model, Options("3ba", new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }), HostData.Loader(data, 4, shuffle: true),
                 optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
             trainer.Fit();
-            return (HostData.StateBytes(model), trainer.Distributed.OverlapActive);
+            return (HostData.StateBytes(model), trainer.DataParallel.OverlapActive);
         }
 
         (byte[] overlapped, bool active) = Run(true);
@@ -194,7 +194,7 @@ public static class ReductionScenarios
         using var trainer = new Trainer(model, Options("4ba", new DistributedOptions { OverlapGradientReduce = overlap, BucketBytes = 1024 }) with { DeviceTrainMicrobatchSize = 2 },
             HostData.Loader(data, 4, shuffle: true), optimizerFactory: ps => torch.optim.AdamW(ps, 0.01));
         trainer.Fit();
-        return (HostData.StateBytes(model), trainer.Distributed.LastEarlyBuckets, trainer.Distributed.OverlapActive);
+        return (HostData.StateBytes(model), trainer.DataParallel.LastEarlyBuckets, trainer.DataParallel.OverlapActive);
     }
 
     /// <summary>The overlapped all-reduce gives the same weights, bit for bit, as the blocking one.</summary>

@@ -223,7 +223,7 @@ public static class TrainerScenarios
     {
         IReadOnlyList<HostSample> data = HostData.Samples(64);
         Trainer? trainer = null;
-        var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { trainer!.Distributed.RequestStop(); } } };
+        var hook = new HookCallback { OnBatchEnd = s => { if (c.Group.Rank == 1 && s.Timestamp.Batch == 2) { trainer!.DataParallel.RequestStop(); } } };
         trainer = new Trainer(Model(), Options("10ba"), HostData.Loader(data, 4, shuffle: true), callbacks: new[] { hook });
         trainer.Fit();
         File.WriteAllText(c.RankFile("stop"), trainer.State.Timestamp.Batch.ToString(CultureInfo.InvariantCulture));

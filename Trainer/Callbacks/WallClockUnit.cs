@@ -1,7 +1,11 @@
 namespace ComposerSharp.Training.Callbacks;
 
-/// <summary>The wall-clock units callbacks report durations in: seconds, minutes, hours or days (as in Composer).</summary>
-internal static class TimeUnits
+/// <summary>
+/// The wall-clock units callbacks report durations in: seconds, minutes, hours or days (Composer's <c>time_unit</c>
+/// argument of SpeedMonitor and RuntimeEstimator). Not <see cref="ComposerSharp.Core.TimeUnit"/>, which measures
+/// training progress (epochs, batches, samples, tokens).
+/// </summary>
+internal static class WallClockUnit
 {
     /// <summary>Seconds per <paramref name="unit"/>.</summary>
     /// <exception cref="ArgumentException">Not seconds, minutes, hours or days.</exception>
