@@ -1,5 +1,6 @@
 using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Interop.Kernels;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -106,7 +107,7 @@ public class FusedLayerNormKernelTests
             Tensor[] other = Run(x, w, b, dy, 1e-5, new FusedLayerNormOptions { Workers = workers });
             for (int i = 0; i < first.Length; i++)
             {
-                Assert.That(TestTensors.BitwiseEqual(first[i], other[i]), Is.True, $"{Names[i]} differs between 1 and {workers} workers, seed {seed}");
+                TestTensors.AssertBitwiseEqual(first[i], other[i], $"{Names[i]} differs between 1 and {workers} workers, seed {seed}");
             }
         }
     }

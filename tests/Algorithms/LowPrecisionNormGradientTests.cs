@@ -2,6 +2,7 @@ using ComposerSharp.Algorithms;
 using ComposerSharp.Algorithms.Kernels;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -122,7 +123,7 @@ public class LowPrecisionNormGradientTests
         AssertGradients(low, reference, Precision.AmpBf16, $"LowPrecisionLayerNormFunction [16384,{hidden}] bf16, seed {seed}");
     }
 
-    /// <summary>Issue 16: the fused kernel and the libtorch path of the same module agree (output, all three gradients).</summary>
+    /// <summary>The fused CPU kernel and the libtorch path of the same module agree (output, all three gradients).</summary>
     [Test]
     public void FusedAndLibtorchKernelsOfTheModuleAgree()
     {

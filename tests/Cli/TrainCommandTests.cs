@@ -1,6 +1,7 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -124,7 +125,7 @@ public class RunFolderTests
     public void ASecondRunInALockedFolderIsRefusedWithExitCode2AndAStaleLockIsTakenOver()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-lock-" + Guid.NewGuid().ToString("N"));
-        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        var log = new CapturingLoggerFactory();
         try
         {
             using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))

@@ -88,7 +88,7 @@ public class ReproducibilityTests
 
         using var a = Run();
         using var b = Run();
-        Assert.That(TestData.BitwiseEqual(a.Model, b.Model), Is.True);
+        TestData.AssertBitwiseEqual(a.Model, b.Model);
     }
 
     [Test]

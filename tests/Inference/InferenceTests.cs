@@ -3,6 +3,7 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 using TorchSharp;
@@ -139,7 +140,7 @@ public class InferenceTests
         Dictionary<string, Tensor> saved = ComposerSharp.Core.Checkpoints.CheckpointFile.ReadModelState(ckpt);
         foreach ((string key, Tensor t) in back.Model.state_dict())
         {
-            Assert.That(t.bytes.SequenceEqual(saved[key].bytes), Is.True, key);
+            Assert.That(t.bytes.ToArray(), Is.EqualTo(saved[key].bytes.ToArray()), key);
         }
     }
 

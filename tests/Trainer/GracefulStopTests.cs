@@ -58,7 +58,7 @@ public class GracefulStopTests
         Assert.That(resumed.StoppedByRequest, Is.False);
         using Trainer uninterrupted = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep", runName: "graceful-ref", deterministicMode: true);
         uninterrupted.Fit();
-        Assert.That(TestData.BitwiseEqual(resumed.Model, uninterrupted.Model), Is.True, "stopped + resumed = uninterrupted, bit for bit (deterministic mode)");
+        TestData.AssertBitwiseEqual(resumed.Model, uninterrupted.Model, "stopped + resumed = uninterrupted, bit for bit (deterministic mode)");
     }
 
     [Test]
