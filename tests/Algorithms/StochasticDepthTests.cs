@@ -29,6 +29,7 @@ public class StochasticDepthTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void InTrainingABlockIsSkippedAtItsRate()
     {
         using var d = torch.NewDisposeScope();

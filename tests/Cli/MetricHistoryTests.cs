@@ -6,6 +6,7 @@ using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Cli;
 
+[Category(TestCategories.Slow)]
 public class MetricHistoryTests
 {
     [Test]

@@ -9,6 +9,7 @@ using NUnit.Framework;
 namespace ComposerSharp.Tests.Cli;
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainCommandTests
 {
     [Test]
@@ -73,6 +74,7 @@ public class TrainCommandTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainJobModelsTests
 {
     [TestCase("bert_classification", "synthetic_classification", "pooling: mean\n  num_labels: 3", "num_classes: 3\n    num_samples: 64\n    pad_to_length: 64", "metrics/eval/Accuracy")]
@@ -150,6 +152,7 @@ public class RunFolderTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ReRunningACommandIsRefusedBeforeAnyFileIsTouchedAndSaveOverwriteStartsAfresh()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-rerun-" + Guid.NewGuid().ToString("N"));
@@ -183,6 +186,7 @@ public class RunFolderTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void SaveBestFromTheCommandLineKeepsTheBestCheckpointAndABadComparisonIsAConfigurationError()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-best-" + Guid.NewGuid().ToString("N"));
@@ -211,6 +215,7 @@ public class RunFolderTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheRunFolderHoldsTheResolvedConfigurationWhichReadsBackToTheSameValues()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-cfg-" + Guid.NewGuid().ToString("N"));
@@ -241,6 +246,7 @@ public class RunFolderTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class AutoresumeCliTests
 {
     [Test]
@@ -269,6 +275,7 @@ public class AutoresumeCliTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class EvalCliTests
 {
     [Test]
@@ -380,6 +387,7 @@ public class HelpTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class FineTuneCommandTests
 {
     [Test]

@@ -1,4 +1,5 @@
 using ComposerSharp.Distributed;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -6,6 +7,7 @@ using static TorchSharp.torch;
 namespace ComposerSharp.Tests.Distributed;
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public sealed class CollectiveTests : MpiJobFixture
 {
     [Test]

@@ -36,6 +36,7 @@ public class ReproducibilityTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void AProductThatDependsOnMemoryAlignmentIsEqualForEveryAlignmentInDeterministicMode()
     {
         int with = ProbeInChild(deterministic: true);
@@ -51,6 +52,7 @@ public class ReproducibilityTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void DeterministicModeRequestedAfterAnMklComputationFailsWithAMessageSayingSo()
     {
         ChildProcess.Result r = ChildProcess.Run("ComposerSharp.Tests.ProcessHost.dll", new[] { "late-deterministic-mode" }, Timeout, "MKL_CBWR");
@@ -77,6 +79,7 @@ public class ReproducibilityTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TwoRunsInDeterministicModeGiveBitwiseEqualWeights()
     {
         Trainer Run()

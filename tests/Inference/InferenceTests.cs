@@ -60,6 +60,7 @@ public class InferenceTests
     private string Classifier() => _classifier ??= Train("cls", "bert_classification", $"{{name: jsonl_classification, path: {_dir}/data.jsonl, max_length: 64, labels: [ham, spam]}}", batches: 18);
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ACheckpointDescribesItsModelLabelsAndTokenizer()
     {
         string ckpt = Classifier();
@@ -74,6 +75,7 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void PredictReproducesTheAccuracyEvalReportsFromTheCheckpointAlone()
     {
         string ckpt = Classifier();
@@ -107,6 +109,7 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void GenerateWithAndWithoutTheCacheGivesTheSameTokens()
     {
         string ckpt = Train("gpt", "gpt", $"{{name: text_lm, path: {_dir}/text, block_size: 32}}");
@@ -129,6 +132,7 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ExportFromTheCheckpointIsReadBackBitwise()
     {
         string ckpt = Classifier();
@@ -180,6 +184,7 @@ public class InferenceTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class MaskFillerTests
 {
     [Test]
@@ -298,6 +303,7 @@ public class InferenceCommandLineTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void APromptLongerThanTheContextIsAnArgumentError()
     {
         (int code, string error) = Run("generate", "--load-path", Gpt(), "--prompt", string.Join(" ", Enumerable.Repeat("lunch", 40)));
@@ -306,6 +312,7 @@ public class InferenceCommandLineTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ExportRefusesANonEmptyFolderAndOverwriteKeepsOtherFiles()
     {
         string folder = Path.Combine(_dir, "export");

@@ -45,6 +45,7 @@ public class CheckpointTests
     [TestCase(Event.BatchEnd, 5L, "1ba", 5L, TestName = "ResumeIsBitwiseExactFromTheLastBatchOfAnEpoch")]
     [TestCase(Event.EpochEnd, 1L, "1ep", 0L, TestName = "ResumeIsBitwiseExactFromAnEpochBoundary")]
     [TestCase(Event.BatchEnd, 7L, "1ep", 2L, TestName = "ResumeIsBitwiseExactFromMidSecondEpochWithAFinalSave")]
+    [Category(TestCategories.Slow)]
     public void ResumeIsBitwiseExact(Event stopEvent, long stopAt, string saveInterval, long batchInEpochAtResume)
     {
         var reference = new List<long>();
@@ -245,6 +246,7 @@ public class CheckpointTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void RotationHoldsForTheFolderAcrossResumesAndOrphanedTemporaryFilesAreRemoved()
     {
         string folder = TestData.TempFolder();

@@ -34,12 +34,14 @@ public class EvalIntervalTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void DefaultIsEveryEpochAndNoExtraEvaluationAtFitEnd()
     {
         Assert.That(EvalBatches("2ep", null), Is.EqualTo(new long[] { 5, 10 }));
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void IntegerIntervalMeansEpochs()
     {
         Assert.That(EvalBatches("4ep", 2), Is.EqualTo(new long[] { 10, 20 }));

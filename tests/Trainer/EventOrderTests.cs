@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
@@ -17,6 +18,7 @@ public class EventOrderTests
     };
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EventCountsMatchComposerForTwoEpochsWithMicrobatchesAndEval()
     {
         // 5 batches of 8 samples, microbatch 3 → ceil(8/3) = 3 microbatches per batch; eval every epoch on 2 batches.

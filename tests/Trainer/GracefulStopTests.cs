@@ -14,6 +14,7 @@ namespace ComposerSharp.Tests.Training;
 /// batch in progress, cuts an evaluation short, saves the end-of-training checkpoint at that batch and returns; the
 /// saved run resumes exactly. The signal tests send real signals to real child processes.
 /// </summary>
+[Category(TestCategories.Slow)]
 public class GracefulStopTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(180);

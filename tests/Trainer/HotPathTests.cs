@@ -23,6 +23,7 @@ public class HotPathTests
             TestData.Loader(40, 8, shuffle: true), loggers: loggers, optimizerFactory: p => torch.optim.SGD(p, 0.05));
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void AnUnobservedLossIsStillTheLastBatchLossAfterFit()
     {
         var logger = new MemoryLogger();

@@ -16,6 +16,7 @@ namespace ComposerSharp.Tests.Training;
 public class LoggerTests
 {
     [Test]
+    [Category(TestCategories.Slow)]
     public void RunFolderGathersJsonLinesTensorBoardAndCheckpoints()
     {
         string root = TestData.TempFolder();
@@ -151,6 +152,7 @@ public class LoggerTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void OnANarrowTerminalTheBarsDescriptionIsCutToOneLine()
     {
         var writer = new StringWriter();

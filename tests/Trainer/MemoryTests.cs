@@ -12,6 +12,7 @@ namespace ComposerSharp.Tests.Training;
 
 /// <summary>Every train, eval and predict step runs in a dispose scope: native tensors do not accumulate.</summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class MemoryTests
 {
     [Test]

@@ -114,6 +114,7 @@ public class LayerFreezingTests
         LayerFreezing.Layers(model).Select(l => TestData.Weights(l)).ToArray();
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ResumeWithFrozenLayersIsBitwiseExact()
     {
         Trainer Run(CheckpointOptions? options, params ICallback[] callbacks)

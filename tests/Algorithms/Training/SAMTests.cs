@@ -146,6 +146,7 @@ public class SAMTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ResumeWithSamIsBitwiseExact()
     {
         Trainer Run(CheckpointOptions? options, params ICallback[] callbacks) =>

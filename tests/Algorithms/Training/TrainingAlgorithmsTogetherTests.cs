@@ -4,6 +4,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Tests.Training;
 using ComposerSharp.Training;
 using NUnit.Framework;
@@ -18,6 +19,7 @@ namespace ComposerSharp.Tests.Algorithms.Training;
 /// GradientClipping run twice per batch), and training ends with finite weights.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainingAlgorithmsTogetherTests
 {
     [Test]
