@@ -7,10 +7,10 @@ using static TorchSharp.torch;
 namespace ComposerSharp.Tests.Distributed;
 
 [TestFixture]
-[Category(TestCategories.Slow)]
 public sealed class CollectiveTests : MpiJobFixture
 {
     [Test]
+    [Category(TestCategories.Slow)]
     public void TwoRanksAllReduceBroadcastAndGatherMatchFloat64References()
     {
         MpiJobResult job = Host("collectives");
@@ -23,6 +23,7 @@ public sealed class CollectiveTests : MpiJobFixture
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ARankThatThrowsEndsTheJobNonZeroWithItsError()
     {
         MpiJobResult job = Host("throw", timeout: TimeSpan.FromSeconds(90));
@@ -33,6 +34,7 @@ public sealed class CollectiveTests : MpiJobFixture
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ARankThatStopsCallingCollectivesEndsTheJobAtTheTimeout()
     {
         MpiJobResult job = Host("hang", timeout: TimeSpan.FromSeconds(90), env: new Dictionary<string, string> { ["HOST_DIST_TIMEOUT_SECONDS"] = "3" });

@@ -1,5 +1,4 @@
 using ComposerSharp.Distributed;
-using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -8,7 +7,6 @@ namespace ComposerSharp.Tests.Distributed;
 
 /// <summary>The NCCL backend's error paths (there is no GPU on the development machine).</summary>
 [TestFixture]
-[Category(TestCategories.Slow)]
 public sealed class NcclTests
 {
     [Test]

@@ -14,7 +14,6 @@ namespace ComposerSharp.Tests.Training;
 /// batch in progress, cuts an evaluation short, saves the end-of-training checkpoint at that batch and returns; the
 /// saved run resumes exactly. The signal tests send real signals to real child processes.
 /// </summary>
-[Category(TestCategories.Slow)]
 public class GracefulStopTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(180);
@@ -27,6 +26,7 @@ public class GracefulStopTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ACancelledTokenStopsAfterTheBatchInProgressWithACheckpointAndTheRunResumesExactly()
     {
         string folder = TestData.TempFolder();
@@ -99,6 +99,7 @@ public class GracefulStopTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheFirstRealSigtermStopsGracefullyWithExitCode143AndASecondOneAborts()
     {
         if (!OperatingSystem.IsLinux())
@@ -124,6 +125,7 @@ public class GracefulStopTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheCliStopsOnARealSigtermWithACheckpointAndAResumeHintAndAutoresumeFinishesTheRun()
     {
         if (!OperatingSystem.IsLinux())
