@@ -3,6 +3,7 @@ using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Models;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -117,6 +118,7 @@ public class AlibiTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void BertRunsLongerThanItsPositionEmbeddingAndNoLongerReadsIt()
     {
         using var d = torch.NewDisposeScope();
@@ -169,6 +171,7 @@ public class AlibiTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ThePositionEmbeddingStaysZeroWhileTraining()
     {
         using var d = torch.NewDisposeScope();

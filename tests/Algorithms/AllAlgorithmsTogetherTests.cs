@@ -5,6 +5,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Tests.Training;
 using ComposerSharp.Training;
 using Microsoft.Extensions.Logging;
@@ -26,6 +27,7 @@ public class AllAlgorithmsTogetherTests
     private static readonly Regex TraceLine = new(@"^Algorithms at (?<event>[a-z_]+): (?<order>.*)$", RegexOptions.Compiled);
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EveryAlgorithmTrainsTogetherInComposersOrder()
     {
         using var scope = torch.NewDisposeScope();

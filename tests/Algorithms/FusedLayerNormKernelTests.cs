@@ -1,5 +1,6 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Interop.Kernels;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -60,6 +61,7 @@ public class FusedLayerNormKernelTests
     [TestCase(4096L, 768, false)]
     [TestCase(4096L, 768, true)]
     [TestCase(8192L, 1024, true)]
+    [Category(TestCategories.Slow)]
     public void RealBatchRowCountsMatchFloat64(long rows, int width, bool bf16Input)
     {
         CheckAgainstFloat64(rows, width, bf16Input, true, true, 1e-5, SimdPath.Auto, parameterTolerance: 0.01);
@@ -71,6 +73,7 @@ public class FusedLayerNormKernelTests
     /// mean off by one ulp would be magnified by rstd = 1e6.
     /// </summary>
     [Test]
+    [Category(TestCategories.Slow)]
     public void ConstantRowsGiveExactlyZero([Values(1, 7, 16, 33, 100, 768, 1023)] int width, [Values] bool bf16Input, [Values(1e-12, 1e-5)] double eps)
     {
         using var d = NewDisposeScope();
@@ -90,6 +93,7 @@ public class FusedLayerNormKernelTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ResultsAreBitwiseTheSameForAnyWorkerCount([Values] bool bf16Input)
     {
         using var d = NewDisposeScope();
@@ -106,13 +110,14 @@ public class FusedLayerNormKernelTests
             Tensor[] other = Run(x, w, b, dy, 1e-5, new FusedLayerNormOptions { Workers = workers });
             for (int i = 0; i < first.Length; i++)
             {
-                Assert.That(TestTensors.BitwiseEqual(first[i], other[i]), Is.True, $"{Names[i]} differs between 1 and {workers} workers, seed {seed}");
+                TestTensors.AssertBitwiseEqual(first[i], other[i], $"{Names[i]} differs between 1 and {workers} workers, seed {seed}");
             }
         }
     }
 
     /// <summary>Output within one BFloat16 rounding of libtorch's Float32 layer_norm; gradients within Float32 error of libtorch's Float32 backward.</summary>
     [Test]
+    [Category(TestCategories.Slow)]
     public void AgreesWithLibtorch([Values] bool bf16Input)
     {
         using var d = NewDisposeScope();

@@ -1,6 +1,7 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
@@ -144,7 +145,7 @@ public class LowPrecisionAlgorithmTests
         var lp = (LPGroupNorm)model[1];
         Assert.That(TestTensors.CallUnder(Precision.AmpBf16, original, h).dtype, Is.EqualTo(ScalarType.Float32), "plain GroupNorm on a Float32 input");
         TestTensors.AssertClose(TestTensors.CallUnder(Precision.AmpBf16, lp, h), reference, ScalarType.BFloat16, 0.05, 0.01);
-        Assert.That(TestTensors.BitwiseEqual(lp.call(h), reference), Is.True, "bitwise outside autocast");
+        TestTensors.AssertBitwiseEqual(lp.call(h), reference, "bitwise outside autocast");
         Assert.That(log.Warnings, Is.Empty);
     }
 
@@ -205,7 +206,7 @@ public class LowPrecisionAlgorithmTests
         Assert.That(actual.Keys, Is.EquivalentTo(expected.Keys));
         foreach ((string key, Tensor tensor) in expected)
         {
-            Assert.That(TestTensors.BitwiseEqual(actual[key], tensor), Is.True, key);
+            TestTensors.AssertBitwiseEqual(actual[key], tensor, key);
         }
     }
 

@@ -3,6 +3,7 @@ using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;
@@ -16,6 +17,7 @@ namespace ComposerSharp.Tests.Algorithms;
 /// algorithm. The Trainer re-creates the missing required-on-load algorithm with a warning, or refuses when asked to.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class LowPrecisionCheckpointTests
 {
     private static readonly TransformerConfig Config = TransformerConfig.Preset("bert-tiny") with

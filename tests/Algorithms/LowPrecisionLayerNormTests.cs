@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 using TorchSharp;
@@ -60,7 +61,7 @@ public class LowPrecisionLayerNormTests
 
         Tensor outside = model.call(x);
         Assert.That(outside.dtype, Is.EqualTo(ScalarType.Float32));
-        Assert.That(TestTensors.BitwiseEqual(outside, reference), Is.True, "outside autocast the output must be bitwise the original's");
+        TestTensors.AssertBitwiseEqual(outside, reference, "outside autocast the output must be bitwise the original's");
     }
 
     [Test]
@@ -105,7 +106,7 @@ public class LowPrecisionLayerNormTests
         Assert.That(keysBefore, Is.EqualTo(elementwiseAffine ? new[] { "norm.weight" } : Array.Empty<string>()));
 
         TestTensors.AssertClose(TestTensors.CallUnder(Precision.AmpBf16, model, x), reference, ScalarType.BFloat16, Bf16MaxError, Bf16MeanError);
-        Assert.That(TestTensors.BitwiseEqual(model.call(x), reference), Is.True, "bitwise outside autocast");
+        TestTensors.AssertBitwiseEqual(model.call(x), reference, "bitwise outside autocast");
     }
 
     [Test]
@@ -200,7 +201,7 @@ public class LowPrecisionLayerNormTests
         Assert.That(replaced, Is.EqualTo(1), "the managed LayerNorm is still replaced");
         string warning = log.Warnings.Single();
         Assert.That(warning, Does.Contain("encoder (TransformerEncoderLayer)"));
-        Assert.That(log.Entries.Any(e => e.Level == LogLevel.Information && e.Message.Contains("replaced 1 LayerNorm", StringComparison.Ordinal)), Is.True);
+        Assert.That(log.Entries.Where(e => e.Level == LogLevel.Information).Select(e => e.Message), Has.Some.Contains("replaced 1 LayerNorm"));
     }
 
     [Test]
@@ -230,7 +231,7 @@ public class LowPrecisionLayerNormTests
         var lp = (LPLayerNorm)model[0];
         Assert.That(lp.weight!.IsInvalid, Is.False, "weight handle freed by the collected LayerNorm's finalizer");
         Assert.That(lp.bias!.IsInvalid, Is.False, "bias handle freed by the collected LayerNorm's finalizer");
-        Assert.That(TestTensors.BitwiseEqual(lp.weight, expected), Is.True);
+        TestTensors.AssertBitwiseEqual(lp.weight, expected);
     }
 
     [Test]

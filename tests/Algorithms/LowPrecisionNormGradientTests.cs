@@ -1,6 +1,7 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -43,6 +44,7 @@ public class LowPrecisionNormGradientTests
     };
 
     [TestCaseSource(nameof(LayerNormCases))]
+    [Category(TestCategories.Slow)]
     public void LayerNormGradientsAtRealSizeMatchFloat64(long[] shape, string precisionName, LayerNormKernel kernel)
     {
         Precision precision = PrecisionFromName(precisionName);
@@ -72,6 +74,7 @@ public class LowPrecisionNormGradientTests
     /// (bf16) and 0.05 % (fp16) here, so it does not have LayerNorm's fault; this guards that.
     /// </summary>
     [TestCaseSource(nameof(GroupNormCases))]
+    [Category(TestCategories.Slow)]
     public void GroupNormGradientsAtRealSizeMatchFloat64(long[] shape, long groups, string precisionName)
     {
         Precision precision = PrecisionFromName(precisionName);
@@ -100,6 +103,7 @@ public class LowPrecisionNormGradientTests
     /// against float64, where BFloat16 accumulation is off by more than 10 %).
     /// </summary>
     [Test]
+    [Category(TestCategories.Slow)]
     public void FunctionalFormKeepsTheContractOnManyRows()
     {
         using var d = torch.NewDisposeScope();
@@ -123,6 +127,7 @@ public class LowPrecisionNormGradientTests
 
     /// <summary>The fused CPU kernel and the libtorch path of the same <c>LPLayerNorm</c> agree (output, all three gradients).</summary>
     [Test]
+    [Category(TestCategories.Slow)]
     public void FusedAndLibtorchKernelsOfTheModuleAgree()
     {
         if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported)

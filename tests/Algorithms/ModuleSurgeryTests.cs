@@ -88,7 +88,7 @@ public class ModuleSurgeryTests
             Assert.That(model.call(x).dtype, Is.EqualTo(ScalarType.BFloat16), "forward goes through the replaced fields");
         }
 
-        Assert.That(TestTensors.BitwiseEqual(model.call(x), reference), Is.True, "bitwise outside autocast");
+        TestTensors.AssertBitwiseEqual(model.call(x), reference, "bitwise outside autocast");
     }
 
     [Test]
@@ -138,7 +138,7 @@ public class ModuleSurgeryTests
         // Each norm gets a Float32 input, so a BFloat16 output proves forward reached the replacement in that container.
         Assert.That(TestTensors.CallUnder(Precision.AmpBf16, model, x).dtype, Is.EqualTo(ScalarType.BFloat16));
         Assert.That(model.ForwardDtypes, Is.EqualTo(new[] { ScalarType.BFloat16, ScalarType.BFloat16, ScalarType.BFloat16 }));
-        Assert.That(TestTensors.BitwiseEqual(model.call(x), reference), Is.True, "bitwise outside autocast");
+        TestTensors.AssertBitwiseEqual(model.call(x), reference, "bitwise outside autocast");
     }
 
     [Test]

@@ -4,6 +4,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Tests.Training;
 using NUnit.Framework;
 using TorchSharp;
@@ -71,6 +72,7 @@ public class SeqLengthWarmupTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ATrainerRunReservesMemoryAtFullLengthThenWarmsUpAndCountsTheTokensTrainedOn()
     {
         using var d = torch.NewDisposeScope();

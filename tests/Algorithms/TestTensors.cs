@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -58,6 +59,15 @@ internal static class TestTensors
 
     /// <summary>Same dtype, shape and elements (libtorch's at::equal).</summary>
     public static bool BitwiseEqual(Tensor a, Tensor b) => a.dtype == b.dtype && a.Equals(b);
+
+    /// <summary>Asserts <see cref="BitwiseEqual"/>; a failure names the dtypes, shapes and the first differing values.</summary>
+    public static void AssertBitwiseEqual(Tensor actual, Tensor expected, string? message = null)
+    {
+        if (!BitwiseEqual(actual, expected))
+        {
+            Assert.Fail($"{message}{(message is null ? "" : ": ")}not bitwise equal: {TensorDifference.Describe(actual, expected)}");
+        }
+    }
 
     /// <summary>Calls <paramref name="model"/> on <paramref name="x"/> inside <paramref name="precision"/>'s CPU autocast scope.</summary>
     public static Tensor CallUnder(Precision precision, nn.Module<Tensor, Tensor> model, Tensor x)

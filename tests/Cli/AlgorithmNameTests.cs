@@ -4,6 +4,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 
@@ -75,6 +76,7 @@ public class AlgorithmNameTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void APluginAlgorithmRoundTripsThroughACheckpoint()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-names-" + Guid.NewGuid().ToString("N"));

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using ComposerSharp.Cli;
 using ComposerSharp.Tests.Distributed;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Cli;
@@ -90,6 +91,7 @@ public class LaunchCommandTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void LaunchTrainsTheDefaultModelOnTwoProcesses()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-launch-" + Guid.NewGuid().ToString("N"));
@@ -115,6 +117,7 @@ public class LaunchCommandTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ALaunchedEvaluationReportsGlobalCountsAndOnlyRankZeroMakesItsFolder()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-launch-" + Guid.NewGuid().ToString("N"));
@@ -139,6 +142,7 @@ public class LaunchCommandTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void AFailingLaunchedCommandEndsTheJobNonZero()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-launch-" + Guid.NewGuid().ToString("N"));

@@ -1,4 +1,5 @@
 using ComposerSharp.Cli;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Cli;
@@ -120,6 +121,7 @@ public class NewUserTrialTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ARunThatFailedWhileStartingLeavesNothingTheNextRunAppendsTo()
     {
         string folder = NewFolder();
@@ -137,6 +139,7 @@ public class NewUserTrialTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void MetricsOfARunThatTrainedButSavedNoCheckpointAreRefusedThenStartedAfreshByAutoresume()
     {
         // As a process killed before its first checkpoint leaves them.
@@ -201,6 +204,7 @@ public class NewUserTrialTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EvalAndExportUseACheckpointDamagedOnlyInItsOptimizerState()
     {
         string folder = NewFolder();

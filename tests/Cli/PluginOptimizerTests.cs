@@ -2,6 +2,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 using TorchSharp;
@@ -23,6 +24,7 @@ public sealed class HalvingScheduler : IScheduler
 public class PluginOptimizerTests
 {
     [Test]
+    [Category(TestCategories.Slow)]
     public void APluginOptimizerAndSchedulerAreUsedFromYaml()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-optim-" + Guid.NewGuid().ToString("N"));

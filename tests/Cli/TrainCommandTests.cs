@@ -1,6 +1,7 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -8,6 +9,7 @@ using NUnit.Framework;
 namespace ComposerSharp.Tests.Cli;
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainCommandTests
 {
     [Test]
@@ -72,6 +74,7 @@ public class TrainCommandTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainJobModelsTests
 {
     [TestCase("bert_classification", "synthetic_classification", "pooling: mean\n  num_labels: 3", "num_classes: 3\n    num_samples: 64\n    pad_to_length: 64", "metrics/eval/Accuracy")]
@@ -124,7 +127,7 @@ public class RunFolderTests
     public void ASecondRunInALockedFolderIsRefusedWithExitCode2AndAStaleLockIsTakenOver()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-lock-" + Guid.NewGuid().ToString("N"));
-        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        var log = new CapturingLoggerFactory();
         try
         {
             using (RunFolderLock.Acquire(folder, log.CreateLogger("test")))
@@ -149,6 +152,7 @@ public class RunFolderTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ReRunningACommandIsRefusedBeforeAnyFileIsTouchedAndSaveOverwriteStartsAfresh()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-rerun-" + Guid.NewGuid().ToString("N"));
@@ -182,6 +186,7 @@ public class RunFolderTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void SaveBestFromTheCommandLineKeepsTheBestCheckpointAndABadComparisonIsAConfigurationError()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-best-" + Guid.NewGuid().ToString("N"));
@@ -210,6 +215,7 @@ public class RunFolderTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheRunFolderHoldsTheResolvedConfigurationWhichReadsBackToTheSameValues()
     {
         string folder = Path.Combine(Path.GetTempPath(), "composersharp-cfg-" + Guid.NewGuid().ToString("N"));
@@ -240,6 +246,7 @@ public class RunFolderTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class AutoresumeCliTests
 {
     [Test]
@@ -268,6 +275,7 @@ public class AutoresumeCliTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class EvalCliTests
 {
     [Test]
@@ -379,6 +387,7 @@ public class HelpTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class FineTuneCommandTests
 {
     [Test]

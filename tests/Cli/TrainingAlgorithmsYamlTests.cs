@@ -2,6 +2,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Core.Checkpoints;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -13,6 +14,7 @@ namespace ComposerSharp.Tests.Cli;
 /// the checkpoint records it with the values given.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainingAlgorithmsYamlTests
 {
     private const string Data = """

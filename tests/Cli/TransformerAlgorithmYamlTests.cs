@@ -1,5 +1,6 @@
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 
@@ -10,6 +11,7 @@ namespace ComposerSharp.Tests.Cli;
 /// BERT MLM (or GPT) on synthetic data, a checkpoint, and an evaluation from it, which re-creates the required-on-load ones.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TransformerAlgorithmYamlTests
 {
     [TestCase("bert_mlm", "synthetic_mlm", "gated_linear_units:\n    act_fn: silu\n    gated_layer_bias: true", "gated_linear_units/modules_replaced", 2.0, true)]

@@ -5,6 +5,7 @@ using System.Runtime.Loader;
 using System.Text;
 using System.Text.Json;
 using ComposerSharp.Data;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Data;
@@ -151,6 +152,7 @@ public class BertWordPieceReferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EveryBasicPlaneCodePointAloneGetsHuggingFacesIds()
     {
         var tokenizer = BertWordPieceTokenizer.Load(_vocab);
@@ -158,6 +160,7 @@ public class BertWordPieceReferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EveryBasicPlaneCodePointBetweenLettersGetsHuggingFacesIds()
     {
         var tokenizer = BertWordPieceTokenizer.Load(_vocab);
@@ -182,6 +185,7 @@ public class BertWordPieceReferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void CasedAndAccentOptionsFollowTransformers()
     {
         string folder = Path.GetDirectoryName(_vocab)!;
@@ -200,6 +204,7 @@ public class BertWordPieceReferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EverySpamAssassinTestTextGetsHuggingFacesIds()
     {
         string path = SharedData.Require("spam-assassin/test.jsonl");
@@ -210,6 +215,7 @@ public class BertWordPieceReferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void MobyDickChaptersGetHuggingFacesIds()
     {
         string folder = SharedData.Require("moby-dick");

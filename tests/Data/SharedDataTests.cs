@@ -1,10 +1,12 @@
 using ComposerSharp.Data;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Data;
 
 /// <summary>Loads the shared real data sets (ignored when ../shared/data is absent).</summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class SharedDataTests
 {
     private static readonly Gpt2Tokenizer Tokenizer = new();

@@ -1,4 +1,5 @@
 using ComposerSharp.Distributed;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -9,6 +10,7 @@ namespace ComposerSharp.Tests.Distributed;
 public sealed class CollectiveTests : MpiJobFixture
 {
     [Test]
+    [Category(TestCategories.Slow)]
     public void TwoRanksAllReduceBroadcastAndGatherMatchFloat64References()
     {
         MpiJobResult job = Host("collectives");
@@ -21,6 +23,7 @@ public sealed class CollectiveTests : MpiJobFixture
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ARankThatThrowsEndsTheJobNonZeroWithItsError()
     {
         MpiJobResult job = Host("throw", timeout: TimeSpan.FromSeconds(90));
@@ -31,6 +34,7 @@ public sealed class CollectiveTests : MpiJobFixture
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ARankThatStopsCallingCollectivesEndsTheJobAtTheTimeout()
     {
         MpiJobResult job = Host("hang", timeout: TimeSpan.FromSeconds(90), env: new Dictionary<string, string> { ["HOST_DIST_TIMEOUT_SECONDS"] = "3" });

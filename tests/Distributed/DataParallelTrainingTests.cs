@@ -1,4 +1,5 @@
 using System.Globalization;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Distributed;
@@ -9,6 +10,7 @@ namespace ComposerSharp.Tests.Distributed;
 /// unless stated.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public sealed class DataParallelTrainingTests : MpiJobFixture
 {
     private MpiJobResult Run(string scenario)

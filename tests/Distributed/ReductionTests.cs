@@ -1,5 +1,6 @@
 using System.Globalization;
 using ComposerSharp.Core;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 
 namespace ComposerSharp.Tests.Distributed;
@@ -10,6 +11,7 @@ namespace ComposerSharp.Tests.Distributed;
 /// holding different data. Deterministic mode, fp32.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public sealed class ReductionTests : MpiJobFixture
 {
     private Dictionary<string, string> Run(string scenario)

@@ -38,7 +38,7 @@ public class BatchTests
         long[] labels = parts.SelectMany(p => p["labels"].data<long>().ToArray()).ToArray();
         Assert.That(labels, Is.EqualTo(Enumerable.Range(0, 10).Select(i => (long)i)));
         Assert.That(parts[2]["input_ids"][1, 5].item<long>(), Is.EqualTo(59L), "last element of the last row");
-        Assert.That(parts.All(p => p.Keys.OrderBy(k => k).SequenceEqual(batch.Keys.OrderBy(k => k))), Is.True);
+        Assert.That(parts.Select(p => p.Keys.OrderBy(k => k, StringComparer.Ordinal)), Has.All.EqualTo(batch.Keys.OrderBy(k => k, StringComparer.Ordinal)));
     }
 
     [Test]

@@ -36,6 +36,7 @@ public class ReproducibilityTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void AProductThatDependsOnMemoryAlignmentIsEqualForEveryAlignmentInDeterministicMode()
     {
         int with = ProbeInChild(deterministic: true);
@@ -51,6 +52,7 @@ public class ReproducibilityTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void DeterministicModeRequestedAfterAnMklComputationFailsWithAMessageSayingSo()
     {
         ChildProcess.Result r = ChildProcess.Run("ComposerSharp.Tests.ProcessHost.dll", new[] { "late-deterministic-mode" }, Timeout, "MKL_CBWR");
@@ -77,6 +79,7 @@ public class ReproducibilityTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TwoRunsInDeterministicModeGiveBitwiseEqualWeights()
     {
         Trainer Run()
@@ -88,7 +91,7 @@ public class ReproducibilityTests
 
         using var a = Run();
         using var b = Run();
-        Assert.That(TestData.BitwiseEqual(a.Model, b.Model), Is.True);
+        TestData.AssertBitwiseEqual(a.Model, b.Model);
     }
 
     [Test]

@@ -60,7 +60,7 @@ public class TimeTests
         {
             Time t = Time.Parse(s);
             Assert.That(t.ToString(), Is.EqualTo(s));
-            Assert.That(Time.Parse(t.ToString()).Equals(t), Is.True);
+            Assert.That(Time.Parse(t.ToString()), Is.EqualTo(t));
         }
     }
 
@@ -69,8 +69,8 @@ public class TimeTests
     {
         Time fromString = "100ba";
         Time fromInt = 3;
-        Assert.That(fromString.Equals(Time.FromBatch(100)), Is.True);
-        Assert.That(fromInt.Equals(Time.FromEpoch(3)), Is.True);
+        Assert.That(fromString, Is.EqualTo(Time.FromBatch(100)));
+        Assert.That(fromInt, Is.EqualTo(Time.FromEpoch(3)));
         Assert.Throws<FormatException>(() => _ = (Time)"3 epochs");
     }
 
@@ -83,8 +83,8 @@ public class TimeTests
         Assert.That(b > a, Is.True);
         Assert.That(b >= a, Is.True);
         Assert.That(a >= Time.FromBatch(3), Is.True);
-        Assert.That(a == Time.Parse("3ba"), Is.True);
-        Assert.That(a != b, Is.True);
+        Assert.That(a, Is.EqualTo(Time.Parse("3ba")).Using<Time>((x, y) => x == y), "operator ==");
+        Assert.That(a != b, Is.True, $"{a} != {b}");
         Assert.That(a.CompareTo(b), Is.LessThan(0));
         Assert.That(Time.Parse("0.25dur") < Time.Parse("0.5dur"), Is.True);
     }
@@ -92,11 +92,11 @@ public class TimeTests
     [Test]
     public void ArithmeticWithinOneUnitKeepsTheUnit()
     {
-        Assert.That((Time.FromBatch(3) + Time.FromBatch(5)).Equals(Time.FromBatch(8)), Is.True);
-        Assert.That((Time.FromSample(9) - Time.FromSample(4)).Equals(Time.FromSample(5)), Is.True);
-        Assert.That((Time.FromToken(7) % Time.FromToken(3)).Equals(Time.FromToken(1)), Is.True);
-        Assert.That((Time.FromEpoch(3) * 4).Equals(Time.FromEpoch(12)), Is.True);
-        Assert.That((2 * Time.FromEpoch(3)).Equals(Time.FromEpoch(6)), Is.True);
+        Assert.That(Time.FromBatch(3) + Time.FromBatch(5), Is.EqualTo(Time.FromBatch(8)));
+        Assert.That(Time.FromSample(9) - Time.FromSample(4), Is.EqualTo(Time.FromSample(5)));
+        Assert.That(Time.FromToken(7) % Time.FromToken(3), Is.EqualTo(Time.FromToken(1)));
+        Assert.That(Time.FromEpoch(3) * 4, Is.EqualTo(Time.FromEpoch(12)));
+        Assert.That(2 * Time.FromEpoch(3), Is.EqualTo(Time.FromEpoch(6)));
         Assert.That((Time.FromDuration(0.5) * 3).Value, Is.EqualTo(1.5));
     }
 
@@ -106,19 +106,19 @@ public class TimeTests
         Time d = Time.FromBatch(2) - Time.FromBatch(5);
         Assert.That(d.Value, Is.EqualTo(-3));
         Assert.That(d.Unit, Is.EqualTo(TimeUnit.Batch));
-        Assert.That((-d).Equals(Time.FromBatch(3)), Is.True);
+        Assert.That(-d, Is.EqualTo(Time.FromBatch(3)));
         Assert.That(Time.Parse("-0ba").ToString(), Is.EqualTo("0ba"));
     }
 
     [Test]
     public void ScalingACountTruncatesTowardZeroLikeComposer()
     {
-        Assert.That((Time.FromEpoch(5) * 0.5).Equals(Time.FromEpoch(2)), Is.True);
-        Assert.That((Time.FromEpoch(4) / 3).Equals(Time.FromEpoch(1)), Is.True);
-        Assert.That((Time.FromEpoch(4) / 2).Equals(Time.FromEpoch(2)), Is.True);
-        Assert.That((Time.FromDuration(1) / 4).Equals(Time.FromDuration(0.25)), Is.True);
-        Assert.That(Time.Parse("10ep").Times(Time.Parse("0.35dur")).Equals(Time.FromEpoch(3)), Is.True);
-        Assert.That(Time.Parse("0.5dur").Times(Time.Parse("100ba")).Equals(Time.FromBatch(50)), Is.True);
+        Assert.That(Time.FromEpoch(5) * 0.5, Is.EqualTo(Time.FromEpoch(2)));
+        Assert.That(Time.FromEpoch(4) / 3, Is.EqualTo(Time.FromEpoch(1)));
+        Assert.That(Time.FromEpoch(4) / 2, Is.EqualTo(Time.FromEpoch(2)));
+        Assert.That(Time.FromDuration(1) / 4, Is.EqualTo(Time.FromDuration(0.25)));
+        Assert.That(Time.Parse("10ep").Times(Time.Parse("0.35dur")), Is.EqualTo(Time.FromEpoch(3)));
+        Assert.That(Time.Parse("0.5dur").Times(Time.Parse("100ba")), Is.EqualTo(Time.FromBatch(50)));
         Assert.Throws<InvalidOperationException>(() => Time.FromEpoch(2).Times(Time.FromBatch(3)));
         Assert.Throws<DivideByZeroException>(() => _ = Time.FromEpoch(2) / 0);
     }
@@ -129,7 +129,7 @@ public class TimeTests
         Time r = Time.FromBatch(5) / Time.FromBatch(20);
         Assert.That(r.Unit, Is.EqualTo(TimeUnit.Duration));
         Assert.That(r.Value, Is.EqualTo(0.25));
-        Assert.That((Time.Parse("3e4tok") / Time.Parse("1e4tok")).Equals(Time.FromDuration(3)), Is.True);
+        Assert.That(Time.Parse("3e4tok") / Time.Parse("1e4tok"), Is.EqualTo(Time.FromDuration(3)));
         Assert.Throws<DivideByZeroException>(() => _ = Time.FromBatch(5) / Time.FromBatch(0));
     }
 
@@ -152,8 +152,8 @@ public class TimeTests
     [Test]
     public void EqualsIsValueEqualityAndNeverThrows()
     {
-        Assert.That(Time.FromEpoch(1).Equals(Time.FromBatch(1)), Is.False);
-        Assert.That(Time.FromEpoch(1).Equals((object)Time.Parse("1ep")), Is.True);
+        Assert.That(Time.FromEpoch(1), Is.Not.EqualTo(Time.FromBatch(1)));
+        Assert.That(Time.FromEpoch(1), Is.EqualTo(Time.Parse("1ep")).Using<Time, object>((x, y) => x.Equals(y)), "Equals(object)");
         var set = new HashSet<Time> { Time.Parse("1ep"), Time.Parse("1ba"), Time.FromEpoch(1) };
         Assert.That(set, Has.Count.EqualTo(2));
     }

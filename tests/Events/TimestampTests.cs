@@ -62,13 +62,13 @@ public class TimestampTests
         foreach ((string now, string before, string after) in cases)
         {
             Time n = Time.Parse(now), b = Time.Parse(before), a = Time.Parse(after);
-            Assert.That(ts == n, Is.True, now);
-            Assert.That(ts != b, Is.True, before);
+            Assert.That(ts, Is.EqualTo(n).Using<Timestamp, Time>((x, y) => x == y), now);
+            Assert.That(ts != b, Is.True, $"{ts.Get(b.Unit)} != {before}");
             Assert.That(ts >= n && ts <= n, Is.True, now);
             Assert.That(ts > b && ts >= b, Is.True, before);
             Assert.That(ts < a && ts <= a, Is.True, after);
             Assert.That(ts < n || ts > n, Is.False, now);
-            Assert.That(ts.Get(n.Unit).Equals(n), Is.True, now);
+            Assert.That(ts.Get(n.Unit), Is.EqualTo(n), now);
         }
 
         Assert.Throws<ArgumentException>(() => _ = ts >= Time.FromDuration(0.5));

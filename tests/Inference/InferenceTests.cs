@@ -3,6 +3,7 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
 using TorchSharp;
@@ -59,6 +60,7 @@ public class InferenceTests
     private string Classifier() => _classifier ??= Train("cls", "bert_classification", $"{{name: jsonl_classification, path: {_dir}/data.jsonl, max_length: 64, labels: [ham, spam]}}", batches: 18);
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ACheckpointDescribesItsModelLabelsAndTokenizer()
     {
         string ckpt = Classifier();
@@ -73,6 +75,7 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void PredictReproducesTheAccuracyEvalReportsFromTheCheckpointAlone()
     {
         string ckpt = Classifier();
@@ -106,6 +109,7 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void GenerateWithAndWithoutTheCacheGivesTheSameTokens()
     {
         string ckpt = Train("gpt", "gpt", $"{{name: text_lm, path: {_dir}/text, block_size: 32}}");
@@ -128,6 +132,7 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ExportFromTheCheckpointIsReadBackBitwise()
     {
         string ckpt = Classifier();
@@ -139,7 +144,7 @@ public class InferenceTests
         Dictionary<string, Tensor> saved = ComposerSharp.Core.Checkpoints.CheckpointFile.ReadModelState(ckpt);
         foreach ((string key, Tensor t) in back.Model.state_dict())
         {
-            Assert.That(t.bytes.SequenceEqual(saved[key].bytes), Is.True, key);
+            Assert.That(t.bytes.ToArray(), Is.EqualTo(saved[key].bytes.ToArray()), key);
         }
     }
 
@@ -179,6 +184,7 @@ public class InferenceTests
 }
 
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class MaskFillerTests
 {
     [Test]
@@ -297,6 +303,7 @@ public class InferenceCommandLineTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void APromptLongerThanTheContextIsAnArgumentError()
     {
         (int code, string error) = Run("generate", "--load-path", Gpt(), "--prompt", string.Join(" ", Enumerable.Repeat("lunch", 40)));
@@ -305,6 +312,7 @@ public class InferenceCommandLineTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ExportRefusesANonEmptyFolderAndOverwriteKeepsOtherFiles()
     {
         string folder = Path.Combine(_dir, "export");

@@ -5,6 +5,7 @@ using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -61,6 +62,7 @@ public class PredictReproducesEvalTests
     public void Delete() => Directory.Delete(_dir, recursive: true);
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ABf16CheckpointWithLowPrecisionLayerNormPredictsAsEvalComputes()
     {
         string data = Path.Combine(_dir, "short.jsonl");
@@ -86,6 +88,7 @@ public class PredictReproducesEvalTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void AModelLongerThanItsDataPredictsAsEvalTruncates()
     {
         string data = Path.Combine(_dir, "long.jsonl");

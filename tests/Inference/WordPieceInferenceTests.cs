@@ -5,6 +5,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Data;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -56,6 +57,7 @@ public class WordPieceInferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheCheckpointCarriesTheVocabularySoEvalPredictAndExportNeedNothingElse()
     {
         string vocab = SmallBertVocabulary.WriteFolder(_dir);
@@ -116,6 +118,7 @@ public class WordPieceInferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void FineTuningAnMlmCheckpointKeepsItsWordPieceVocabulary()
     {
         string vocab = SmallBertVocabulary.WriteFolder(_dir);
@@ -145,6 +148,7 @@ public class WordPieceInferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void APretrainedBertFolderWithoutVocabTxtIsRefusedNotReadWithGpt2()
     {
         string vocab = SmallBertVocabulary.WriteFolder(_dir);

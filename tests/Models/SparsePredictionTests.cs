@@ -1,6 +1,7 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -36,6 +37,7 @@ public class SparsePredictionTests
     [TestCase(5, 0.15)]
     [TestCase(6, 0.5)]
     [TestCase(7, 1.0)]
+    [Category(TestCategories.Slow)]
     public void LossAndGradientsEqualTheDensePath(int seed, double rate)
     {
         using var d = torch.NewDisposeScope();
@@ -74,6 +76,7 @@ public class SparsePredictionTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void MetricsEqualTheDensePath()
     {
         using var d = torch.NewDisposeScope();
@@ -122,6 +125,7 @@ public class SparsePredictionTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void LabelsOfAnotherShapeNameTheProblem()
     {
         using var d = torch.NewDisposeScope();

@@ -1,6 +1,7 @@
 using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using ComposerSharp.Models;
 using NUnit.Framework;
@@ -12,6 +13,7 @@ namespace ComposerSharp.Tests.Models;
 
 /// <summary>Each model learns its synthetic task in a few steps of a plain Adam loop (no Trainer).</summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class TrainingLoopTests
 {
     private static (double Before, double After) Train<TSample>(

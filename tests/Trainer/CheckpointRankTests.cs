@@ -2,6 +2,7 @@ using System.IO.Compression;
 using ComposerSharp.Core;
 using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
@@ -31,14 +32,14 @@ public class CheckpointRankTests
 
     private static byte[] OtherRankState(int rank) => Enumerable.Repeat((byte)(rank + 40), 16).ToArray();
 
-    private static (State State, Logger Logger, ListLoggerProvider Logs) Run(IRankGroup group)
+    private static (State State, Logger Logger, CapturingLoggerFactory Logs) Run(IRankGroup group)
     {
-        var logs = new ListLoggerProvider();
+        var logs = new CapturingLoggerFactory();
         var model = TestData.Model();
         var state = new State(model, torch.CPU, Precision.Fp32, "ranks")
         {
             Optimizers = new List<torch.optim.Optimizer> { torch.optim.AdamW(model.parameters(), 0.01) },
-            LoggerFactory = LoggerFactory.Create(b => b.AddProvider(logs)),
+            LoggerFactory = logs,
             ProcessGroup = group,
         };
         state.TrainDataloader = TestData.Loader(32, 4);
@@ -90,10 +91,10 @@ public class CheckpointRankTests
         Checkpoint.Load(rank0, rank0Logger, path, new CheckpointOptions());
         Assert.That(rank0.PendingRngState, Is.Not.Null.And.Not.EqualTo(OtherRankState(1)), "rank 0 reads rng/cpu.bin, its own state");
 
-        (State rank2, Logger rank2Logger, ListLoggerProvider logs) = Run(new GivenRanks(2, 3, OtherRankState));
+        (State rank2, Logger rank2Logger, CapturingLoggerFactory logs) = Run(new GivenRanks(2, 3, OtherRankState));
         Checkpoint.Load(rank2, rank2Logger, path, new CheckpointOptions());
         Assert.That(rank2.PendingRngState, Is.Null, "no state for rank 2 in a checkpoint of two ranks: the seeded generator is kept");
-        Assert.That(logs.Lines.Where(l => l.Level == LogLevel.Warning).Select(l => l.Message), Has.Some.Contains("no generator state for rank 2"));
+        Assert.That(logs.Warnings, Has.Some.Contains("no generator state for rank 2"));
     }
 
     [Test]
@@ -105,10 +106,10 @@ public class CheckpointRankTests
         single.Timestamp = new Timestamp().ToNextBatch(4, 0, TimeSpan.Zero).ToNextBatch(4, 0, TimeSpan.Zero).ToNextBatch(4, 0, TimeSpan.Zero);
         Checkpoint.Save(single, path);
 
-        (State two, Logger logger, ListLoggerProvider logs) = Run(new GivenRanks(0, 2, OtherRankState));
+        (State two, Logger logger, CapturingLoggerFactory logs) = Run(new GivenRanks(0, 2, OtherRankState));
         Checkpoint.Load(two, logger, path, new CheckpointOptions());
         Assert.That((two.Timestamp.Sample, two.Timestamp.SampleInEpoch, two.Timestamp.BatchInEpoch), Is.EqualTo((12L, 12L, 1L)));
-        string[] warnings = logs.Lines.Where(l => l.Level == LogLevel.Warning).Select(l => l.Message).ToArray();
+        string[] warnings = logs.Warnings.ToArray();
         Assert.That(warnings, Has.Some.Contains("written by 1 ranks and this job has 2").And.Some.Contains("4 samples were consumed past that batch"));
         Assert.That(warnings, Has.None.Contains("batches per epoch"), "the dataloader warning is for the same world size only");
     }

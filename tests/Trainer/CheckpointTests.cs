@@ -2,6 +2,7 @@ using System.IO.Compression;
 using ComposerSharp.Core;
 using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Training.Callbacks;
@@ -44,6 +45,7 @@ public class CheckpointTests
     [TestCase(Event.BatchEnd, 5L, "1ba", 5L, TestName = "ResumeIsBitwiseExactFromTheLastBatchOfAnEpoch")]
     [TestCase(Event.EpochEnd, 1L, "1ep", 0L, TestName = "ResumeIsBitwiseExactFromAnEpochBoundary")]
     [TestCase(Event.BatchEnd, 7L, "1ep", 2L, TestName = "ResumeIsBitwiseExactFromMidSecondEpochWithAFinalSave")]
+    [Category(TestCategories.Slow)]
     public void ResumeIsBitwiseExact(Event stopEvent, long stopAt, string saveInterval, long batchInEpochAtResume)
     {
         var reference = new List<long>();
@@ -76,7 +78,7 @@ public class CheckpointTests
             EpochWallClock = resumed.State.Timestamp.EpochWallClock,
             BatchWallClock = resumed.State.Timestamp.BatchWallClock,
         }));
-        Assert.That(TestData.BitwiseEqual(resumed.Model, uninterrupted.Model), Is.True, "the same weights, bit for bit");
+        TestData.AssertBitwiseEqual(resumed.Model, uninterrupted.Model, "the same weights, bit for bit");
         Assert.That(steps.Count(Event.EpochStart), Is.EqualTo(stoppedAt <= 5 ? 1 : 0), "EpochStart only for epochs begun after resuming");
     }
 
@@ -112,8 +114,7 @@ public class CheckpointTests
         Assert.That(h.Metadata["torchsharp_version"], Does.StartWith("0.107"));
         Assert.That(h.EntryHashes.Keys, Is.EquivalentTo(new[] { "model.bin", "optimizers/0.bin", "rng/cpu.bin" }));
 
-        var logs = new ListLoggerProvider();
-        using var factory = LoggerFactory.Create(b => b.AddProvider(logs));
+        var logs = new CapturingLoggerFactory();
         var restoredStopper = new EarlyStopper("Accuracy", "eval");
         using var restored = new Trainer(TestData.Model(),
             new TrainerOptions
@@ -123,12 +124,12 @@ public class CheckpointTests
             },
             TestData.Loader(32, 8, shuffle: true), TestData.Loader(8, 8),
             algorithms: new IAlgorithm[] { new ScaleHeadSurgery(1.5f) }, callbacks: new ICallback[] { restoredStopper },
-            optimizerFactory: p => torch.optim.AdamW(p, 0.5), loggerFactory: factory);
+            optimizerFactory: p => torch.optim.AdamW(p, 0.5), loggerFactory: logs);
         Assert.That(restored.GradScaler.Scale, Is.EqualTo(trainer.GradScaler.Scale));
         Assert.That(restored.State.Seed, Is.EqualTo(99));
         Assert.That(restoredStopper.Best, Is.EqualTo(stopper.Best), "callback state restored");
         Assert.That(restored.State.Optimizers[0].ParamGroups.First().InitialLearningRate, Is.EqualTo(0.01), "the optimizer's settings come from the checkpoint");
-        Assert.That(TestData.BitwiseEqual(restored.Model, trainer.Model), Is.True);
+        TestData.AssertBitwiseEqual(restored.Model, trainer.Model);
     }
 
     [Test]
@@ -183,7 +184,7 @@ public class CheckpointTests
         Assert.That(ex!.Message, Does.Contain("optimizers/0.bin").And.Contain("damaged"));
 
         using var weights = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "1ba", checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true });
-        Assert.That(TestData.BitwiseEqual(weights.Model, source.Model), Is.True, "evaluation and fine-tuning need only the weights, which are intact");
+        TestData.AssertBitwiseEqual(weights.Model, source.Model, "evaluation and fine-tuning need only the weights, which are intact");
     }
 
     [Test]
@@ -245,6 +246,7 @@ public class CheckpointTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void RotationHoldsForTheFolderAcrossResumesAndOrphanedTemporaryFilesAreRemoved()
     {
         string folder = TestData.TempFolder();
@@ -257,7 +259,7 @@ public class CheckpointTests
         // What a process killed during a save leaves: the temporary file of a checkpoint that was never renamed.
         string orphan = Path.Combine(folder, $".ep0-ba4-rank0.ckpt.{Guid.NewGuid():N}.tmp");
         File.WriteAllBytes(orphan, new byte[1000]);
-        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        var log = new CapturingLoggerFactory();
         using (var resumed = TestData.Trainer(TestData.Model(), TestData.Loader(40, 8), "6ba", checkpoint: options, runName: "rotate", loggerFactory: log))
         {
             Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(3));
@@ -361,7 +363,7 @@ public class CheckpointTests
         {
             using var fine = TestData.Trainer(TestData.Model(initSeed: 2), TestData.Loader(16, 8), "2ba",
                 checkpoint: new CheckpointOptions { LoadPath = path, LoadWeightsOnly = true });
-            Assert.That(TestData.BitwiseEqual(fine.Model, source.Model), Is.True, path);
+            TestData.AssertBitwiseEqual(fine.Model, source.Model, path);
             Assert.That(fine.State.Timestamp.Batch, Is.Zero, "weights-only loading starts a new run");
             fine.Fit();
             Assert.That(fine.State.Timestamp.Batch, Is.EqualTo(2));
@@ -377,18 +379,17 @@ public class CheckpointTests
         string path = source.SaveCheckpoint(Path.Combine(folder, "surgery.ckpt"));
 
         // Re-created from the description through the resolver, applied at Init before the weights load, with a warning.
-        var logs = new ListLoggerProvider();
-        using var factory = LoggerFactory.Create(b => b.AddProvider(logs));
+        var logs = new CapturingLoggerFactory();
         var resolver = (AlgorithmDescription d) => d.Name == "scale_head_surgery"
             ? new ScaleHeadSurgery(float.Parse(d.Hyperparameters["scale"], System.Globalization.CultureInfo.InvariantCulture))
             : null;
-        using (var added = TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba", loggerFactory: factory,
+        using (var added = TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba", loggerFactory: logs,
             checkpoint: new CheckpointOptions { LoadPath = path, AlgorithmResolver = resolver }))
         {
             Assert.That(added.State.Algorithms.Select(a => a.Name), Is.EqualTo(new[] { "scale_head_surgery" }));
             Assert.That(((TinyMlp)added.Model).Head, Is.InstanceOf<ScaledHead>());
-            Assert.That(TestData.BitwiseEqual(added.Model, source.Model), Is.True);
-            Assert.That(logs.Lines.Any(l => l.Level == LogLevel.Warning && l.Message.Contains("Automatically added required-on-load algorithm scale_head_surgery", StringComparison.Ordinal)), Is.True);
+            TestData.AssertBitwiseEqual(added.Model, source.Model);
+            Assert.That(logs.Warnings, Has.Some.Contains("Automatically added required-on-load algorithm scale_head_surgery"));
         }
 
         // No way to re-create it, or the policy says refuse: a message naming the algorithm to pass.
@@ -403,7 +404,7 @@ public class CheckpointTests
         using (var present = TestData.Trainer(TestData.Model(initSeed: 5), TestData.Loader(16, 8), "1ba", algorithms: new[] { new ScaleHeadSurgery(3f) },
             checkpoint: new CheckpointOptions { LoadPath = path }))
         {
-            Assert.That(TestData.BitwiseEqual(present.Model, source.Model), Is.True);
+            TestData.AssertBitwiseEqual(present.Model, source.Model);
         }
 
         // Excluded: strict loading names the mismatching weights; non-strict loads what matches.

@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using NUnit.Framework;
 
@@ -24,6 +25,7 @@ public class DurationTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void SevenBatchesGiveExactlySevenStepsAndTwentyEightForwards()
     {
         var recorder = new EventRecorder();

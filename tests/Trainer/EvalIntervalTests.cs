@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using NUnit.Framework;
 
@@ -33,12 +34,14 @@ public class EvalIntervalTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void DefaultIsEveryEpochAndNoExtraEvaluationAtFitEnd()
     {
         Assert.That(EvalBatches("2ep", null), Is.EqualTo(new long[] { 5, 10 }));
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void IntegerIntervalMeansEpochs()
     {
         Assert.That(EvalBatches("4ep", 2), Is.EqualTo(new long[] { 10, 20 }));
@@ -121,7 +124,7 @@ public class EvalIntervalZeroTests
     [Test]
     public void AnEvalIntervalOfZeroSaysThatEvaluationDuringTrainingIsOff()
     {
-        var log = new ComposerSharp.Tests.Algorithms.CapturingLoggerFactory();
+        var log = new CapturingLoggerFactory();
         var events = new EventRecorder();
         using var trainer = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "2ba", eval: TestData.Loader(8, 8), evalInterval: "0ba", loggerFactory: log, callbacks: new[] { events });
         trainer.Fit();

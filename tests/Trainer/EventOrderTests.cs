@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
@@ -17,6 +18,7 @@ public class EventOrderTests
     };
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void EventCountsMatchComposerForTwoEpochsWithMicrobatchesAndEval()
     {
         // 5 batches of 8 samples, microbatch 3 → ceil(8/3) = 3 microbatches per batch; eval every epoch on 2 batches.
@@ -170,7 +172,7 @@ public class EventOrderTests
             Assert.That(recorder.Count(Event.PredictBatchStart), Is.EqualTo(3));
             Assert.That(recorder.Count(Event.PredictAfterForward), Is.EqualTo(3));
             Assert.That(outputs.Select(o => o.shape[0]), Is.EqualTo(new long[] { 4, 4, 2 }));
-            Assert.That(outputs.All(o => o.shape[1] == 3 && o.device_type == DeviceType.CPU && o.dtype == ScalarType.Float32), Is.True);
+            Assert.That(outputs.Select(o => (o.shape[1], o.device_type, o.dtype)), Has.All.EqualTo((3L, DeviceType.CPU, ScalarType.Float32)));
             Assert.That(trainer.State.Model.training, Is.True, "predict restores the training mode");
         }
         finally

@@ -1,6 +1,7 @@
 using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Algorithms;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using NUnit.Framework;

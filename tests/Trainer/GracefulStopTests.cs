@@ -26,6 +26,7 @@ public class GracefulStopTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void ACancelledTokenStopsAfterTheBatchInProgressWithACheckpointAndTheRunResumesExactly()
     {
         string folder = TestData.TempFolder();
@@ -58,7 +59,7 @@ public class GracefulStopTests
         Assert.That(resumed.StoppedByRequest, Is.False);
         using Trainer uninterrupted = TestData.Trainer(TestData.Model(dropout: 0.2), TestData.Loader(48, 8, shuffle: true), "2ep", runName: "graceful-ref", deterministicMode: true);
         uninterrupted.Fit();
-        Assert.That(TestData.BitwiseEqual(resumed.Model, uninterrupted.Model), Is.True, "stopped + resumed = uninterrupted, bit for bit (deterministic mode)");
+        TestData.AssertBitwiseEqual(resumed.Model, uninterrupted.Model, "stopped + resumed = uninterrupted, bit for bit (deterministic mode)");
     }
 
     [Test]
@@ -98,6 +99,7 @@ public class GracefulStopTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheFirstRealSigtermStopsGracefullyWithExitCode143AndASecondOneAborts()
     {
         if (!OperatingSystem.IsLinux())
@@ -123,6 +125,7 @@ public class GracefulStopTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void TheCliStopsOnARealSigtermWithACheckpointAndAResumeHintAndAutoresumeFinishesTheRun()
     {
         if (!OperatingSystem.IsLinux())

@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.Logging;
@@ -15,6 +16,7 @@ namespace ComposerSharp.Tests.Training;
 public class LoggerTests
 {
     [Test]
+    [Category(TestCategories.Slow)]
     public void RunFolderGathersJsonLinesTensorBoardAndCheckpoints()
     {
         string root = TestData.TempFolder();
@@ -93,8 +95,7 @@ public class LoggerTests
     [Test]
     public void ConsoleLoggerWritesMetricLinesThroughILoggerAtTheInterval()
     {
-        var provider = new ListLoggerProvider();
-        using var factory = LoggerFactory.Create(b => b.AddProvider(provider).SetMinimumLevel(LogLevel.Trace));
+        var factory = new CapturingLoggerFactory();
         using (var trainer = new Trainer(TestData.Model(),
             new TrainerOptions { MaxDuration = "1ep", Device = "cpu", ProgressBar = false, LogToConsole = true, ConsoleLogInterval = "2ba" },
             TestData.Loader(32, 8), TestData.Loader(8, 8), loggerFactory: factory))
@@ -102,7 +103,7 @@ public class LoggerTests
             trainer.Fit();
         }
 
-        string[] lines = provider.Lines.Select(l => l.Message).ToArray();
+        string[] lines = factory.Entries.Select(l => l.Message).ToArray();
         string[] train = lines.Where(l => l.StartsWith("[train]", StringComparison.Ordinal) && l.Contains("loss/train/total", StringComparison.Ordinal)).ToArray();
         Assert.That(train, Has.Length.EqualTo(2), "batches 2 and 4 of 4");
         Assert.That(train[0], Does.Contain("[batch=2/4]"));
@@ -151,6 +152,7 @@ public class LoggerTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void OnANarrowTerminalTheBarsDescriptionIsCutToOneLine()
     {
         var writer = new StringWriter();

@@ -12,6 +12,7 @@ namespace ComposerSharp.Tests.Training;
 
 /// <summary>Every train, eval and predict step runs in a dispose scope: native tensors do not accumulate.</summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public class MemoryTests
 {
     [Test]
@@ -50,7 +51,7 @@ public class MemoryTests
     /// Resident memory stays flat in fp32 training with a 50,304-word vocabulary (gpt-tiny, batch 4 × 64, AdamW, in a
     /// fresh process): after 8 warm-up batches (optimizer state, allocator pools), the next 16 may add at most
     /// 160 MiB. Before the step's native objects were released each step, the same run grew by about 33 MiB a batch
-    /// (about 530 MiB over the 16), and the batch 32 × 64 reached 19 GB in 20 batches.
+    /// (about 530 MiB over the 16), and a batch of 32 × 64 reached 19 GB in 20 batches.
     /// </summary>
     [Test]
     [NonParallelizable]

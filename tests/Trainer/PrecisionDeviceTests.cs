@@ -27,7 +27,7 @@ public class PrecisionDeviceTests
         Assert.That(model.LossAutocast, Has.Count.EqualTo(4).And.All.EqualTo(ScalarType.BFloat16));
         Assert.That(outside.Select(o => o.Item2), Has.All.Null, "autocast must be off at every event outside forward and loss");
         Assert.That(outputDtype, Is.EqualTo(ScalarType.BFloat16));
-        Assert.That(model.parameters().All(p => p.dtype == ScalarType.Float32), Is.True, "parameters stay Float32");
+        Assert.That(model.parameters().Select(p => p.dtype), Has.All.EqualTo(ScalarType.Float32), "parameters stay Float32");
     }
 
     [Test]

@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Optim;
 using NUnit.Framework;
@@ -43,6 +44,7 @@ public class SchedulerTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
     public void LinearWithWarmupThenDecayFollowsComposersFormula()
     {
         // Warmup 2ba to alpha_i = 1, then linear to alpha_f = 0.2 at t_max = 1dur = 6ba: (t − 2)/4 of the way.

@@ -4,7 +4,9 @@ using ComposerSharp.Events;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Models;
+using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.Logging;
+using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -224,34 +226,6 @@ public sealed class MemoryLogger : ILoggerDestination
     }
 }
 
-/// <summary>An <see cref="ILoggerProvider"/> that keeps formatted lines (for tests of what is logged).</summary>
-public sealed class ListLoggerProvider : ILoggerProvider
-{
-    public List<(LogLevel Level, string Message)> Lines { get; } = new();
-
-    public ILogger CreateLogger(string categoryName) => new ListLogger(this);
-
-    public void Dispose()
-    {
-    }
-
-    private sealed class ListLogger(ListLoggerProvider owner) : ILogger
-    {
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
-        {
-            lock (owner.Lines)
-            {
-                owner.Lines.Add((logLevel, formatter(state, exception)));
-            }
-        }
-    }
-}
-
 /// <summary>A clock the test advances by hand.</summary>
 public sealed class ManualClock : TimeProvider
 {
@@ -373,6 +347,34 @@ public static class TestData
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// Asserts <see cref="BitwiseEqual(nn.Module, nn.Module)"/>; a failure names the first parameter that differs and
+    /// its first differing values.
+    /// </summary>
+    public static void AssertBitwiseEqual(nn.Module actual, nn.Module expected, string? message = null)
+    {
+        if (BitwiseEqual(actual, expected))
+        {
+            return;
+        }
+
+        string prefix = $"{message}{(message is null ? "" : ": ")}not bitwise equal: ";
+        (string Name, Parameter Value)[] pa = actual.named_parameters().ToArray();
+        (string Name, Parameter Value)[] pb = expected.named_parameters().ToArray();
+        if (pa.Length != pb.Length)
+        {
+            Assert.Fail($"{prefix}{pa.Length} parameters, expected {pb.Length}");
+        }
+
+        for (int i = 0; i < pa.Length; i++)
+        {
+            if (!pa[i].Value.detach().cpu().bytes.ToArray().AsSpan().SequenceEqual(pb[i].Value.detach().cpu().bytes.ToArray()))
+            {
+                Assert.Fail($"{prefix}parameter {pa[i].Name}: {TensorDifference.Describe(pa[i].Value, pb[i].Value)}");
+            }
+        }
     }
 
     /// <summary>A Trainer on CPU with no progress bar (its defaults otherwise).</summary>

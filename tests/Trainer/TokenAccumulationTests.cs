@@ -2,6 +2,7 @@ using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
 using NUnit.Framework;
 using TorchSharp;
@@ -50,6 +51,7 @@ public class TokenAccumulationTests
     [TestCase(5)]
     [TestCase(4)]
     [TestCase(1)]
+    [Category(TestCategories.Slow)]
     public void MicrobatchesWeightedByTokensGiveTheWholeBatchGradient(int microbatch)
     {
         (double[] whole, double wholeLoss, long masked) = OneStep(null, onTokens: true);

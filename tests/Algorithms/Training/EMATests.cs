@@ -1,6 +1,7 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Tests.Training;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
@@ -177,7 +178,7 @@ public class EMATests
         Assert.That(resumedEma.EmaStarted, Is.True, "the averaging state came from the checkpoint");
         resumed.Fit();
 
-        Assert.That(TestData.BitwiseEqual(resumed.Model, uninterrupted.Model), Is.True, "live weights, bit for bit");
+        TestData.AssertBitwiseEqual(resumed.Model, uninterrupted.Model, "live weights, bit for bit");
         Assert.That(Flatten(resumedEma), Is.EqualTo(uninterruptedEma), "averaged weights, bit for bit");
         Assert.That(resumed.State.Metrics["metrics/eval/CrossEntropy"], Is.EqualTo(finalEval), "the evaluation on the averaged weights");
     }
@@ -192,14 +193,13 @@ public class EMATests
             first.Fit();
         }
 
-        var lines = new ListLoggerProvider();
-        using var factory = Microsoft.Extensions.Logging.LoggerFactory.Create(b => b.AddProvider(lines));
+        var logs = new CapturingLoggerFactory();
         var ema = new EMA("2ba");
-        using Trainer resumed = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "4ba", algorithms: new[] { ema }, loggerFactory: factory,
+        using Trainer resumed = TestData.Trainer(TestData.Model(), TestData.Loader(16, 8), "4ba", algorithms: new[] { ema }, loggerFactory: logs,
             checkpoint: new CheckpointOptions { LoadPath = Path.Combine(folder, "latest-rank0.ckpt") });
 
         Assert.That(ema.EmaStarted, Is.False);
-        Assert.That(lines.Lines.Any(l => l.Message.Contains("holds no state for algorithm ema", StringComparison.Ordinal)), Is.True);
+        Assert.That(logs.Entries.Select(e => e.Message), Has.Some.Contains("holds no state for algorithm ema"));
     }
 
     [Test]

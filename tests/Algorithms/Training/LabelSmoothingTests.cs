@@ -4,6 +4,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Models;
+using ComposerSharp.Tests.Support;
 using ComposerSharp.Tests.Training;
 using NUnit.Framework;
 using TorchSharp;
@@ -79,6 +80,7 @@ public class LabelSmoothingTests
 
     [TestCase(true, TestName = "TheLossSeesSmoothedTargetsAndEverythingElseTheLabels(masked LM)")]
     [TestCase(false, TestName = "TheLossSeesSmoothedTargetsAndEverythingElseTheLabels(classifier)")]
+    [Category(TestCategories.Slow)]
     public void TheLossSeesSmoothedTargetsAndEverythingElseTheLabels(bool maskedLm)
     {
         const double alpha = 0.2;

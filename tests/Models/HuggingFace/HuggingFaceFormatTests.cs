@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
 using ComposerSharp.Tests.Algorithms;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static ComposerSharp.Tests.Models.HuggingFace.HuggingFaceTestSupport;
@@ -29,6 +30,7 @@ public sealed class HuggingFaceFormatTests
     [TestCase("bert_mlm")]
     [TestCase("bert_cls")]
     [TestCase("gpt2")]
+    [Category(TestCategories.Slow)]
     public void ExportThenImportIsBitwise(string kind)
     {
         using TransformerModel model = Create(kind);

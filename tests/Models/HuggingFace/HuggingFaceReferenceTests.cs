@@ -1,6 +1,7 @@
 using System.Text.Json;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static ComposerSharp.Tests.Models.HuggingFace.HuggingFaceTestSupport;
@@ -15,6 +16,7 @@ namespace ComposerSharp.Tests.Models.HuggingFace;
 /// and agree with. Skipped with the reason when /usr/bin/python3 cannot import torch.
 /// </summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public sealed class HuggingFaceReferenceTests
 {
     private const double Tolerance = 1e-4;
@@ -88,6 +90,7 @@ public sealed class HuggingFaceReferenceTests
 
 /// <summary>The exported GPT-2 tokenizer files, read by the Python reference's own BPE, give our tokenizer's ids.</summary>
 [TestFixture]
+[Category(TestCategories.Slow)]
 public sealed class Gpt2TokenizerFilesTests
 {
     [Test]
