@@ -466,7 +466,7 @@ public sealed class TrainJob
     /// Report: the loss and confusion plots, an evaluation's empty checkpoint folder removed, the job's result; then
     /// the Trainer is closed.
     /// </summary>
-    private JobResult Report(RunPlan plan, Trainer trainer, MetricHistory history, TimeSpan wallclock, Timestamp start)
+    private static JobResult Report(RunPlan plan, Trainer trainer, MetricHistory history, TimeSpan wallclock, Timestamp start)
     {
         bool fit = plan.Fit;
         RunFolderLayout layout = plan.Layout;
@@ -719,7 +719,7 @@ public sealed class TrainJob
     /// inference is to reproduce evaluation, else the training data's); without data settings those the load_path
     /// checkpoint recorded are kept.
     /// </summary>
-    private IReadOnlyDictionary<string, string>? Describe(ComposerModel model, ComponentContext context, ModelDescription? recorded, TextInputDescription? input)
+    private static IReadOnlyDictionary<string, string>? Describe(ComposerModel model, ComponentContext context, ModelDescription? recorded, TextInputDescription? input)
     {
         if (model is not TransformerModel transformer)
         {

@@ -77,7 +77,7 @@ public readonly record struct CollateContext(long Epoch, long BatchIndex, long S
         {
             throw new ArgumentException(
                 $"A collator that draws random numbers per sample needs the samples' dataset indices: the context has {(SampleIndices is null ? "none" : $"{SampleIndices.Count}")} for a batch of {batchSize} samples.",
-                nameof(SampleIndices));
+                nameof(batchSize));
         }
 
         return SampleIndices[position];

@@ -133,8 +133,10 @@ public sealed class TextClassifier : IDisposable
         int reserved = prependCls ? tokenizer.Vocabulary.ClassificationReserved : 0;
         if (max <= reserved)
         {
+#pragma warning disable CA2208 // The value at fault is the MaxLength property (set through InferenceOptions), not an argument of this method.
             throw new ArgumentOutOfRangeException(
                 nameof(MaxLength), max, $"The maximum length {max} leaves no room for text after the {reserved} special ids; expected at least {reserved + 1}.");
+#pragma warning restore CA2208
         }
 
         long[][] rows = texts.Select(t =>

@@ -22,7 +22,7 @@ namespace ComposerSharp.Benchmarks;
 /// BenchmarkDotNet (in-process), with allocated bytes per batch from its memory diagnoser.
 /// </summary>
 [MemoryDiagnoser]
-public class EventDispatch
+public class EventDispatch : IDisposable
 {
     /// <summary>The per-batch training events of a batch without microbatching, in the Trainer's order.</summary>
     public static readonly Event[] PerBatchEvents =
@@ -70,7 +70,16 @@ public class EventDispatch
     public void Cleanup()
     {
         _engine?.Close();
+        _engine = null;
         _model?.Dispose();
+        _model = null;
+    }
+
+    /// <summary>Frees the engine and the model (BenchmarkDotNet calls <see cref="Cleanup"/>; this is for other callers).</summary>
+    public void Dispose()
+    {
+        Cleanup();
+        GC.SuppressFinalize(this);
     }
 
     /// <summary>An algorithm that matches every event and does nothing (written as users write algorithms: on the <see cref="Algorithm"/> base).</summary>

@@ -30,6 +30,8 @@ internal sealed record TimeToQualityOptions(string Data, string MaxDuration, int
 /// </summary>
 internal static class TimeToQualityBenchmark
 {
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
     /// <summary>The recipe (b): Composer's BERT recipe in spirit, with what this library has.</summary>
     public const string RecipeAlgorithms = """
         algorithms:
@@ -84,7 +86,7 @@ internal static class TimeToQualityBenchmark
         var report = new Report(machine, o, target, runs, runs.Select(r => Reach(r, target)).ToList());
         string stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
         string json = Path.Combine(o.Output, $"ttq-{stamp}.json");
-        File.WriteAllText(json, JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(json, JsonSerializer.Serialize(report, Indented));
         string png = Path.Combine(o.Output, "ttq-latest.png");
         Plot(report, png);
         PrintMarkdown(report);

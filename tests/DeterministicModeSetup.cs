@@ -12,6 +12,7 @@ using NUnit.Framework;
 /// construct their Trainers with <c>deterministicMode: true</c>, which then finds the mode already on; the
 /// mechanism itself is tested in child processes (ReproducibilityTests).
 /// </summary>
+#pragma warning disable CA1050 // Outside any namespace on purpose: NUnit then runs this set-up once for every test in the assembly.
 [SetUpFixture]
 public sealed class DeterministicModeSetup
 {

@@ -74,6 +74,7 @@ public static partial class Functional
         return blocks;
     }
 
+#pragma warning disable CA2208 // The parameter named is the public option (Functional.ApplyGatedLinearUnits' actFn) the caller should set.
     private static GluActivation SharedActivation(IReadOnlyList<FeedForward> feedForwards)
     {
         HiddenActivation[] distinct = feedForwards.Select(f => f.Activation).Distinct().ToArray();
@@ -91,6 +92,7 @@ public static partial class Functional
             _ => throw new ArgumentException($"GatedLinearUnits has no gated form of the activation {distinct[0]}; set act_fn.", "actFn"),
         };
     }
+#pragma warning restore CA2208
 
     /// <summary>A new LayerNorm (weight 1, bias 0) with the shape, eps and affinity of <paramref name="norm"/>, a LayerNorm or an LPLayerNorm; null (left alone) for another module.</summary>
     private static nn.Module? FreshLayerNorm(nn.Module norm) => norm switch

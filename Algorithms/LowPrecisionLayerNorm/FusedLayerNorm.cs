@@ -44,7 +44,7 @@ public static class FusedLayerNorm
 
         long width = normalizedShape.Aggregate(1L, (a, b) => a * b);
         if (normalizedShape.Length == 0 || normalizedShape.Length > input.Dimensions
-            || !input.shape[^normalizedShape.Length..].SequenceEqual(normalizedShape) || width < 1 || width > int.MaxValue / 4)
+            || !input.shape.AsSpan(^normalizedShape.Length..).SequenceEqual(normalizedShape) || width < 1 || width > int.MaxValue / 4)
         {
             return $"normalized_shape [{string.Join(",", normalizedShape)}] does not match the trailing dimensions of input [{string.Join(",", input.shape)}] or is empty";
         }

@@ -46,7 +46,9 @@ public abstract class LowPrecisionNorm : nn.Module<Tensor, Tensor>
         }
 
         train(original.training);
+#pragma warning disable CA1816 // On purpose: the original's finalizer would dispose the parameters it now shares (see above).
         GC.SuppressFinalize(original);
+#pragma warning restore CA1816
     }
 
     /// <summary>The scale (shape <c>normalized_shape</c> or <c>[C]</c>, dtype of the original, usually Float32); null when absent.</summary>

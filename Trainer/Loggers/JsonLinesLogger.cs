@@ -14,7 +14,7 @@ namespace ComposerSharp.Training.Loggers;
 /// checkpoint of batch k, the lines an earlier process logged after step k (work lost with it) are removed at
 /// FitStart, so every step appears once.
 /// </summary>
-public sealed class JsonLinesLogger : LoggerDestination
+public sealed class JsonLinesLogger : LoggerDestination, IDisposable
 {
     // The relaxed encoder writes '+', quotes and non-ASCII text as they are ("0.1.0+65abed2", not "0.1.0\u002B65abed2"):
     // the file is read by tools and people, never embedded in HTML.
@@ -131,8 +131,8 @@ public sealed class JsonLinesLogger : LoggerDestination
     /// <inheritdoc/>
     public override void FitEnd(State state, Logger logger) => Flush();
 
-    /// <inheritdoc/>
-    public override void Close(State state, Logger logger)
+    /// <summary>Flushes and closes the file, as <see cref="Close"/> does at the end of a run; idempotent.</summary>
+    public void Dispose()
     {
         if (_closed)
         {
@@ -142,6 +142,9 @@ public sealed class JsonLinesLogger : LoggerDestination
         _closed = true;
         _writer.Dispose();
     }
+
+    /// <inheritdoc/>
+    public override void Close(State state, Logger logger) => Dispose();
 
     private void Flush()
     {

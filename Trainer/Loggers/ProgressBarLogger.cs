@@ -14,7 +14,7 @@ namespace ComposerSharp.Training.Loggers;
 /// into files. When standard output is not a terminal (a log file, a scheduler), it also writes a plain line there
 /// at most every <see cref="PlainInterval"/> (and at the end of each evaluation and of training), so logs show progress.
 /// </summary>
-public sealed class ProgressBarLogger : LoggerDestination
+public sealed class ProgressBarLogger : LoggerDestination, IDisposable
 {
     private readonly IAnsiConsole? _console;
     private readonly TextWriter? _plain;
@@ -269,6 +269,9 @@ public sealed class ProgressBarLogger : LoggerDestination
 
         return (ts.Get(max.Unit).Value, Math.Max(1, max.Value));
     }
+
+    /// <summary>Stops the renderer thread if it runs (as <see cref="Close"/> does); idempotent.</summary>
+    public void Dispose() => StopRenderer();
 
     private void StopRenderer()
     {

@@ -187,7 +187,7 @@ public class NewUserTrialTests
         var yaml = new System.Text.StringBuilder("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
         for (int i = 1; i <= 6; i++)
         {
-            yaml.Append($"l{i}: &l{i} [{string.Join(", ", Enumerable.Repeat($"*l{i - 1}", 10))}]\n");
+            yaml.Append(System.Globalization.CultureInfo.InvariantCulture, $"l{i}: &l{i} [{string.Join(", ", Enumerable.Repeat($"*l{i - 1}", 10))}]\n");
         }
 
         var ex = Assert.Throws<ComposerSharp.Cli.Configuration.ConfigException>(() => ComposerSharp.Cli.Configuration.ConfigSection.Parse(yaml.ToString(), "laughs.yaml"));

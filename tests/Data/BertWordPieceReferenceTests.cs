@@ -132,7 +132,7 @@ public class BertWordPieceReferenceTests
     /// Unicode version (transformers under another Python gives other ids for them too). Fails when more than a few
     /// hundred disagree, which would mean the two read different tables rather than neighbouring versions.
     /// </summary>
-    private IEnumerable<string> BasicPlane()
+    private static IEnumerable<string> BasicPlane()
     {
         string script = Path.Combine(TestContext.CurrentContext.TestDirectory, "Data", "bert_wordpiece_reference.py");
         var start = new ProcessStartInfo(Python) { RedirectStandardOutput = true, UseShellExecute = false };

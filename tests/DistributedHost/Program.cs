@@ -45,7 +45,7 @@ public static class Program
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"[rank {group?.Rank.ToString() ?? "?"}] {e}");
+            Console.Error.WriteLine($"[rank {group?.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "?"}] {e}");
             Console.Error.Flush();
             group?.Abort(3);
             return 3;
