@@ -1,7 +1,7 @@
-using ComposerSharp.Algorithms;
 using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
+using ComposerSharp.Algorithms;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
 using ComposerSharp.Core;

@@ -266,26 +266,26 @@ internal static class InferenceCommands
     /// <summary>A numeric option parsed with the invariant culture; a bad value is a parse error (exit 2) that names the option, the value and what is expected.</summary>
     private static Option<T> Number<T>(string name, string description, T defaultValue, NumberStyles style, string expected)
         where T : struct, INumberBase<T> => new(name)
-    {
-        Description = description,
-        DefaultValueFactory = _ => defaultValue,
-        CustomParser = result =>
         {
-            if (result.Tokens.Count == 0)
+            Description = description,
+            DefaultValueFactory = _ => defaultValue,
+            CustomParser = result =>
             {
+                if (result.Tokens.Count == 0)
+                {
+                    return defaultValue;
+                }
+
+                string text = result.Tokens[^1].Value;
+                if (T.TryParse(text, style, CultureInfo.InvariantCulture, out T value))
+                {
+                    return value;
+                }
+
+                result.AddError($"{name} is '{text}'; expected {expected}.");
                 return defaultValue;
-            }
-
-            string text = result.Tokens[^1].Value;
-            if (T.TryParse(text, style, CultureInfo.InvariantCulture, out T value))
-            {
-                return value;
-            }
-
-            result.AddError($"{name} is '{text}'; expected {expected}.");
-            return defaultValue;
-        },
-    };
+            },
+        };
 
     /// <summary>
     /// <c>--precision</c> of predict and generate: fp32, amp_bf16 or amp_fp16 (train's and eval's names); absent, the

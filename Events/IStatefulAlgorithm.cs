@@ -1,6 +1,5 @@
-using static TorchSharp.torch;
-
 using ComposerSharp.Core;
+using static TorchSharp.torch;
 
 namespace ComposerSharp.Events;
 

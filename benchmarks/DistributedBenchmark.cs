@@ -5,10 +5,10 @@ using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using ComposerSharp.Training;
 
 namespace ComposerSharp.Benchmarks;
 
@@ -171,10 +171,10 @@ public static class DistributedBenchmark
         var times = new List<double>();
         var timer = new StepTimer(times);
         using var trainer = new Trainer(model, new TrainerOptions
-            {
-                MaxDuration = Time.FromBatch(warmup), Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = false,
-                Distributed = new DistributedOptions { OverlapGradientReduce = overlap },
-            },
+        {
+            MaxDuration = Time.FromBatch(warmup), Device = "cpu", ProgressBar = false, ComputeTrainingMetrics = false,
+            Distributed = new DistributedOptions { OverlapGradientReduce = overlap },
+        },
             loader, optimizerFactory: ps => torch.optim.SGD(ps, 0.01), callbacks: new[] { timer });
         trainer.Fit();
         times.Clear();

@@ -3,8 +3,8 @@ using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
-using ComposerSharp.Training;
 using ComposerSharp.Models;
+using ComposerSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,6 +1,6 @@
+using System.Globalization;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
-using System.Globalization;
 using YamlDotNet.RepresentationModel;
 
 namespace ComposerSharp.Cli.Configuration;

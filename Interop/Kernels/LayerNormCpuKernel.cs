@@ -155,68 +155,68 @@ internal static unsafe class LayerNormCpuKernel
         float[] ones = weight is null ? Filled(width, 1f) : Array.Empty<float>();
         try
         {
-        fixed (byte* gb = gradOutput.bytes, xb = input.bytes, mb = mean.bytes, rb = rstd.bytes, dxb = gradInput.bytes)
-        fixed (byte* wb = weight is null ? default : weight.bytes)
-        fixed (float* onesP = ones, partialsP = partials)
-        {
-            nint g = (nint)gb, x = (nint)xb, m = (nint)mb, r = (nint)rb, dx = (nint)dxb, part = (nint)partialsP;
-            nint w = weight is null ? (nint)onesP : (nint)wb;
-            RunChunks(rows, workers, width, (chunk, scratch) =>
+            fixed (byte* gb = gradOutput.bytes, xb = input.bytes, mb = mean.bytes, rb = rstd.bytes, dxb = gradInput.bytes)
+            fixed (byte* wb = weight is null ? default : weight.bytes)
+            fixed (float* onesP = ones, partialsP = partials)
             {
-                float* xRow = scratch;
-                float* dW = reduce ? (float*)part + ((long)chunk * 2 * width) : null;
-                float* dB = reduce ? dW + width : null;
+                nint g = (nint)gb, x = (nint)xb, m = (nint)mb, r = (nint)rb, dx = (nint)dxb, part = (nint)partialsP;
+                nint w = weight is null ? (nint)onesP : (nint)wb;
+                RunChunks(rows, workers, width, (chunk, scratch) =>
+                {
+                    float* xRow = scratch;
+                    float* dW = reduce ? (float*)part + ((long)chunk * 2 * width) : null;
+                    float* dB = reduce ? dW + width : null;
+                    if (reduce)
+                    {
+                        new Span<float>(dW, 2 * width).Clear();
+                    }
+                    long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
+                    for (long i = chunk * (long)ChunkRows; i < end; i++)
+                    {
+                        float* xr;
+                        if (bf16In)
+                        {
+                            Bf16ToF32((ushort*)x + i * width, xRow, width, p);
+                            xr = xRow;
+                        }
+                        else
+                        {
+                            xr = (float*)x + i * width;
+                        }
+
+                        ushort* dyr = (ushort*)g + i * width;
+                        float mu = ((float*)m)[i];
+                        float rs = ((float*)r)[i];
+                        (float sumG, float sumGXhat) = BackwardSums(xr, dyr, (float*)w, mu, rs, dW, dB, width, p);
+                        InputGradient(
+                            xr, dyr, (float*)w, mu, rs, sumG / width, sumGXhat / width,
+                            bf16In ? null : (float*)dx + i * width, bf16In ? (ushort*)dx + i * width : null, width, p);
+                    }
+                });
+
                 if (reduce)
                 {
-                    new Span<float>(dW, 2 * width).Clear();
-                }
-                long end = Math.Min(rows, (chunk + 1) * (long)ChunkRows);
-                for (long i = chunk * (long)ChunkRows; i < end; i++)
-                {
-                    float* xr;
-                    if (bf16In)
+                    // Partials added in chunk order: the same sums in the same order for any worker count.
+                    float[] sums = new float[2 * width];
+                    fixed (float* s = sums)
                     {
-                        Bf16ToF32((ushort*)x + i * width, xRow, width, p);
-                        xr = xRow;
-                    }
-                    else
-                    {
-                        xr = (float*)x + i * width;
-                    }
+                        for (int c = 0; c < chunks; c++)
+                        {
+                            Add(s, (float*)part + ((long)c * 2 * width), 2 * width, p);
+                        }
 
-                    ushort* dyr = (ushort*)g + i * width;
-                    float mu = ((float*)m)[i];
-                    float rs = ((float*)r)[i];
-                    (float sumG, float sumGXhat) = BackwardSums(xr, dyr, (float*)w, mu, rs, dW, dB, width, p);
-                    InputGradient(
-                        xr, dyr, (float*)w, mu, rs, sumG / width, sumGXhat / width,
-                        bf16In ? null : (float*)dx + i * width, bf16In ? (ushort*)dx + i * width : null, width, p);
-                }
-            });
+                        if (gradWeight is not null)
+                        {
+                            new ReadOnlySpan<float>(s, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradWeight.bytes));
+                        }
 
-            if (reduce)
-            {
-                // Partials added in chunk order: the same sums in the same order for any worker count.
-                float[] sums = new float[2 * width];
-                fixed (float* s = sums)
-                {
-                    for (int c = 0; c < chunks; c++)
-                    {
-                        Add(s, (float*)part + ((long)c * 2 * width), 2 * width, p);
-                    }
-
-                    if (gradWeight is not null)
-                    {
-                        new ReadOnlySpan<float>(s, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradWeight.bytes));
-                    }
-
-                    if (gradBias is not null)
-                    {
-                        new ReadOnlySpan<float>(s + width, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradBias.bytes));
+                        if (gradBias is not null)
+                        {
+                            new ReadOnlySpan<float>(s + width, width).CopyTo(MemoryMarshal.Cast<byte, float>(gradBias.bytes));
+                        }
                     }
                 }
             }
-        }
         }
         finally
         {

@@ -1,7 +1,7 @@
+using System.Globalization;
 using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text.Json;
-using System.Globalization;
 using ComposerSharp.Core;
 using ComposerSharp.Core.Checkpoints;
 using ComposerSharp.Data;

@@ -22,7 +22,10 @@ public class LowPrecisionCheckpointTests
 {
     private static readonly TransformerConfig Config = TransformerConfig.Preset("bert-tiny") with
     {
-        VocabSize = 128, MaxSequenceLength = 32, Dropout = 0.0, AttentionDropout = 0.0,
+        VocabSize = 128,
+        MaxSequenceLength = 32,
+        Dropout = 0.0,
+        AttentionDropout = 0.0,
     };
 
     private static IDataLoader Loader()

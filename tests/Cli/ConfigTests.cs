@@ -1,7 +1,7 @@
+using ComposerSharp.Algorithms;
 using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Cli.Plugins;
-using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
 using ComposerSharp.Training;

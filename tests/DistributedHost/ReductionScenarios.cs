@@ -3,9 +3,9 @@ using ComposerSharp.Core;
 using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
-using ComposerSharp.Training;
 
 namespace ComposerSharp.DistributedHost;
 

@@ -1,8 +1,8 @@
 using System.Globalization;
 using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
-using ComposerSharp.Distributed;
 using ComposerSharp.Data;
+using ComposerSharp.Distributed;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Training;

@@ -2,10 +2,10 @@ using System.Text.RegularExpressions;
 using ComposerSharp.Cli;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
-using ComposerSharp.Training;
 using ComposerSharp.Tests.Algorithms;
 using ComposerSharp.Tests.Support;
 using ComposerSharp.Tests.Training;
+using ComposerSharp.Training;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 

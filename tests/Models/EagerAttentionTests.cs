@@ -3,8 +3,8 @@ using ComposerSharp.Events;
 using ComposerSharp.Models;
 using NUnit.Framework;
 using TorchSharp;
-using static TorchSharp.torch;
 using static ComposerSharp.Tests.Models.ModelTestData;
+using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
 namespace ComposerSharp.Tests.Models;

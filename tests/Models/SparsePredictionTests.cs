@@ -4,8 +4,8 @@ using ComposerSharp.Models;
 using ComposerSharp.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
-using static TorchSharp.torch;
 using static ComposerSharp.Tests.Models.ModelTestData;
+using static TorchSharp.torch;
 
 namespace ComposerSharp.Tests.Models;
 

@@ -1,13 +1,13 @@
 using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
+using ComposerSharp.Models;
 using ComposerSharp.Tests.Support;
 using ComposerSharp.Training;
-using ComposerSharp.Models;
 using NUnit.Framework;
 using TorchSharp;
-using static TorchSharp.torch;
 using static ComposerSharp.Tests.Models.ModelTestData;
+using static TorchSharp.torch;
 
 namespace ComposerSharp.Tests.Models;
 

@@ -4,8 +4,8 @@ using ComposerSharp.Models;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 using static ComposerSharp.Tests.Models.ModelTestData;
+using static TorchSharp.torch;
 
 namespace ComposerSharp.Tests.Models;
 

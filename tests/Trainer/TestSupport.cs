@@ -1,10 +1,10 @@
 using ComposerSharp.Core;
 using ComposerSharp.Data;
 using ComposerSharp.Events;
-using ComposerSharp.Training;
-using ComposerSharp.Training.Checkpoints;
 using ComposerSharp.Models;
 using ComposerSharp.Tests.Support;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.Logging;
 using NUnit.Framework;
 using TorchSharp;

@@ -6,9 +6,9 @@ using ComposerSharp.Tests.Training;
 using ComposerSharp.Training;
 using ComposerSharp.Training.Checkpoints;
 using Microsoft.Extensions.Logging;
-using TorchSharp.Modules;
 using NUnit.Framework;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace ComposerSharp.Tests.Algorithms.Training;
