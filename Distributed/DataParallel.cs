@@ -261,21 +261,12 @@ public sealed class DataParallel : IDisposable
     /// call it); <paramref name="value"/> itself for world size 1. The Trainer uses it for the global count of
     /// loss-generating tokens of a step (Composer's trainer.py all-reduces that count in <c>_train_microbatches</c>).
     /// </summary>
-    public long SumOverRanks(long value)
-    {
-        if (!Enabled)
-        {
-            return value;
-        }
-
-        using var scope = torch.NewDisposeScope();
-        Tensor t = torch.tensor(new[] { value });
-        ProcessGroup.AllReduce(t, ReduceOp.Sum);
-        return t.item<long>();
-    }
+    public long SumOverRanks(long value) => AllReduce(value, ReduceOp.Sum);
 
     /// <summary>The largest of the ranks' <paramref name="value"/>s on every rank (a MAX all-reduce; every rank must call it).</summary>
-    public long MaxOverRanks(long value)
+    public long MaxOverRanks(long value) => AllReduce(value, ReduceOp.Max);
+
+    private long AllReduce(long value, ReduceOp op)
     {
         if (!Enabled)
         {
@@ -284,7 +275,7 @@ public sealed class DataParallel : IDisposable
 
         using var scope = torch.NewDisposeScope();
         Tensor t = torch.tensor(new[] { value });
-        ProcessGroup.AllReduce(t, ReduceOp.Max);
+        ProcessGroup.AllReduce(t, op);
         return t.item<long>();
     }
 

@@ -72,15 +72,7 @@ internal static class MemoryBenchmark
     {
         ProcessStartInfo psi = PeerBenchmark.StartInfo(python, script, shape, settings.Threads, settings.OmpWaitPolicy,
             "--memory-steps", steps.ToString(CultureInfo.InvariantCulture), "--precision", precision.ToComposerName());
-        using Process p = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start {python} {script}.");
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        string? last = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault();
-        if (p.ExitCode != 0 || last is null)
-        {
-            throw new InvalidOperationException($"pytorch_peer.py --memory-steps exited with code {p.ExitCode}: {output}");
-        }
-
+        string last = ChildRun.LastLine(psi, $"PyTorch peer ({python} {script} --memory-steps)");
         JsonElement json = JsonDocument.Parse(last).RootElement;
         return (json.GetProperty("start").GetInt64(), json.GetProperty("peak").GetInt64());
     }

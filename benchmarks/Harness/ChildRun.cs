@@ -32,7 +32,16 @@ internal static class ChildRun
             psi.ArgumentList.Add(a);
         }
 
-        using Process p = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start the {what} ({host}).");
+        return LastLine(psi, what);
+    }
+
+    /// <summary>Runs the process <paramref name="psi"/> describes (stdout redirected) to its end and returns its last stdout line.</summary>
+    /// <param name="psi">The process; <c>RedirectStandardOutput</c> must be true.</param>
+    /// <param name="what">Names the measurement in errors.</param>
+    /// <exception cref="InvalidOperationException">The process cannot start, exits with a non-zero code, or prints nothing.</exception>
+    public static string LastLine(ProcessStartInfo psi, string what)
+    {
+        using Process p = Process.Start(psi) ?? throw new InvalidOperationException($"Could not start the {what} ({psi.FileName}).");
         string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
         string? last = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault();
