@@ -13,13 +13,14 @@ public static class BuiltinOptimizers
 {
     /// <summary>
     /// Registers the optimizers <c>adamw</c> (<see cref="AdamWOptions"/>; the default), <c>adam</c>
-    /// (<see cref="AdamOptions"/>) and <c>sgd</c> (<see cref="SgdOptions"/>), whose keys are their records' properties, and Composer's schedulers by their Composer names: <c>constant</c>, <c>step</c>,
+    /// (<see cref="AdamOptions"/>), <c>decoupled_adamw</c> (<see cref="DecoupledAdamWOptions"/>, Composer's DecoupledAdamW on the fused <see cref="FusedAdamW"/>) and <c>sgd</c> (<see cref="SgdOptions"/>), whose keys are their records' properties, and Composer's schedulers by their Composer names: <c>constant</c>, <c>step</c>,
     /// <c>multistep</c>, <c>linear_decay_with_warmup</c>, <c>cosine_decay_with_warmup</c>.
     /// </summary>
     public static IServiceCollection AddComposerSharpOptimizers(this IServiceCollection services)
     {
         services.AddOptimizer<AdamWOptions>("adamw");
         services.AddOptimizer<AdamOptions>("adam");
+        services.AddOptimizer<DecoupledAdamWOptions>("decoupled_adamw");
         services.AddOptimizer<SgdOptions>("sgd");
 
         services.AddScheduler<ConstantScheduler>("constant");

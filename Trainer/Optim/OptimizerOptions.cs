@@ -76,6 +76,31 @@ public sealed record AdamWOptions : AdamFamilyOptions
     }
 }
 
+/// <summary>
+/// Composer's <c>DecoupledAdamW</c> (composer/optim/decoupled_weight_decay.py; Loshchilov &amp; Hutter 2019): AdamW
+/// whose weight decay follows the learning-rate schedule without being scaled by the learning rate,
+/// <c>θ ← θ·(1 − weight_decay·lr/initial_lr)</c>, run by the fused flat-buffer optimizer <see cref="FusedAdamW"/>
+/// (CPU, Float32 parameters). Composer's defaults: <c>betas</c> (0.9, 0.95), <c>weight_decay</c> 1e-5. Registered
+/// as <c>decoupled_adamw</c>; not the default optimizer.
+/// </summary>
+public sealed record DecoupledAdamWOptions : AdamFamilyOptions
+{
+    /// <summary>Composer's defaults: <c>lr</c> 1e-3, <c>betas</c> (0.9, 0.95), <c>eps</c> 1e-8, <c>weight_decay</c> 1e-5.</summary>
+    public DecoupledAdamWOptions()
+    {
+        Betas = new[] { 0.9, 0.95 };
+        WeightDecay = 1e-5;
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="NotSupportedException">At the first step, a parameter that is not a CPU Float32 tensor (see <see cref="FusedAdamW"/>).</exception>
+    public override optim.Optimizer Create(IEnumerable<Parameter> parameters)
+    {
+        Validate();
+        return new FusedAdamW(parameters, Lr, Betas[0], Betas[1], Eps, WeightDecay, decoupled: true);
+    }
+}
+
 /// <summary>Adam (<c>torch.optim.Adam</c>, an L2 penalty added to the gradient), <c>weight_decay</c> 0 by default as in PyTorch.</summary>
 public sealed record AdamOptions : AdamFamilyOptions
 {

@@ -79,7 +79,7 @@ public class PluginOptimizerTests
     {
         using ServiceProvider provider = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
         var catalog = new ComponentCatalog(provider.GetServices<ComponentRegistration>());
-        Assert.That(catalog.Names(ComponentKind.Optimizer), Is.EqualTo(new[] { "adam", "adamw", "sgd" }));
+        Assert.That(catalog.Names(ComponentKind.Optimizer), Is.EqualTo(new[] { "adam", "adamw", "decoupled_adamw", "sgd" }));
         Assert.That(catalog.Names(ComponentKind.Scheduler), Is.EquivalentTo(new[] { "constant", "step", "multistep", "linear_decay_with_warmup", "cosine_decay_with_warmup" }));
         var ex = Assert.Throws<ConfigException>(() => catalog.Create<IScheduler>(ComponentKind.Scheduler, "warmup_stable_decay", new ConfigSection("scheduler"), new ComponentContext(provider, "", 0)));
         Assert.That(ex!.Message, Does.Contain("warmup_stable_decay").And.Contain("cosine_decay_with_warmup"));
