@@ -1,4 +1,9 @@
+using ComposerSharp.Events;
 using ComposerSharp.Interop.Kernels;
+using ComposerSharp.Tests.Support;
+using ComposerSharp.Training;
+using ComposerSharp.Training.Checkpoints;
+using ComposerSharp.Training.Callbacks;
 using ComposerSharp.Training.Optim;
 using NUnit.Framework;
 using TorchSharp;
@@ -266,6 +271,38 @@ public class FusedAdamWTests
         Assert.That(opt.StateOf(ps[2]).exp_avg.data<float>().ToArray(), Is.EqualTo(saved), "state copied into the new buffers");
         Assert.That(opt.ExpAvgBuffer.narrow(0, 80, 1000).data<float>().ToArray(), Is.EqualTo(opt.StateOf(ps[3]).exp_avg.data<float>().ToArray()));
         Assert.That(opt.StateOf(ps[3]).step, Is.EqualTo(1));
+    }
+
+    [Test]
+    [Category(TestCategories.Slow)]
+    public void ATrainerRunWithDecoupledAdamWResumesBitwiseFromItsCheckpoint()
+    {
+        static ComposerSharp.Training.Trainer Run(CheckpointOptions? checkpoint = null, IEnumerable<ICallback>? extra = null) => new(
+            TestData.Model(initSeed: 21),
+            new TrainerOptions
+            {
+                MaxDuration = "2ep", Device = "cpu", Seed = 42, ProgressBar = false, DeterministicMode = true,
+                Checkpoint = checkpoint ?? new CheckpointOptions(), RunName = "fused-adamw-resume",
+            },
+            TestData.Loader(40, 8, shuffle: true, seed: 5),
+            callbacks: extra,
+            optimizerFactory: p => new DecoupledAdamWOptions { Lr = 0.01, WeightDecay = 1e-3 }.Create(p),
+            schedulers: new[] { new CosineAnnealingWithWarmupScheduler("2ba", alphaF: 0.1) });
+
+        using var uninterrupted = Run();
+        uninterrupted.Fit();
+        Assert.That(uninterrupted.State.Optimizers.Single(), Is.InstanceOf<FusedAdamW>());
+
+        var options = new CheckpointOptions { SaveFolder = TestData.TempFolder(), SaveInterval = "1ba", Autoresume = true };
+        using (var interrupted = Run(options, new[] { TestData.StopAt(Event.BatchEnd, 3) }))
+        {
+            interrupted.Fit();
+        }
+
+        using var resumed = Run(options);
+        Assert.That(resumed.State.Timestamp.Batch, Is.EqualTo(3));
+        resumed.Fit();
+        TestData.AssertBitwiseEqual(resumed.Model, uninterrupted.Model, "the same weights, bit for bit, after resuming with FusedAdamW state");
     }
 
     [Test]
