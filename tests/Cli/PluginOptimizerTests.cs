@@ -2,6 +2,7 @@ using ComposerSharp.Cli;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Events;
+using ComposerSharp.Training.Optim;
 using ComposerSharp.Tests.Support;
 using Microsoft.Extensions.DependencyInjection;
 using NUnit.Framework;
@@ -72,6 +73,23 @@ public class PluginOptimizerTests
                 Directory.Delete(folder, recursive: true);
             }
         }
+    }
+
+    [Test]
+    public void DecoupledAdamWBindsItsYamlKeysWithComposersDefaults()
+    {
+        using ServiceProvider provider = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        var catalog = new ComponentCatalog(provider.GetServices<ComponentRegistration>());
+        var context = new ComponentContext(provider, "", 0);
+        using var p = new TorchSharp.Modules.Parameter(torch.zeros(3));
+        var factory = catalog.Create<Func<IEnumerable<TorchSharp.Modules.Parameter>, torch.optim.Optimizer>>(
+            ComponentKind.Optimizer, "decoupled_adamw", ConfigSection.Parse("lr: 0.002\neps: 1.0e-6\n"), context);
+        using var fused = (FusedAdamW)factory(new[] { p });
+        var options = (FusedAdamW.Options)fused.state_dict().Options.Single();
+        Assert.That(fused.Decoupled, Is.True);
+        Assert.That((options.LearningRate, options.eps, options.beta1, options.beta2, options.weight_decay), Is.EqualTo(((double?)0.002, (double?)1e-6, (double?)0.9, (double?)0.95, (double?)1e-5)));
+        Assert.Throws<ConfigException>(() => catalog.Create<Func<IEnumerable<TorchSharp.Modules.Parameter>, torch.optim.Optimizer>>(
+            ComponentKind.Optimizer, "decoupled_adamw", ConfigSection.Parse("betas: [0.9, 1.5]\n"), context));
     }
 
     [Test]
