@@ -286,14 +286,12 @@ public sealed class FusedAdamW : OptimizerHelper, optim.IBetas
     /// </summary>
     private void Pack()
     {
-        List<Parameter> parameters = _parameter_groups.SelectMany(g => g.Parameters).ToList();
-        if (parameters.Count == _packed.Count
-            && parameters.Select(p => p.Handle).SequenceEqual(_packed)
-            && parameters.All(p => ((State)_state[p.Handle]).Packed))
+        if (IsPacked())
         {
             return;
         }
 
+        List<Parameter> parameters = _parameter_groups.SelectMany(g => g.Parameters).ToList();
         var layout = new FlatBufferLayout(parameters.Select(p => p.numel()));
         Tensor expAvg = torch.zeros(layout.TotalLength, ScalarType.Float32).DetachFromDisposeScope();
         Tensor expAvgSq = torch.zeros(layout.TotalLength, ScalarType.Float32).DetachFromDisposeScope();
@@ -317,6 +315,26 @@ public sealed class FusedAdamW : OptimizerHelper, optim.IBetas
         ExpAvgSqBuffer = expAvgSq;
         Layout = layout;
         _packed = parameters.Select(p => p.Handle).ToList();
+    }
+
+    /// <summary>Whether the parameters, in group order, are those last packed and every state is a view of the buffers (no allocation).</summary>
+    private bool IsPacked()
+    {
+        int k = 0;
+        foreach (ParamGroup group in _parameter_groups)
+        {
+            foreach (Parameter p in group.Parameters)
+            {
+                if (k >= _packed.Count || p.Handle != _packed[k] || !((State)_state[p.Handle]).Packed)
+                {
+                    return false;
+                }
+
+                k++;
+            }
+        }
+
+        return k == _packed.Count;
     }
 
     /// <summary>
