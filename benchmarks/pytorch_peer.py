@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch eager peer of ComposerSharp's training-step benchmark (issue 6, part 4).
+"""PyTorch eager peer of ComposerSharp's training-step benchmark (parts peer, peer-modules and memory of benchmarks/README.md).
 
 Trains the same BERT MLM shape as benchmarks/TrainingSetup.cs (post-LN encoder with fused QKV projection,
 learned position embedding, embedding LayerNorm, MLM transform + LayerNorm, decoder tied to the token
