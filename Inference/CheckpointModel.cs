@@ -105,19 +105,20 @@ public sealed class CheckpointModel : IDisposable
     public static CheckpointModel Load(string path, ModelDescription? description = null, ITextTokenizer? tokenizer = null, InferenceOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(path);
-        description ??= ReadDescription(path);
+        using ModelCheckpoint checkpoint = ModelCheckpoint.Open(path);
+        description ??= DescriptionOf(checkpoint.Metadata, path);
         if (tokenizer is not null)
         {
             Tokenizers.Check(description, tokenizer);
         }
 
         TextInputDescription input = InputOf(description, options?.MaxLength);
-        Precision precision = options?.Precision ?? CheckpointFile.ReadPrecision(path);
+        Precision precision = options?.Precision ?? checkpoint.Precision;
         TransformerModel model = description.CreateModel();
         IReadOnlyList<string> algorithms;
         try
         {
-            algorithms = LoadAsEvalDoes(model, path, precision, recorded: options?.Precision is null);
+            algorithms = LoadAsEvalDoes(model, checkpoint, path, precision, recorded: options?.Precision is null);
         }
         catch
         {
@@ -132,9 +133,10 @@ public sealed class CheckpointModel : IDisposable
     /// <summary>The model description the checkpoint at <paramref name="path"/> records.</summary>
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
     /// <exception cref="InvalidDataException">The checkpoint records no description (written before checkpoints described themselves); the message says what to supply.</exception>
-    public static ModelDescription ReadDescription(string path)
+    public static ModelDescription ReadDescription(string path) => DescriptionOf(CheckpointFile.ReadMetadata(path), path);
+
+    private static ModelDescription DescriptionOf(IReadOnlyDictionary<string, string> metadata, string path)
     {
-        IReadOnlyDictionary<string, string> metadata = CheckpointFile.ReadMetadata(path);
         if (!metadata.TryGetValue(ModelDescription.MetadataKey, out string? json))
         {
             throw new InvalidDataException(
@@ -171,11 +173,11 @@ public sealed class CheckpointModel : IDisposable
     /// <summary>
     /// Loads the weights as <c>eval</c> does: the required-on-load algorithms the checkpoint records are re-created
     /// (<see cref="AlgorithmCatalog"/>) and applied at Init to <paramref name="model"/> under <paramref name="precision"/>,
-    /// then the weights are copied in strictly (<see cref="CheckpointFile.LoadModelWeights"/>), the order a Trainer's
+    /// then the weights are copied in strictly (<see cref="ModelCheckpoint.LoadWeights"/>), the order a Trainer's
     /// load follows (Composer's <c>_apply_required_algorithms</c> before the state dict). Returns the algorithms applied,
     /// each as <c>name(hyperparameters)</c>.
     /// </summary>
-    private static IReadOnlyList<string> LoadAsEvalDoes(TransformerModel model, string path, Precision precision, bool recorded)
+    private static IReadOnlyList<string> LoadAsEvalDoes(TransformerModel model, ModelCheckpoint checkpoint, string path, Precision precision, bool recorded)
     {
         try
         {
@@ -191,7 +193,7 @@ public sealed class CheckpointModel : IDisposable
         var state = new State(model, torch.CPU, precision);
         var logger = new Logger(state);
         var applied = new List<string>();
-        foreach (AlgorithmDescription description in CheckpointFile.ReadRequiredAlgorithms(path))
+        foreach (AlgorithmDescription description in checkpoint.RequiredAlgorithms)
         {
             if (!AlgorithmCatalog.Names.Contains(description.Name))
             {
@@ -209,7 +211,7 @@ public sealed class CheckpointModel : IDisposable
             applied.Add(algorithm.ToString() ?? algorithm.Name);
         }
 
-        CheckpointFile.LoadModelWeights(path, model);
+        checkpoint.LoadWeights(model);
         return applied;
     }
 }

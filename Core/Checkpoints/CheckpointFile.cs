@@ -221,8 +221,8 @@ public static class CheckpointFile
     /// <remarks>Only the header and the model weights are checked (as for a weights-only load): damage in the optimizer or other state does not stop a reader that needs the model alone.</remarks>
     public static IReadOnlyDictionary<string, string> ReadMetadata(string path)
     {
-        using CheckpointReader reader = Open(path, weightsOnly: true);
-        return new Dictionary<string, string>(reader.Header.Metadata);
+        using ModelCheckpoint checkpoint = ModelCheckpoint.Open(path);
+        return new Dictionary<string, string>(checkpoint.Metadata);
     }
 
     /// <summary>
@@ -234,16 +234,8 @@ public static class CheckpointFile
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint, or its precision is not one of the three names; the message names the file and the value.</exception>
     public static Precision ReadPrecision(string path)
     {
-        using CheckpointReader reader = Open(path, weightsOnly: true);
-        string recorded = reader.Header.Precision;
-        try
-        {
-            return PrecisionExtensions.Parse(recorded);
-        }
-        catch (FormatException ex)
-        {
-            throw new CheckpointException(reader.Path, $"Checkpoint '{reader.Path}' records precision '{recorded}'; expected fp32, amp_bf16 or amp_fp16.", ex);
-        }
+        using ModelCheckpoint checkpoint = ModelCheckpoint.Open(path);
+        return checkpoint.Precision;
     }
 
     /// <summary>The model state dict (name → CPU tensor, as saved) of the checkpoint at <paramref name="path"/>; the caller owns the tensors.</summary>
@@ -266,8 +258,8 @@ public static class CheckpointFile
     /// <exception cref="CheckpointException">The file is missing or not a ComposerSharp checkpoint.</exception>
     public static IReadOnlyList<AlgorithmDescription> ReadRequiredAlgorithms(string path)
     {
-        using CheckpointReader reader = Open(path, weightsOnly: true);
-        return reader.Header.Algorithms.Where(a => a.RequiredOnLoad).Select(a => a.ToDescription()).ToArray();
+        using ModelCheckpoint checkpoint = ModelCheckpoint.Open(path);
+        return checkpoint.RequiredAlgorithms;
     }
 
     /// <summary>
@@ -281,28 +273,8 @@ public static class CheckpointFile
     public static void LoadModelWeights(string path, nn.Module model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        using CheckpointReader reader = Open(path, weightsOnly: true);
-        Dictionary<string, Tensor> target = model.state_dict();
-        var seen = new HashSet<string>();
-        var unexpected = new List<string>();
-        reader.Read(ModelEntry, r => ReadTensors(r, (name, loaded) =>
-        {
-            if (target.TryGetValue(name, out Tensor? t))
-            {
-                CopyWeight(reader.Path, name, t, loaded);
-                seen.Add(name);
-            }
-            else
-            {
-                unexpected.Add(name);
-            }
-        }));
-        string[] missing = target.Keys.Where(k => !seen.Contains(k)).ToArray();
-        if (missing.Length > 0 || unexpected.Count > 0)
-        {
-            throw new CheckpointException(reader.Path,
-                $"Checkpoint '{reader.Path}' does not match the model's weights (missing from the checkpoint: [{string.Join(", ", missing)}]; not in the model: [{string.Join(", ", unexpected)}]).");
-        }
+        using ModelCheckpoint checkpoint = ModelCheckpoint.Open(path);
+        checkpoint.LoadWeights(model);
     }
 
     /// <summary>Copies <paramref name="loaded"/> into <paramref name="target"/> after checking dtype and shape; the message names the file and the tensor.</summary>
