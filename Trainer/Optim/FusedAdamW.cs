@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using ComposerSharp.Core.Tensors;
 using ComposerSharp.Interop.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
