@@ -108,7 +108,7 @@ public interface ICollator<in TSample>
 /// tensors; it runs when the enumeration reaches the batch, inside whatever dispose scope is open then.
 /// </summary>
 /// <typeparam name="TSample">The dataset's sample type.</typeparam>
-public sealed class DataLoader<TSample> : IShardableDataLoader
+public sealed class DataLoader<TSample> : ISampleResumableDataLoader
 {
     private readonly IDataset<TSample> _dataset;
     private readonly Func<IReadOnlyList<TSample>, CollateContext, Batch> _collate;
@@ -155,8 +155,147 @@ public sealed class DataLoader<TSample> : IShardableDataLoader
     }
 
     private DataLoader(DataLoader<TSample> source, DistributedSampler sampler)
-        : this(source._dataset, source.BatchSize, source._collate, source.Shuffle, source.DropLast, source.Seed) =>
+        : this(source._dataset, source.BatchSize, source._collate, source.Shuffle, source.DropLast, source.Seed)
+    {
         Sampler = sampler.Validate();
+        _numWorkers = source._numWorkers;
+        _prefetchFactor = source._prefetchFactor;
+        _shuffleAlgo = source._shuffleAlgo;
+        _shuffleBlockSize = source._shuffleBlockSize;
+        _numCanonicalNodes = source._numCanonicalNodes;
+    }
+
+    private int _numWorkers;
+    private int _prefetchFactor = 2;
+    private string? _shuffleAlgo;
+    private long? _shuffleBlockSize;
+    private int _numCanonicalNodes = 1;
+
+    /// <summary>
+    /// Background reader threads (PyTorch's <c>num_workers</c>): 0 reads each batch's samples on the enumerating
+    /// thread; N ≥ 1 starts N threads per epoch enumeration that read the samples of batches w, w + N, … ahead. The
+    /// batches and their order are identical for every value. The collator always runs on the enumerating thread.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is negative.</exception>
+    public int NumWorkers
+    {
+        get => _numWorkers;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value, "num_workers");
+            _numWorkers = value;
+        }
+    }
+
+    /// <summary>Batches each worker reads ahead, at most (PyTorch's <c>prefetch_factor</c>, default 2); ignored with no workers.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    public int PrefetchFactor
+    {
+        get => _prefetchFactor;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, "prefetch_factor");
+            _prefetchFactor = value;
+        }
+    }
+
+    /// <summary>
+    /// The elastic shuffle (MosaicML Streaming's <c>shuffle_algo</c>: <see cref="StreamingShuffle.Naive"/> or
+    /// <see cref="StreamingShuffle.Py1s"/>), or null (the default) for the classic order: <see cref="EpochSampler"/>
+    /// with <see cref="DistributedSampler"/>'s interleaved shards. When set, the epoch's global order depends only on
+    /// (<see cref="Seed"/>, epoch, <see cref="NumCanonicalNodes"/>) and is split among ranks by
+    /// <see cref="ElasticPartition"/>; with <see cref="Shuffle"/> false the global order is 0 … n−1.
+    /// </summary>
+    /// <exception cref="ArgumentException">The name is not one of <see cref="StreamingShuffle.Algorithms"/>.</exception>
+    public string? ShuffleAlgo
+    {
+        get => _shuffleAlgo;
+        init
+        {
+            if (value is not null && !StreamingShuffle.Algorithms.Contains(value))
+            {
+                throw new ArgumentException($"Unknown shuffle_algo '{value}'; expected one of: {string.Join(", ", StreamingShuffle.Algorithms)}.", nameof(value));
+            }
+
+            _shuffleAlgo = value;
+        }
+    }
+
+    /// <summary>
+    /// Samples per shuffle span for a dataset that is not an <see cref="IShardedDataset"/> (Streaming's
+    /// <c>shuffle_block_size</c>); null makes each sample its own span. Sharded datasets use their shards as spans.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    public long? ShuffleBlockSize
+    {
+        get => _shuffleBlockSize;
+        init
+        {
+            if (value is { } v)
+            {
+                ArgumentOutOfRangeException.ThrowIfLessThan(v, 1, "shuffle_block_size");
+            }
+
+            _shuffleBlockSize = value;
+        }
+    }
+
+    /// <summary>Streaming's <c>num_canonical_nodes</c> (default 1): the fixed partitions of the spans in <see cref="StreamingShuffle.Py1s"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    public int NumCanonicalNodes
+    {
+        get => _numCanonicalNodes;
+        init
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, "num_canonical_nodes");
+            _numCanonicalNodes = value;
+        }
+    }
+
+    /// <inheritdoc/>
+    public bool CanResumeAtSample => _shuffleAlgo is not null;
+
+    /// <summary>
+    /// The epoch's global sample order before it is split among ranks (int64 dataset indices, a permutation of
+    /// 0 … Count−1): the elastic order when <see cref="ShuffleAlgo"/> is set, else <see cref="EpochSampler.Order"/>.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="epoch"/> is negative.</exception>
+    public long[] GlobalOrder(long epoch)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        if (_shuffleAlgo is null || !Shuffle)
+        {
+            return EpochSampler.Order(_dataset.Count, Seed, epoch, Shuffle);
+        }
+
+        IReadOnlyList<long> spans = _dataset is IShardedDataset sharded
+            ? sharded.ShardSampleCounts
+            : StreamingShuffle.FixedSpans(_dataset.Count, _shuffleBlockSize ?? 1);
+        return StreamingShuffle.GetShuffle(_shuffleAlgo, spans, _numCanonicalNodes, Seed, epoch);
+    }
+
+    /// <summary>
+    /// The batches of <paramref name="epoch"/> from global sample <paramref name="sampleInEpoch"/> on (Streaming's
+    /// <c>sample_in_epoch</c>: the samples all ranks consumed so far, the first ones of the epoch's global order for
+    /// any world size). Resuming with another world size thus continues the same global order and, without padding,
+    /// every sample of the epoch is read exactly once in total. Skipped samples are not read. Needs
+    /// <see cref="ShuffleAlgo"/> (the elastic partition).
+    /// </summary>
+    /// <exception cref="InvalidOperationException"><see cref="ShuffleAlgo"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="epoch"/> is negative or <paramref name="sampleInEpoch"/> is outside [0, Count].</exception>
+    public IEnumerable<Batch> GetEpochFromSample(long epoch, long sampleInEpoch)
+    {
+        if (_shuffleAlgo is null)
+        {
+            throw new InvalidOperationException("Resuming at a sample (sample_in_epoch) needs the elastic partition: set shuffle_algo.");
+        }
+
+        long[] order = GlobalOrder(epoch);
+        DistributedSampler sampler = Sampler ?? new DistributedSampler(1, 0);
+        long[] mine = order.LongLength == 0 ? order : ElasticPartition.RankOrder(order, sampleInEpoch, sampler.NumReplicas, sampler.Rank, BatchSize, sampler.Pad, sampler.DropLast);
+        long batches = DropLast ? mine.LongLength / BatchSize : (mine.LongLength + BatchSize - 1) / BatchSize;
+        return IterateOrder(epoch, mine, 0, batches);
+    }
 
     /// <summary>The rank's share of each epoch (data-parallel training), or null when this loader yields every sample.</summary>
     public DistributedSampler? Sampler { get; }
@@ -201,24 +340,51 @@ public sealed class DataLoader<TSample> : IShardableDataLoader
 
     private IEnumerable<Batch> Iterate(long epoch, long skipBatches)
     {
-        long[] order = EpochSampler.Order(_dataset.Count, Seed, epoch, Shuffle);
+        long[] order = GlobalOrder(epoch);
         if (Sampler is { } sampler && order.LongLength > 0)
         {
-            order = sampler.Shard(order);
+            order = _shuffleAlgo is null
+                ? sampler.Shard(order)
+                : ElasticPartition.RankOrder(order, 0, sampler.NumReplicas, sampler.Rank, BatchSize, sampler.Pad, sampler.DropLast);
         }
-        long batches = BatchesPerEpoch!.Value;
-        for (long b = skipBatches; b < batches; b++)
+
+        return IterateOrder(epoch, order, skipBatches, BatchesPerEpoch!.Value);
+    }
+
+    /// <summary>Batches <paramref name="firstBatch"/> … <paramref name="batches"/> − 1 of this rank's <paramref name="order"/>.</summary>
+    private IEnumerable<Batch> IterateOrder(long epoch, long[] order, long firstBatch, long batches)
+    {
+        if (_dataset is IShardedDataset sharded)
         {
-            long start = b * BatchSize;
-            int length = (int)Math.Min(BatchSize, order.LongLength - start);
-            var samples = new TSample[length];
-            var indices = new long[length];
-            for (int i = 0; i < length; i++)
+            long from = Math.Min(firstBatch * BatchSize, order.LongLength);
+            long to = Math.Min(batches * BatchSize, order.LongLength);
+            sharded.SetReadOrder(new ArraySegment<long>(order, (int)from, (int)(to - from)));
+        }
+
+        if (_numWorkers == 0 || firstBatch >= batches)
+        {
+            for (long b = firstBatch; b < batches; b++)
             {
-                indices[i] = order[start + i];
-                samples[i] = _dataset[indices[i]];
+                long start = b * BatchSize;
+                int length = (int)Math.Min(BatchSize, order.LongLength - start);
+                var samples = new TSample[length];
+                var indices = new long[length];
+                for (int i = 0; i < length; i++)
+                {
+                    indices[i] = order[start + i];
+                    samples[i] = _dataset[indices[i]];
+                }
+
+                yield return _collate(samples, new CollateContext(epoch, b, Seed, indices));
             }
 
+            yield break;
+        }
+
+        using var prefetcher = new SamplePrefetcher<TSample>(_dataset, order, BatchSize, firstBatch, batches, _numWorkers, _prefetchFactor);
+        for (long b = firstBatch; b < batches; b++)
+        {
+            (TSample[] samples, long[] indices) = prefetcher.Take(b);
             yield return _collate(samples, new CollateContext(epoch, b, Seed, indices));
         }
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using ComposerSharp.Core;
+using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using Microsoft.Extensions.Logging;
@@ -133,16 +134,23 @@ public sealed partial class Trainer
 
             bool finishedEarly = false;
             bool anyBatch = false;
-            using (IEnumerator<Batch> batches = loader.GetEpoch(State.Timestamp.Epoch, State.Timestamp.BatchInEpoch).GetEnumerator())
+            // An elastic loader resumes at the global sample (exact for any world size); others at the batch.
+            IEnumerable<Batch> epochBatches = loader is ISampleResumableDataLoader { CanResumeAtSample: true } elastic && State.Timestamp.SampleInEpoch > 0
+                ? elastic.GetEpochFromSample(State.Timestamp.Epoch, State.Timestamp.SampleInEpoch)
+                : loader.GetEpoch(State.Timestamp.Epoch, State.Timestamp.BatchInEpoch);
+            using (IEnumerator<Batch> batches = epochBatches.GetEnumerator())
             {
                 while (true)
                 {
                     using var scope = StepScope.Begin();
                     Engine.RunEvent(Event.BeforeDataloader);
+                    TimeSpan waitStart = clock.Elapsed;
                     if (!batches.MoveNext())
                     {
                         break;
                     }
+
+                    TimeSpan dataWait = clock.Elapsed - waitStart;
 
                     anyBatch = true;
                     State.Batch = ToDevice(batches.Current);
@@ -177,6 +185,7 @@ public sealed partial class Trainer
                     TimeSpan now = clock.Elapsed;
                     TimeSpan batchTime = now - lastWct;
                     lastWct = now;
+                    LogDataWait(dataWait, batchTime);
                     State.PreviousTimestamp = State.Timestamp;
                     State.Timestamp = State.Timestamp.ToNextBatch(globalSamples, globalTokens, batchTime);
                     ApplySchedulers();
@@ -292,6 +301,19 @@ public sealed partial class Trainer
                 State.StopTraining();
             }
         }
+    }
+
+    /// <summary>
+    /// Logs how long the training thread waited for the batch (<c>time/data_wait</c>, seconds) and that wait's share
+    /// of the whole step (<c>time/data_wait_fraction</c>, 0…1): a loader keeping up has a share near 0.
+    /// </summary>
+    private void LogDataWait(TimeSpan dataWait, TimeSpan batchTime)
+    {
+        Logger.LogMetrics(new Dictionary<string, double>
+        {
+            ["time/data_wait"] = dataWait.TotalSeconds,
+            ["time/data_wait_fraction"] = batchTime > TimeSpan.Zero ? dataWait.TotalSeconds / batchTime.TotalSeconds : 0,
+        });
     }
 
     private void LogTimeMetrics(bool withTokens)

@@ -548,6 +548,14 @@ internal sealed class SamplerPosition
     public long? SamplesPerEpoch { get; set; }
 
     public string DataloaderType { get; set; } = string.Empty;
+
+    // The elastic loader's position keys (MosaicML Streaming's state_dict names); null in checkpoints written before
+    // they were recorded and for loaders without them.
+    public long? ShuffleSeed { get; set; }
+
+    public string? ShuffleAlgo { get; set; }
+
+    public int? NumCanonicalNodes { get; set; }
 }
 
 /// <summary>An algorithm as a checkpoint records it.</summary>

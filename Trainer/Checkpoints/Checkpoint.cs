@@ -289,6 +289,14 @@ public static class Checkpoint
             return timestamp;
         }
 
+        if (loader is ISampleResumableDataLoader { CanResumeAtSample: true })
+        {
+            log.LogWarning(
+                "Checkpoint {Checkpoint} was written by {Saved} ranks and this job has {Current}: weights and optimizer state are loaded and the elastic dataloader continues exactly at global sample {Samples} of epoch {Epoch} of the same global order.",
+                checkpoint, savedWorldSize, worldSize, timestamp.SampleInEpoch, timestamp.Epoch);
+            return timestamp with { BatchInEpoch = timestamp.SampleInEpoch / ((long)shardable.BatchSize * worldSize) };
+        }
+
         long globalBatch = (long)shardable.BatchSize * worldSize;
         long batchInEpoch = timestamp.SampleInEpoch / globalBatch;
         long remainder = timestamp.SampleInEpoch % globalBatch;
@@ -344,6 +352,9 @@ public static class Checkpoint
             BatchesPerEpoch = loader?.BatchesPerEpoch,
             SamplesPerEpoch = loader?.SamplesPerEpoch,
             DataloaderType = loader?.GetType().FullName ?? string.Empty,
+            ShuffleSeed = (loader as ISampleResumableDataLoader)?.Seed,
+            ShuffleAlgo = (loader as ISampleResumableDataLoader)?.ShuffleAlgo,
+            NumCanonicalNodes = (loader as ISampleResumableDataLoader)?.NumCanonicalNodes,
         };
         header.Schedulers = SchedulerDescriptions(state);
         header.Optimizers = state.Optimizers.Select(o => new OptimizerRecord
@@ -418,6 +429,14 @@ public static class Checkpoint
             throw new CheckpointException(file,
                 $"Checkpoint '{file}' is inconsistent: its sampler position (epoch {sampler.Epoch}, batch {sampler.BatchInEpoch}, sample {sampler.SampleInEpoch} in epoch) " +
                 $"differs from its timestamp (epoch {timestamp.Epoch}, batch {timestamp.BatchInEpoch}, sample {timestamp.SampleInEpoch} in epoch).");
+        }
+
+        if (state.TrainDataloader is ISampleResumableDataLoader elastic && sampler.ShuffleAlgo is not null
+            && (sampler.ShuffleAlgo != elastic.ShuffleAlgo || sampler.ShuffleSeed != elastic.Seed || sampler.NumCanonicalNodes != elastic.NumCanonicalNodes))
+        {
+            log.LogWarning(
+                "Checkpoint {Checkpoint} was trained with shuffle_algo {SavedAlgo}, shuffle_seed {SavedSeed}, num_canonical_nodes {SavedNodes}, but the training dataloader now has {Algo}, {Seed}, {Nodes}; resumption will not follow the original data order.",
+                file, sampler.ShuffleAlgo, sampler.ShuffleSeed, sampler.NumCanonicalNodes, elastic.ShuffleAlgo ?? "(classic)", elastic.Seed, elastic.NumCanonicalNodes);
         }
 
         if (!sameWorldSize || state.TrainDataloader is not { } loader)
