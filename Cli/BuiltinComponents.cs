@@ -17,7 +17,23 @@ namespace ComposerSharp.Cli;
 /// <param name="Shuffle">Shuffle each epoch.</param>
 /// <param name="DropLast">Drop an incomplete last batch.</param>
 /// <param name="Seed">Seed of the shuffle and of any random collation (MLM masking).</param>
-public sealed record LoaderSettings(int BatchSize, bool Shuffle, bool DropLast, long Seed);
+public sealed record LoaderSettings(int BatchSize, bool Shuffle, bool DropLast, long Seed)
+{
+    /// <summary>Background reader threads (<c>num_workers</c>, PyTorch's name; 0 reads on the training thread). See <see cref="DataLoader{TSample}.NumWorkers"/>.</summary>
+    public int NumWorkers { get; init; }
+
+    /// <summary>Batches each worker reads ahead (<c>prefetch_factor</c>, PyTorch's name, default 2).</summary>
+    public int PrefetchFactor { get; init; } = 2;
+
+    /// <summary>MosaicML Streaming's <c>shuffle_algo</c> (<c>naive</c>, <c>py1s</c>), or null for the classic order.</summary>
+    public string? ShuffleAlgo { get; init; }
+
+    /// <summary>Streaming's <c>shuffle_block_size</c> (samples per shuffle span of a non-sharded dataset), or null for one sample per span.</summary>
+    public long? ShuffleBlockSize { get; init; }
+
+    /// <summary>Streaming's <c>num_canonical_nodes</c> (default 1).</summary>
+    public int NumCanonicalNodes { get; init; } = 1;
+}
 
 /// <summary>A built dataset, ready to be batched: what a registered dataset factory returns.</summary>
 /// <param name="Vocabulary">The token id layout of the samples (models size their embeddings from it).</param>
@@ -237,7 +253,14 @@ public static class BuiltinComponents
         s.GetString("path") ?? throw new ConfigException($"'{s.PathOf("path")}' is required: a file or folder of data.");
 
     private static DataSource Source<T>(TokenVocabulary vocabulary, IDataset<T> dataset, ICollator<T> collator, IReadOnlyList<string>? labels = null) =>
-        new(vocabulary, dataset.Count, l => new DataLoader<T>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed), labels);
+        new(vocabulary, dataset.Count, l => new DataLoader<T>(dataset, l.BatchSize, collator, l.Shuffle, l.DropLast, l.Seed)
+        {
+            NumWorkers = l.NumWorkers,
+            PrefetchFactor = l.PrefetchFactor,
+            ShuffleAlgo = l.ShuffleAlgo,
+            ShuffleBlockSize = l.ShuffleBlockSize,
+            NumCanonicalNodes = l.NumCanonicalNodes,
+        }, labels);
 
     /// <summary>Loads a text dataset with the registered tokenizer; file errors become configuration errors that name the file.</summary>
     private static T LoadText<T>(ComponentContext c, Func<ITextTokenizer, ILogger?, T> load)

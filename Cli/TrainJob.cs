@@ -77,7 +77,11 @@ public sealed class TrainJob
         .Distinct()
         .ToArray();
 
-    private static readonly string[] LoaderKeys = { "dataset", "batch_size", "shuffle", "drop_last", "seed" };
+    private static readonly string[] LoaderKeys =
+    {
+        "dataset", "batch_size", "shuffle", "drop_last", "seed",
+        "num_workers", "prefetch_factor", "shuffle_seed", "shuffle_algo", "shuffle_block_size", "num_canonical_nodes", // the loader's workers and elastic shuffle
+    };
 
     private readonly ConfigSection _config;
     private readonly IServiceProvider _services;
@@ -573,7 +577,38 @@ public sealed class TrainJob
             throw new ConfigException($"'{s.PathOf("batch_size")}' is {batchSize}; expected a whole number of at least 1.");
         }
 
-        return new LoaderSettings((int)batchSize, s.GetBool("shuffle") ?? shuffle, s.GetBool("drop_last") ?? false, s.GetLong("seed") ?? runSeed);
+        long? seed = s.GetLong("seed"), shuffleSeed = s.GetLong("shuffle_seed");
+        if (seed is not null && shuffleSeed is not null && seed != shuffleSeed)
+        {
+            throw new ConfigException($"'{s.PathOf("seed")}' is {seed} and '{s.PathOf("shuffle_seed")}' is {shuffleSeed}; give one (shuffle_seed is Streaming's name for the loader's seed).");
+        }
+
+        string? algo = s.GetString("shuffle_algo");
+        if (algo is not null && !StreamingShuffle.Algorithms.Contains(algo))
+        {
+            throw new ConfigException($"'{s.PathOf("shuffle_algo")}' is '{algo}'; expected one of: {string.Join(", ", StreamingShuffle.Algorithms)}.");
+        }
+
+        return new LoaderSettings((int)batchSize, s.GetBool("shuffle") ?? shuffle, s.GetBool("drop_last") ?? false, shuffleSeed ?? seed ?? runSeed)
+        {
+            NumWorkers = (int)LoaderLong(s, "num_workers", 0, 0),
+            PrefetchFactor = (int)LoaderLong(s, "prefetch_factor", 2, 1),
+            ShuffleAlgo = algo,
+            ShuffleBlockSize = s.GetLong("shuffle_block_size") is null ? null : LoaderLong(s, "shuffle_block_size", 1, 1),
+            NumCanonicalNodes = (int)LoaderLong(s, "num_canonical_nodes", 1, 1),
+        };
+    }
+
+    /// <summary>A whole-number loader key of at least <paramref name="min"/>, or <paramref name="fallback"/> when absent.</summary>
+    private static long LoaderLong(ConfigSection s, string key, long fallback, long min)
+    {
+        long value = s.GetLong(key) ?? fallback;
+        if (value < min || value > int.MaxValue)
+        {
+            throw new ConfigException($"'{s.PathOf(key)}' is {value}; expected a whole number of at least {min}.");
+        }
+
+        return value;
     }
 
     private DataSource? BuildData(string key, ComponentContext context, bool required)
