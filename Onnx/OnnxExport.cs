@@ -34,7 +34,8 @@ public sealed record OnnxExportOptions
 /// <param name="Task">What the graph computes (Optimum's task).</param>
 /// <param name="Bytes">The file's size in bytes.</param>
 /// <param name="Verification">ONNX Runtime's comparison with the model, or null when verification was off.</param>
-public sealed record OnnxExportResult(string Path, OnnxTask Task, long Bytes, OnnxVerification? Verification);
+/// <param name="WeightsDtype">The stored weights' dtype: <c>float32</c> or <c>float16</c>.</param>
+public sealed record OnnxExportResult(string Path, OnnxTask Task, long Bytes, OnnxVerification? Verification, string WeightsDtype);
 
 /// <summary>
 /// Exports our transformer models to ONNX (opset 17) for ONNX Runtime, with Optimum's input and output names:
@@ -123,7 +124,7 @@ public static class OnnxExport
             }
 
             File.Move(temporary, full, overwrite: true);
-            return new OnnxExportResult(full, task, new FileInfo(full).Length, verification);
+            return new OnnxExportResult(full, task, new FileInfo(full).Length, verification, metadata["weights_dtype"]);
         }
         finally
         {
