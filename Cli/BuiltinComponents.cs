@@ -5,6 +5,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Onnx;
 using ComposerSharp.Training.Callbacks;
 using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.DependencyInjection;
@@ -144,6 +145,23 @@ public static class BuiltinComponents
         if (s.ContainsKey("preset"))
         {
             throw new ConfigException($"'{s.PathOf("preset")}' and '{s.PathOf("pretrained")}' exclude each other: the pretrained folder's config.json gives the sizes.");
+        }
+
+        if (File.Exists(folder) && folder.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
+        {
+            // An ONNX-only BERT (e.g. a sentence-transformers export): its weights recovered from the graph into a
+            // BertModel folder, which then loads as any Hugging Face folder (a classifier's head starts fresh).
+            string imported = Path.Combine(Path.GetTempPath(), $"composersharp-onnx-import-{Environment.ProcessId}-{Path.GetFileNameWithoutExtension(folder)}");
+            try
+            {
+                OnnxBertImport.ToHuggingFaceFolder(folder, imported);
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            {
+                throw new ConfigException($"'{s.PathOf("pretrained")}' is '{folder}': {ex.Message}", ex);
+            }
+
+            folder = imported;
         }
 
         ConfigSection head = s.Only(ClassificationKeys);
