@@ -2,8 +2,11 @@ using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Models;
 using ComposerSharp.Onnx;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
 using NUnit.Framework;
 using TorchSharp;
+using Tensor = TorchSharp.torch.Tensor;
 
 namespace ComposerSharp.Tests.Onnx;
 
@@ -84,6 +87,69 @@ public sealed class OnnxExportTests
         OnnxExportResult decoder = OnnxExport.Export(gpt, Path.Combine(_folder, "gpt_alibi.onnx"));
         TestContext.Out.WriteLine($"ALiBi + GLU GPT with past: max |Δ| {decoder.Verification!.MaxAbsDifference:G3}");
         Assert.That(decoder.Verification.MaxAbsDifference, Is.LessThan(1e-4));
+    }
+
+    [Test]
+    public void GreedyGenerationWithThePastKeyValueGraphGivesOurTokens()
+    {
+        torch.manual_seed(15);
+        using var model = new GptForCausalLM(Tiny(eps: 1e-5) with { InitializerRange = 0.5 }); // large weights: varied tokens, not one repeated id
+        model.eval();
+        string path = Path.Combine(_folder, "gpt.onnx");
+        OnnxExport.Export(model, path);
+        long[] prompt = { 5, 17, 42, 8 };
+        const int NewTokens = 12;
+
+        // Ours: uncached greedy decoding, the whole sequence each step.
+        var ours = new List<long>(prompt);
+        using (torch.no_grad())
+        {
+            for (int i = 0; i < NewTokens; i++)
+            {
+                using var scope = torch.NewDisposeScope();
+                Tensor logits = model.forward(new Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.tensor(ours.ToArray(), new long[] { 1, ours.Count }) }));
+                ours.Add(logits[0, -1].argmax().item<long>());
+            }
+        }
+
+        // ONNX Runtime: the prompt once, then one position per token with present.* fed back as past_key_values.*.
+        using var session = new InferenceSession(path);
+        int layers = model.Config.NumLayers, heads = model.Config.NumHeads, headDim = model.Config.HiddenSize / heads;
+        var past = Enumerable.Range(0, 2 * layers).Select(_ => new DenseTensor<float>(Array.Empty<float>(), new[] { 1, heads, 0, headDim })).ToArray();
+        var theirs = new List<long>(prompt);
+        long[] step = prompt;
+        for (int i = 0; i < NewTokens; i++)
+        {
+            var inputs = new List<NamedOnnxValue>
+            {
+                NamedOnnxValue.CreateFromTensor("input_ids", new DenseTensor<long>(step, new[] { 1, step.Length })),
+                NamedOnnxValue.CreateFromTensor("attention_mask", new DenseTensor<long>(Enumerable.Repeat(1L, theirs.Count).ToArray(), new[] { 1, theirs.Count })),
+            };
+            for (int l = 0; l < layers; l++)
+            {
+                inputs.Add(NamedOnnxValue.CreateFromTensor($"past_key_values.{l}.key", past[2 * l]));
+                inputs.Add(NamedOnnxValue.CreateFromTensor($"past_key_values.{l}.value", past[(2 * l) + 1]));
+            }
+
+            using var results = session.Run(inputs);
+            float[] logits = results.First(r => r.Name == "logits").AsTensor<float>().ToArray();
+            int vocab = model.Config.VocabSize;
+            long next = Enumerable.Range(0, vocab).MaxBy(v => logits[((step.Length - 1) * vocab) + v]);
+            for (int l = 0; l < layers; l++)
+            {
+                var key = results.First(r => r.Name == $"present.{l}.key").AsTensor<float>();
+                var value = results.First(r => r.Name == $"present.{l}.value").AsTensor<float>();
+                past[2 * l] = new DenseTensor<float>(key.ToArray(), key.Dimensions.ToArray());
+                past[(2 * l) + 1] = new DenseTensor<float>(value.ToArray(), value.Dimensions.ToArray());
+            }
+
+            theirs.Add(next);
+            step = new[] { next };
+        }
+
+        TestContext.Out.WriteLine($"ours:  {string.Join(" ", ours)}\ntheirs: {string.Join(" ", theirs)}");
+        Assert.That(ours.Skip(prompt.Length).Distinct().Count(), Is.GreaterThanOrEqualTo(4), "the comparison covers varied tokens");
+        Assert.That(theirs, Is.EqualTo(ours));
     }
 
     [Test]
