@@ -356,6 +356,7 @@ public sealed class DataLoader<TSample> : ISampleResumableDataLoader
     {
         if (_dataset is IShardedDataset sharded)
         {
+            // The streaming datasets fetch shards ahead of this order (predownload) and evict behind it.
             long from = Math.Min(firstBatch * BatchSize, order.LongLength);
             long to = Math.Min(batches * BatchSize, order.LongLength);
             sharded.SetReadOrder(new ArraySegment<long>(order, (int)from, (int)(to - from)));
