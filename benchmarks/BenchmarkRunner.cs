@@ -29,6 +29,7 @@ internal static class BenchmarkRunner
         new("memory", "(7) Peak RSS of a few AdamW steps (BERT-mini MLM, gpt-tiny with GPT-2 vocabulary, all-MiniLM-L6-v2 shape; fp32 and amp_bf16) vs PyTorch eager, and RSS flatness over a long run (fresh process each).", s => MemoryBenchmark.Run(s)),
         new("generate", "(6) GPT text generation: tokens/s with and without the key/value cache.", s => new[] { GenerationBenchmark.Run(s) }),
         new("onnx", "(8) The exported spam classifier in ONNX Runtime vs the TorchSharp forward of predict, batch 1 and 32.", s => new[] { OnnxBenchmark.Run(s) }),
+        new("loader", "(9) DataLoader batches/s with 0/1/2 workers vs the default model's step consumption, and the Trainer's time/data_wait share.", s => new[] { LoaderBenchmark.Run(s) }),
     };
 
     /// <summary>Every part.</summary>
