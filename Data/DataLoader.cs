@@ -282,7 +282,7 @@ public sealed class DataLoader<TSample> : ISampleResumableDataLoader
     /// <see cref="ShuffleAlgo"/> (the elastic partition).
     /// </summary>
     /// <exception cref="InvalidOperationException"><see cref="ShuffleAlgo"/> is null.</exception>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="epoch"/> is negative or <paramref name="sampleInEpoch"/> is outside [0, Count].</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="epoch"/> or <paramref name="sampleInEpoch"/> is negative (a position past the epoch's end, as padding gives, yields no batch).</exception>
     public IEnumerable<Batch> GetEpochFromSample(long epoch, long sampleInEpoch)
     {
         if (_shuffleAlgo is null)
@@ -290,8 +290,12 @@ public sealed class DataLoader<TSample> : ISampleResumableDataLoader
             throw new InvalidOperationException("Resuming at a sample (sample_in_epoch) needs the elastic partition: set shuffle_algo.");
         }
 
+        ArgumentOutOfRangeException.ThrowIfNegative(sampleInEpoch);
         long[] order = GlobalOrder(epoch);
         DistributedSampler sampler = Sampler ?? new DistributedSampler(1, 0);
+
+        // Padding counts in sample_in_epoch, so a position saved after the epoch's last (padded) batch may pass its end.
+        sampleInEpoch = Math.Min(sampleInEpoch, order.LongLength);
         long[] mine = order.LongLength == 0 ? order : ElasticPartition.RankOrder(order, sampleInEpoch, sampler.NumReplicas, sampler.Rank, BatchSize, sampler.Pad, sampler.DropLast);
         long batches = DropLast ? mine.LongLength / BatchSize : (mine.LongLength + BatchSize - 1) / BatchSize;
         return IterateOrder(epoch, mine, 0, batches);

@@ -188,6 +188,10 @@ public class ElasticLoaderTests
         }
 
         Assert.That(eval.Order(), Is.EqualTo(Enumerable.Range(0, 101).Select(i => (long)i)), "evaluation: each sample exactly once");
+
+        var lastRank = (DataLoader<long>)loader.WithSampler(new DistributedSampler(4, 3));
+        Assert.That(Ids(lastRank.GetEpochFromSample(0, 104)), Is.Empty, "a position after the padded last batch: the epoch is done");
+        Assert.That(Ids(lastRank.GetEpochFromSample(0, 96)), Is.EqualTo(train.Skip(96 + 6).Take(2)), "the last global batch, padded");
     }
 
     [Test]
