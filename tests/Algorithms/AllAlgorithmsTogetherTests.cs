@@ -42,6 +42,7 @@ public class AllAlgorithmsTogetherTests
         {
             new LowPrecisionLayerNorm(),
             new LowPrecisionGroupNorm(), // BERT has no GroupNorm: it runs at init and finds nothing to replace
+            new LowPrecisionRMSNorm(), // nor RMSNorm: the same
             new GatedLinearUnits(),
             new Alibi(maxSequenceLength: 32, trainSequenceLengthScaling: 1.0),
             new StochasticDepth(dropRate: 0.1),
