@@ -136,6 +136,7 @@ public static class BuiltinComponents
                 MaxSeqLen = (int?)s.GetLong("max_seq_len"),
                 BytesDtype = s.GetString("token_dtype") ?? "int64",
                 VocabSize = tokenizer.Vocabulary.Size,
+                OpenRemote = ComposerSharp.Storage.RemoteStores.Open,
             };
             StreamingTextDataset dataset;
             try
