@@ -97,7 +97,7 @@ public class AllAlgorithmsTogetherTests
         };
         Assert.That(seen, Is.SupersetOf(expectedRuns));
         Assert.That(lines.First(l => l.Groups["event"].Value == "init").Groups["order"].Value,
-            Is.EqualTo("selective_backprop, low_precision_groupnorm, gated_linear_units, alibi, stochastic_depth, label_smoothing, low_precision_layernorm"),
+            Is.EqualTo("selective_backprop, low_precision_groupnorm, low_precision_rmsnorm, gated_linear_units, alibi, stochastic_depth, label_smoothing, low_precision_layernorm"),
             "SelectiveBackprop first, the others in the user's order, LPLN last");
     }
 
