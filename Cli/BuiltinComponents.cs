@@ -2,9 +2,12 @@ using ComposerSharp.Algorithms;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Data;
+using ComposerSharp.Data.Streaming;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Models.Decoders;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Onnx;
 using ComposerSharp.Training.Callbacks;
 using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.DependencyInjection;
@@ -37,7 +40,7 @@ public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<L
 public static class BuiltinComponents
 {
     /// <summary>Names of the built-in models.</summary>
-    public static readonly IReadOnlyList<string> ModelNames = new[] { "bert_mlm", "bert_classification", "gpt" };
+    public static readonly IReadOnlyList<string> ModelNames = new[] { "bert_mlm", "bert_classification", "gpt", "llama" };
 
     /// <summary>Registers every built-in component, and the GPT-2 tokenizer as a singleton <see cref="ITextTokenizer"/>.</summary>
     public static IServiceCollection AddComposerSharpComponents(this IServiceCollection services)
@@ -46,6 +49,7 @@ public static class BuiltinComponents
 
         services.AddModel("bert_mlm", (s, c) => Pretrained(s, c, HuggingFaceArchitecture.BertForMaskedLM) ?? new BertForMaskedLM(ModelConfig(s, c, "bert-tiny")));
         services.AddModel("gpt", (s, c) => Pretrained(s, c, HuggingFaceArchitecture.Gpt2LMHeadModel) ?? new GptForCausalLM(ModelConfig(s, c, "gpt-tiny")));
+        services.AddModel("llama", (s, c) => new LlamaForCausalLM(LlamaModelConfig(s, c)));
         services.AddModel("bert_classification", (s, c) =>
         {
             if (Pretrained(s, c, HuggingFaceArchitecture.BertForSequenceClassification) is { } pretrained)
@@ -87,6 +91,72 @@ public static class BuiltinComponents
             TextBlockDataset dataset = LoadText(c, (tokenizer, logger) => TextBlockDataset.Load(corpus, tokenizer, logger));
             var collator = new CausalLmCollator(dataset.Vocabulary);
             return Source(dataset.Vocabulary, dataset, collator);
+        });
+        services.AddDataset("streaming_text", (s, c) =>
+        {
+            // llm-foundry's text dataset over MDS shards (composersharp data prepare): local, or remote copied into local;
+            // with mlm_probability (Mosaic BERT's key) the batches are masked for BERT, else shifted for a causal LM.
+            string[] mlmKeys = OptionKeys<MlmCollatorOptions>().Where(k => k != "seed").ToArray();
+            s.RequireKnownKeys(new[] { "local", "remote", "streams", "cache_limit", "predownload", "max_seq_len", "token_dtype" }.Concat(mlmKeys), "option");
+            var streams = new List<MdsStream>();
+            if (s.GetString("local") is { } local)
+            {
+                streams.Add(new MdsStream { Local = local, Remote = s.GetString("remote") });
+            }
+
+            foreach ((string name, ConfigSection stream) in s.GetNamedList("streams"))
+            {
+                stream.RequireKnownKeys(new[] { "local", "remote" }, "option");
+                streams.Add(new MdsStream
+                {
+                    Local = stream.GetString("local") ?? throw new ConfigException($"'{stream.PathOf("local")}' is required: the stream {name}'s local folder."),
+                    Remote = stream.GetString("remote"),
+                });
+            }
+
+            if (streams.Count == 0)
+            {
+                throw new ConfigException($"'{s.PathOf("local")}' (or '{s.PathOf("streams")}') is required: an MDS dataset folder written by composersharp data prepare.");
+            }
+
+            var tokenizer = c.Tokenizer ?? c.Services.GetRequiredService<ITextTokenizer>();
+            foreach (MdsStream stream in streams)
+            {
+                // data prepare records the tokenizer's vocabulary size: a dataset made with another tokenizer is refused.
+                string metadata = Path.Combine(stream.Remote ?? stream.Local, MdsPrepare.MetadataFileName);
+                if (File.Exists(metadata) && System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(metadata))?["tokenizer_vocab_size"]?.GetValue<int>() is { } size && size != tokenizer.Vocabulary.Size)
+                {
+                    throw new ConfigException($"'{metadata}' was prepared with a tokenizer of {size} tokens; this run's tokenizer has {tokenizer.Vocabulary.Size}. Prepare the data with the run's tokenizer (--tokenizer), or set the run's tokenizer to the one the data was prepared with.");
+                }
+            }
+
+            var options = new StreamingTextOptions
+            {
+                Streams = streams,
+                CacheLimit = s.GetString("cache_limit") is { } limit ? DataCommands.ParseBytes(limit, s.PathOf("cache_limit")) : null,
+                Predownload = (int)(s.GetLong("predownload") ?? 64),
+                MaxSeqLen = (int?)s.GetLong("max_seq_len"),
+                BytesDtype = s.GetString("token_dtype") ?? "int64",
+                VocabSize = tokenizer.Vocabulary.Size,
+                OpenRemote = ComposerSharp.Storage.RemoteStores.Open,
+            };
+            StreamingTextDataset dataset;
+            try
+            {
+                dataset = new StreamingTextDataset(options);
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException or NotSupportedException or ArgumentException)
+            {
+                throw new ConfigException($"'{s.PathOf(s.ContainsKey("local") ? "local" : "streams")}': {ex.Message}", ex);
+            }
+
+            if (s.Keys.Any(mlmKeys.Contains))
+            {
+                var mlm = OptionsBinder.Bind(s.Only(mlmKeys), new MlmCollatorOptions { Seed = c.Seed });
+                return Source(tokenizer.Vocabulary, dataset, new MlmCollator(tokenizer.Vocabulary, mlm));
+            }
+
+            return Source(tokenizer.Vocabulary, dataset, new CausalLmCollator(tokenizer.Vocabulary));
         });
         services.AddDataset("jsonl_classification", (s, c) =>
         {
@@ -146,6 +216,23 @@ public static class BuiltinComponents
             throw new ConfigException($"'{s.PathOf("preset")}' and '{s.PathOf("pretrained")}' exclude each other: the pretrained folder's config.json gives the sizes.");
         }
 
+        if (File.Exists(folder) && folder.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
+        {
+            // An ONNX-only BERT (e.g. a sentence-transformers export): its weights recovered from the graph into a
+            // BertModel folder, which then loads as any Hugging Face folder (a classifier's head starts fresh).
+            string imported = Path.Combine(Path.GetTempPath(), $"composersharp-onnx-import-{Environment.ProcessId}-{Path.GetFileNameWithoutExtension(folder)}");
+            try
+            {
+                OnnxBertImport.ToHuggingFaceFolder(folder, imported);
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            {
+                throw new ConfigException($"'{s.PathOf("pretrained")}' is '{folder}': {ex.Message}", ex);
+            }
+
+            folder = imported;
+        }
+
         ConfigSection head = s.Only(ClassificationKeys);
         ConfigSection rest = s.Without(ClassificationKeys.Append("pretrained").ToArray());
         var options = new PretrainedOptions
@@ -203,6 +290,51 @@ public static class BuiltinComponents
         }
 
         TransformerConfig config = OptionsBinder.Bind(s, baseConfig, extraKeys.Append("preset").ToArray());
+        try
+        {
+            config.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw ConfigException.ForRefusal(s, ex);
+        }
+
+        return config;
+    }
+
+    /// <summary>
+    /// <c>model: {name: llama, preset: llama-tiny|tinyllama-1.1b, ...}</c>: a Llama configuration from a preset and the
+    /// section's keys (snake_case of <see cref="LlamaConfig"/>'s properties, e.g. <c>num_key_value_heads</c>,
+    /// <c>rope_theta</c>); the vocabulary follows the dataset's unless <c>vocab_size</c> is given. <c>pretrained</c>
+    /// and <c>rope_scaling</c> are refused with a one-line reason (not implemented for this family yet).
+    /// </summary>
+    private static LlamaConfig LlamaModelConfig(ConfigSection s, ComponentContext c)
+    {
+        foreach (string key in new[] { "pretrained", "rope_scaling" })
+        {
+            if (s.ContainsKey(key))
+            {
+                throw new ConfigException($"'{s.PathOf(key)}' is not supported for model 'llama' yet; supported keys: preset and {string.Join(", ", OptionsBinder.KeysOf<LlamaConfig>())}.");
+            }
+        }
+
+        string preset = s.GetString("preset") ?? "llama-tiny";
+        LlamaConfig baseConfig;
+        try
+        {
+            baseConfig = LlamaConfig.Preset(preset);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'{s.PathOf("preset")}' is '{preset}': {ConfigException.LibraryMessage(ex)}", ex);
+        }
+
+        if (!s.ContainsKey("vocab_size") && c.Vocabulary is { } vocabulary)
+        {
+            baseConfig = baseConfig with { VocabSize = (vocabulary.Size + 63) / 64 * 64 };
+        }
+
+        LlamaConfig config = OptionsBinder.Bind(s, baseConfig, "preset");
         try
         {
             config.Validate();

@@ -40,7 +40,7 @@ internal static class ActivationCheckpointingBenchmark
     public static PartReport Run(Settings settings)
     {
         var meter = LoadMeter.Start();
-        var report = new PartReport("activation-checkpointing", "(8) Activation checkpointing: peak activation memory and step time at sequence 512 (fresh process each)");
+        var report = new PartReport("activation-checkpointing", "(9) Activation checkpointing: peak activation memory and step time at sequence 512 (fresh process each)");
         report.Columns.AddRange(new[] { "checkpointing", "steps", "activation peak MiB", "step ms (median)" });
         int steps = settings.Quick ? 2 : 5;
         // Large blocks from mmap and back to the system when freed, so the resident high-water mark follows the live
