@@ -119,7 +119,7 @@ public class PluginOptimizerTests
         using ServiceProvider provider = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
         var catalog = new ComponentCatalog(provider.GetServices<ComponentRegistration>());
         Assert.That(catalog.Names(ComponentKind.Optimizer), Is.EqualTo(new[] { "adam", "adamw", "decoupled_adamw", "decoupled_lionw", "decoupled_sgdw", "sgd" }));
-        Assert.That(catalog.Names(ComponentKind.Scheduler), Is.EquivalentTo(new[] { "constant", "step", "multistep", "linear_decay_with_warmup", "cosine_decay_with_warmup" }));
+        Assert.That(catalog.Names(ComponentKind.Scheduler), Is.EquivalentTo(new[] { "constant", "step", "multistep", "linear_decay_with_warmup", "cosine_decay_with_warmup", "linear_decay", "exponential", "polynomial", "polynomial_decay_with_warmup", "constant_with_warmup", "multistep_with_warmup", "cosine_warmrestart" }));
         var ex = Assert.Throws<ConfigException>(() => catalog.Create<IScheduler>(ComponentKind.Scheduler, "warmup_stable_decay", new ConfigSection("scheduler"), new ComponentContext(provider, "", 0)));
         Assert.That(ex!.Message, Does.Contain("warmup_stable_decay").And.Contain("cosine_decay_with_warmup"));
     }
