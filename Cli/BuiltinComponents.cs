@@ -2,9 +2,11 @@ using ComposerSharp.Algorithms;
 using ComposerSharp.Cli.Configuration;
 using ComposerSharp.Core;
 using ComposerSharp.Data;
+using ComposerSharp.Data.Streaming;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Onnx;
 using ComposerSharp.Training.Callbacks;
 using ComposerSharp.Training.Loggers;
 using Microsoft.Extensions.DependencyInjection;
@@ -88,6 +90,72 @@ public static class BuiltinComponents
             var collator = new CausalLmCollator(dataset.Vocabulary);
             return Source(dataset.Vocabulary, dataset, collator);
         });
+        services.AddDataset("streaming_text", (s, c) =>
+        {
+            // llm-foundry's text dataset over MDS shards (composersharp data prepare): local, or remote copied into local;
+            // with mlm_probability (Mosaic BERT's key) the batches are masked for BERT, else shifted for a causal LM.
+            string[] mlmKeys = OptionKeys<MlmCollatorOptions>().Where(k => k != "seed").ToArray();
+            s.RequireKnownKeys(new[] { "local", "remote", "streams", "cache_limit", "predownload", "max_seq_len", "token_dtype" }.Concat(mlmKeys), "option");
+            var streams = new List<MdsStream>();
+            if (s.GetString("local") is { } local)
+            {
+                streams.Add(new MdsStream { Local = local, Remote = s.GetString("remote") });
+            }
+
+            foreach ((string name, ConfigSection stream) in s.GetNamedList("streams"))
+            {
+                stream.RequireKnownKeys(new[] { "local", "remote" }, "option");
+                streams.Add(new MdsStream
+                {
+                    Local = stream.GetString("local") ?? throw new ConfigException($"'{stream.PathOf("local")}' is required: the stream {name}'s local folder."),
+                    Remote = stream.GetString("remote"),
+                });
+            }
+
+            if (streams.Count == 0)
+            {
+                throw new ConfigException($"'{s.PathOf("local")}' (or '{s.PathOf("streams")}') is required: an MDS dataset folder written by composersharp data prepare.");
+            }
+
+            var tokenizer = c.Tokenizer ?? c.Services.GetRequiredService<ITextTokenizer>();
+            foreach (MdsStream stream in streams)
+            {
+                // data prepare records the tokenizer's vocabulary size: a dataset made with another tokenizer is refused.
+                string metadata = Path.Combine(stream.Remote ?? stream.Local, MdsPrepare.MetadataFileName);
+                if (File.Exists(metadata) && System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(metadata))?["tokenizer_vocab_size"]?.GetValue<int>() is { } size && size != tokenizer.Vocabulary.Size)
+                {
+                    throw new ConfigException($"'{metadata}' was prepared with a tokenizer of {size} tokens; this run's tokenizer has {tokenizer.Vocabulary.Size}. Prepare the data with the run's tokenizer (--tokenizer), or set the run's tokenizer to the one the data was prepared with.");
+                }
+            }
+
+            var options = new StreamingTextOptions
+            {
+                Streams = streams,
+                CacheLimit = s.GetString("cache_limit") is { } limit ? DataCommands.ParseBytes(limit, s.PathOf("cache_limit")) : null,
+                Predownload = (int)(s.GetLong("predownload") ?? 64),
+                MaxSeqLen = (int?)s.GetLong("max_seq_len"),
+                BytesDtype = s.GetString("token_dtype") ?? "int64",
+                VocabSize = tokenizer.Vocabulary.Size,
+                OpenRemote = ComposerSharp.Storage.RemoteStores.Open,
+            };
+            StreamingTextDataset dataset;
+            try
+            {
+                dataset = new StreamingTextDataset(options);
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException or NotSupportedException or ArgumentException)
+            {
+                throw new ConfigException($"'{s.PathOf(s.ContainsKey("local") ? "local" : "streams")}': {ex.Message}", ex);
+            }
+
+            if (s.Keys.Any(mlmKeys.Contains))
+            {
+                var mlm = OptionsBinder.Bind(s.Only(mlmKeys), new MlmCollatorOptions { Seed = c.Seed });
+                return Source(tokenizer.Vocabulary, dataset, new MlmCollator(tokenizer.Vocabulary, mlm));
+            }
+
+            return Source(tokenizer.Vocabulary, dataset, new CausalLmCollator(tokenizer.Vocabulary));
+        });
         services.AddDataset("jsonl_classification", (s, c) =>
         {
             var options = OptionsBinder.Bind(s, new JsonlClassificationOptions { Path = RequirePath(s), Labels = c.Labels }, "pad_to_length");
@@ -144,6 +212,23 @@ public static class BuiltinComponents
         if (s.ContainsKey("preset"))
         {
             throw new ConfigException($"'{s.PathOf("preset")}' and '{s.PathOf("pretrained")}' exclude each other: the pretrained folder's config.json gives the sizes.");
+        }
+
+        if (File.Exists(folder) && folder.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
+        {
+            // An ONNX-only BERT (e.g. a sentence-transformers export): its weights recovered from the graph into a
+            // BertModel folder, which then loads as any Hugging Face folder (a classifier's head starts fresh).
+            string imported = Path.Combine(Path.GetTempPath(), $"composersharp-onnx-import-{Environment.ProcessId}-{Path.GetFileNameWithoutExtension(folder)}");
+            try
+            {
+                OnnxBertImport.ToHuggingFaceFolder(folder, imported);
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            {
+                throw new ConfigException($"'{s.PathOf("pretrained")}' is '{folder}': {ex.Message}", ex);
+            }
+
+            folder = imported;
         }
 
         ConfigSection head = s.Only(ClassificationKeys);

@@ -37,6 +37,7 @@ public static class CliApp
         root.Subcommands.Add(InferenceCommands.Generate(output));
         root.Subcommands.Add(InferenceCommands.Export(output));
         root.Subcommands.Add(EnvCommand.Build(output));
+        root.Subcommands.Add(DataCommands.Build(output));
         foreach (Command launch in LaunchCommand.Build(output))
         {
             root.Subcommands.Add(launch);

@@ -10,6 +10,7 @@ using ComposerSharp.Events;
 using ComposerSharp.Inference;
 using ComposerSharp.Models;
 using ComposerSharp.Models.HuggingFace;
+using ComposerSharp.Onnx;
 
 namespace ComposerSharp.Cli;
 
@@ -32,7 +33,7 @@ internal static class InferenceCommands
     /// <summary>Hugging Face model and tokenizer files that <c>export</c> writes or that would go stale beside its files; <c>--overwrite true</c> replaces these and keeps every other file.</summary>
     private static readonly string[] ExportFileNames =
     {
-        HuggingFaceFormat.WeightsFileName, HuggingFaceFormat.PickleWeightsFileName, HuggingFaceConfig.FileName,
+        HuggingFaceFormat.WeightsFileName, HuggingFaceFormat.PickleWeightsFileName, HuggingFaceConfig.FileName, OnnxExport.ModelFileName,
         "vocab.json", "merges.txt", BertWordPieceTokenizer.VocabFileName, BertWordPieceTokenizer.ConfigFileName,
         BertWordPieceTokenizer.SpecialTokensFileName, "tokenizer.json", "added_tokens.json",
     };
@@ -220,12 +221,22 @@ internal static class InferenceCommands
     public static Command Export(TextWriter? output)
     {
         var load = LoadPath();
-        var folder = new Option<string>("--output") { Description = "The Hugging Face model folder to write (model.safetensors, config.json and the tokenizer's files: vocab.json and merges.txt for GPT-2, vocab.txt for BERT WordPiece, with tokenizer_config.json and special_tokens_map.json).", Required = true };
-        var overwrite = new Option<bool>("--overwrite") { Description = "Write into a folder that is not empty: its Hugging Face model and tokenizer files are replaced, every other file is kept. Without it a non-empty folder is refused." };
-        var command = new Command("export", "Export a checkpoint's model as a Hugging Face folder (BertForMaskedLM, BertForSequenceClassification, BertForMeanPooledSequenceClassification, GPT2LMHeadModel).") { load, folder, overwrite };
+        var folder = new Option<string>("--output") { Description = "The folder to write: for --format huggingface a Hugging Face model folder (model.safetensors, config.json and the tokenizer's files: vocab.json and merges.txt for GPT-2, vocab.txt for BERT WordPiece, with tokenizer_config.json and special_tokens_map.json); for --format onnx the same with model.onnx in place of model.safetensors.", Required = true };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Write into a folder that is not empty: its model and tokenizer files are replaced, every other file is kept. Without it a non-empty folder is refused." };
+        var format = new Option<string>("--format")
+        {
+            Description = "huggingface (default): a folder transformers loads; onnx: model.onnx (opset 17, Optimum's input and output names) for ONNX Runtime, checked by ONNX Runtime before it is kept.",
+            DefaultValueFactory = _ => "huggingface",
+        };
+        format.AcceptOnlyFromAmong("huggingface", "onnx");
+        var dtype = new Option<string>("--dtype") { Description = "ONNX weights: fp32 (default) or fp16 (half the file; the graph casts them back and computes in fp32).", DefaultValueFactory = _ => "fp32" };
+        dtype.AcceptOnlyFromAmong("fp32", "fp16");
+        var verify = new Option<bool>("--verify") { Description = "ONNX: run random padded inputs through ONNX Runtime and the model and refuse the file when max |Δ| exceeds 1e-4 (fp32) or 1e-2 × max |logit| (fp16). Default true; --verify false skips it.", DefaultValueFactory = _ => true };
+        var command = new Command("export", "Export a checkpoint's model as a Hugging Face folder (BertForMaskedLM, BertForSequenceClassification, BertForMeanPooledSequenceClassification, GPT2LMHeadModel) or as ONNX (--format onnx; the same models, and algorithm-changed ones).") { load, folder, overwrite, format, dtype, verify };
         command.SetAction(parse => Guard("export", () =>
         {
             string target = parse.GetValue(folder)!;
+            bool onnx = parse.GetValue(format) == "onnx";
             if (File.Exists(target))
             {
                 throw new UsageException($"--output '{target}' is a file; expected a folder (new, empty, or an earlier export with --overwrite true).");
@@ -240,19 +251,52 @@ internal static class InferenceCommands
             }
 
             using CheckpointModel loaded = CheckpointModel.Load(parse.GetValue(load)!);
-            foreach (string stale in ExportFileNames.Select(n => Path.Combine(target, n)).Where(File.Exists))
+            var files = new List<string>();
+            if (onnx)
             {
-                File.Delete(stale); // --overwrite: no file of the earlier export survives beside the new one (e.g. GPT-2's vocab.json beside a BERT vocab.txt)
+                // The ONNX file first, into a staging folder beside the target: an export that cannot be made or fails
+                // verification leaves the target as it was.
+                string staging = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(target)) ?? ".", $".{Path.GetFileName(Path.GetFullPath(target))}.onnx-staging-{Environment.ProcessId}");
+                try
+                {
+                    Directory.CreateDirectory(staging);
+                    OnnxExportResult result = OnnxExport.Export(loaded.Model, Path.Combine(staging, OnnxExport.ModelFileName), new OnnxExportOptions { Float16Weights = parse.GetValue(dtype) == "fp16", Verify = parse.GetValue(verify) });
+                    Directory.CreateDirectory(target);
+                    RemoveStaleExportFiles(target);
+                    string model = Path.Combine(target, OnnxExport.ModelFileName);
+                    File.Move(result.Path, model, overwrite: true);
+                    files.Add(model);
+                    files.Add(OnnxFolder.WriteConfig(loaded.Model, target, loaded.Description.Labels, result));
+                    if (result.Verification is { } v)
+                    {
+                        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"export: ONNX Runtime agrees with the model to max |Δ| {v.MaxAbsDifference:G3} (max |logit| {v.MaxAbsReference:G3}; {string.Join("; ", v.Cases)})"));
+                    }
+                }
+                catch (Exception ex) when (ex is NotSupportedException or OnnxVerificationException or UnauthorizedAccessException)
+                {
+                    throw new UsageException(ex.Message, ex);
+                }
+                finally
+                {
+                    if (Directory.Exists(staging))
+                    {
+                        Directory.Delete(staging, recursive: true);
+                    }
+                }
+            }
+            else
+            {
+                RemoveStaleExportFiles(target);
+                files.AddRange(HuggingFaceFormat.Save(loaded.Model, target, loaded.Description.Labels));
             }
 
-            IEnumerable<string> files = HuggingFaceFormat.Save(loaded.Model, target, loaded.Description.Labels);
             if (loaded.Description.Tokenizer == Tokenizers.Gpt2)
             {
-                files = files.Concat(Gpt2TokenizerFiles.Write(target, loaded.Model.Config.MaxSequenceLength));
+                files.AddRange(Gpt2TokenizerFiles.Write(target, loaded.Model.Config.MaxSequenceLength));
             }
             else if (loaded.Description.Tokenizer == Tokenizers.BertWordPiece && loaded.Tokenizer is BertWordPieceTokenizer wordPiece)
             {
-                files = files.Concat(wordPiece.WriteHuggingFaceFiles(target, loaded.Model.Config.MaxSequenceLength));
+                files.AddRange(wordPiece.WriteHuggingFaceFiles(target, loaded.Model.Config.MaxSequenceLength));
             }
 
             foreach (string written in files)
@@ -261,6 +305,15 @@ internal static class InferenceCommands
             }
         }));
         return command;
+    }
+
+    /// <summary>--overwrite: no file of an earlier export survives beside the new one (e.g. GPT-2's vocab.json beside a BERT vocab.txt).</summary>
+    private static void RemoveStaleExportFiles(string target)
+    {
+        foreach (string stale in ExportFileNames.Select(n => Path.Combine(target, n)).Where(File.Exists))
+        {
+            File.Delete(stale);
+        }
     }
 
     /// <summary>A numeric option parsed with the invariant culture; a bad value is a parse error (exit 2) that names the option, the value and what is expected.</summary>

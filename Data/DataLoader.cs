@@ -207,6 +207,13 @@ public sealed class DataLoader<TSample> : IShardableDataLoader
             order = sampler.Shard(order);
         }
         long batches = BatchesPerEpoch!.Value;
+        if (_dataset is IShardedDataset sharded)
+        {
+            // The streaming datasets fetch shards ahead of this order (predownload) and evict behind it.
+            long first = Math.Min(order.LongLength, skipBatches * BatchSize);
+            sharded.SetReadOrder(new ArraySegment<long>(order, (int)first, (int)(order.LongLength - first)));
+        }
+
         for (long b = skipBatches; b < batches; b++)
         {
             long start = b * BatchSize;

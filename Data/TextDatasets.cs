@@ -159,7 +159,7 @@ public sealed class TextBlockDataset : IDataset<long[]>
     /// named <c>.txt</c> would otherwise be tokenized as replacement characters and trained on silently).
     /// </summary>
     /// <exception cref="InvalidDataException">The file is not UTF-8 text; the message names it and the offset.</exception>
-    private static string ReadUtf8Text(string file)
+    internal static string ReadUtf8Text(string file)
     {
         byte[] bytes = File.ReadAllBytes(file);
         string text;

@@ -21,7 +21,7 @@ internal static class OptimizerBenchmark
     public static PartReport Run(Settings settings)
     {
         var meter = LoadMeter.Start();
-        var report = new PartReport("optim", "(8) Optimizer step, fused flat-buffer kernel vs unfused tensor ops (BERT-base-like shapes, Float32)");
+        var report = new PartReport("optim", "(9) Optimizer step, fused flat-buffer kernel vs unfused tensor ops (BERT-base-like shapes, Float32)");
         report.Columns.AddRange(new[] { "optimizer", "variant", "ms/step (median ±IQR/2)", "ratio fused / unfused" });
         (int warmup, int rounds) = settings.Quick ? (1, 3) : (3, 15);
         long[][] shapes = Enumerable.Range(0, 12).SelectMany(_ => new[] { new long[] { 768, 768 }, new long[] { 768, 768 }, new long[] { 768, 768 }, new long[] { 768, 768 }, new long[] { 3072, 768 }, new long[] { 768, 3072 }, new long[] { 768 }, new long[] { 3072 } }).ToArray();

@@ -22,7 +22,9 @@ public class ProjectGraphTests
         ["Algorithms/ComposerSharp.Algorithms"] = new[] { "Interop/ComposerSharp.Interop", "Core/ComposerSharp.Core", "Models/ComposerSharp.Models" },
         ["Trainer/ComposerSharp.Training"] = new[] { "Core/ComposerSharp.Core", "Algorithms/ComposerSharp.Algorithms", "Models/ComposerSharp.Models", "Data/ComposerSharp.Data", "Distributed/ComposerSharp.Distributed" },
         ["Inference/ComposerSharp.Inference"] = new[] { "Core/ComposerSharp.Core", "Models/ComposerSharp.Models", "Data/ComposerSharp.Data", "Algorithms/ComposerSharp.Algorithms" },
-        ["Cli/ComposerSharp.Cli"] = new[] { "Trainer/ComposerSharp.Training", "Inference/ComposerSharp.Inference" },
+        ["Onnx/ComposerSharp.Onnx"] = new[] { "Core/ComposerSharp.Core", "Models/ComposerSharp.Models", "Algorithms/ComposerSharp.Algorithms" },
+        ["Storage/ComposerSharp.Storage"] = new[] { "Data/ComposerSharp.Data" },
+        ["Cli/ComposerSharp.Cli"] = new[] { "Trainer/ComposerSharp.Training", "Inference/ComposerSharp.Inference", "Onnx/ComposerSharp.Onnx", "Storage/ComposerSharp.Storage" },
     };
 
     [Test]

