@@ -28,19 +28,12 @@ internal static class BenchmarkRunner
         new("determinism", "(5) The training step of (2) with and without deterministic mode, each in a fresh process.", s => new[] { DeterminismBenchmark.Run(s) }),
         new("memory", "(7) Peak RSS of a few AdamW steps (BERT-mini MLM, gpt-tiny with GPT-2 vocabulary, all-MiniLM-L6-v2 shape; fp32 and amp_bf16) vs PyTorch eager, and RSS flatness over a long run (fresh process each).", s => MemoryBenchmark.Run(s)),
         new("generate", "(6) GPT text generation: tokens/s with and without the key/value cache.", s => new[] { GenerationBenchmark.Run(s) }),
-<<<<<<< HEAD
+        new("onnx", "(8) The exported spam classifier in ONNX Runtime vs the TorchSharp forward of predict, batch 1 and 32.", s => new[] { OnnxBenchmark.Run(s) }),
         new("optim", "(9) Optimizer step: fused flat-buffer AdamW / DecoupledSGDW / DecoupledLionW kernels vs the unfused tensor ops.", s => new[] { OptimizerBenchmark.Run(s) }),
     };
 
     /// <summary>Every part.</summary>
-    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, memory, generate, optim.", null);
-=======
-        new("onnx", "(8) The exported spam classifier in ONNX Runtime vs the TorchSharp forward of predict, batch 1 and 32.", s => new[] { OnnxBenchmark.Run(s) }),
-    };
-
-    /// <summary>Every part.</summary>
     public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, memory, generate, onnx, optim.", null);
->>>>>>> main
 
     /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
     public static string DefaultResultsFolder()
