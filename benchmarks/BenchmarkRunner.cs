@@ -30,10 +30,11 @@ internal static class BenchmarkRunner
         new("activation-checkpointing", "(9) Activation checkpointing: peak activation memory and step time of a GPT step at sequence 512, with and without (fresh process each).", s => new[] { ActivationCheckpointingBenchmark.Run(s) }),
         new("generate", "(6) GPT text generation: tokens/s with and without the key/value cache.", s => new[] { GenerationBenchmark.Run(s) }),
         new("onnx", "(8) The exported spam classifier in ONNX Runtime vs the TorchSharp forward of predict, batch 1 and 32.", s => new[] { OnnxBenchmark.Run(s) }),
+        new("optim", "(10) Optimizer step: fused flat-buffer AdamW / DecoupledSGDW / DecoupledLionW kernels vs the unfused tensor ops.", s => new[] { OptimizerBenchmark.Run(s) }),
     };
 
     /// <summary>Every part.</summary>
-    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, memory, generate, onnx, activation-checkpointing.", null);
+    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, memory, generate, onnx, activation-checkpointing, optim.", null);
 
     /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
     public static string DefaultResultsFolder()
