@@ -15,6 +15,7 @@ public static class AlgorithmCatalog
     {
         (() => new LowPrecisionLayerNorm(), LowPrecisionLayerNorm.FromDescription),
         (() => new LowPrecisionGroupNorm(), LowPrecisionGroupNorm.FromDescription),
+        (() => new LowPrecisionRMSNorm(), LowPrecisionRMSNorm.FromDescription),
         (() => new GradientClipping(), GradientClipping.FromDescription),
         (() => new EMA(), EMA.FromDescription),
         (() => new LabelSmoothing(), LabelSmoothing.FromDescription),

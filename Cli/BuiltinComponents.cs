@@ -5,6 +5,7 @@ using ComposerSharp.Data;
 using ComposerSharp.Data.Streaming;
 using ComposerSharp.Events;
 using ComposerSharp.Models;
+using ComposerSharp.Models.Decoders;
 using ComposerSharp.Models.HuggingFace;
 using ComposerSharp.Onnx;
 using ComposerSharp.Training.Callbacks;
@@ -55,7 +56,7 @@ public sealed record DataSource(TokenVocabulary Vocabulary, long Samples, Func<L
 public static class BuiltinComponents
 {
     /// <summary>Names of the built-in models.</summary>
-    public static readonly IReadOnlyList<string> ModelNames = new[] { "bert_mlm", "bert_classification", "gpt" };
+    public static readonly IReadOnlyList<string> ModelNames = new[] { "bert_mlm", "bert_classification", "gpt", "llama" };
 
     /// <summary>Registers every built-in component, and the GPT-2 tokenizer as a singleton <see cref="ITextTokenizer"/>.</summary>
     public static IServiceCollection AddComposerSharpComponents(this IServiceCollection services)
@@ -64,6 +65,7 @@ public static class BuiltinComponents
 
         services.AddModel("bert_mlm", (s, c) => Pretrained(s, c, HuggingFaceArchitecture.BertForMaskedLM) ?? new BertForMaskedLM(ModelConfig(s, c, "bert-tiny")));
         services.AddModel("gpt", (s, c) => Pretrained(s, c, HuggingFaceArchitecture.Gpt2LMHeadModel) ?? new GptForCausalLM(ModelConfig(s, c, "gpt-tiny")));
+        services.AddModel("llama", (s, c) => new LlamaForCausalLM(LlamaModelConfig(s, c)));
         services.AddModel("bert_classification", (s, c) =>
         {
             if (Pretrained(s, c, HuggingFaceArchitecture.BertForSequenceClassification) is { } pretrained)
@@ -152,6 +154,7 @@ public static class BuiltinComponents
                 MaxSeqLen = (int?)s.GetLong("max_seq_len"),
                 BytesDtype = s.GetString("token_dtype") ?? "int64",
                 VocabSize = tokenizer.Vocabulary.Size,
+                OpenRemote = ComposerSharp.Storage.RemoteStores.Open,
             };
             StreamingTextDataset dataset;
             try
@@ -303,6 +306,51 @@ public static class BuiltinComponents
         }
 
         TransformerConfig config = OptionsBinder.Bind(s, baseConfig, extraKeys.Append("preset").ToArray());
+        try
+        {
+            config.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw ConfigException.ForRefusal(s, ex);
+        }
+
+        return config;
+    }
+
+    /// <summary>
+    /// <c>model: {name: llama, preset: llama-tiny|tinyllama-1.1b, ...}</c>: a Llama configuration from a preset and the
+    /// section's keys (snake_case of <see cref="LlamaConfig"/>'s properties, e.g. <c>num_key_value_heads</c>,
+    /// <c>rope_theta</c>); the vocabulary follows the dataset's unless <c>vocab_size</c> is given. <c>pretrained</c>
+    /// and <c>rope_scaling</c> are refused with a one-line reason (not implemented for this family yet).
+    /// </summary>
+    private static LlamaConfig LlamaModelConfig(ConfigSection s, ComponentContext c)
+    {
+        foreach (string key in new[] { "pretrained", "rope_scaling" })
+        {
+            if (s.ContainsKey(key))
+            {
+                throw new ConfigException($"'{s.PathOf(key)}' is not supported for model 'llama' yet; supported keys: preset and {string.Join(", ", OptionsBinder.KeysOf<LlamaConfig>())}.");
+            }
+        }
+
+        string preset = s.GetString("preset") ?? "llama-tiny";
+        LlamaConfig baseConfig;
+        try
+        {
+            baseConfig = LlamaConfig.Preset(preset);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new ConfigException($"'{s.PathOf("preset")}' is '{preset}': {ConfigException.LibraryMessage(ex)}", ex);
+        }
+
+        if (!s.ContainsKey("vocab_size") && c.Vocabulary is { } vocabulary)
+        {
+            baseConfig = baseConfig with { VocabSize = (vocabulary.Size + 63) / 64 * 64 };
+        }
+
+        LlamaConfig config = OptionsBinder.Bind(s, baseConfig, "preset");
         try
         {
             config.Validate();

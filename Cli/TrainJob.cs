@@ -74,6 +74,7 @@ public sealed class TrainJob
         .Concat(OptionsBinder.KeysOf<TrainerOptions>())
         .Concat(OptionsBinder.KeysOf<CheckpointOptions>())
         .Concat(new[] { "save_best", "dist_timeout", "dist_backend", "tokenizer" })
+        .Append(ParallelismConfig.Key)
         .Distinct()
         .ToArray();
 
@@ -95,6 +96,7 @@ public sealed class TrainJob
         _config = config ?? throw new ArgumentNullException(nameof(config));
         _services = services ?? throw new ArgumentNullException(nameof(services));
         _config.RequireKnownKeys(TopLevelKeys);
+        _ = ParallelismConfig.Read(_config); // checked once, before any data is read or model built
         _catalog = new ComponentCatalog(services.GetServices<ComponentRegistration>());
         _loggerFactory = services.GetRequiredService<ILoggerFactory>();
     }
@@ -379,6 +381,7 @@ public sealed class TrainJob
             throw new ConfigException($"The data's token ids (from {by}) go up to {dataVocabulary.Size - 1}, but the model's vocab_size is {built.Config.VocabSize}; raise model.vocab_size or use the model's own tokenizer.");
         }
 
+        ComposerSharp.Cli.Configuration.ParallelismConfig.Read(_config)?.ApplyTo(model); // Composer's parallelism.fsdp: activation checkpointing of the blocks
         IReadOnlyDictionary<string, string>? description = Describe(model, modelContext, recorded, eval?.Input ?? train?.Input);
         var algorithms = _config.GetNamedList("algorithms").Select(a => _catalog.Create<IAlgorithm>(ComponentKind.Algorithm, a.Name, a.Args, context)).ToList();
         var callbacks = _config.GetNamedList("callbacks").Select(c => _catalog.Create<ICallback>(ComponentKind.Callback, c.Name, c.Args, context)).ToList();

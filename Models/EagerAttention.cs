@@ -20,7 +20,7 @@ namespace ComposerSharp.Models;
 public static class EagerAttention
 {
     /// <summary>
-    /// Whether <see cref="Attend"/> is the faster choice: a BFloat16 query on the CPU with gradient recording on, and
+    /// Whether <see cref="Attend"/> is the faster choice: a BFloat16 query on the CPU with gradient recording on (or in the no-grad first pass of an activation-checkpointed unit, whose recomputation must take the same path), and
     /// either attention dropout (libtorch's flash kernel does not take dropout, and its math fallback materialises
     /// the [B, heads, T, S] scores too, in Float32) or at most 512 keys (no dropout: the flash kernel would avoid the
     /// T × S scores, whose memory matters only for long sequences, but its backward is slower at BERT's lengths).
@@ -33,7 +33,7 @@ public static class EagerAttention
     public static bool Preferred(Tensor query, long keyLength, double dropout)
     {
         ArgumentNullException.ThrowIfNull(query);
-        return query.dtype == ScalarType.BFloat16 && query.device_type == DeviceType.CPU && torch.is_grad_enabled() && (dropout > 0 || keyLength <= 512);
+        return query.dtype == ScalarType.BFloat16 && query.device_type == DeviceType.CPU && (torch.is_grad_enabled() || ComposerSharp.Core.ActivationCheckpoint.IsFirstPass) && (dropout > 0 || keyLength <= 512);
     }
 
     /// <summary>Attention of queries over keys and values.</summary>

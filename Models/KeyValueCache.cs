@@ -49,6 +49,13 @@ public sealed class KeyValueCache : IDisposable
         return (_keys[layer]!, _values[layer]!, past);
     }
 
+    /// <summary>
+    /// The shape of the keys cached for <paramref name="layer"/>, [B, heads, Length, head_dim] (heads: the key/value
+    /// heads, fewer than the query heads under grouped-query attention), or an empty array when nothing is cached.
+    /// </summary>
+    /// <exception cref="IndexOutOfRangeException"><paramref name="layer"/> is outside [0, NumLayers).</exception>
+    public long[] KeyShape(int layer) => _keys[layer]?.shape ?? Array.Empty<long>();
+
     /// <summary>Frees the cached tensors; the cache is empty afterwards.</summary>
     public void Dispose()
     {

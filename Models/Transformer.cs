@@ -224,6 +224,23 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor?, Tensor>
         }
 
         double keep = policy?.BranchScale(training) ?? 1.0;
+        Tensor h = ActivationCheckpointing && training
+            ? ActivationCheckpoint.Apply((input, m) => Branches(input, m, keep), x, mask, parameters())
+            : Branches(x, mask, keep);
+        return h.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Whether this block's activations are recomputed in backward instead of kept, in training mode (Composer's
+    /// <c>activation_checkpointing</c>; see <see cref="ActivationCheckpoint"/>). The residual policy's decisions
+    /// are taken once, before the checkpointed part, so a recomputation never draws them again. Default false.
+    /// </summary>
+    public bool ActivationCheckpointing { get; set; }
+
+    /// <summary>The two residual branches of the block, [B, T, hidden] → [B, T, hidden], each scaled by <paramref name="keep"/>.</summary>
+    private Tensor Branches(Tensor x, Tensor? mask, double keep)
+    {
+        using var scope = torch.NewDisposeScope();
         Tensor h;
         if (_preLayerNorm)
         {
@@ -334,6 +351,19 @@ public sealed class TransformerBackbone : nn.Module<Tensor, Tensor?, Tensor>
 
     /// <summary>Rows of the token-type embedding (0: none).</summary>
     public int TypeVocabSize { get; }
+
+    /// <summary>
+    /// Switches activation checkpointing on or off for every transformer block (Composer's default choice of
+    /// checkpointed units under <c>activation_checkpointing: true</c>; see <see cref="TransformerBlock.ActivationCheckpointing"/>).
+    /// </summary>
+    /// <param name="enabled">True: each block's activations are recomputed in backward instead of kept.</param>
+    public void SetActivationCheckpointing(bool enabled)
+    {
+        foreach (TransformerBlock layer in layers)
+        {
+            layer.ActivationCheckpointing = enabled;
+        }
+    }
 
     /// <summary>The token embedding, [VocabSize, hidden]; its weight is tied to the MLM and LM output layers.</summary>
     public Embedding TokenEmbedding => wte;

@@ -27,13 +27,15 @@ internal static class BenchmarkRunner
         new("peer-modules", "(4b) The step of (4) piece by piece (embeddings, attention parts, FFN parts, LayerNorm, dropout, head, loss, AdamW) against the PyTorch peer.", s => new[] { PeerModulesBenchmark.Run(s) }),
         new("determinism", "(5) The training step of (2) with and without deterministic mode, each in a fresh process.", s => new[] { DeterminismBenchmark.Run(s) }),
         new("memory", "(7) Peak RSS of a few AdamW steps (BERT-mini MLM, gpt-tiny with GPT-2 vocabulary, all-MiniLM-L6-v2 shape; fp32 and amp_bf16) vs PyTorch eager, and RSS flatness over a long run (fresh process each).", s => MemoryBenchmark.Run(s)),
+        new("activation-checkpointing", "(9) Activation checkpointing: peak activation memory and step time of a GPT step at sequence 512, with and without (fresh process each).", s => new[] { ActivationCheckpointingBenchmark.Run(s) }),
         new("generate", "(6) GPT text generation: tokens/s with and without the key/value cache.", s => new[] { GenerationBenchmark.Run(s) }),
         new("onnx", "(8) The exported spam classifier in ONNX Runtime vs the TorchSharp forward of predict, batch 1 and 32.", s => new[] { OnnxBenchmark.Run(s) }),
-        new("loader", "(9) DataLoader batches/s with 0/1/2 workers vs the default model's step consumption, and the Trainer's time/data_wait share.", s => new[] { LoaderBenchmark.Run(s) }),
+        new("optim", "(10) Optimizer step: fused flat-buffer AdamW / DecoupledSGDW / DecoupledLionW kernels vs the unfused tensor ops.", s => new[] { OptimizerBenchmark.Run(s) }),
+        new("loader", "(11) DataLoader batches/s with 0/1/2 workers vs the default model's step consumption, and the Trainer's time/data_wait share.", s => new[] { LoaderBenchmark.Run(s) }),
     };
 
     /// <summary>Every part.</summary>
-    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, memory, generate, onnx.", null);
+    public static BenchmarkPart All { get; } = new("all", "Every part: layernorm, layernorm-profile, step, vocab, overhead, dispatch, peer, peer-modules, determinism, memory, generate, onnx, activation-checkpointing, optim.", null);
 
     /// <summary>benchmarks/results beside the project file when it can be found from the executable, else ./results.</summary>
     public static string DefaultResultsFolder()

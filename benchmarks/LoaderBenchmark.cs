@@ -10,7 +10,7 @@ using TorchSharp;
 namespace ComposerSharp.Benchmarks;
 
 /// <summary>
-/// Part 9: data loader throughput (batches/s of the synthetic MLM data with the MLM collator, the CLI's default data,
+/// Part 11: data loader throughput (batches/s of the synthetic MLM data with the MLM collator, the CLI's default data,
 /// elastic <c>py1s</c> shuffle) with 0, 1 and 2 worker threads, against the batches/s the default model's training
 /// step consumes (BERT-mini MLM, amp_bf16, in-memory batches), and the <c>time/data_wait</c> share of the step that
 /// the Trainer logs when it trains from the loader itself (PyTorch's DataLoader <c>num_workers</c>).
@@ -38,7 +38,7 @@ internal static class LoaderBenchmark
     {
         var meter = LoadMeter.Start();
         var shape = new TrainingShape();
-        var report = new PartReport("loader", "(9) DataLoader batches/s with 0/1/2 workers vs the default model's step, and time/data_wait");
+        var report = new PartReport("loader", "(11) DataLoader batches/s with 0/1/2 workers vs the default model's step, and time/data_wait");
         report.Columns.AddRange(new[] { "variant", "ms/batch (median ±IQR/2)", "batches/s", "× step consumption", "data_wait share of step" });
         int batches = settings.Quick ? 4 : 32, rounds = settings.Quick ? 2 : 8, steps = settings.Quick ? 2 : 6;
         var dataset = new SyntheticTokenDataset(new SyntheticTokenOptions

@@ -90,6 +90,19 @@ probe.SetAction(result =>
 });
 root.Subcommands.Add(probe);
 
+// Hidden: one activation-checkpointing configuration in a fresh process (started by the activation-checkpointing part).
+var acMode = new Argument<string>("mode");
+var acSteps = new Argument<int>("steps");
+var acProbe = new Command(ActivationCheckpointingBenchmark.Command, "Internal: activation peak and step time with (on) or without (off) activation checkpointing.") { Hidden = true };
+acProbe.Arguments.Add(acMode);
+acProbe.Arguments.Add(acSteps);
+acProbe.SetAction(result =>
+{
+    OpenMp.ApplyWaitPolicy(result.GetValue(waitPolicy)!);
+    return ActivationCheckpointingBenchmark.RunChild(result.GetValue(acMode) == "on", result.GetValue(acSteps), result.GetValue(threads));
+});
+root.Subcommands.Add(acProbe);
+
 // Hidden: resident memory every N batches of a long fp32 run in a fresh process (started by the memory part).
 var flatShape = new Argument<string>("shape");
 var flatBatches = new Argument<int>("batches");

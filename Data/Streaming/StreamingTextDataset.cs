@@ -13,8 +13,8 @@ public sealed record MdsStream
     public required string Local { get; init; }
 
     /// <summary>
-    /// Where the shards live: a folder path (or <c>file://</c> URL). Object stores (<c>s3://</c>, <c>azure://</c>,
-    /// <c>gs://</c>) are refused with a clear error: not supported yet.
+    /// Where the shards live: a folder path (or <c>file://</c> URL), or an object store URL (<c>s3://bucket/prefix</c>,
+    /// <c>azure://container/prefix</c>) opened by <see cref="StreamingTextOptions.OpenRemote"/>.
     /// </summary>
     public string? Remote { get; init; }
 }
@@ -42,6 +42,15 @@ public sealed record StreamingTextOptions
 
     /// <summary>The model's vocabulary size: an id outside [0, VocabSize) is an error naming the shard and sample; 0 does not check.</summary>
     public int VocabSize { get; init; }
+
+    /// <summary>
+    /// Opens a remote given as a URL (<c>s3://</c>, <c>azure://</c>, …): <c>ComposerSharp.Storage</c>'s
+    /// <c>RemoteStores.Open</c> for the cloud SDKs. Folders need none; null refuses URLs with a clear error.
+    /// </summary>
+    public Func<string, IShardStore>? OpenRemote { get; init; }
+
+    /// <summary>Attempts per file read from a remote before the error is reported (default 3, with 0.2 s, 0.4 s pauses).</summary>
+    public int RemoteAttempts { get; init; } = 3;
 }
 
 /// <summary>
@@ -83,19 +92,13 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
         var slots = new List<ShardSlot>();
         foreach (MdsStream stream in options.Streams)
         {
-            string? remote = RemoteFolder(stream.Remote);
+            IShardStore? remote = OpenStore(stream.Remote, options);
             Directory.CreateDirectory(stream.Local);
             if (remote is not null)
             {
-                string source = Path.Combine(remote, MdsWriter.IndexFileName);
+                byte[] index = ReadRemote(remote, MdsWriter.IndexFileName, options.RemoteAttempts);
                 string copy = Path.Combine(stream.Local, MdsWriter.IndexFileName);
-                if (!File.Exists(source))
-                {
-                    throw new FileNotFoundException($"The remote '{stream.Remote}' has no {MdsWriter.IndexFileName}.", source);
-                }
-
-                File.Copy(source, copy + ".tmp", overwrite: true);
-                File.Move(copy + ".tmp", copy, overwrite: true);
+                WriteAtomically(copy, index);
             }
 
             foreach (MdsShardInfo info in MdsIndex.Read(stream.Local))
@@ -363,40 +366,48 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
     private void Fetch(ShardSlot slot, string raw)
     {
         string name = slot.Info.ZipName ?? slot.Info.RawName;
-        string source = Path.Combine(slot.Remote!, name);
-        const int Attempts = 3;
+        string source = slot.Remote!.Locate(name);
+        byte[] data = ReadRemote(slot.Remote, name, _options.RemoteAttempts);
+        long expected = slot.Info.ZipName is null ? slot.Info.RawBytes : slot.Info.ZipBytes;
+        if (data.Length != expected)
+        {
+            throw new InvalidDataException($"Shard '{source}' has {data.Length} bytes; index.json says {expected} (truncated or replaced).");
+        }
+
+        if (slot.Info.ZipName is null)
+        {
+            Verify(slot.Info.RawHashes, data, source);
+            WriteAtomically(raw, data);
+        }
+        else
+        {
+            Verify(slot.Info.ZipHashes, data, source);
+            Decompress(slot, data, raw, source);
+        }
+
+        Interlocked.Increment(ref _downloads);
+    }
+
+    // Bounded retries for a store that does not answer; a missing file is reported at once.
+    private static byte[] ReadRemote(IShardStore store, string name, int attempts)
+    {
         for (int attempt = 1; ; attempt++)
         {
             try
             {
-                byte[] data = File.ReadAllBytes(source);
-                long expected = slot.Info.ZipName is null ? slot.Info.RawBytes : slot.Info.ZipBytes;
-                if (data.Length != expected)
-                {
-                    throw new InvalidDataException($"Shard '{source}' has {data.Length} bytes; index.json says {expected} (truncated or replaced).");
-                }
-
-                if (slot.Info.ZipName is null)
-                {
-                    Verify(slot.Info.RawHashes, data, source);
-                    WriteAtomically(raw, data);
-                }
-                else
-                {
-                    Verify(slot.Info.ZipHashes, data, source);
-                    Decompress(slot, data, raw, source);
-                }
-
-                Interlocked.Increment(ref _downloads);
-                return;
-            }
-            catch (IOException ex) when (attempt < Attempts && ex is not FileNotFoundException)
-            {
-                Thread.Sleep(100 * attempt);
+                return store.Read(name);
             }
             catch (FileNotFoundException ex)
             {
-                throw new InvalidDataException($"Shard '{source}' is missing from the remote '{slot.Remote}' (index.json lists it).", ex);
+                throw new InvalidDataException($"'{store.Locate(name)}' does not exist in the remote '{store.Remote}'{(name == MdsWriter.IndexFileName ? string.Empty : " (index.json lists it)")}.", ex);
+            }
+            catch (IOException) when (attempt < Math.Max(1, attempts))
+            {
+                Thread.Sleep(200 * attempt);
+            }
+            catch (IOException ex)
+            {
+                throw new IOException($"Reading '{store.Locate(name)}' failed after {attempt} attempt(s): {ex.Message}", ex);
             }
         }
     }
@@ -489,36 +500,28 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
         }
     }
 
-    private static string? RemoteFolder(string? remote)
+    private static IShardStore? OpenStore(string? remote, StreamingTextOptions options)
     {
         if (remote is null)
         {
             return null;
         }
 
-        if (remote.StartsWith("file://", StringComparison.Ordinal))
-        {
-            return new Uri(remote).LocalPath;
-        }
-
         int scheme = remote.IndexOf("://", StringComparison.Ordinal);
-        if (scheme > 0)
+        if (scheme <= 0 || remote.StartsWith("file://", StringComparison.Ordinal))
         {
-            throw new NotSupportedException(
-                string.Create(CultureInfo.InvariantCulture, $"remote '{remote}': object stores ({remote[..scheme]}://) are not supported yet; give a folder path (a mounted or synced copy) as remote, or download the shards and use local only."));
+            return new FolderShardStore(remote);
         }
 
-        if (!Directory.Exists(remote))
-        {
-            throw new FileNotFoundException($"The remote folder '{remote}' (full path '{Path.GetFullPath(remote)}') does not exist.", remote);
-        }
-
-        return remote;
+        return options.OpenRemote is { } open
+            ? open(remote)
+            : throw new NotSupportedException(
+                string.Create(CultureInfo.InvariantCulture, $"remote '{remote}': no object-store opener was given for {remote[..scheme]}:// (the CLI passes ComposerSharp.Storage's RemoteStores.Open; from C#, set StreamingTextOptions.OpenRemote)."));
     }
 
     private sealed class ShardSlot
     {
-        public ShardSlot(MdsShardInfo info, string local, string? remote, int column)
+        public ShardSlot(MdsShardInfo info, string local, IShardStore? remote, int column)
         {
             Info = info;
             Local = local;
@@ -530,7 +533,7 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
 
         public string Local { get; }
 
-        public string? Remote { get; }
+        public IShardStore? Remote { get; }
 
         public int Column { get; }
 

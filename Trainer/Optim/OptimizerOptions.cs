@@ -153,3 +153,87 @@ internal static class OptimizerChecks
         }
     }
 }
+
+/// <summary>
+/// Composer's <c>DecoupledSGDW</c> (composer/optim/decoupled_weight_decay.py), run by the fused flat-buffer
+/// <see cref="FusedDecoupledSGDW"/> (CPU, Float32 parameters). Registered as <c>decoupled_sgdw</c> with Composer's
+/// keys <c>lr</c>, <c>momentum</c>, <c>dampening</c>, <c>weight_decay</c>, <c>nesterov</c> (defaults 0 / false;
+/// Composer requires <c>lr</c>, 1e-3 here).
+/// </summary>
+public sealed record DecoupledSgdwOptions : IOptimizerOptions
+{
+    /// <summary>Learning rate, &gt; 0.</summary>
+    public double Lr { get; init; } = 1e-3;
+
+    /// <summary>Momentum factor, ≥ 0.</summary>
+    public double Momentum { get; init; }
+
+    /// <summary>Dampening of the momentum, in [0, 1].</summary>
+    public double Dampening { get; init; }
+
+    /// <summary>Decoupled weight decay, ≥ 0.</summary>
+    public double WeightDecay { get; init; }
+
+    /// <summary>Nesterov momentum (needs <c>momentum</c> &gt; 0 and <c>dampening</c> 0).</summary>
+    public bool Nesterov { get; init; }
+
+    /// <inheritdoc/>
+    public void Validate()
+    {
+        OptimizerChecks.Range(nameof(Lr), "lr", Lr, min: 0, exclusive: true);
+        OptimizerChecks.Range(nameof(Momentum), "momentum", Momentum, min: 0);
+        OptimizerChecks.Range(nameof(Dampening), "dampening", Dampening, min: 0, max: 1.0000001);
+        OptimizerChecks.Range(nameof(WeightDecay), "weight_decay", WeightDecay, min: 0);
+        if (Nesterov && (Momentum <= 0 || Dampening != 0))
+        {
+            throw new ArgumentException($"nesterov is true with momentum {Momentum.ToString(CultureInfo.InvariantCulture)} and dampening {Dampening.ToString(CultureInfo.InvariantCulture)}; expected momentum > 0 and dampening 0.", nameof(Nesterov));
+        }
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="NotSupportedException">At the first step, a parameter that is not a CPU Float32 tensor.</exception>
+    public optim.Optimizer Create(IEnumerable<Parameter> parameters)
+    {
+        Validate();
+        return new FusedDecoupledSGDW(parameters, Lr, Momentum, Dampening, WeightDecay, Nesterov);
+    }
+}
+
+/// <summary>
+/// llm-foundry's <c>DecoupledLionW</c> (llmfoundry/optim/lion.py; Chen et al. 2023), run by the fused flat-buffer
+/// <see cref="FusedDecoupledLionW"/> (CPU, Float32 parameters). Registered as <c>decoupled_lionw</c> with
+/// llm-foundry's keys and defaults: <c>lr</c> 1e-4, <c>betas</c> [0.9, 0.99], <c>weight_decay</c> 0.
+/// </summary>
+public sealed record DecoupledLionWOptions : IOptimizerOptions
+{
+    /// <summary>Learning rate, &gt; 0.</summary>
+    public double Lr { get; init; } = 1e-4;
+
+    /// <summary>β₁ (update interpolation) and β₂ (momentum decay), each in [0, 1].</summary>
+    public IReadOnlyList<double> Betas { get; init; } = new[] { 0.9, 0.99 };
+
+    /// <summary>Decoupled weight decay, ≥ 0.</summary>
+    public double WeightDecay { get; init; }
+
+    /// <inheritdoc/>
+    public void Validate()
+    {
+        OptimizerChecks.Range(nameof(Lr), "lr", Lr, min: 0, exclusive: true);
+        if (Betas is not { Count: 2 })
+        {
+            throw new ArgumentException($"betas has {Betas?.Count ?? 0} values; expected two numbers, e.g. [0.9, 0.99].", nameof(Betas));
+        }
+
+        OptimizerChecks.Range(nameof(Betas), "betas", Betas[0], min: 0, max: 1.0000001);
+        OptimizerChecks.Range(nameof(Betas), "betas", Betas[1], min: 0, max: 1.0000001);
+        OptimizerChecks.Range(nameof(WeightDecay), "weight_decay", WeightDecay, min: 0);
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="NotSupportedException">At the first step, a parameter that is not a CPU Float32 tensor.</exception>
+    public optim.Optimizer Create(IEnumerable<Parameter> parameters)
+    {
+        Validate();
+        return new FusedDecoupledLionW(parameters, Lr, Betas[0], Betas[1], WeightDecay);
+    }
+}

@@ -42,6 +42,7 @@ public class AllAlgorithmsTogetherTests
         {
             new LowPrecisionLayerNorm(),
             new LowPrecisionGroupNorm(), // BERT has no GroupNorm: it runs at init and finds nothing to replace
+            new LowPrecisionRMSNorm(), // nor RMSNorm: the same
             new GatedLinearUnits(),
             new Alibi(maxSequenceLength: 32, trainSequenceLengthScaling: 1.0),
             new StochasticDepth(dropRate: 0.1),
@@ -96,7 +97,7 @@ public class AllAlgorithmsTogetherTests
         };
         Assert.That(seen, Is.SupersetOf(expectedRuns));
         Assert.That(lines.First(l => l.Groups["event"].Value == "init").Groups["order"].Value,
-            Is.EqualTo("selective_backprop, low_precision_groupnorm, gated_linear_units, alibi, stochastic_depth, label_smoothing, low_precision_layernorm"),
+            Is.EqualTo("selective_backprop, low_precision_groupnorm, low_precision_rmsnorm, gated_linear_units, alibi, stochastic_depth, label_smoothing, low_precision_layernorm"),
             "SelectiveBackprop first, the others in the user's order, LPLN last");
     }
 

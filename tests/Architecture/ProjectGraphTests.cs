@@ -23,7 +23,8 @@ public class ProjectGraphTests
         ["Trainer/ComposerSharp.Training"] = new[] { "Core/ComposerSharp.Core", "Algorithms/ComposerSharp.Algorithms", "Models/ComposerSharp.Models", "Data/ComposerSharp.Data", "Distributed/ComposerSharp.Distributed" },
         ["Inference/ComposerSharp.Inference"] = new[] { "Core/ComposerSharp.Core", "Models/ComposerSharp.Models", "Data/ComposerSharp.Data", "Algorithms/ComposerSharp.Algorithms" },
         ["Onnx/ComposerSharp.Onnx"] = new[] { "Core/ComposerSharp.Core", "Models/ComposerSharp.Models", "Algorithms/ComposerSharp.Algorithms" },
-        ["Cli/ComposerSharp.Cli"] = new[] { "Trainer/ComposerSharp.Training", "Inference/ComposerSharp.Inference", "Onnx/ComposerSharp.Onnx" },
+        ["Storage/ComposerSharp.Storage"] = new[] { "Data/ComposerSharp.Data" },
+        ["Cli/ComposerSharp.Cli"] = new[] { "Trainer/ComposerSharp.Training", "Inference/ComposerSharp.Inference", "Onnx/ComposerSharp.Onnx", "Storage/ComposerSharp.Storage" },
     };
 
     [Test]

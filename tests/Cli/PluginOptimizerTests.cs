@@ -93,12 +93,33 @@ public class PluginOptimizerTests
     }
 
     [Test]
+    public void DecoupledSgdwAndLionWBindTheirYamlKeys()
+    {
+        using ServiceProvider provider = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
+        var catalog = new ComponentCatalog(provider.GetServices<ComponentRegistration>());
+        var context = new ComponentContext(provider, "", 0);
+        using var p = new TorchSharp.Modules.Parameter(torch.zeros(3));
+        var sgdw = catalog.Create<Func<IEnumerable<TorchSharp.Modules.Parameter>, torch.optim.Optimizer>>(
+            ComponentKind.Optimizer, "decoupled_sgdw", ConfigSection.Parse("lr: 0.1\nmomentum: 0.9\nweight_decay: 1.0e-4\nnesterov: true\n"), context);
+        using var s = (FusedDecoupledSGDW)sgdw(new[] { p });
+        var so = (FusedDecoupledSGDW.Options)s.state_dict().Options.Single();
+        Assert.That((so.LearningRate, so.momentum, so.dampening, so.weight_decay, so.nesterov), Is.EqualTo(((double?)0.1, (double?)0.9, (double?)0.0, (double?)1e-4, (bool?)true)));
+        var lion = catalog.Create<Func<IEnumerable<TorchSharp.Modules.Parameter>, torch.optim.Optimizer>>(
+            ComponentKind.Optimizer, "decoupled_lionw", ConfigSection.Parse("weight_decay: 1.0e-5\n"), context);
+        using var l = (FusedDecoupledLionW)lion(new[] { p });
+        var lo = (FusedDecoupledLionW.Options)l.state_dict().Options.Single();
+        Assert.That((lo.LearningRate, lo.beta1, lo.beta2, lo.weight_decay), Is.EqualTo(((double?)1e-4, (double?)0.9, (double?)0.99, (double?)1e-5)));
+        Assert.Throws<ConfigException>(() => catalog.Create<Func<IEnumerable<TorchSharp.Modules.Parameter>, torch.optim.Optimizer>>(
+            ComponentKind.Optimizer, "decoupled_sgdw", ConfigSection.Parse("nesterov: true\n"), context));
+    }
+
+    [Test]
     public void AnUnknownOptimizerOrSchedulerListsTheRegisteredOnes()
     {
         using ServiceProvider provider = CliApp.CreateServices(Array.Empty<string>()).BuildServiceProvider();
         var catalog = new ComponentCatalog(provider.GetServices<ComponentRegistration>());
-        Assert.That(catalog.Names(ComponentKind.Optimizer), Is.EqualTo(new[] { "adam", "adamw", "decoupled_adamw", "sgd" }));
-        Assert.That(catalog.Names(ComponentKind.Scheduler), Is.EquivalentTo(new[] { "constant", "step", "multistep", "linear_decay_with_warmup", "cosine_decay_with_warmup" }));
+        Assert.That(catalog.Names(ComponentKind.Optimizer), Is.EqualTo(new[] { "adam", "adamw", "decoupled_adamw", "decoupled_lionw", "decoupled_sgdw", "sgd" }));
+        Assert.That(catalog.Names(ComponentKind.Scheduler), Is.EquivalentTo(new[] { "constant", "step", "multistep", "linear_decay_with_warmup", "cosine_decay_with_warmup", "linear_decay", "exponential", "polynomial", "polynomial_decay_with_warmup", "constant_with_warmup", "multistep_with_warmup", "cosine_warmrestart" }));
         var ex = Assert.Throws<ConfigException>(() => catalog.Create<IScheduler>(ComponentKind.Scheduler, "warmup_stable_decay", new ConfigSection("scheduler"), new ComponentContext(provider, "", 0)));
         Assert.That(ex!.Message, Does.Contain("warmup_stable_decay").And.Contain("cosine_decay_with_warmup"));
     }
