@@ -156,17 +156,7 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
     {
         get
         {
-            ArgumentOutOfRangeException.ThrowIfNegative(index);
-            ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Count);
-            int shard = Array.BinarySearch(_firstSample, index);
-            shard = shard >= 0 ? shard : ~shard - 1;
-            while (_shards[shard].Info.Samples == 0)
-            {
-                shard++;
-            }
-
-            ShardSlot slot = _shards[shard];
-            long local = index - _firstSample[shard];
+            (ShardSlot slot, long local) = Find(index);
             long[] tokens;
             slot.Lock.EnterReadLock();
             try
@@ -214,20 +204,11 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
     /// <exception cref="InvalidDataException">The shard is corrupt or a column's encoding cannot be decoded here (float arrays).</exception>
     public IReadOnlyDictionary<string, object> Columns(long index)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(index);
-        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Count);
-        int shard = Array.BinarySearch(_firstSample, index);
-        shard = shard >= 0 ? shard : ~shard - 1;
-        while (_shards[shard].Info.Samples == 0)
-        {
-            shard++;
-        }
-
-        ShardSlot slot = _shards[shard];
+        (ShardSlot slot, long local) = Find(index);
         slot.Lock.EnterReadLock();
         try
         {
-            byte[] sample = Ensure(slot).Sample(index - _firstSample[shard]);
+            byte[] sample = Ensure(slot).Sample(local);
             ReadOnlyMemory<byte>[] columns = MdsShardFile.Columns(sample, slot.Info.Encodings);
             var result = new Dictionary<string, object>(StringComparer.Ordinal);
             for (int c = 0; c < columns.Length; c++)
@@ -247,6 +228,21 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
         {
             slot.Lock.ExitReadLock();
         }
+    }
+
+    // The shard holding global sample index, and the sample's index within it (empty shards skipped).
+    private (ShardSlot Slot, long Local) Find(long index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Count);
+        int shard = Array.BinarySearch(_firstSample, index);
+        shard = shard >= 0 ? shard : ~shard - 1;
+        while (_shards[shard].Info.Samples == 0)
+        {
+            shard++;
+        }
+
+        return (_shards[shard], index - _firstSample[shard]);
     }
 
     /// <inheritdoc/>
