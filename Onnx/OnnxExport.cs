@@ -1,5 +1,7 @@
 using System.Globalization;
+using ComposerSharp.Core;
 using ComposerSharp.Models;
+using ComposerSharp.Models.Decoders;
 using Google.Protobuf;
 using TorchSharp;
 
@@ -53,7 +55,9 @@ public sealed record OnnxExportResult(string Path, OnnxTask Task, long Bytes, On
 /// </list>
 /// The graph is the model's evaluation-mode computation written from its modules: LowPrecisionLayerNorm's LPLayerNorm
 /// as the Float32 LayerNormalization it computes outside autocast, GatedLinearUnits' gated MLP, ALiBi's attention
-/// biases, StochasticDepth's evaluation scale. Idea: Composer's <c>export_for_inference(save_format='onnx')</c>
+/// biases, StochasticDepth's evaluation scale. LlamaForCausalLM exports as a decoder with past whose cache holds the
+/// key/value heads only ([batch_size, num_key_value_heads, …]), RMSNorm (and LowPrecisionRMSNorm) in Float32 and rotary
+/// tables for positions below max_position_embeddings. Idea: Composer's <c>export_for_inference(save_format='onnx')</c>
 /// (composer/utils/inference.py) and Optimum's ONNX configs (optimum/exporters/onnx/model_configs.py).
 /// </summary>
 public static class OnnxExport
@@ -66,7 +70,7 @@ public static class OnnxExport
     /// is off, checks it with ONNX Runtime first: the file is written under a temporary name beside the target and
     /// renamed only once it passes, so a failed export leaves nothing at <paramref name="path"/>.
     /// </summary>
-    /// <param name="model">A BertForMaskedLM, BertForSequenceClassification or GptForCausalLM on the CPU (put in eval mode while exporting, restored afterwards).</param>
+    /// <param name="model">A BertForMaskedLM, BertForSequenceClassification, GptForCausalLM or LlamaForCausalLM on the CPU (put in eval mode while exporting, restored afterwards).</param>
     /// <param name="path">The .onnx file to write (replaced if present).</param>
     /// <param name="options">Weights' dtype, verification; defaults when null.</param>
     /// <returns>What was written, with the verification's max |Δ|.</returns>
@@ -75,7 +79,7 @@ public static class OnnxExport
     /// <exception cref="OnnxVerificationException">ONNX Runtime's outputs differ from the model's by more than the tolerance.</exception>
     /// <exception cref="IOException">The file cannot be written.</exception>
     /// <exception cref="UnauthorizedAccessException">The folder is not writable.</exception>
-    public static OnnxExportResult Export(TransformerModel model, string path, OnnxExportOptions? options = null)
+    public static OnnxExportResult Export(ComposerModel model, string path, OnnxExportOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -90,7 +94,18 @@ public static class OnnxExport
             OnnxTask task;
             using (torch.no_grad())
             {
-                graph = TransformerOnnxWriter.Write(model, options.Float16Weights, out task);
+                switch (model)
+                {
+                    case LlamaForCausalLM llama:
+                        graph = LlamaOnnxWriter.Write(llama, options.Float16Weights);
+                        task = OnnxTask.TextGenerationWithPast;
+                        break;
+                    case TransformerModel transformer:
+                        graph = TransformerOnnxWriter.Write(transformer, options.Float16Weights, out task);
+                        break;
+                    default:
+                        throw new NotSupportedException($"{model.GetType().Name} cannot be exported to ONNX; expected BertForMaskedLM, BertForSequenceClassification, GptForCausalLM or LlamaForCausalLM.");
+                }
             }
 
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal)

@@ -1,5 +1,6 @@
 using ComposerSharp.Core;
 using ComposerSharp.Models;
+using ComposerSharp.Models.Decoders;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using TorchSharp;
@@ -30,17 +31,17 @@ public static class OnnxVerifier
     /// <param name="seed">Seed of the random inputs.</param>
     /// <returns>The largest difference and where.</returns>
     /// <exception cref="OnnxRuntimeException">ONNX Runtime cannot load or run the file.</exception>
-    public static OnnxVerification Verify(TransformerModel model, string onnxPath, OnnxTask task, long seed = 0)
+    public static OnnxVerification Verify(ComposerModel model, string onnxPath, OnnxTask task, long seed = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
+        Shape shape = ShapeOf(model);
         using var options = new SessionOptions { IntraOpNumThreads = Math.Max(1, torch.get_num_threads()) };
         using var session = new InferenceSession(onnxPath, options);
         var random = new Random(unchecked((int)seed) ^ 0x5eed);
         var tracker = new Tracker();
-        TransformerConfig config = model.Config;
-        int t = Math.Min(12, config.MaxSequenceLength);
+        int t = Math.Min(12, shape.MaxLength);
         int b = 3;
-        long[] ids = Enumerable.Range(0, b * t).Select(_ => (long)random.Next(config.VocabSize)).ToArray();
+        long[] ids = Enumerable.Range(0, b * t).Select(_ => (long)random.Next(shape.VocabSize)).ToArray();
         long[] mask = new long[b * t];
         for (int row = 0; row < b; row++)
         {
@@ -51,8 +52,8 @@ public static class OnnxVerifier
             }
         }
 
-        bool types = model.Backbone.TypeVocabSize > 0;
-        long[] typeIds = types ? Enumerable.Range(0, b * t).Select(_ => (long)random.Next(model.Backbone.TypeVocabSize)).ToArray() : Array.Empty<long>();
+        bool types = shape.TypeVocabSize > 0;
+        long[] typeIds = types ? Enumerable.Range(0, b * t).Select(_ => (long)random.Next(shape.TypeVocabSize)).ToArray() : Array.Empty<long>();
         using (torch.no_grad())
         {
             using var scope = torch.NewDisposeScope();
@@ -67,7 +68,7 @@ public static class OnnxVerifier
             }
 
             float[] expected = model.forward(new Batch(batch)).to(ScalarType.Float32).contiguous().data<float>().ToArray();
-            var inputs = Inputs(model, ids, mask, types ? typeIds : null, b, t, past: null);
+            var inputs = Inputs(shape, ids, mask, types ? typeIds : null, b, t, past: null);
             using (var results = session.Run(inputs))
             {
                 tracker.Compare(Output(results, "logits"), expected, $"logits ({b} × {t}, padded rows)");
@@ -76,7 +77,7 @@ public static class OnnxVerifier
             tracker.Cases.Add($"{b} × {t} with padding");
             if (task == OnnxTask.TextGenerationWithPast && t > 1)
             {
-                VerifyCachedStep(model, session, ids, b, t, tracker);
+                VerifyCachedStep(model, shape, session, ids, b, t, tracker);
             }
         }
 
@@ -85,9 +86,8 @@ public static class OnnxVerifier
 
     // A prompt of t − 1 tokens, then the last token with the prompt's key/value cache: the second call's logits must
     // equal the model's uncached forward at position t − 1.
-    private static void VerifyCachedStep(TransformerModel model, InferenceSession session, long[] ids, int b, int t, Tracker tracker)
+    private static void VerifyCachedStep(ComposerModel model, Shape shape, InferenceSession session, long[] ids, int b, int t, Tracker tracker)
     {
-        TransformerConfig config = model.Config;
         long[] prompt = new long[b * (t - 1)];
         long[] last = new long[b];
         for (int row = 0; row < b; row++)
@@ -99,9 +99,9 @@ public static class OnnxVerifier
         float[] full = model.forward(new Batch(new Dictionary<string, Tensor> { ["input_ids"] = torch.tensor(ids, new long[] { b, t }) }))
             .narrow(1, t - 1, 1).contiguous().data<float>().ToArray();
         var past = new List<(string Name, DenseTensor<float> Value)>();
-        using (var first = session.Run(Inputs(model, prompt, Enumerable.Repeat(1L, b * (t - 1)).ToArray(), null, b, t - 1, past: null)))
+        using (var first = session.Run(Inputs(shape, prompt, Enumerable.Repeat(1L, b * (t - 1)).ToArray(), null, b, t - 1, past: null)))
         {
-            for (int i = 0; i < config.NumLayers; i++)
+            for (int i = 0; i < shape.Layers; i++)
             {
                 foreach (string part in new[] { "key", "value" })
                 {
@@ -112,30 +112,29 @@ public static class OnnxVerifier
             }
         }
 
-        using var second = session.Run(Inputs(model, last, Enumerable.Repeat(1L, b * t).ToArray(), null, b, 1, past));
+        using var second = session.Run(Inputs(shape, last, Enumerable.Repeat(1L, b * t).ToArray(), null, b, 1, past));
         tracker.Compare(Output(second, "logits"), full, "logits of the cached step");
         tracker.Cases.Add($"{b} × {t - 1} prompt then 1 cached position");
     }
 
-    private static List<NamedOnnxValue> Inputs(TransformerModel model, long[] ids, long[] mask, long[]? types, int b, int t, List<(string Name, DenseTensor<float> Value)>? past)
+    private static List<NamedOnnxValue> Inputs(Shape shape, long[] ids, long[] mask, long[]? types, int b, int t, List<(string Name, DenseTensor<float> Value)>? past)
     {
         var inputs = new List<NamedOnnxValue>
         {
             NamedOnnxValue.CreateFromTensor("input_ids", new DenseTensor<long>(ids, new[] { b, t })),
             NamedOnnxValue.CreateFromTensor("attention_mask", new DenseTensor<long>(mask, new[] { b, mask.Length / b })),
         };
-        if (model.Backbone.TypeVocabSize > 0)
+        if (shape.TypeVocabSize > 0)
         {
             inputs.Add(NamedOnnxValue.CreateFromTensor("token_type_ids", new DenseTensor<long>(types ?? new long[b * t], new[] { b, t })));
         }
 
-        if (model.Backbone.Causal)
+        if (shape.Causal)
         {
-            TransformerConfig config = model.Config;
-            int heads = config.NumHeads, headDim = config.HiddenSize / config.NumHeads;
+            int heads = shape.CacheHeads, headDim = shape.HeadDim;
             if (past is null)
             {
-                for (int i = 0; i < config.NumLayers; i++)
+                for (int i = 0; i < shape.Layers; i++)
                 {
                     inputs.Add(NamedOnnxValue.CreateFromTensor($"past_key_values.{i}.key", new DenseTensor<float>(Array.Empty<float>(), new[] { b, heads, 0, headDim })));
                     inputs.Add(NamedOnnxValue.CreateFromTensor($"past_key_values.{i}.value", new DenseTensor<float>(Array.Empty<float>(), new[] { b, heads, 0, headDim })));
@@ -150,8 +149,17 @@ public static class OnnxVerifier
         return inputs;
     }
 
+    private static Shape ShapeOf(ComposerModel model) => model switch
+    {
+        LlamaForCausalLM llama => new Shape(llama.Config.VocabSize, llama.Config.MaxPositionEmbeddings, 0, true, llama.Config.NumLayers, llama.Config.NumKeyValueHeads, llama.Config.EffectiveHeadDim),
+        TransformerModel m => new Shape(m.Config.VocabSize, m.Config.MaxSequenceLength, m.Backbone.TypeVocabSize, m.Backbone.Causal, m.Config.NumLayers, m.Config.NumHeads, m.Config.HiddenSize / m.Config.NumHeads),
+        _ => throw new NotSupportedException($"{model.GetType().Name} has no ONNX export to verify."),
+    };
+
     private static float[] Output(IDisposableReadOnlyCollection<DisposableNamedOnnxValue> results, string name) =>
         results.First(r => r.Name == name).AsTensor<float>().ToArray();
+
+    private sealed record Shape(int VocabSize, int MaxLength, int TypeVocabSize, bool Causal, int Layers, int CacheHeads, int HeadDim);
 
     private sealed class Tracker
     {

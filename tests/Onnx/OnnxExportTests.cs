@@ -1,6 +1,7 @@
 using ComposerSharp.Algorithms;
 using ComposerSharp.Core;
 using ComposerSharp.Models;
+using ComposerSharp.Models.Decoders;
 using ComposerSharp.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
@@ -150,6 +151,26 @@ public sealed class OnnxExportTests
         TestContext.Out.WriteLine($"ours:  {string.Join(" ", ours)}\ntheirs: {string.Join(" ", theirs)}");
         Assert.That(ours.Skip(prompt.Length).Distinct().Count(), Is.GreaterThanOrEqualTo(4), "the comparison covers varied tokens");
         Assert.That(theirs, Is.EqualTo(ours));
+    }
+
+    public static IEnumerable<TestCaseData> LlamaShapes()
+    {
+        yield return new TestCaseData(new LlamaConfig(VocabSize: 101, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 4, NumKeyValueHeads: 2, MaxPositionEmbeddings: 32)).SetName("Llama_GQA");
+        yield return new TestCaseData(new LlamaConfig(VocabSize: 101, HiddenSize: 32, IntermediateSize: 48, NumLayers: 2, NumHeads: 4, NumKeyValueHeads: 1, MaxPositionEmbeddings: 32, TieWordEmbeddings: true, RopeScaling: new RopeScaling("llama3", 4.0, 1.0, 4.0, 16))).SetName("Llama_MQA_tied_llama3");
+        yield return new TestCaseData(new LlamaConfig(VocabSize: 101, HiddenSize: 32, IntermediateSize: 48, NumLayers: 1, NumHeads: 2, NumKeyValueHeads: 2, MaxPositionEmbeddings: 32, AttentionBias: true, MlpBias: true, HeadDim: 8, RopeScaling: new RopeScaling("linear", 2.0))).SetName("Llama_MHA_biases_headdim_linear");
+    }
+
+    [TestCaseSource(nameof(LlamaShapes))]
+    public void LlamaExportsWithAKeyValueHeadsCacheAndMatchesTheModel(LlamaConfig config)
+    {
+        torch.manual_seed(16);
+        using var model = new LlamaForCausalLM(config with { InitializerRange = 0.2 });
+        Assert.That(Functional.ApplyLowPrecisionRMSNorm(model, Precision.AmpBf16), Is.GreaterThan(0), "LowPrecisionRMSNorm exports as the Float32 RMSNorm it computes outside autocast");
+        OnnxExportResult result = OnnxExport.Export(model, Path.Combine(_folder, "llama.onnx"));
+        TestContext.Out.WriteLine($"{config.NumHeads} heads / {config.NumKeyValueHeads} kv heads: max |Δ| {result.Verification!.MaxAbsDifference:G3} (max |logit| {result.Verification.MaxAbsReference:G3}) over {string.Join("; ", result.Verification.Cases)}");
+        Assert.That(result.Task, Is.EqualTo(OnnxTask.TextGenerationWithPast));
+        Assert.That(result.Verification.MaxAbsDifference, Is.LessThan(1e-4));
+        Assert.That(result.Verification.Cases, Has.Some.Contains("cached"));
     }
 
     [Test]
