@@ -152,6 +152,32 @@ public static class OnnxExport
         }
     }
 
+    /// <summary>
+    /// Composer's <c>export_for_inference(save_format='onnx', save_path=…)</c>: writes <paramref name="saveFolder"/>/
+    /// <c>model.onnx</c> (verified as <see cref="Export"/> does) and, for BERT and GPT models, the <c>config.json</c>
+    /// a consumer reads (labels, max length, task; see <see cref="OnnxFolder"/>). Tokenizer files are the caller's
+    /// (the CLI's <c>export --format onnx</c> adds them from the checkpoint).
+    /// </summary>
+    /// <param name="model">The model (see <see cref="Export"/>).</param>
+    /// <param name="saveFolder">The folder to write into (created).</param>
+    /// <param name="options">Weights' dtype, verification; defaults when null.</param>
+    /// <param name="labels">Class names by index for classifiers; null otherwise.</param>
+    /// <returns>What was written.</returns>
+    /// <exception cref="NotSupportedException">The model cannot be exported (named).</exception>
+    /// <exception cref="OnnxVerificationException">ONNX Runtime disagrees with the model beyond the tolerance (nothing is left).</exception>
+    /// <exception cref="IOException">The folder cannot be written.</exception>
+    public static OnnxExportResult ExportForInference(ComposerModel model, string saveFolder, OnnxExportOptions? options = null, IReadOnlyList<string>? labels = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(saveFolder);
+        OnnxExportResult result = Export(model, System.IO.Path.Combine(saveFolder, ModelFileName), options);
+        if (model is TransformerModel transformer)
+        {
+            OnnxFolder.WriteConfig(transformer, saveFolder, labels, result);
+        }
+
+        return result;
+    }
+
     /// <summary>Optimum's name of <paramref name="task"/> (<c>fill-mask</c>, <c>text-classification</c>, <c>text-generation-with-past</c>).</summary>
     /// <param name="task">The task.</param>
     /// <returns>The name.</returns>

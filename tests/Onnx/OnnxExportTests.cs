@@ -46,7 +46,8 @@ public sealed class OnnxExportTests
     {
         torch.manual_seed(11);
         using TransformerModel model = create();
-        OnnxExportResult result = OnnxExport.Export(model, Path.Combine(_folder, name + ".onnx"));
+        OnnxExportResult result = OnnxExport.ExportForInference(model, Path.Combine(_folder, name));
+        Assert.That(File.Exists(Path.Combine(_folder, name, "config.json")), Is.True, "Composer's export_for_inference leaves the consumer's config beside model.onnx");
         TestContext.Out.WriteLine($"{name}: {result.Task}, {result.Bytes} bytes, max |Δ| {result.Verification!.MaxAbsDifference:G3} (max |logit| {result.Verification.MaxAbsReference:G3}) over {string.Join("; ", result.Verification.Cases)}");
         Assert.That(result.Verification.MaxAbsDifference, Is.LessThan(1e-4));
         Assert.That(model.training, Is.True, "the model's mode is restored");
