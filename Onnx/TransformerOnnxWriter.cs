@@ -14,24 +14,20 @@ namespace ComposerSharp.Onnx;
 /// scale), and the head. Every parameter of the model must be consumed by the graph; a parameter or module the writer
 /// does not know is an error naming it, never a silently different graph.
 /// </summary>
-internal sealed class TransformerOnnxWriter
+internal sealed class TransformerOnnxWriter : OnnxModuleWriter
 {
     private const float MaskedScore = float.MinValue; // torch.finfo(float32).min, as transformers' extended attention masks
 
     private readonly TransformerModel _model;
-    private readonly OnnxGraph _g;
-    private readonly Dictionary<string, Tensor> _parameters;
-    private readonly HashSet<string> _consumed = new(StringComparer.Ordinal);
     private readonly TransformerConfig _config;
     private readonly long _headDim;
 
     private TransformerOnnxWriter(TransformerModel model, OnnxGraph graph)
+        : base(model, graph)
     {
         _model = model;
-        _g = graph;
         _config = model.Config;
         _headDim = _config.HiddenSize / _config.NumHeads;
-        _parameters = model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter, StringComparer.Ordinal);
     }
 
     /// <summary>Builds the graph of <paramref name="model"/>; see <see cref="OnnxExport.Export"/> for inputs and outputs.</summary>
@@ -41,13 +37,7 @@ internal sealed class TransformerOnnxWriter
         var graph = new OnnxGraph(model.GetType().Name, float16Weights);
         var writer = new TransformerOnnxWriter(model, graph);
         writer.WriteModel(task);
-        string[] unused = writer._parameters.Keys.Where(k => !writer._consumed.Contains(k)).Order(StringComparer.Ordinal).ToArray();
-        if (unused.Length > 0)
-        {
-            throw new NotSupportedException(
-                $"{model.GetType().Name} has parameters the ONNX exporter does not know how to compute with: [{string.Join(", ", unused.Take(8))}{(unused.Length > 8 ? ", …" : string.Empty)}]; nothing was written.");
-        }
-
+        writer.ThrowIfParametersUnused();
         return graph;
     }
 
@@ -65,27 +55,27 @@ internal sealed class TransformerOnnxWriter
     {
         TransformerBackbone backbone = _model.Backbone;
         bool causal = backbone.Causal;
-        string ids = _g.Input("input_ids", DataType.Int64, "batch_size", "sequence_length");
-        string mask = _g.Input("attention_mask", DataType.Int64, "batch_size", causal ? "past_sequence_length + sequence_length" : "sequence_length");
-        string? types = backbone.TypeVocabSize > 0 ? _g.Input("token_type_ids", DataType.Int64, "batch_size", "sequence_length") : null;
+        string ids = G.Input("input_ids", DataType.Int64, "batch_size", "sequence_length");
+        string mask = G.Input("attention_mask", DataType.Int64, "batch_size", causal ? "past_sequence_length + sequence_length" : "sequence_length");
+        string? types = backbone.TypeVocabSize > 0 ? G.Input("token_type_ids", DataType.Int64, "batch_size", "sequence_length") : null;
         var pastKeys = new string[_config.NumLayers];
         var pastValues = new string[_config.NumLayers];
         if (causal)
         {
             for (int i = 0; i < _config.NumLayers; i++)
             {
-                pastKeys[i] = _g.Input($"past_key_values.{i}.key", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length", _headDim);
-                pastValues[i] = _g.Input($"past_key_values.{i}.value", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length", _headDim);
+                pastKeys[i] = G.Input($"past_key_values.{i}.key", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length", _headDim);
+                pastValues[i] = G.Input($"past_key_values.{i}.value", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length", _headDim);
             }
         }
 
         // Lengths: T (new positions), P (cached positions, 0 for encoders), S = P + T (keys).
         string t = Dim(ids, 1, "seq_len");
-        string p = causal ? Dim(pastKeys[0], 2, "past_len") : _g.Int64s(new[] { 0L }, scalar: true);
-        string s = causal ? _g.Node("Add", new[] { p, t }, "total_len") : t;
-        string one = _g.Int64s(new[] { 1L }, scalar: true);
-        string queryPositions = _g.Node("Range", new[] { p, s, one }, "query_positions");        // [T]
-        string keyPositions = _g.Node("Range", new[] { _g.Int64s(new[] { 0L }, scalar: true), s, one }, "key_positions"); // [S]
+        string p = causal ? Dim(pastKeys[0], 2, "past_len") : G.Int64s(new[] { 0L }, scalar: true);
+        string s = causal ? G.Node("Add", new[] { p, t }, "total_len") : t;
+        string one = G.Int64s(new[] { 1L }, scalar: true);
+        string queryPositions = G.Node("Range", new[] { p, s, one }, "query_positions");        // [T]
+        string keyPositions = G.Node("Range", new[] { G.Int64s(new[] { 0L }, scalar: true), s, one }, "key_positions"); // [S]
 
         string h = Embeddings(backbone, ids, types, queryPositions);
         string additiveMask = AttentionMask(backbone, mask, queryPositions, keyPositions);
@@ -95,8 +85,8 @@ internal sealed class TransformerOnnxWriter
             (h, string? presentKey, string? presentValue) = Block(layers[i], $"backbone.layers.{i}", h, additiveMask, causal ? pastKeys[i] : null, causal ? pastValues[i] : null);
             if (causal)
             {
-                _g.Output(presentKey!, $"present.{i}.key", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length + sequence_length", _headDim);
-                _g.Output(presentValue!, $"present.{i}.value", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length + sequence_length", _headDim);
+                G.Output(presentKey!, $"present.{i}.key", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length + sequence_length", _headDim);
+                G.Output(presentValue!, $"present.{i}.value", DataType.Float, "batch_size", _config.NumHeads, "past_sequence_length + sequence_length", _headDim);
             }
         }
 
@@ -109,33 +99,33 @@ internal sealed class TransformerOnnxWriter
         {
             OnnxTask.FillMask => MaskedLanguageModelHead(backbone, h),
             OnnxTask.TextClassification => ClassificationHead((BertForSequenceClassification)_model, h, mask),
-            _ => _g.Node("MatMul", new[] { h, TiedEmbeddingTransposed(backbone) }, "lm_head"),
+            _ => G.Node("MatMul", new[] { h, TiedEmbeddingTransposed(backbone) }, "lm_head"),
         };
         if (task == OnnxTask.TextClassification)
         {
-            _g.Output(logits, "logits", DataType.Float, "batch_size", ((BertForSequenceClassification)_model).Options.NumLabels);
+            G.Output(logits, "logits", DataType.Float, "batch_size", ((BertForSequenceClassification)_model).Options.NumLabels);
         }
         else
         {
-            _g.Output(logits, "logits", DataType.Float, "batch_size", "sequence_length", _config.VocabSize);
+            G.Output(logits, "logits", DataType.Float, "batch_size", "sequence_length", _config.VocabSize);
         }
     }
 
     private string Embeddings(TransformerBackbone backbone, string ids, string? types, string positions)
     {
-        string h = _g.Node("Gather", new[] { Param("backbone.wte.weight"), ids }, "wte", ("axis", 0L));
+        string h = G.Node("Gather", new[] { Param("backbone.wte.weight"), ids }, "wte", ("axis", 0L));
         if (backbone.AttentionBias is null)
         {
-            h = _g.Node("Add", new[] { h, _g.Node("Gather", new[] { Param("backbone.wpe.weight"), positions }, "wpe", ("axis", 0L)) }, "embeddings");
+            h = G.Node("Add", new[] { h, G.Node("Gather", new[] { Param("backbone.wpe.weight"), positions }, "wpe", ("axis", 0L)) }, "embeddings");
         }
         else
         {
-            _consumed.Add("backbone.wpe.weight"); // ALiBi: the position table is kept but no longer read (see ReplacePositionEmbedding)
+            Skip("backbone.wpe.weight"); // ALiBi: the position table is kept but no longer read (see ReplacePositionEmbedding)
         }
 
         if (types is not null)
         {
-            h = _g.Node("Add", new[] { h, _g.Node("Gather", new[] { Param("backbone.wtt.weight"), types }, "wtt", ("axis", 0L)) }, "embeddings");
+            h = G.Node("Add", new[] { h, G.Node("Gather", new[] { Param("backbone.wtt.weight"), types }, "wtt", ("axis", 0L)) }, "embeddings");
         }
 
         return backbone.PreLayerNorm ? h : LayerNorm(Child(backbone, "emb_ln"), "backbone.emb_ln", h);
@@ -147,22 +137,22 @@ internal sealed class TransformerOnnxWriter
     /// </summary>
     private string AttentionMask(TransformerBackbone backbone, string mask, string queryPositions, string keyPositions)
     {
-        string keys = _g.Node("Unsqueeze", new[] { _g.Node("Cast", new[] { mask }, "mask_bool", ("to", (long)DataType.Bool)), _g.Int64s(new[] { 1L, 2L }) }, "key_mask"); // [B, 1, 1, S]
-        string q = _g.Node("Unsqueeze", new[] { queryPositions, _g.Int64s(new[] { 1L }) }, "q_col"); // [T, 1]
-        string k = _g.Node("Unsqueeze", new[] { keyPositions, _g.Int64s(new[] { 0L }) }, "k_row");   // [1, S]
+        string keys = G.Node("Unsqueeze", new[] { G.Node("Cast", new[] { mask }, "mask_bool", ("to", (long)DataType.Bool)), G.Int64s(new[] { 1L, 2L }) }, "key_mask"); // [B, 1, 1, S]
+        string q = G.Node("Unsqueeze", new[] { queryPositions, G.Int64s(new[] { 1L }) }, "q_col"); // [T, 1]
+        string k = G.Node("Unsqueeze", new[] { keyPositions, G.Int64s(new[] { 0L }) }, "k_row");   // [1, S]
         string allowed = keys;
         IAttentionBiasProvider? bias = backbone.AttentionBias;
         if (backbone.Causal)
         {
-            allowed = _g.Node("And", new[] { allowed, _g.Node("LessOrEqual", new[] { k, q }, "causal") }, "allowed");
+            allowed = G.Node("And", new[] { allowed, G.Node("LessOrEqual", new[] { k, q }, "causal") }, "allowed");
         }
 
         if (backbone.Causal || bias is not null)
         {
-            allowed = _g.Node("Or", new[] { allowed, _g.Node("Equal", new[] { k, q }, "diagonal") }, "allowed");
+            allowed = G.Node("Or", new[] { allowed, G.Node("Equal", new[] { k, q }, "diagonal") }, "allowed");
         }
 
-        string additive = _g.Node("Where", new[] { allowed, _g.Floats(new[] { 0f }), _g.Floats(new[] { MaskedScore }) }, "additive_mask");
+        string additive = G.Node("Where", new[] { allowed, G.Floats(new[] { 0f }), G.Floats(new[] { MaskedScore }) }, "additive_mask");
         if (bias is null)
         {
             return additive;
@@ -174,9 +164,9 @@ internal sealed class TransformerOnnxWriter
         }
 
         float[] slopes = alibi.Slopes.Select(v => (float)-v).ToArray();
-        string distance = _g.Node("Cast", new[] { _g.Node("Abs", new[] { _g.Node("Sub", new[] { q, k }, "offset") }, "distance") }, "distance_f", ("to", (long)DataType.Float)); // [T, S]
-        string perHead = _g.Node("Mul", new[] { _g.Floats(slopes, scalar: false, shape: new long[] { slopes.Length, 1, 1 }), distance }, "alibi"); // [heads, T, S]
-        return _g.Node("Add", new[] { additive, perHead }, "alibi_mask");
+        string distance = G.Node("Cast", new[] { G.Node("Abs", new[] { G.Node("Sub", new[] { q, k }, "offset") }, "distance") }, "distance_f", ("to", (long)DataType.Float)); // [T, S]
+        string perHead = G.Node("Mul", new[] { G.Floats(slopes, scalar: false, shape: new long[] { slopes.Length, 1, 1 }), distance }, "alibi"); // [heads, T, S]
+        return G.Node("Add", new[] { additive, perHead }, "alibi_mask");
     }
 
     private (string Hidden, string? PresentKey, string? PresentValue) Block(TransformerBlock block, string prefix, string x, string mask, string? pastKey, string? pastValue)
@@ -193,41 +183,37 @@ internal sealed class TransformerOnnxWriter
         if (block.PreLayerNorm)
         {
             (string attended, presentKey, presentValue) = Attention(prefix + ".attn", LayerNorm(block.LayerNorm1, prefix + ".ln_1", x), mask, pastKey, pastValue);
-            h = _g.Node("Add", new[] { x, Scaled(attended, keep) }, prefix + "/residual_1");
-            h = _g.Node("Add", new[] { h, Scaled(Mlp(block.Mlp, prefix + ".mlp", LayerNorm(block.LayerNorm2, prefix + ".ln_2", h)), keep) }, prefix + "/residual_2");
+            h = G.Node("Add", new[] { x, Scaled(attended, keep) }, prefix + "/residual_1");
+            h = G.Node("Add", new[] { h, Scaled(Mlp(block.Mlp, prefix + ".mlp", LayerNorm(block.LayerNorm2, prefix + ".ln_2", h)), keep) }, prefix + "/residual_2");
         }
         else
         {
             (string attended, presentKey, presentValue) = Attention(prefix + ".attn", x, mask, pastKey, pastValue);
-            h = LayerNorm(block.LayerNorm1, prefix + ".ln_1", _g.Node("Add", new[] { x, Scaled(attended, keep) }, prefix + "/residual_1"));
-            h = LayerNorm(block.LayerNorm2, prefix + ".ln_2", _g.Node("Add", new[] { h, Scaled(Mlp(block.Mlp, prefix + ".mlp", h), keep) }, prefix + "/residual_2"));
+            h = LayerNorm(block.LayerNorm1, prefix + ".ln_1", G.Node("Add", new[] { x, Scaled(attended, keep) }, prefix + "/residual_1"));
+            h = LayerNorm(block.LayerNorm2, prefix + ".ln_2", G.Node("Add", new[] { h, Scaled(Mlp(block.Mlp, prefix + ".mlp", h), keep) }, prefix + "/residual_2"));
         }
 
         return (h, presentKey, presentValue);
     }
 
     private string Scaled(string branch, double keep) =>
-        keep == 1.0 ? branch : _g.Node("Mul", new[] { branch, _g.Floats(new[] { (float)keep }) }, "branch_scale");
+        keep == 1.0 ? branch : G.Node("Mul", new[] { branch, G.Floats(new[] { (float)keep }) }, "branch_scale");
 
     private (string Output, string? PresentKey, string? PresentValue) Attention(string prefix, string x, string mask, string? pastKey, string? pastValue)
     {
         string qkv = Linear(prefix + ".qkv", x);                                                                       // [B, T, 3·H]
-        string split = _g.Node("Reshape", new[] { qkv, _g.Int64s(new long[] { 0, 0, 3, _config.NumHeads, _headDim }) }, prefix + "/qkv_heads");
-        string heads = _g.Node("Transpose", new[] { split }, prefix + "/qkv_t", ("perm", new long[] { 2, 0, 3, 1, 4 }));  // [3, B, heads, T, d]
-        string q = _g.Node("Gather", new[] { heads, _g.Int64s(new[] { 0L }, scalar: true) }, prefix + "/q", ("axis", 0L));
-        string k = _g.Node("Gather", new[] { heads, _g.Int64s(new[] { 1L }, scalar: true) }, prefix + "/k", ("axis", 0L));
-        string v = _g.Node("Gather", new[] { heads, _g.Int64s(new[] { 2L }, scalar: true) }, prefix + "/v", ("axis", 0L));
+        string split = G.Node("Reshape", new[] { qkv, G.Int64s(new long[] { 0, 0, 3, _config.NumHeads, _headDim }) }, prefix + "/qkv_heads");
+        string heads = G.Node("Transpose", new[] { split }, prefix + "/qkv_t", ("perm", new long[] { 2, 0, 3, 1, 4 }));  // [3, B, heads, T, d]
+        string q = G.Node("Gather", new[] { heads, G.Int64s(new[] { 0L }, scalar: true) }, prefix + "/q", ("axis", 0L));
+        string k = G.Node("Gather", new[] { heads, G.Int64s(new[] { 1L }, scalar: true) }, prefix + "/k", ("axis", 0L));
+        string v = G.Node("Gather", new[] { heads, G.Int64s(new[] { 2L }, scalar: true) }, prefix + "/v", ("axis", 0L));
         if (pastKey is not null)
         {
-            k = _g.Node("Concat", new[] { pastKey, k }, prefix + "/present_key", ("axis", 2L));
-            v = _g.Node("Concat", new[] { pastValue!, v }, prefix + "/present_value", ("axis", 2L));
+            k = G.Node("Concat", new[] { pastKey, k }, prefix + "/present_key", ("axis", 2L));
+            v = G.Node("Concat", new[] { pastValue!, v }, prefix + "/present_value", ("axis", 2L));
         }
 
-        string scores = _g.Node("MatMul", new[] { q, _g.Node("Transpose", new[] { k }, prefix + "/k_t", ("perm", new long[] { 0, 1, 3, 2 })) }, prefix + "/scores");
-        scores = _g.Node("Mul", new[] { scores, _g.Floats(new[] { (float)(1.0 / Math.Sqrt(_headDim)) }) }, prefix + "/scaled");
-        string probabilities = _g.Node("Softmax", new[] { _g.Node("Add", new[] { scores, mask }, prefix + "/masked") }, prefix + "/probs", ("axis", -1L));
-        string attended = _g.Node("MatMul", new[] { probabilities, v }, prefix + "/context");                            // [B, heads, T, d]
-        string merged = _g.Node("Reshape", new[] { _g.Node("Transpose", new[] { attended }, prefix + "/context_t", ("perm", new long[] { 0, 2, 1, 3 })), _g.Int64s(new long[] { 0, 0, _config.HiddenSize }) }, prefix + "/merged");
+        string merged = Attend(prefix, q, k, v, mask, (int)_headDim, _config.HiddenSize);
         return (Linear(prefix + ".out_proj", merged), pastKey is null ? null : k, pastKey is null ? null : v);
     }
 
@@ -239,7 +225,7 @@ internal sealed class TransformerOnnxWriter
                 return Linear(prefix + ".fc_out", Activation(Linear(prefix + ".fc_in", x), ff.Activation));
             case GatedFeedForward glu:
                 string gate = GluActivationOf(Linear(prefix + ".gated_layer", x), glu.Activation);
-                return Linear(prefix + ".wo", _g.Node("Mul", new[] { gate, Linear(prefix + ".non_gated_layer", x) }, prefix + "/glu"));
+                return Linear(prefix + ".wo", G.Node("Mul", new[] { gate, Linear(prefix + ".non_gated_layer", x) }, prefix + "/glu"));
             default:
                 throw new NotSupportedException($"{prefix} is a {mlp.GetType().Name}, which the ONNX exporter does not know; expected FeedForward or GatedFeedForward.");
         }
@@ -256,35 +242,29 @@ internal sealed class TransformerOnnxWriter
     {
         GluActivation.Gelu => GeluErf(x),
         GluActivation.GeluTanh => GeluTanh(x),
-        GluActivation.Relu => _g.Node("Relu", new[] { x }, "relu"),
-        GluActivation.Silu => _g.Node("Mul", new[] { x, _g.Node("Sigmoid", new[] { x }, "sigmoid") }, "silu"),
+        GluActivation.Relu => G.Node("Relu", new[] { x }, "relu"),
+        GluActivation.Silu => G.Node("Mul", new[] { x, G.Node("Sigmoid", new[] { x }, "sigmoid") }, "silu"),
         _ => throw new NotSupportedException($"The gated-linear-unit activation {activation} cannot be exported to ONNX."),
     };
 
     // gelu(x) = x · Φ(x) = 0.5 · x · (1 + erf(x / √2)) (opset 17 has no Gelu op; opset 20 does).
     private string GeluErf(string x)
     {
-        string erf = _g.Node("Erf", new[] { _g.Node("Mul", new[] { x, _g.Floats(new[] { (float)(1.0 / Math.Sqrt(2.0)) }) }, "gelu_scaled") }, "gelu_erf");
+        string erf = G.Node("Erf", new[] { G.Node("Mul", new[] { x, G.Floats(new[] { (float)(1.0 / Math.Sqrt(2.0)) }) }, "gelu_scaled") }, "gelu_erf");
         return GeluFinish(x, erf);
     }
 
     // gelu_tanh(x) = 0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³))) (GPT-2's "gelu_new").
     private string GeluTanh(string x)
     {
-        string cube = _g.Node("Mul", new[] { _g.Node("Mul", new[] { x, x }, "gelu_sq"), x }, "gelu_cube");
-        string inner = _g.Node("Add", new[] { x, _g.Node("Mul", new[] { cube, _g.Floats(new[] { 0.044715f }) }, "gelu_c") }, "gelu_inner");
-        string tanh = _g.Node("Tanh", new[] { _g.Node("Mul", new[] { inner, _g.Floats(new[] { (float)Math.Sqrt(2.0 / Math.PI) }) }, "gelu_k") }, "gelu_tanh");
+        string cube = G.Node("Mul", new[] { G.Node("Mul", new[] { x, x }, "gelu_sq"), x }, "gelu_cube");
+        string inner = G.Node("Add", new[] { x, G.Node("Mul", new[] { cube, G.Floats(new[] { 0.044715f }) }, "gelu_c") }, "gelu_inner");
+        string tanh = G.Node("Tanh", new[] { G.Node("Mul", new[] { inner, G.Floats(new[] { (float)Math.Sqrt(2.0 / Math.PI) }) }, "gelu_k") }, "gelu_tanh");
         return GeluFinish(x, tanh);
     }
 
     private string GeluFinish(string x, string curve) =>
-        _g.Node("Mul", new[] { _g.Node("Mul", new[] { x, _g.Floats(new[] { 0.5f }) }, "gelu_half"), _g.Node("Add", new[] { curve, _g.Floats(new[] { 1f }) }, "gelu_one") }, "gelu");
-
-    private string Linear(string prefix, string x)
-    {
-        string y = _g.Node("MatMul", new[] { x, Param(prefix + ".weight", transpose: true) }, prefix + "/matmul");
-        return _parameters.ContainsKey(prefix + ".bias") ? _g.Node("Add", new[] { y, Param(prefix + ".bias") }, prefix + "/add") : y;
-    }
+        G.Node("Mul", new[] { G.Node("Mul", new[] { x, G.Floats(new[] { 0.5f }) }, "gelu_half"), G.Node("Add", new[] { curve, G.Floats(new[] { 1f }) }, "gelu_one") }, "gelu");
 
     /// <summary>
     /// LayerNorm, or LowPrecisionLayerNorm's LPLayerNorm (which computes LayerNorm in the autocast dtype, and in fp32
@@ -299,18 +279,18 @@ internal sealed class TransformerOnnxWriter
             _ => throw new NotSupportedException($"{prefix} is a {module.GetType().Name}, which the ONNX exporter does not know; expected LayerNorm or LPLayerNorm."),
         };
         var inputs = new List<string> { x, Param(prefix + ".weight") };
-        if (_parameters.ContainsKey(prefix + ".bias"))
+        if (HasParameter(prefix + ".bias"))
         {
             inputs.Add(Param(prefix + ".bias"));
         }
 
-        return _g.Node("LayerNormalization", inputs.ToArray(), prefix, ("axis", -1L), ("epsilon", eps));
+        return G.Node("LayerNormalization", inputs.ToArray(), prefix, ("axis", -1L), ("epsilon", eps));
     }
 
     private string MaskedLanguageModelHead(TransformerBackbone backbone, string h)
     {
         h = LayerNorm(Child(_model, "mlm_ln"), "mlm_ln", Activation(Linear("mlm_transform", h), backbone.Activation));
-        return _g.Node("Add", new[] { _g.Node("MatMul", new[] { h, TiedEmbeddingTransposed(backbone) }, "decoder"), Param("mlm_bias") }, "mlm_logits");
+        return G.Node("Add", new[] { G.Node("MatMul", new[] { h, TiedEmbeddingTransposed(backbone) }, "decoder"), Param("mlm_bias") }, "mlm_logits");
     }
 
     private string ClassificationHead(BertForSequenceClassification model, string h, string mask)
@@ -318,53 +298,26 @@ internal sealed class TransformerOnnxWriter
         string pooled;
         if (model.Options.Pooling == SequencePooling.ClsToken)
         {
-            pooled = _g.Node("Gather", new[] { h, _g.Int64s(new[] { 0L }, scalar: true) }, "cls", ("axis", 1L)); // [B, H]
+            pooled = G.Node("Gather", new[] { h, G.Int64s(new[] { 0L }, scalar: true) }, "cls", ("axis", 1L)); // [B, H]
         }
         else
         {
-            string weights = _g.Node("Unsqueeze", new[] { _g.Node("Cast", new[] { _g.Node("Cast", new[] { mask }, "mask_b", ("to", (long)DataType.Bool)) }, "mask_f", ("to", (long)DataType.Float)), _g.Int64s(new[] { -1L }) }, "mask_weights"); // [B, T, 1]
-            string sum = _g.Node("ReduceSum", new[] { _g.Node("Mul", new[] { h, weights }, "masked_hidden"), _g.Int64s(new[] { 1L }) }, "hidden_sum", ("keepdims", 0L));
-            string count = _g.Node("Max", new[] { _g.Node("ReduceSum", new[] { weights, _g.Int64s(new[] { 1L }) }, "token_count", ("keepdims", 0L)), _g.Floats(new[] { 1f }) }, "token_count_min1");
-            pooled = _g.Node("Div", new[] { sum, count }, "mean_pooled");
+            string weights = G.Node("Unsqueeze", new[] { G.Node("Cast", new[] { G.Node("Cast", new[] { mask }, "mask_b", ("to", (long)DataType.Bool)) }, "mask_f", ("to", (long)DataType.Float)), G.Int64s(new[] { -1L }) }, "mask_weights"); // [B, T, 1]
+            string sum = G.Node("ReduceSum", new[] { G.Node("Mul", new[] { h, weights }, "masked_hidden"), G.Int64s(new[] { 1L }) }, "hidden_sum", ("keepdims", 0L));
+            string count = G.Node("Max", new[] { G.Node("ReduceSum", new[] { weights, G.Int64s(new[] { 1L }) }, "token_count", ("keepdims", 0L)), G.Floats(new[] { 1f }) }, "token_count_min1");
+            pooled = G.Node("Div", new[] { sum, count }, "mean_pooled");
         }
 
-        string pooler = _g.Node("Tanh", new[] { Linear("pooler", pooled) }, "pooler_tanh");
+        string pooler = G.Node("Tanh", new[] { Linear("pooler", pooled) }, "pooler_tanh");
         return Linear("classifier", pooler);
     }
 
     private string TiedEmbeddingTransposed(TransformerBackbone backbone)
     {
         string wte = Param("backbone.wte.weight");
-        return _g.Node("Transpose", new[] { wte }, "wte_t", ("perm", new long[] { 1, 0 }));
+        return G.Node("Transpose", new[] { wte }, "wte_t", ("perm", new long[] { 1, 0 }));
     }
 
-    private string Dim(string value, long axis, string hint) =>
-        _g.Node("Gather", new[] { _g.Node("Shape", new[] { value }, hint + "_shape"), _g.Int64s(new[] { axis }, scalar: true) }, hint, ("axis", 0L));
-
-    private readonly Dictionary<string, string> _written = new(StringComparer.Ordinal);
-
-    private string Param(string name, bool transpose = false)
-    {
-        string key = name + (transpose ? "^T" : string.Empty);
-        if (_written.TryGetValue(key, out string? known))
-        {
-            return known;
-        }
-
-        if (!_parameters.TryGetValue(name, out Tensor? tensor))
-        {
-            throw new NotSupportedException($"{_model.GetType().Name} has no parameter '{name}' where the ONNX exporter expects one; nothing was written.");
-        }
-
-        _consumed.Add(name);
-        string value = _g.Weight(transpose ? name + ".T" : name, tensor, transpose);
-        _written[key] = value;
-        return value;
-    }
-
-    private static nn.Module Child(nn.Module parent, string name) =>
-        parent.named_children().FirstOrDefault(c => c.name == name).module
-            ?? throw new NotSupportedException($"{parent.GetType().Name} has no module '{name}' where the ONNX exporter expects one.");
 }
 
 /// <summary>What an exported graph computes, by Optimum's task names.</summary>
