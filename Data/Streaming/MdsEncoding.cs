@@ -234,18 +234,10 @@ public sealed class MdsEncoding
             };
         }
 
-        long x = Convert.ToInt64(value, CultureInfo.InvariantCulture);
-        int size = Scalars[dtype].Size;
-        byte[] bytes = new byte[size];
-        BinaryPrimitives.WriteInt64LittleEndian(size == 8 ? bytes : new byte[8], x);
-        if (size < 8)
-        {
-            byte[] all = new byte[8];
-            BinaryPrimitives.WriteInt64LittleEndian(all, x);
-            Array.Copy(all, bytes, size);
-        }
-
-        return bytes;
+        // Two's complement little-endian: the low `size` bytes of the Int64 are the narrower integer's bytes.
+        byte[] all = new byte[8];
+        BinaryPrimitives.WriteInt64LittleEndian(all, Convert.ToInt64(value, CultureInfo.InvariantCulture));
+        return all[..Scalars[dtype].Size];
     }
 
     private static byte[] Bytes<T>(T[] values)

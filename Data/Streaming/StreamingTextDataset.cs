@@ -292,10 +292,7 @@ public sealed class StreamingTextDataset : IDataset<long[]>, IShardedDataset, ID
             long to = Math.Min(order.Count, from + _options.Predownload);
             for (long i = from; i < to && !_stop.IsCancellationRequested; i++)
             {
-                long index = order[(int)i];
-                int shard = Array.BinarySearch(_firstSample, index);
-                shard = shard >= 0 ? shard : ~shard - 1;
-                ShardSlot slot = _shards[Math.Min(shard, _shards.Length - 1)];
+                ShardSlot slot = Find(order[(int)i]).Slot;
                 if (slot.File is null)
                 {
                     slot.Lock.EnterReadLock();
